@@ -1,0 +1,224 @@
+"""Find an LLVM (>= 20) and compile ``apfloat_e8m0.cpp`` into a cached shared library with g++.
+
+Where LLVM comes from, first match wins:
+
+1. ``LLVM_CONFIG=/path/to/llvm-config`` (e.g. Debian's ``/usr/bin/llvm-config-22`` from
+   ``llvm-22-dev``): its ``--cxxflags``, ``--libdir``, ``--libs support`` and ``--system-libs``.
+2. ``LLVM_DIR=/prefix``: a folder with ``include/llvm/ADT/APFloat.h`` and
+   ``lib/libLLVMSupport.a`` (+ ``libLLVMDemangle.a``), e.g. a Debian package unpacked with
+   ``dpkg-deb -x``; its ``bin/llvm-config`` is used when present.
+3. PyPI's ``mlc-llvm-static`` installed in this venv (located with ``importlib``).
+
+The library lands in ``<cache>/llvm_e8m0/<hash>/libapfloat_e8m0.so`` where ``<cache>`` is
+``$PYTORCH_SCRIPTS_CACHE_DIR``, else ``$XDG_CACHE_HOME/pytorch_scripts``, else
+``~/.cache/pytorch_scripts``; ``<hash>`` covers the C++ source, the compiler command and the LLVM
+location, so an unchanged source is never rebuilt and a changed one always is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import importlib.util
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import fire
+
+SOURCE_PATH = Path(__file__).resolve().parent / "apfloat_e8m0.cpp"
+LIBRARY_NAME = "libapfloat_e8m0.so"
+MIN_LLVM_MAJOR = 20  # Float8E8M0FNU appeared in APFloat in LLVM 20
+# What the link needs besides LLVMSupport/LLVMDemangle when llvm-config cannot tell us: APFloat
+# itself pulls no compression code, but Support's other objects may reference zlib/zstd.
+FALLBACK_SYSTEM_LIBS = ("-lpthread", "-ldl", "-lm", "-lrt")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlvmLocation:
+    """Compiler and linker flags for one LLVM installation."""
+
+    origin: str  # human-readable: which rule found it
+    version: str
+    cxxflags: tuple[str, ...]
+    libdir: str
+    libs: tuple[str, ...]
+    system_libs: tuple[str, ...]
+
+
+def cache_root() -> Path:
+    if os.environ.get("PYTORCH_SCRIPTS_CACHE_DIR"):
+        return Path(os.environ["PYTORCH_SCRIPTS_CACHE_DIR"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "pytorch_scripts"
+    return Path.home() / ".cache" / "pytorch_scripts"
+
+
+def _run_llvm_config(llvm_config: str, *args: str) -> str:
+    command = [llvm_config, *args]
+    # mlc-llvm-static's llvm-config is a Python script; run it with this interpreter so it does not
+    # depend on a system python3 on PATH.
+    with open(llvm_config, "rb") as f:
+        first_line = f.readline()
+    if first_line.startswith(b"#!") and b"python" in first_line:
+        command = [sys.executable, llvm_config, *args]
+    result = subprocess.run(command, check=False, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ValueError(
+            f"{llvm_config} {' '.join(args)} failed (exit {result.returncode}): {result.stderr.strip()}; "
+            "point LLVM_CONFIG at a working llvm-config or unset it"
+        )
+    return result.stdout.strip()
+
+
+def _from_llvm_config(llvm_config: str, origin: str) -> LlvmLocation:
+    if not os.path.isfile(llvm_config):
+        raise ValueError(f"llvm-config not found at {llvm_config!r} ({origin}); fix the path or unset it")
+    return LlvmLocation(
+        origin=origin,
+        version=_run_llvm_config(llvm_config, "--version"),
+        cxxflags=tuple(shlex.split(_run_llvm_config(llvm_config, "--cxxflags"))),
+        libdir=_run_llvm_config(llvm_config, "--libdir"),
+        libs=tuple(shlex.split(_run_llvm_config(llvm_config, "--libs", "support"))),
+        system_libs=tuple(shlex.split(_run_llvm_config(llvm_config, "--system-libs"))),
+    )
+
+
+def _version_from_headers(include_dir: Path) -> str:
+    config_header = include_dir / "llvm" / "Config" / "llvm-config.h"
+    for line in config_header.read_text().splitlines():
+        if line.startswith("#define LLVM_VERSION_STRING"):
+            return line.split('"')[1]
+    raise ValueError(f"no LLVM_VERSION_STRING in {config_header}; is this an LLVM include folder?")
+
+
+def _from_prefix(prefix: Path, origin: str) -> LlvmLocation:
+    include_dir, lib_dir = prefix / "include", prefix / "lib"
+    if not (include_dir / "llvm" / "ADT" / "APFloat.h").is_file():
+        raise ValueError(
+            f"{prefix} ({origin}) has no include/llvm/ADT/APFloat.h; point LLVM_DIR at an LLVM prefix"
+        )
+    if not (lib_dir / "libLLVMSupport.a").is_file():
+        raise ValueError(f"{prefix} ({origin}) has no lib/libLLVMSupport.a; a static LLVM is needed")
+    return LlvmLocation(
+        origin=origin,
+        version=_version_from_headers(include_dir),
+        cxxflags=(f"-I{include_dir}", "-std=c++17", "-fno-exceptions", "-fno-rtti"),
+        libdir=str(lib_dir),
+        libs=("-lLLVMSupport", "-lLLVMDemangle"),
+        system_libs=FALLBACK_SYSTEM_LIBS,
+    )
+
+
+def find_llvm() -> LlvmLocation:
+    """Locate LLVM by the rules in the module docstring; raise ValueError with the fix if none."""
+    if os.environ.get("LLVM_CONFIG"):
+        location = _from_llvm_config(os.environ["LLVM_CONFIG"], "LLVM_CONFIG")
+    elif os.environ.get("LLVM_DIR"):
+        prefix = Path(os.environ["LLVM_DIR"]).expanduser()
+        bundled_config = prefix / "bin" / "llvm-config"
+        if bundled_config.is_file():
+            location = _from_llvm_config(str(bundled_config), "LLVM_DIR/bin/llvm-config")
+        else:
+            location = _from_prefix(prefix, "LLVM_DIR")
+    else:
+        if importlib.util.find_spec("mlc_llvm_static") is None:
+            raise ValueError(
+                "no LLVM found: set LLVM_CONFIG=/usr/bin/llvm-config-22 (apt-get install llvm-22-dev), "
+                "LLVM_DIR=<prefix with include/ and lib/libLLVMSupport.a>, or pip install mlc-llvm-static"
+            )
+        import mlc_llvm_static
+
+        location = _from_llvm_config(mlc_llvm_static.get_llvm_config(), "mlc-llvm-static (PyPI)")
+    major = int(location.version.split(".")[0])
+    if major < MIN_LLVM_MAJOR:
+        raise ValueError(
+            f"LLVM {location.version} from {location.origin} is too old: Float8E8M0FNU needs LLVM >= "
+            f"{MIN_LLVM_MAJOR}; point LLVM_CONFIG / LLVM_DIR at a newer one"
+        )
+    return location
+
+
+def compile_command(location: LlvmLocation, output: Path) -> list[str]:
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        raise ValueError(f"C++ compiler {compiler!r} not found; install g++ or set CXX")
+    return [
+        compiler,
+        *location.cxxflags,
+        "-O2",
+        "-DNDEBUG",
+        "-fPIC",
+        "-shared",
+        "-Wall",
+        "-Wextra",
+        "-o",
+        str(output),
+        str(SOURCE_PATH),
+        f"-L{location.libdir}",
+        *location.libs,
+        *location.system_libs,
+        # Keep LLVM's symbols private to this .so: torch and others may load a different LLVM.
+        "-Wl,--exclude-libs,ALL",
+    ]
+
+
+def library_path(location: LlvmLocation | None = None) -> Path:
+    """Where the library for the current source and LLVM lives (it may not be built yet)."""
+    location = location or find_llvm()
+    key_material = "\n".join(
+        [
+            hashlib.sha256(SOURCE_PATH.read_bytes()).hexdigest(),
+            shlex.join(compile_command(location, Path("OUT"))),
+            location.version,
+        ]
+    )
+    digest = hashlib.sha256(key_material.encode()).hexdigest()[:16]
+    return cache_root() / "llvm_e8m0" / digest / LIBRARY_NAME
+
+
+def build_library(force: bool = False, verbose: bool = False) -> Path:
+    """Compile the library unless an up-to-date one is cached; return its path.
+
+    Concurrent callers (two sweep workers, pytest-xdist) serialise on a lock file; the compiler
+    writes to a temporary name that is renamed into place, so a half-written .so is never loaded.
+    """
+    location = find_llvm()
+    target = library_path(location)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / "build.lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        if target.is_file() and not force:
+            return target
+        temporary = target.with_name(f".{LIBRARY_NAME}.{os.getpid()}.tmp")
+        command = compile_command(location, temporary)
+        if verbose:
+            print(f"LLVM {location.version} from {location.origin}")
+            print(shlex.join(command))
+        result = subprocess.run(command, check=False, capture_output=True, text=True)
+        if result.returncode != 0:
+            temporary.unlink(missing_ok=True)
+            raise RuntimeError(
+                f"compiling {SOURCE_PATH.name} failed:\n{shlex.join(command)}\n{result.stderr}"
+            )
+        os.replace(temporary, target)
+    return target
+
+
+def main(force: bool = False, verbose: bool = True) -> None:
+    """Build (or find cached) libapfloat_e8m0.so and print its path.
+
+    Args:
+        force: rebuild even when a library for this source and LLVM is cached.
+        verbose: print the LLVM origin/version and the compiler command.
+    """
+    path = build_library(force=force, verbose=verbose)
+    print(path)
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
