@@ -1,0 +1,1 @@
+"""DTensor FSDP2 / tensor / sequence / 2D parallelism, verified against a single process (see README.md)."""

@@ -1,0 +1,173 @@
+"""FSDP2 / tensor / sequence / 2D parallelism with DTensor, each checked against a single process.
+
+Launch with torchrun (see README.md), for example on CPU:
+
+    torchrun --nproc_per_node 2 dtensor_parallelisms/main.py --mode fsdp
+
+Every rank runs the single-process reference itself (same seed everywhere) and the parallel version,
+then compares the forward output, the input gradient, every parameter gradient and every parameter
+after one AdamW step. Rank 0 prints one table per mode; the exit code is non-zero if any check failed
+on any rank.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+
+import fire
+import torch
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from dtensor_parallelisms.model import ModelConfig
+from dtensor_parallelisms.run import run_modes
+from pytorch_scripts_common import get_device
+
+MODES = ("fsdp", "tp", "sp", "fsdp_tp")
+TORCHRUN_ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+EXAMPLE_COMMAND = "torchrun --nproc_per_node 2 dtensor_parallelisms/main.py --mode fsdp"
+
+
+def parse_modes(mode: str | tuple | list) -> list[str]:
+    """``"all"``, one mode, or several (``--mode fsdp,tp``: fire passes a tuple) -> list of modes."""
+    names = [str(m).strip() for m in mode] if isinstance(mode, tuple | list) else str(mode).split(",")
+    names = [n for n in (n.strip() for n in names) if n]
+    if names == ["all"]:
+        return list(MODES)
+    unknown = [n for n in names if n not in MODES]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown mode {unknown or mode!r}: choose one of {', '.join(MODES)}, 'all', "
+            "or a comma-separated list such as --mode fsdp,tp"
+        )
+    return list(dict.fromkeys(names))
+
+
+def _require_divisible(mode: str, what: str, value: int, degree: int, degree_name: str) -> None:
+    if value % degree != 0:
+        raise ValueError(
+            f"mode {mode!r}: {what}={value} must be divisible by the tensor-parallel degree "
+            f"{degree_name}={degree} (each rank holds {what} / {degree_name}); launch a world size "
+            f"that divides {value} or change --{what}"
+        )
+
+
+def validate_world_size(modes: list[str], world_size: int, config: ModelConfig, tp_size: int) -> None:
+    """Raise ``ValueError`` if a mode cannot run on ``world_size`` ranks with this model config.
+
+    fsdp: any world size (FSDP2 pads uneven dim-0 shards). tp, sp: the tensor-parallel degree is the
+    world size and must divide num_heads, hidden_dim (and for sp seq_len and vocab_size). fsdp_tp:
+    world_size = dp_size * tp_size with dp_size >= 2, tp_size >= 2, and tp_size divides as for sp.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    for mode in modes:
+        if mode in ("tp", "sp", "fsdp_tp"):
+            if mode == "fsdp_tp":
+                if tp_size < 2 or world_size % tp_size != 0 or world_size // tp_size < 2:
+                    raise ValueError(
+                        "mode 'fsdp_tp' needs world_size = dp_size * tp_size with dp_size >= 2 and "
+                        f"tp_size >= 2; got world_size={world_size}, tp_size={tp_size}. Launch e.g. "
+                        "--nproc_per_node 4 with --tp_size 2, or choose another mode"
+                    )
+                degree, degree_name = tp_size, "tp_size"
+            else:
+                degree, degree_name = world_size, "world_size"
+            _require_divisible(mode, "num_heads", config.num_heads, degree, degree_name)
+            _require_divisible(mode, "hidden_dim", config.hidden_dim, degree, degree_name)
+            if mode in ("sp", "fsdp_tp"):  # both use the sequence-parallel plan with loss_parallel
+                _require_divisible(mode, "seq_len", config.seq_len, degree, degree_name)
+                _require_divisible(mode, "vocab_size", config.vocab_size, degree, degree_name)
+
+
+def _torchrun_world_size() -> int:
+    missing = [name for name in TORCHRUN_ENV_VARS if name not in os.environ]
+    if missing:
+        raise ValueError(
+            f"not launched by torchrun (environment variables {', '.join(missing)} are not set). "
+            f"Run e.g.: {EXAMPLE_COMMAND}  (torchrun --nproc_per_node 1 ... for a single process)"
+        )
+    return int(os.environ["WORLD_SIZE"])
+
+
+@record  # torchrun's failure summary then shows the rank's exception message, not only its exit code
+def main(
+    mode: str = "all",
+    tp_size: int = 2,
+    dim: int = 64,
+    num_heads: int = 4,
+    hidden_dim: int = 128,
+    vocab_size: int = 64,
+    num_layers: int = 2,
+    batch_size: int = 2,
+    seq_len: int = 8,
+    seed: int = 0,
+    lr: float = 1e-2,
+    mixed_precision: bool = False,
+    timeout_s: int = 120,
+    input_seed_per_rank: bool = False,
+) -> None:
+    """Run DTensor parallelisms under torchrun and check them against a single-process reference.
+
+    Args:
+        mode: fsdp | tp | sp | fsdp_tp | all, or a comma-separated list (fsdp_tp needs 4+ processes).
+        tp_size: tensor-parallel degree of fsdp_tp (its data-parallel degree is world_size / tp_size).
+        dim: model dim D.
+        num_heads: attention heads N (D must be divisible by N; tp/sp need N divisible by the TP degree).
+        hidden_dim: feed-forward hidden dim F (tp/sp need F divisible by the TP degree).
+        vocab_size: output classes V (sp/fsdp_tp shard the logits on V for loss_parallel).
+        num_layers: transformer blocks.
+        batch_size: batch B (the same batch on every rank).
+        seq_len: sequence length S (sp/fsdp_tp shard activations on S).
+        seed: seed of the model and the inputs, the same on every rank.
+        lr: AdamW learning rate of the one optimizer step that is checked.
+        mixed_precision: fsdp with MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32).
+        timeout_s: collective timeout of the process group (a hung rank fails instead of waiting forever).
+        input_seed_per_rank: deliberate mistake, inputs seeded with seed + rank: the checks must fail.
+    """
+    config = ModelConfig(
+        dim=dim,
+        num_heads=num_heads,
+        hidden_dim=hidden_dim,
+        vocab_size=vocab_size,
+        num_layers=num_layers,
+        batch_size=batch_size,
+        seq_len=seq_len,
+    )
+    config.validate()
+    modes = parse_modes(mode)
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    # All validation happens before the process group exists, on every rank alike, so a bad request
+    # fails fast on every rank instead of leaving some ranks waiting in a collective.
+    validate_world_size(modes, _torchrun_world_size(), config, tp_size)
+
+    device = get_device()
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        num_failed = run_modes(
+            modes,
+            config,
+            device=device,
+            tp_size=tp_size,
+            seed=seed,
+            lr=lr,
+            mixed_precision=mixed_precision,
+            input_seed_per_rank=input_seed_per_rank,
+        )
+    finally:
+        dist.destroy_process_group()
+    if num_failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
