@@ -138,10 +138,14 @@ def main(
     )
     config.validate()
     modes = parse_modes(mode)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
+    if mixed_precision and "fsdp" not in modes:
+        raise ValueError(f"--mixed_precision applies to mode fsdp only; modes requested: {', '.join(modes)}")
     # All validation happens before the process group exists, on every rank alike, so a bad request
     # fails fast on every rank instead of leaving some ranks waiting in a collective.
     validate_world_size(modes, _torchrun_world_size(), config, tp_size)

@@ -87,6 +87,11 @@ def test_main_rejects_unknown_mode_before_looking_for_torchrun(monkeypatch):
         main(mode="ddp")
 
 
+def test_mixed_precision_without_fsdp_is_rejected():
+    with pytest.raises(ValueError, match=r"--mixed_precision applies to mode fsdp only; modes requested: tp"):
+        main(mode="tp", mixed_precision=True)
+
+
 def test_main_validates_the_world_size_before_creating_a_process_group(monkeypatch):
     # torchrun-like environment but no other process: a hang would mean a collective was attempted.
     monkeypatch.setenv("RANK", "0")
