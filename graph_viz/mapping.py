@@ -251,8 +251,7 @@ def map_module(graph: Graph, module: OutputModule) -> list[dict[str, Any]]:
         kernels.append(kernel)
         packet = op_packet(kernel["name"])
         candidates = [n for n in by_packet.get(packet, []) if n not in used]
-        named = [n for n in candidates if n in kernel["source_nodes"]]
-        chosen = named[0] if named else (candidates[0] if candidates else None)
+        chosen = max(candidates, key=lambda n: _extern_score(nodes, values, launch, n), default=None)
         # The other names in an extern call's comment are usually fused producers of its inputs,
         # computed by a C++/Triton kernel, so they are not claimed here.
         if chosen is None:
@@ -297,6 +296,25 @@ def map_module(graph: Graph, module: OutputModule) -> list[dict[str, Any]]:
     for kernel in kernels:
         kernel["nodes"] = links.get(kernel["id"], [])
     return kernels
+
+
+def _extern_score(nodes: dict, values: list[_Value], launch: dict[str, Any], candidate: str) -> tuple:
+    """How well graph node ``candidate`` fits an extern call; ties go to the earliest node.
+
+    An output already resolved to the candidate (from ``return``) wins; then graph inputs passed at
+    the same argument positions; then being named in the call's source-node comment.
+    """
+    node = nodes[candidate]
+    output_match = any(values[v].node == candidate for v in launch["outputs"])
+    node_args = [a for a in node.args if "=" not in a or a.startswith(("[", "("))]
+    same_inputs = 0
+    for value_id, arg in zip(launch["inputs"], node_args, strict=False):
+        if value_id is None or arg not in nodes:
+            continue
+        known = values[value_id].node
+        if known is not None and known in (arg, _view_root(nodes, arg)):
+            same_inputs += 1
+    return (output_match, same_inputs, candidate in launch["kernel"]["source_nodes"])
 
 
 def _view_root(nodes: dict, name: str) -> str:
