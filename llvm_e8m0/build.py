@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import os
@@ -116,10 +117,15 @@ def _from_prefix(prefix: Path, origin: str) -> LlvmLocation:
 
 def find_llvm() -> LlvmLocation:
     """Locate LLVM by the rules in the module docstring; raise ValueError with the fix if none."""
-    if os.environ.get("LLVM_CONFIG"):
-        location = _from_llvm_config(os.environ["LLVM_CONFIG"], "LLVM_CONFIG")
-    elif os.environ.get("LLVM_DIR"):
-        prefix = Path(os.environ["LLVM_DIR"]).expanduser()
+    return _find_llvm(os.environ.get("LLVM_CONFIG", ""), os.environ.get("LLVM_DIR", ""))
+
+
+@functools.cache  # llvm-config is a Python script here: ~0.3 s per query, 5 queries
+def _find_llvm(llvm_config_env: str, llvm_dir_env: str) -> LlvmLocation:
+    if llvm_config_env:
+        location = _from_llvm_config(llvm_config_env, "LLVM_CONFIG")
+    elif llvm_dir_env:
+        prefix = Path(llvm_dir_env).expanduser()
         bundled_config = prefix / "bin" / "llvm-config"
         if bundled_config.is_file():
             location = _from_llvm_config(str(bundled_config), "LLVM_DIR/bin/llvm-config")

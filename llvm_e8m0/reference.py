@@ -13,9 +13,11 @@ applies IEEE 754's rounding attributes to that value set, and documents each cho
   ``NearestTiesToAway`` picks 2^(e+1). (IEEE's "even" is the last significand digit; E8M0's
   significand is a single implicit 1, odd for both candidates, so the encoding is the only digit
   left to be even. LLVM reads "even" differently; see README.md.)
-* overflow (x > 2^127): as IEEE, the nearest modes overflow when x >= 1.5 * 2^127 (the midpoint to
-  the next, unrepresentable, power of two) and TowardPositive whenever x > 2^127; E8M0 has no
-  infinity, so an overflow gives NaN (0xFF). TowardZero / TowardNegative saturate to 2^127 (0xFE).
+* overflow (x > 2^127): as IEEE (round as if the exponent range were unbounded, overflow if the
+  result exceeds 2^127): NearestTiesToAway overflows for x >= 1.5 * 2^127, NearestTiesToEven for
+  x > 1.5 * 2^127 (the tie goes to 2^127, whose encoding 0xFE is even), TowardPositive for any
+  x > 2^127; E8M0 has no infinity, so an overflow gives NaN (0xFF). TowardZero / TowardNegative
+  saturate to 2^127 (0xFE).
 * underflow (0 < x < 2^-127) and zero (+0.0 and -0.0): E8M0 has no zero, so the nearest
   representable value 2^-127 (0x00) in every mode (no value exists below it to round toward).
 * NaN and +-infinity: NaN (0xFF), the only non-finite encoding.
