@@ -145,9 +145,13 @@ class Report:
         lines = [f"{'check':<{width}}  result  {'max abs err':>11}  {'max rel err':>11}  tolerance"]
         for r in self.results:
             status = "ok" if r.passed else "FAIL"
+            if r.tolerance is None:  # yes/no check: no error to measure
+                errors = f"{'-':>11}  {'-':>11}"
+            else:
+                errors = f"{r.max_abs_err:>11.3e}  {r.max_rel_err:>11.3e}"
             lines.append(
-                f"{r.name:<{width}}  {status:<6}  {r.max_abs_err:>11.3e}  {r.max_rel_err:>11.3e}  "
-                f"{r.tolerance or 'yes/no'}" + (f"  ({_describe(r)})" if _describe(r) else "")
+                f"{r.name:<{width}}  {status:<6}  {errors}  {r.tolerance or 'yes/no'}"
+                + (f"  ({_describe(r)})" if _describe(r) else "")
             )
         reasons = sorted({(str(r.tolerance), r.tolerance.reason) for r in self.results if r.tolerance})
         if reasons:

@@ -356,6 +356,28 @@ def run_tp(settings: RunSettings, mesh: DeviceMesh, report: Report) -> None:
 def run_sp(settings: RunSettings, mesh: DeviceMesh, report: Report) -> None:
     ref_model, x, targets = _build_reference(settings)
     model = parallelize_module(copy.deepcopy(ref_model), mesh, sp_plan(settings.config))
+    config, tp_size = settings.config, mesh.size()
+    # Layouts are part of the lesson: look at what flows between blocks and into the loss.
+    block_outputs: list[torch.Tensor] = []
+    hook = model.layers[0].register_forward_hook(lambda _module, _inputs, out: block_outputs.append(out))
+    with torch.no_grad():
+        logits = model(x)
+    hook.remove()
+    local_shape = (config.batch_size, config.seq_len // tp_size, config.dim)
+    report.check_true(
+        "sp: block output is a plain (B, S/P, D) sequence shard",
+        not isinstance(block_outputs[0], DTensor) and tuple(block_outputs[0].shape) == local_shape,
+        f"expected a torch.Tensor of shape {local_shape}, got {type(block_outputs[0]).__name__} "
+        f"{tuple(block_outputs[0].shape)}",
+    )
+    logits_local_shape = (config.batch_size, config.seq_len, config.vocab_size // tp_size)
+    report.check_true(
+        "sp: logits are a vocab-sharded DTensor, local (B, S, V/P)",
+        isinstance(logits, DTensor)
+        and logits.placements[0].is_shard()
+        and tuple(logits.to_local().shape) == logits_local_shape,
+        f"expected DTensor Shard(-1) with local shape {logits_local_shape}, got {logits!r:.200}",
+    )
     ref = train_step(ref_model, x, targets, settings.lr)
     test = train_step(model, x, targets, settings.lr, loss_context=loss_parallel)
     compare_steps(

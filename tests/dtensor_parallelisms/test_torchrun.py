@@ -90,6 +90,11 @@ def test_world_size_2_fsdp_mixed_precision_tp_sp():
     assert (status, tolerance) == ("ok", "SQNR >= 30 dB")
     # The two TP implementations agree exactly where they do the same arithmetic (no bias) ...
     assert row(out, "tp vs hand-written tp: layer 0 attention output") == ("ok", 0.0, "exact")
+    for name in [
+        "sp: block output is a plain (B, S/P, D) sequence shard",
+        "sp: logits are a vocab-sharded DTensor",
+    ]:
+        assert re.search(rf"^{re.escape(name)}.*\s+ok\s+-\s+-\s+yes/no$", out, flags=re.M), name
     # ... and both differ from the reference by float32 reduction order only: small but not zero.
     for label in ["hand-written tp", "tp (parallelize_module)", "sp + loss_parallel"]:
         status, err, tolerance = row(out, f"{label}: logits")
