@@ -24,12 +24,14 @@ import bisect
 import collections
 import dataclasses
 import json
+import os
 import re
+import tempfile
 from array import array
 from typing import Any
 
 from perf_traces.log_parser import CallSite, KernelDefinition, OutputCodeModule, ops_from_kernel_name
-from perf_traces.trace_stream import iter_trace, rewrite_events
+from perf_traces.trace_stream import TraceFormatError, iter_trace, rewrite_events
 
 __all__ = ["EnrichSummary", "enrich_trace"]
 
@@ -65,7 +67,9 @@ class EnrichSummary:
             + ")",
         ]
         if self.num_ambiguous_spans:
-            out.append(f"compiled-graph calls matched to one of several identical modules: {self.num_ambiguous_spans}")
+            out.append(
+                f"graph calls matched to one of several equally good modules: {self.num_ambiguous_spans}"
+            )
         unmatched_total = sum(self.unmatched_by_name.values())
         out.append(f"kernel-like events unmatched: {unmatched_total}")
         for name, count in self.unmatched_by_name.most_common(20):
@@ -167,13 +171,20 @@ def _trace_name(module: OutputCodeModule, kernel: KernelDefinition) -> str:
 
 
 def enrich_trace(
-    trace_path: str, modules: list[OutputCodeModule], output_path: str | None
+    trace_path: str, modules: list[OutputCodeModule], output_path: str | None, *, in_memory: bool = False
 ) -> EnrichSummary:
     """Match ``trace_path``'s events to ``modules``; write the enriched trace to ``output_path``.
 
     ``output_path=None`` only matches and summarises. Raises ``TraceFormatError`` for malformed
-    traces before anything is written.
+    traces before anything is written. ``in_memory=True`` is the plain ``json.load`` / ``json.dump``
+    implementation (same matching), kept as the benchmark's baseline.
     """
+    loaded = None
+    if in_memory:
+        loaded = _load_whole(trace_path)
+        event_source = ((index, event, index, index + 1) for index, event in enumerate(loaded["traceEvents"]))
+    else:
+        event_source = iter_trace(trace_path)
     summary = EnrichSummary(num_modules=len(modules))
     # Kernel names as the trace shows them -> [(module, kernel)]
     by_trace_name: dict[str, list[tuple[OutputCodeModule, KernelDefinition]]] = collections.defaultdict(list)
@@ -193,8 +204,9 @@ def enrich_trace(
     candidates = _Candidates()
     kernel_file_by_candidate: dict[int, str] = {}  # candidate row -> args["kernel_file"] (Triton launches)
     gpu_kernels: list[tuple[int, int, int, int, str]] = []  # (index, External id, start, end, name)
+    # (one tuple per GPU kernel event: ~150 bytes each; GPU kernels are a minority of a trace's events)
     num_events = 0
-    for index, event, start, end in iter_trace(trace_path):
+    for index, event, start, end in event_source:
         if index is None:
             continue
         num_events += 1
@@ -208,13 +220,15 @@ def enrich_trace(
         args = args if isinstance(args, dict) else {}
         if category == "kernel":
             ext = args.get("External id")
-            if isinstance(ext, int) and (name in by_trace_name or _INDUCTOR_KERNEL_NAME_RE.match(name)):
+            if isinstance(ext, int):
                 gpu_kernels.append((index, ext, start, end, name))
             continue
         if category not in ("cpu_op", "user_annotation"):
             continue
         is_kernel_name = name in by_trace_name or _INDUCTOR_KERNEL_NAME_RE.match(name) is not None
-        if not (is_kernel_name or name.startswith("aten::") or name.startswith(_CALL_SPAN_PREFIX)) and name not in (
+        if not (
+            is_kernel_name or name.startswith("aten::") or name.startswith(_CALL_SPAN_PREFIX)
+        ) and name not in (
             _FORWARD_SPAN,
             _BACKWARD_SPAN,
         ):
@@ -237,7 +251,9 @@ def enrich_trace(
             ext = args.get("External id")
             if is_kernel_name and isinstance(args.get("kernel_file"), str):
                 kernel_file_by_candidate[len(candidates)] = args["kernel_file"]
-            candidates.add(thread, ts, ts + dur, index, (start, end), name_id, ext if isinstance(ext, int) else -1)
+            candidates.add(
+                thread, ts, ts + dur, index, (start, end), name_id, ext if isinstance(ext, int) else -1
+            )
     summary.num_events = num_events
 
     # ---- resolve: which span each candidate is a direct child of
@@ -339,7 +355,9 @@ def enrich_trace(
                 kernel_call_counts[kernel.name] += 1
                 annotations[row] = _annotation_for_kernel(module, kernel, call, note)
                 seen_kernels.add((id(module), kernel.name))
-                summary.matched_by_kind["cpu kernel op" if kernel.backend.startswith("cpp") else "kernel launch op"] += 1
+                summary.matched_by_kind[
+                    "cpu kernel op" if kernel.backend.startswith("cpp") else "kernel launch op"
+                ] += 1
             elif name.startswith("aten::"):
                 # n-th aten::<op> child <-> the next extern call of the same op (skips ops call() ran
                 # that are not extern kernels, e.g. an aten::empty from a fallback allocation).
@@ -357,27 +375,31 @@ def enrich_trace(
         options = by_trace_name.get(name, [])
         kernel_file = kernel_file_by_candidate.get(row)
         if kernel_file and by_kernel_path.get(kernel_file):
-            options = [option for option in options if option[1].kernel_path == kernel_file] or by_kernel_path[
-                kernel_file
-            ]
+            options = [
+                option for option in options if option[1].kernel_path == kernel_file
+            ] or by_kernel_path[kernel_file]
         kind = enclosing_mode(candidates.thread[row], candidates.ts[row], candidates.end[row])
         of_kind = [option for option in options if option[0].graph_kind in (kind, "unknown")]
         options = of_kind or options
         if len(options) == 1:
             module, kernel = options[0]
-            annotations[row] = _annotation_for_kernel(module, kernel, None, "matched by name outside a Call span")
+            annotations[row] = _annotation_for_kernel(
+                module, kernel, None, "matched by name outside a Call span"
+            )
             seen_kernels.add((id(module), kernel.name))
-            summary.matched_by_kind["cpu kernel op" if kernel.backend.startswith("cpp") else "kernel launch op"] += 1
+            summary.matched_by_kind[
+                "cpu kernel op" if kernel.backend.startswith("cpp") else "kernel launch op"
+            ] += 1
 
-    # GPU kernels inherit the annotation of their launch op (same External id)
+    # GPU kernels inherit the annotation of their launch op or extern aten op (same External id)
     launch_by_external_id = {
-        candidates.external_id[row]: row
-        for row in annotations
-        if candidates.external_id[row] >= 0 and "inductor_kernel" in annotations[row]
+        candidates.external_id[row]: row for row in annotations if candidates.external_id[row] >= 0
     }
     replacements: list[tuple[int, int, int, dict[str, Any]]] = []  # (start, end, index, annotation)
     for row, annotation in annotations.items():
-        replacements.append((candidates.start_offset[row], candidates.end_offset[row], candidates.index[row], annotation))
+        replacements.append(
+            (candidates.start_offset[row], candidates.end_offset[row], candidates.index[row], annotation)
+        )
     matched_names = {name_list[candidates.name_id[row]] for row in annotations}
     for index, ext, start, end, name in gpu_kernels:
         row = launch_by_external_id.get(ext)
@@ -385,8 +407,10 @@ def enrich_trace(
             annotation = dict(annotations[row])
             annotation["inductor_launch_op"] = name_list[candidates.name_id[row]]
             replacements.append((start, end, index, annotation))
-            summary.matched_by_kind["gpu kernel"] += 1
-        else:
+            summary.matched_by_kind[
+                "gpu kernel" if "inductor_kernel" in annotation else "gpu kernel of extern op"
+            ] += 1
+        elif name in by_trace_name or _INDUCTOR_KERNEL_NAME_RE.match(name):
             summary.unmatched_by_name[name] += 1
 
     matched_rows = set(annotations)
@@ -403,7 +427,14 @@ def enrich_trace(
     if summary.num_matched == 0:
         summary.zero_match_reason = _zero_match_reason(summary, modules, matched_names, name_list, spans)
 
-    if output_path is not None:
+    if output_path is not None and loaded is not None:
+        for _, _, index, annotation in replacements:
+            event = loaded["traceEvents"][index]
+            if not isinstance(event.get("args"), dict):
+                event["args"] = {}
+            event["args"].update(annotation)
+        _dump_atomically(loaded, output_path)
+    elif output_path is not None:
         replacements.sort()
 
         def encoder(annotation: dict[str, Any]):
@@ -447,3 +478,27 @@ def _zero_match_reason(
             "carry the graph id, which differs between runs that compile different graphs)"
         )
     return "no compiled-graph call in the trace ran the kernels or extern ops of a module in the log"
+
+
+def _load_whole(trace_path: str) -> dict[str, Any]:
+    try:
+        with open(trace_path, encoding="utf-8") as trace_file:
+            loaded = json.load(trace_file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TraceFormatError(f"{trace_path}: not valid JSON ({exc})") from None
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("traceEvents"), list):
+        raise TraceFormatError(f"{trace_path}: no 'traceEvents' list")
+    return loaded
+
+
+def _dump_atomically(trace: dict[str, Any], output_path: str) -> None:
+    target_dir = os.path.dirname(os.path.abspath(output_path))
+    handle, tmp_path = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(output_path), dir=target_dir)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as target:
+            json.dump(trace, target, ensure_ascii=False)
+        os.replace(tmp_path, output_path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        raise

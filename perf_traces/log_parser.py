@@ -8,7 +8,7 @@ Accepted layouts of the same content:
 
 - torch's log format (``TORCH_LOGS=output_code python train.py 2> log``, or ``TORCH_LOGS_OUT``), where
   every line of a record carries a prefix such as
-  ``V1123 18:56:37.289000 6703 /…/torch/_inductor/graph.py:2722] [0/0] [__output_code] # AOT ID: ['0_forward']``;
+  ``V1123 18:56:37.289000 6703 /…/graph.py:2722] [0/0] [__output_code] # AOT ID: ['0_forward']``;
 - a plain ``logging`` handler: only the first line (``… Output code:``) carries a prefix and the module
   follows unprefixed;
 - the bare module text (no prefixes at all, e.g. the ``.py`` file the log points at).
@@ -39,21 +39,21 @@ class OutputCodeLogWarning(UserWarning):
 # "V1123 18:56:37.289000 6703 /x/torch/_inductor/graph.py:2722] [0/0] [__output_code] Output code: "
 # The bracketed groups after "] " are optional: a compile id ("[0/0]", "[1/0_1]", "[0/0] [__rank0]") and
 # the artifact name ("[__output_code]").
-_LOG_PREFIX_RE = re.compile(
-    r"^[VIWEDC]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^\]]*?:\d+\] ((?:\[[^\]\s]*\] )*)"
-)
+_LOG_PREFIX_RE = re.compile(r"^[VIWEDC]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^\]]*?:\d+\] ((?:\[[^\]\s]*\] )*)")
 _COMPILE_ID_RE = re.compile(r"\[(\d+/\d+(?:_\d+)?)\]")
 # "# AOT ID: ['0_forward']"
 _AOT_ID_RE = re.compile(r"^# AOT ID: \['([^']*)'\]")
 # "cpp_fused_relu_1 = async_compile.cpp_pybinding(['float*'], r'''"
 # "triton_poi_fused_relu_0 = async_compile.triton('triton_poi_fused_relu_0', '''"
 _KERNEL_DEF_RE = re.compile(r"^(\w+) = async_compile\.(\w+)\(.*?r?'''\s*$")
-# "    torch::aot_inductor::RAIIAtenRecordFunctionHandle record_graph_0_cpp_fused_relu_1_("graph_0_cpp_fused_relu_1", nullptr);"
+# '    torch::aot_inductor::RAIIAtenRecordFunctionHandle record_graph_0_k_("graph_0_k", nullptr);'
 _RECORD_FUNCTION_RE = re.compile(r'RAIIAtenRecordFunctionHandle\s+\w+\("([^"]+)"')
 # "# kernel path: /tmp/torchinductor_user/ab/cabc.py"
 _KERNEL_PATH_RE = re.compile(r"^# kernel path: (\S.*)$")
 # "# Topologically Sorted Source Nodes: [input_2], Original ATen: [aten.t, aten.addmm]"
-_SOURCE_NODES_RE = re.compile(r"^#\s*(?:Topologically Sorted )?Source Nodes: \[(.*?)\], Original ATen: \[(.*?)\]")
+_SOURCE_NODES_RE = re.compile(
+    r"^#\s*(?:Topologically Sorted )?Source Nodes: \[(.*?)\], Original ATen: \[(.*?)\]"
+)
 # "    def call(self, args):" (torch >= 2.8) or "def call(args):"
 _CALL_DEF_RE = re.compile(r"^(\s*)def call\((?:self, )?args\):")
 # "        extern_kernels.addmm(primals_5, buf4, ..., out=buf5)"
@@ -238,12 +238,16 @@ def _parse_module(
                 if extern or aten:
                     op = extern.group(1) if extern else aten.group(1)
                     source_nodes, aten_ops = call_nodes or ([], [])
-                    calls.append(CallSite("extern", f"aten::{op}", source_nodes, aten_ops, stripped, line_number))
+                    calls.append(
+                        CallSite("extern", f"aten::{op}", source_nodes, aten_ops, stripped, line_number)
+                    )
                     call_nodes = None
                 elif kernel_call and kernel_call.group(1) in kernels:
                     kernel = kernels[kernel_call.group(1)]
                     source_nodes, aten_ops = call_nodes or (kernel.source_nodes, kernel.aten_ops)
-                    calls.append(CallSite("kernel", kernel.name, source_nodes, aten_ops, stripped, line_number))
+                    calls.append(
+                        CallSite("kernel", kernel.name, source_nodes, aten_ops, stripped, line_number)
+                    )
                     call_nodes = None
                 continue
         aot = _AOT_ID_RE.match(line)

@@ -1,0 +1,276 @@
+"""Profile a torch.compile'd toy model and write the (Chrome trace, output-code log) pair.
+
+The pair is exactly the input of ``add_inductor_metadata_to_perf_trace.py``. The model is
+``num_layers`` x (LayerNorm -> Linear -> ReLU); ``mode="train"`` profiles forward + backward,
+``mode="inference"`` a ``torch.no_grad`` forward; ``graph_break=True`` puts a graph break after the
+first layer (two compiled graphs, each with its own forward and backward). C++ kernels are recorded
+by the CPU profiler only with ``torch._inductor.config.cpp.enable_kernel_profile`` (set here); the
+output-code log is captured through ``TORCH_LOGS_OUT`` with ``torch._logging.set_logs(output_code=True)``
+and compile caches are off so that every graph is compiled (and logged) in this process.
+
+Printed: ``key_averages()`` table; on CPU the Inductor kernels' self-time table, on CUDA the
+top-level ops with the device self-time attributed to them. Checked (non-zero exit on failure): the
+per-op self times recomputed from the written trace sum to the profiler's self-time total.
+
+    python -m perf_traces.profile_compiled_model --output_dir /tmp/pair
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+
+import fire
+import torch
+
+MODES = ("train", "inference")
+# Chrome-trace ts/dur are printed with ns resolution (3 decimals in us), so each event's self time
+# read back from the trace is off by up to ~2 ns; 0.5 % + 2 ns per event also absorbs the profiler's
+# own float accumulation order.
+SELF_TIME_RELATIVE_TOLERANCE = 0.005
+SELF_TIME_ABSOLUTE_TOLERANCE_US_PER_EVENT = 0.002
+_INDUCTOR_KERNEL_RE = re.compile(r"^(?:graph_\d+_)?(?:cpp_|triton_)\w+$")
+
+
+class ToyModel(torch.nn.Module):
+    """``num_layers`` x (LayerNorm -> Linear -> ReLU), optionally with a graph break after the first layer."""
+
+    def __init__(self, hidden_dim: int, num_layers: int, graph_break: bool) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(
+            torch.nn.Sequential(
+                torch.nn.LayerNorm(hidden_dim), torch.nn.Linear(hidden_dim, hidden_dim), torch.nn.ReLU()
+            )
+            for _ in range(num_layers)
+        )
+        self.graph_break = graph_break
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers[0](x)
+        if self.graph_break:
+            # Outside the loop on purpose: dynamo runs a frame with a graph break inside a loop eagerly.
+            torch._dynamo.graph_break()
+        for layer in self.layers[1:]:
+            x = layer(x)
+        return x
+
+
+def self_times_from_trace(trace_events: list[dict]) -> dict[str, tuple[int, float]]:
+    """name -> (calls, self time in us) of CPU ops, recomputed from the trace (dur minus direct children)."""
+    by_thread = collections.defaultdict(list)
+    for event in trace_events:
+        if event.get("ph") == "X" and event.get("cat") in ("cpu_op", "user_annotation"):
+            by_thread[(event["pid"], event["tid"])].append(event)
+    totals: dict[str, list] = collections.defaultdict(lambda: [0, 0.0])
+    for events in by_thread.values():
+        events.sort(key=lambda event: (event["ts"], -event["dur"]))
+        stack: list[list] = []  # [end, event, children time]
+        for event in events:
+            end = event["ts"] + event["dur"]
+            while stack and stack[-1][0] <= event["ts"]:
+                finished = stack.pop()
+                _add_self_time(totals, finished)
+            if stack:
+                stack[-1][2] += event["dur"]
+            stack.append([end, event, 0.0])
+        while stack:
+            _add_self_time(totals, stack.pop())
+    return {name: (calls, self_us) for name, (calls, self_us) in totals.items()}
+
+
+def _add_self_time(totals: dict, frame: list) -> None:
+    _, event, children_us = frame
+    entry = totals[event["name"]]
+    entry[0] += 1
+    entry[1] += event["dur"] - children_us
+
+
+def check_self_times(trace_self: dict[str, tuple[int, float]], profiler_total_us: float) -> tuple[bool, str]:
+    """Does the per-op self time from the trace sum to the profiler's self-time total (within tolerance)?"""
+    trace_total = sum(self_us for _, self_us in trace_self.values())
+    num_events = sum(calls for calls, _ in trace_self.values())
+    tolerance = max(
+        SELF_TIME_RELATIVE_TOLERANCE * profiler_total_us,
+        SELF_TIME_ABSOLUTE_TOLERANCE_US_PER_EVENT * num_events,
+    )
+    difference = abs(trace_total - profiler_total_us)
+    ok = difference <= tolerance
+    message = (
+        f"sum of per-op self CPU times from the trace: {trace_total:.3f} us; profiler self CPU total: "
+        f"{profiler_total_us:.3f} us; |difference| {difference:.3f} us "
+        f"{'<=' if ok else '>'} tolerance {tolerance:.3f} us "
+        f"(max of {SELF_TIME_RELATIVE_TOLERANCE:.1%} and {SELF_TIME_ABSOLUTE_TOLERANCE_US_PER_EVENT} us x "
+        f"{num_events} events: trace times have ns resolution)"
+    )
+    return ok, message
+
+
+def kernel_table(trace_self: dict[str, tuple[int, float]], total_us: float) -> list[str]:
+    rows = sorted(
+        (
+            (name, calls, self_us)
+            for name, (calls, self_us) in trace_self.items()
+            if _INDUCTOR_KERNEL_RE.match(name)
+        ),
+        key=lambda row: -row[2],
+    )
+    lines = [f"{'Inductor kernel':<80} {'calls':>6} {'self CPU us':>12} {'% of total':>10}"]
+    for name, calls, self_us in rows:
+        lines.append(
+            f"{name[:80]:<80} {calls:>6d} {self_us:>12.3f} {100 * self_us / max(total_us, 1e-9):>9.2f}%"
+        )
+    kernel_sum = sum(row[2] for row in rows)
+    lines.append(
+        f"{'sum of Inductor kernels':<80} {'':>6} {kernel_sum:>12.3f} "
+        f"{100 * kernel_sum / max(total_us, 1e-9):>9.2f}%"
+    )
+    return lines
+
+
+def device_table(trace_events: list[dict]) -> list[str]:
+    """Top-level CPU ops (per thread) with the GPU kernel time launched under them (External id)."""
+    kernel_us_by_external_id: dict[int, float] = collections.defaultdict(float)
+    for event in trace_events:
+        if event.get("cat") == "kernel" and isinstance(event.get("args", {}).get("External id"), int):
+            kernel_us_by_external_id[event["args"]["External id"]] += event.get("dur", 0.0)
+    by_thread = collections.defaultdict(list)
+    for event in trace_events:
+        if event.get("ph") == "X" and event.get("cat") == "cpu_op":
+            by_thread[(event["pid"], event["tid"])].append(event)
+    attributed: dict[str, float] = collections.defaultdict(float)
+    for events in by_thread.values():
+        events.sort(key=lambda event: (event["ts"], -event["dur"]))
+        top_end, top_name = float("-inf"), None
+        for event in events:
+            if event["ts"] >= top_end:
+                top_end, top_name = event["ts"] + event["dur"], event["name"]
+            attributed[top_name] += kernel_us_by_external_id.get(
+                event.get("args", {}).get("External id"), 0.0
+            )
+    lines = [f"{'top-level op':<80} {'device self us':>14}"]
+    for name, device_us in sorted(attributed.items(), key=lambda item: -item[1]):
+        if device_us > 0:
+            lines.append(f"{name[:80]:<80} {device_us:>14.3f}")
+    lines.append(f"{'total GPU kernel time':<80} {sum(kernel_us_by_external_id.values()):>14.3f}")
+    return lines
+
+
+def main(
+    output_dir: str,
+    hidden_dim: int = 256,
+    batch_size: int = 64,
+    num_layers: int = 2,
+    mode: str = "train",
+    graph_break: bool = False,
+    num_warmup: int = 2,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> None:
+    """Compile a LayerNorm+Linear toy model, profile it, write trace.json and output_code.log.
+
+    Args:
+        output_dir: directory for trace.json and output_code.log (created; see --overwrite).
+        hidden_dim: feature size of every LayerNorm / Linear.
+        batch_size: rows of the random input.
+        num_layers: number of LayerNorm -> Linear -> ReLU blocks.
+        mode: "train" (profile forward + backward) or "inference" (torch.no_grad forward).
+        graph_break: put a torch._dynamo.graph_break() after the first layer (two compiled graphs).
+        num_warmup: un-profiled steps after compilation.
+        seed: seed of the weights and input.
+        overwrite: replace an existing trace.json / output_code.log in output_dir.
+    """
+    from pytorch_scripts_common import get_device, set_seed
+
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not one of {MODES}")
+    for label, value, minimum in (
+        ("hidden_dim", hidden_dim, 1),
+        ("batch_size", batch_size, 1),
+        ("num_layers", num_layers, 1),
+        ("num_warmup", num_warmup, 0),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f"{label}={value!r} must be an int >= {minimum}")
+    if graph_break and num_layers < 2:
+        raise ValueError("graph_break=True needs num_layers >= 2 (the break goes after the first layer)")
+    trace_path = os.path.join(output_dir, "trace.json")
+    log_path = os.path.join(output_dir, "output_code.log")
+    for path in (trace_path, log_path):
+        if os.path.exists(path) and not overwrite:
+            raise ValueError(f"{path} exists; pass --overwrite to replace it or choose another output_dir")
+    os.makedirs(output_dir, exist_ok=True)
+
+    import torch._inductor.config as inductor_config
+    from torch.profiler import ProfilerActivity, profile
+
+    device = get_device()
+    set_seed(seed)
+    model = ToyModel(hidden_dim, num_layers, graph_break).to(device)
+    x = torch.randn(batch_size, hidden_dim, device=device, requires_grad=(mode == "train"))
+
+    def step() -> None:
+        if mode == "train":
+            compiled(x).sum().backward()
+        else:
+            with torch.no_grad():
+                compiled(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    tmp_log_path = log_path + ".tmp"
+    previous_log_out = os.environ.get("TORCH_LOGS_OUT")
+    os.environ["TORCH_LOGS_OUT"] = tmp_log_path  # read by set_logs: adds a FileHandler to torch's loggers
+    try:
+        torch._dynamo.reset()
+        torch._logging.set_logs(output_code=True)
+        with (
+            inductor_config.patch({"cpp.enable_kernel_profile": True, "fx_graph_cache": False}),
+            torch._functorch.config.patch(enable_autograd_cache=False),
+        ):
+            compiled = torch.compile(model)
+            for _ in range(1 + num_warmup):  # the first call compiles
+                step()
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            with profile(activities=activities) as profiler:
+                step()
+    finally:
+        torch._logging.set_logs()
+        if previous_log_out is None:
+            os.environ.pop("TORCH_LOGS_OUT", None)
+        else:
+            os.environ["TORCH_LOGS_OUT"] = previous_log_out
+    if not os.path.exists(tmp_log_path) or os.path.getsize(tmp_log_path) == 0:
+        raise RuntimeError(
+            f"no output code was logged to {tmp_log_path}: nothing was compiled by Inductor (did dynamo "
+            "fall back to eager?) or torch logging did not reach the file"
+        )
+    tmp_trace_path = trace_path + ".tmp"
+    profiler.export_chrome_trace(tmp_trace_path)
+    os.replace(tmp_trace_path, trace_path)
+    os.replace(tmp_log_path, log_path)
+
+    averages = profiler.key_averages()
+    sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(averages.table(sort_by=sort_key, row_limit=25))
+    with open(trace_path, encoding="utf-8") as trace_file:
+        trace_events = json.load(trace_file)["traceEvents"]
+    trace_self = self_times_from_trace(trace_events)
+    profiler_total_us = averages.self_cpu_time_total
+    if device.type == "cuda":
+        print("\n".join(device_table(trace_events)))
+    print("\n".join(kernel_table(trace_self, profiler_total_us)))
+    ok, message = check_self_times(trace_self, profiler_total_us)
+    print(message)
+    print(
+        f"torch {torch.__version__}, device {device}, mode {mode}, graph_break {graph_break}, "
+        f"x {tuple(x.shape)} float32, {num_layers} layers"
+    )
+    print(f"wrote {trace_path}\nwrote {log_path}")
+    if not ok:
+        raise SystemExit("self-time check failed: " + message)
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
