@@ -103,8 +103,8 @@ def llvm_guarded(fields: Fields, short_mode: str) -> np.ndarray:
     return fields.sign & (fields.is_nonfinite | (above_max & magnitude_can_grow))
 
 
-def llvm_expected(bits: np.ndarray, short_mode: str) -> Expectation:
-    f = decompose(bits)
+def llvm_expected(bits: np.ndarray, short_mode: str, fields: Fields | None = None) -> Expectation:
+    f = fields or decompose(bits)
     finite_nonzero = ~f.is_zero & ~f.is_nonfinite
     positive_code = np.minimum(f.k + 127 + _round_up(f, _LLVM_POSITIVE_RULE[short_mode]), NAN)
     negative_code = np.minimum(f.k + 127 + _round_up(f, _LLVM_NEGATIVE_RULE[short_mode]), NAN)
@@ -129,8 +129,8 @@ def llvm_expected(bits: np.ndarray, short_mode: str) -> Expectation:
 
 
 # --- torch (c10::detail::fp8e8m0fnu_from_fp32_value) -------------------------------------------
-def torch_expected(bits: np.ndarray) -> Expectation:
-    f = decompose(bits)
+def torch_expected(bits: np.ndarray, fields: Fields | None = None) -> Expectation:
+    f = fields or decompose(bits)
     # Works on the exponent field of |x| (the sign bit is dropped by the `& 0xFF` mask) with
     # guard/round/sticky bits; the "lsb" is 1 for normals, 0 for subnormals.
     guard = (f.mantissa & 0x400000) != 0
@@ -141,8 +141,8 @@ def torch_expected(bits: np.ndarray) -> Expectation:
 
 
 # --- ml_dtypes (float8_internal::ConvertImpl<float, float8_e8m0fnu>, kSaturate=false) -----------
-def ml_dtypes_expected(bits: np.ndarray) -> Expectation:
-    f = decompose(bits)
+def ml_dtypes_expected(bits: np.ndarray, fields: Fields | None = None) -> Expectation:
+    f = fields or decompose(bits)
     normal_code = np.minimum(f.exponent_field + (f.mantissa >= HALF), NAN)
     subnormal_code = (f.mantissa > HALF).astype(np.int32)  # grid {0, 2^-126}, tie 2^-127 to even 0
     code = np.where(f.exponent_field == 0, subnormal_code, normal_code)
@@ -151,8 +151,8 @@ def ml_dtypes_expected(bits: np.ndarray) -> Expectation:
 
 
 # --- torchao to_mx, offset patched to 2^0 (implementations.torchao_scale_only) -----------------
-def torchao_expected(bits: np.ndarray, mode: str) -> Expectation:
-    f = decompose(bits)
+def torchao_expected(bits: np.ndarray, mode: str, fields: Fields | None = None) -> Expectation:
+    f = fields or decompose(bits)
     abs_bits = (np.asarray(bits, dtype=np.uint32) & np.uint32(0x7FFFFFFF)).astype(np.int64)
     tolerated_mask = tolerated_value = None
     if mode == "floor":
@@ -181,7 +181,7 @@ def torchao_expected(bits: np.ndarray, mode: str) -> Expectation:
     return Expectation(code.astype(np.uint8), tolerated_mask, tolerated_value)
 
 
-def reference_expected(bits: np.ndarray, short_mode: str) -> Expectation:
+def reference_expected(bits: np.ndarray, short_mode: str, fields: Fields | None = None) -> Expectation:
     """The scalar pure-Python reference (slow: use on samples)."""
     from llvm_e8m0.implementations import LLVM_MODE_SHORT_NAMES
 
@@ -189,18 +189,22 @@ def reference_expected(bits: np.ndarray, short_mode: str) -> Expectation:
     return Expectation(np.array([reference.to_e8m0(int(b), mode) for b in bits], dtype=np.uint8))
 
 
-def build_expected() -> dict[str, Callable[[np.ndarray], Expectation]]:
+ExpectationFn = Callable[..., Expectation]  # (bits, fields: Fields | None = None) -> Expectation
+
+
+def build_expected() -> dict[str, ExpectationFn]:
+    """name -> expectation; pass ``fields=decompose(bits)`` to share the decomposition."""
     from llvm_e8m0.implementations import LLVM_MODE_SHORT_NAMES, TORCHAO_MODES
 
-    registry: dict[str, Callable[[np.ndarray], Expectation]] = {}
+    registry: dict[str, ExpectationFn] = {}
     for short in LLVM_MODE_SHORT_NAMES:
-        registry[f"llvm_{short}"] = lambda bits, s=short: llvm_expected(bits, s)
+        registry[f"llvm_{short}"] = lambda bits, fields=None, s=short: llvm_expected(bits, s, fields)
     registry["torch"] = torch_expected
     registry["ml_dtypes"] = ml_dtypes_expected
     for mode in TORCHAO_MODES:
-        registry[f"torchao_{mode}"] = lambda bits, m=mode: torchao_expected(bits, m)
+        registry[f"torchao_{mode}"] = lambda bits, fields=None, m=mode: torchao_expected(bits, m, fields)
     for short in LLVM_MODE_SHORT_NAMES:
-        registry[f"ref_{short}"] = lambda bits, s=short: reference_expected(bits, s)
+        registry[f"ref_{short}"] = lambda bits, fields=None, s=short: reference_expected(bits, s, fields)
     return registry
 
 
