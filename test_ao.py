@@ -1,0 +1,1221 @@
+"""What did ``torchao.quantize_`` actually do to my model? An empathy check across torchao configs.
+
+Printing a quantized model tells you little, and some configs silently leave layers alone (int4
+weight-only on a layer whose in_features does not divide by the group size, float8 on shapes that
+are not multiples of 16). For every config this script runs ``quantize_`` on a fresh copy of the
+model and reports the truth, found by comparing each weight's type and dtype before and after, never
+by trusting that ``quantize_`` did something:
+
+- per module: original weight dtype/shape, resulting weight class, stored inner tensors and their
+  dtypes, element dtype, granularity / group size, activation quantization, bytes before/after, the
+  SQNR of the layer's output, and for modules left alone the reason when it can be inferred;
+- per config: SQNR of the model output against the bf16 model on the same random inputs, eager (and
+  with ``--compile`` compiled) forward time against bf16, and a status (ok / partial / no-op /
+  unsupported on the device / low SQNR).
+
+A config that the device cannot run is reported with the error torchao gave and the run continues.
+The exit code is non-zero only for real errors: a bad argument, a crash of this script, or a
+quantized layer whose output SQNR is below the config's measured threshold (``--check_sqnr=False``
+turns that check off). Configs the device cannot run, or that quantize nothing, exit 0: they are
+findings, reported in the table.
+
+    python test_ao.py                                   # small toy model, every config
+    python test_ao.py --model odd_shapes --configs int4wo,intx4wo   # see silent skips
+    python test_ao.py --model embedded --output_dir /tmp/ao_report  # the repo's tiny HF model
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import fire
+import torch
+from torch import nn
+
+REPO_ROOT = Path(__file__).resolve().parent
+EMBEDDED_MODEL_DIR = REPO_ROOT / "hf_torchao_vllm" / "embedded_models" / "dense"
+TOY_MODELS = ("small", "large", "odd_shapes")
+SUPPORTED_GROUP_SIZES = (32, 64, 128, 256)  # Int4WeightOnlyConfig's documented choices
+
+# Minimum SQNR (dB) of every quantized layer's output against the bf16 layer on the same input
+# (the input the layer sees in the bf16 model's forward), per config. Per layer, not per model: the
+# model-output SQNR falls with depth (8 layers of the large toy lose ~4-5 dB), a layer's does not.
+# Measured on CPU with seed 0 (torch 2.13, torchao 0.18) as the worst layer of `--model small`,
+# `--model large` and a 2-layer random LlamaForCausalLM (hidden 128); each constant sits ~3-5 dB
+# under the lowest of the three so that seeds do not flip it while a broken kernel (~0 dB) is caught.
+INT8_WEIGHT_ONLY_MIN_SQNR_DB = 38.0  # measured worst layer: small 45.6, large 45.6, llama 42.4
+INT8_DYNAMIC_MIN_SQNR_DB = 32.0  # measured: small 41.1, large 40.1, llama 36.4
+INT4_WEIGHT_ONLY_MIN_SQNR_DB = 15.0  # not measured here (no CPU int4 kernel); torchao's 4-bit rule of thumb
+FLOAT8_WEIGHT_ONLY_MIN_SQNR_DB = 27.0  # measured: small 31.7, large 31.5, llama 31.6
+FLOAT8_DYNAMIC_MIN_SQNR_DB = 22.0  # not measured here (needs CUDA sm89+); torchao's fp8 rule of thumb
+INTX4_WEIGHT_ONLY_MIN_SQNR_DB = 15.0  # measured: small 22.8, large 17.9 (in_features=4096 layers), llama 20.4
+INT8_DYNAMIC_INTX4_MIN_SQNR_DB = 15.0  # measured: small 22.8, large 17.9, llama 20.4
+MXFP8_MIN_SQNR_DB = 24.0  # measured (emulated gemm): small 28.3, large 28.6, llama 28.4
+MXFP4_MIN_SQNR_DB = 11.0  # measured (emulated gemm): small 15.6, large 16.1, llama 14.7
+NVFP4_WEIGHT_ONLY_MIN_SQNR_DB = 16.0  # measured (emulated): small 19.7, large 19.7, llama 20.3
+NVFP4_DYNAMIC_MIN_SQNR_DB = 12.0  # not measured here (needs CUDA sm100+); below the weight-only value
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigSpec:
+    """One torchao recipe: how to build it (variants tried in order), its threshold, its shape rules."""
+
+    name: str
+    description: str
+    min_layer_sqnr_db: float
+    # (variant label, AOBaseConfig) candidates; the first that quantizes and runs a probe Linear on
+    # the device is used. Several only where torchao offers several kernels / layouts for one recipe.
+    build_variants: Callable[[int, torch.device], list[tuple[str, Any]]]
+    # Why a Linear with this weight would be left alone or rejected (None when the shape is fine).
+    shape_rule: Callable[[torch.Tensor, int], str | None]
+    needs_bf16_weight: bool = False
+
+
+def _divisible_rule(what: str, divisor_of: Callable[[int], int]) -> Callable[[torch.Tensor, int], str | None]:
+    def rule(weight: torch.Tensor, group_size: int) -> str | None:
+        divisor = divisor_of(group_size)
+        in_features = weight.shape[-1]
+        if in_features % divisor != 0:
+            return f"shape: in_features={in_features} not divisible by {what}={divisor}"
+        return None
+
+    return rule
+
+
+def _both_dims_rule(multiple: int, why: str) -> Callable[[torch.Tensor, int], str | None]:
+    def rule(weight: torch.Tensor, group_size: int) -> str | None:
+        out_features, in_features = weight.shape[-2:]
+        if out_features % multiple != 0 or in_features % multiple != 0:
+            return (
+                f"shape: (out_features, in_features)=({out_features}, {in_features}) "
+                f"not both multiples of {multiple} ({why})"
+            )
+        return None
+
+    return rule
+
+
+def _no_rule(weight: torch.Tensor, group_size: int) -> str | None:
+    return None
+
+
+def _int8_weight_only(group_size: int, device: torch.device) -> list[tuple[str, Any]]:
+    from torchao.quantization import Int8WeightOnlyConfig
+    from torchao.quantization.granularity import PerRow
+
+    return [("per-row", Int8WeightOnlyConfig(granularity=PerRow()))]
+
+
+def _int8_dynamic(group_size: int, device: torch.device) -> list[tuple[str, Any]]:
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+    from torchao.quantization.granularity import PerRow
+
+    return [("per-row", Int8DynamicActivationInt8WeightConfig(granularity=PerRow()))]
+
+
+def _int4_weight_only(group_size: int, device: torch.device) -> list[tuple[str, Any]]:
+    from torchao.quantization import Int4WeightOnlyConfig
+
+    # torchao 0.18 has no CPU int4 layout: plain needs the mslk CUDA kernels, tile_packed_to_4d is
+    # tinygemm (CUDA), plain_int32 is for XPU/NPU. All are tried so the report shows each refusal.
+    return [
+        (fmt, Int4WeightOnlyConfig(group_size=group_size, int4_packing_format=fmt))
+        for fmt in ("plain", "tile_packed_to_4d", "plain_int32")
+    ]
+
+
+def _float8_weight_only(group_size: int, device: torch.device) -> list[tuple[str, Any]]:
+    from torchao.quantization import Float8WeightOnlyConfig
+    from torchao.quantization.granularity import PerRow
+
+    return [("per-row", Float8WeightOnlyConfig(granularity=PerRow()))]
+
+
+def _float8_dynamic(granularity_name: str) -> Callable[[int, torch.device], list[tuple[str, Any]]]:
+    def build(group_size: int, device: torch.device) -> list[tuple[str, Any]]:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig
+        from torchao.quantization.granularity import PerRow, PerTensor
+
+        granularity = PerRow() if granularity_name == "per-row" else PerTensor()
+        return [(granularity_name, Float8DynamicActivationFloat8WeightConfig(granularity=granularity))]
+
+    return build
+
+
+def _intx4_weight_only(group_size: int, device: torch.device) -> list[tuple[str, Any]]:
+    from torchao.quantization import IntxWeightOnlyConfig
+    from torchao.quantization.granularity import PerGroup
+
+    return [
+        (
+            f"group {group_size}",
+            IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size)),
+        )
+    ]
+
+
+def _int8_dynamic_intx4(group_size: int, device: torch.device) -> list[tuple[str, Any]]:
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig
+    from torchao.quantization.granularity import PerGroup
+
+    config = Int8DynamicActivationIntxWeightConfig(
+        weight_dtype=torch.int4, weight_granularity=PerGroup(group_size)
+    )
+    return [(f"group {group_size}", config)]
+
+
+def _mx(elem_dtype: torch.dtype) -> Callable[[int, torch.device], list[tuple[str, Any]]]:
+    def build(group_size: int, device: torch.device) -> list[tuple[str, Any]]:
+        from torchao.prototype.mx_formats import MXDynamicActivationMXWeightConfig
+        from torchao.quantization.quantize_.common import KernelPreference
+
+        # AUTO is the real MX gemm (CUDA sm100+); EMULATED dequantizes and runs a bf16 matmul.
+        return [
+            (
+                preference.value,
+                MXDynamicActivationMXWeightConfig(
+                    activation_dtype=elem_dtype, weight_dtype=elem_dtype, kernel_preference=preference
+                ),
+            )
+            for preference in (KernelPreference.AUTO, KernelPreference.EMULATED)
+        ]
+
+    return build
+
+
+def _nvfp4_weight_only(group_size: int, device: torch.device) -> list[tuple[str, Any]]:
+    from torchao.prototype.mx_formats import NVFP4WeightOnlyConfig
+
+    return [("dynamic per-tensor scale", NVFP4WeightOnlyConfig())]
+
+
+def _nvfp4_dynamic(group_size: int, device: torch.device) -> list[tuple[str, Any]]:
+    from torchao.prototype.mx_formats import NVFP4DynamicActivationNVFP4WeightConfig
+
+    # The triton activation kernel needs CUDA and the mslk package; the plain path is tried first.
+    return [("no triton", NVFP4DynamicActivationNVFP4WeightConfig(use_triton_kernel=False))]
+
+
+CONFIG_REGISTRY: dict[str, ConfigSpec] = {
+    spec.name: spec
+    for spec in (
+        ConfigSpec(
+            "int8wo",
+            "Int8WeightOnlyConfig, int8 per-row weights",
+            INT8_WEIGHT_ONLY_MIN_SQNR_DB,
+            _int8_weight_only,
+            _no_rule,
+        ),
+        ConfigSpec(
+            "int8dq",
+            "Int8DynamicActivationInt8WeightConfig, int8 per-token activations x per-row weights",
+            INT8_DYNAMIC_MIN_SQNR_DB,
+            _int8_dynamic,
+            _no_rule,
+        ),
+        ConfigSpec(
+            "int4wo",
+            "Int4WeightOnlyConfig(group_size), int4 weights, tried in every int4 packing format",
+            INT4_WEIGHT_ONLY_MIN_SQNR_DB,
+            _int4_weight_only,
+            _divisible_rule("group_size", lambda group_size: group_size),
+        ),
+        ConfigSpec(
+            "float8wo",
+            "Float8WeightOnlyConfig, float8_e4m3fn per-row weights",
+            FLOAT8_WEIGHT_ONLY_MIN_SQNR_DB,
+            _float8_weight_only,
+            _no_rule,
+        ),
+        ConfigSpec(
+            "float8dq_row",
+            "Float8DynamicActivationFloat8WeightConfig(PerRow()), float8 activations and weights",
+            FLOAT8_DYNAMIC_MIN_SQNR_DB,
+            _float8_dynamic("per-row"),
+            _both_dims_rule(16, "torch._scaled_mm constraint"),
+            needs_bf16_weight=True,
+        ),
+        ConfigSpec(
+            "float8dq_tensor",
+            "Float8DynamicActivationFloat8WeightConfig(PerTensor()), float8 activations and weights",
+            FLOAT8_DYNAMIC_MIN_SQNR_DB,
+            _float8_dynamic("per-tensor"),
+            _both_dims_rule(16, "torch._scaled_mm constraint"),
+        ),
+        ConfigSpec(
+            "intx4wo",
+            "IntxWeightOnlyConfig(torch.int4, PerGroup(group_size)), int4 weights stored in int8",
+            INTX4_WEIGHT_ONLY_MIN_SQNR_DB,
+            _intx4_weight_only,
+            _divisible_rule("group_size", lambda group_size: group_size),
+        ),
+        ConfigSpec(
+            "int8dq_intx4w",
+            "Int8DynamicActivationIntxWeightConfig(torch.int4, PerGroup(group_size))",
+            INT8_DYNAMIC_INTX4_MIN_SQNR_DB,
+            _int8_dynamic_intx4,
+            _divisible_rule("group_size", lambda group_size: group_size),
+        ),
+        ConfigSpec(
+            "mxfp8",
+            "MXDynamicActivationMXWeightConfig(float8_e4m3fn), block 32, e8m0 scales",
+            MXFP8_MIN_SQNR_DB,
+            _mx(torch.float8_e4m3fn),
+            _divisible_rule("MX block size", lambda group_size: 32),
+            needs_bf16_weight=True,
+        ),
+        ConfigSpec(
+            "mxfp4",
+            "MXDynamicActivationMXWeightConfig(float4_e2m1fn_x2), block 32, e8m0 scales",
+            MXFP4_MIN_SQNR_DB,
+            _mx(torch.float4_e2m1fn_x2),
+            _divisible_rule("MX block size", lambda group_size: 32),
+            needs_bf16_weight=True,
+        ),
+        ConfigSpec(
+            "nvfp4wo",
+            "NVFP4WeightOnlyConfig, fp4 e2m1 weights, block 16 fp8 scales + per-tensor scale",
+            NVFP4_WEIGHT_ONLY_MIN_SQNR_DB,
+            _nvfp4_weight_only,
+            _both_dims_rule(16, "NVFP4 block size"),
+        ),
+        ConfigSpec(
+            "nvfp4dq",
+            "NVFP4DynamicActivationNVFP4WeightConfig, fp4 activations and weights",
+            NVFP4_DYNAMIC_MIN_SQNR_DB,
+            _nvfp4_dynamic,
+            _both_dims_rule(16, "NVFP4 block size"),
+        ),
+    )
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Models and inputs
+
+
+class OddShapes(nn.Module):
+    """A toy whose middle layer has in_features=40 (not divisible by 32) and out_features=24."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj_in = nn.Linear(256, 40)
+        self.odd = nn.Linear(40, 24)
+        self.norm = nn.LayerNorm(24)
+        self.proj_out = nn.Linear(24, 256)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (batch, 256) -> (batch, 256)
+        return self.proj_out(self.norm(torch.relu(self.odd(torch.relu(self.proj_in(x))))))
+
+
+def build_toy_model(name: str) -> nn.Module:
+    """The named toy model in float32 (callers cast); Linear/ReLU/LayerNorm only."""
+    if name == "small":
+        # (batch, 256) -> (batch, 256)
+        return nn.Sequential(
+            nn.Linear(256, 512),
+            nn.ReLU(),
+            nn.Linear(512, 512),
+            nn.LayerNorm(512),
+            nn.ReLU(),
+            nn.Linear(512, 256),
+        )
+    if name == "large":
+        # four transformer-MLP-like blocks: (batch, 1024) -> (batch, 4096) -> (batch, 1024)
+        layers: list[nn.Module] = []
+        for _ in range(4):
+            layers += [nn.Linear(1024, 4096), nn.ReLU(), nn.Linear(4096, 1024), nn.LayerNorm(1024)]
+        return nn.Sequential(*layers)
+    if name == "odd_shapes":
+        return OddShapes()
+    raise ValueError(f"unknown toy model {name!r}; choose one of {TOY_MODELS}")
+
+
+@dataclasses.dataclass
+class ModelUnderTest:
+    """A model plus the random inputs every config is compared on."""
+
+    name: str
+    model: nn.Module
+    inputs: dict[str, Any]  # keyword arguments of model.forward
+    is_hf: bool
+
+
+def _first_linear_in_features(model: nn.Module) -> int:
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            return module.in_features
+    raise ValueError("the toy model has no nn.Linear; nothing for torchao to quantize")
+
+
+def load_model(
+    model: str, device: torch.device, batch_size: int, seq_len: int, dtype: torch.dtype
+) -> ModelUnderTest:
+    """``small``/``large``/``odd_shapes`` toys, ``embedded`` (the repo's tiny HF model) or an HF folder."""
+    if model in TOY_MODELS:
+        net = build_toy_model(model).to(device=device, dtype=dtype).eval()
+        x = torch.randn(batch_size, _first_linear_in_features(net), device=device, dtype=dtype)
+        return ModelUnderTest(model, net, {"x": x}, is_hf=False)
+    path = EMBEDDED_MODEL_DIR if model == "embedded" else Path(model)
+    if not (path / "config.json").is_file():
+        hint = (
+            "the embedded model is built by hf_torchao_vllm/train_tiny_models.py"
+            if model == "embedded"
+            else f"pass one of {TOY_MODELS}, 'embedded', or a local Hugging Face model folder"
+        )
+        raise ValueError(f"--model {model!r}: {path} has no config.json; {hint}")
+    from transformers import AutoModelForCausalLM
+
+    net = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    net = net.to(device).eval()
+    vocab_size = net.config.vocab_size
+    input_ids = torch.randint(0, vocab_size, (batch_size, seq_len), device=device)
+    return ModelUnderTest(str(path), net, {"input_ids": input_ids, "use_cache": False}, is_hf=True)
+
+
+def model_output(model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+    """The tensor the SQNR is taken on: the output of a toy, the logits of an HF model."""
+    # toys take one positional tensor ("x"); HF models take keyword arguments (input_ids, ...)
+    out = model(inputs["x"]) if set(inputs) == {"x"} else model(**inputs)
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    assert isinstance(logits, torch.Tensor), f"model returned {type(out).__name__} without logits"
+    return logits
+
+
+# ----------------------------------------------------------------------------------------------
+# Inspecting weights
+
+
+def _weighted_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Every module that directly owns a ``weight`` parameter (Linear, LayerNorm, Embedding, ...)."""
+    for fqn, module in model.named_modules():
+        if isinstance(module._parameters.get("weight"), torch.Tensor):
+            yield fqn, module
+
+
+def _inner_tensors(weight: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """(name, plain tensor) for each tensor a subclass stores, recursively; [("data", w)] when plain."""
+    if not hasattr(type(weight), "__tensor_flatten__") or type(weight) in (torch.Tensor, nn.Parameter):
+        return [("data", weight)]
+    names, _ = weight.__tensor_flatten__()
+    inner: list[tuple[str, torch.Tensor]] = []
+    for name in names:
+        value = getattr(weight, name)
+        if value is None:
+            continue
+        inner += [(name if sub == "data" else f"{name}.{sub}", t) for sub, t in _inner_tensors(value)]
+    return inner
+
+
+def weight_bytes(weight: torch.Tensor) -> int:
+    """Bytes of the tensors that hold the weight (sum over a subclass's inner tensors)."""
+    return sum(t.numel() * t.element_size() for _, t in _inner_tensors(weight))
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _shape_str(shape: torch.Size | tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape) if len(shape) else "scalar"
+
+
+def describe_stored(weight: torch.Tensor) -> str:
+    """``qdata int8 128x64, scale float32 128x1`` from the weight's inner tensors."""
+    return ", ".join(
+        f"{name} {_dtype_name(t.dtype)} {_shape_str(t.shape)}" for name, t in _inner_tensors(weight)
+    )
+
+
+def element_dtype(weight: torch.Tensor) -> str:
+    """The logical element type (int4 stored unpacked in int8, fp4 packed two per uint8, ...)."""
+    for attr in ("target_dtype", "elem_dtype"):
+        value = getattr(weight, attr, None)
+        if isinstance(value, torch.dtype):
+            return _dtype_name(value)
+    class_name = type(weight).__name__
+    if class_name.startswith("NVFP4"):
+        return "float4_e2m1fn_x2"
+    if class_name.startswith("Int4"):
+        return "int4"
+    qdata = getattr(weight, "qdata", None)
+    return _dtype_name(qdata.dtype if isinstance(qdata, torch.Tensor) else weight.dtype)
+
+
+def describe_granularity(weight: torch.Tensor) -> str:
+    """Per-tensor / per-row / per-group (size) / blocks, read from the tensor's ``block_size``."""
+    block_size = getattr(weight, "block_size", None)
+    if isinstance(block_size, int):
+        # MX and NVFP4: 1 x block_size blocks along the reduction dimension
+        extra = " + per-tensor scale" if getattr(weight, "per_tensor_scale", None) is not None else ""
+        return f"blocks 1x{block_size}{extra}"
+    if block_size is None:
+        return "unknown (no block_size)"
+    block = list(block_size)
+    shape = list(weight.shape)
+    if block == shape:
+        return "per-tensor"
+    if all(b == 1 for b in block[:-1]) and block[-1] == shape[-1]:
+        return "per-row"
+    if all(b == 1 for b in block[:-1]):
+        return f"per-group {block[-1]}"
+    return f"blocks {_shape_str(tuple(block))}"
+
+
+def describe_activation(weight: torch.Tensor) -> str:
+    """``weight-only`` or the dynamic activation quantization the weight carries with it."""
+    kwargs = getattr(weight, "act_quant_kwargs", None)
+    if kwargs is None:
+        kwargs = getattr(weight, "activation_quantization", None)
+    if kwargs is None:
+        return "weight-only"
+    if not dataclasses.is_dataclass(kwargs):
+        return f"dynamic {kwargs}"
+    parts = []
+    for field in dataclasses.fields(kwargs):
+        value = getattr(kwargs, field.name)
+        if field.name in ("granularity", "elem_dtype", "float8_dtype", "mapping_type", "block_size"):
+            text = _dtype_name(value) if isinstance(value, torch.dtype) else str(value)
+            parts.append(text.removeprefix("MappingType."))
+    return "dynamic " + " ".join(parts)
+
+
+def _is_quantized_tensor(weight: torch.Tensor) -> bool:
+    return type(weight) not in (torch.Tensor, nn.Parameter)
+
+
+@dataclasses.dataclass
+class WeightSnapshot:
+    """What a module's weight looked like before quantize_."""
+
+    module_type: str
+    weight_class: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    num_bytes: int
+    was_quantized: bool
+
+
+def snapshot_weights(model: nn.Module) -> dict[str, WeightSnapshot]:
+    return {
+        fqn: WeightSnapshot(
+            module_type=type(module).__name__,
+            weight_class=type(module.weight).__name__,
+            dtype=module.weight.dtype,
+            shape=tuple(module.weight.shape),
+            num_bytes=weight_bytes(module.weight),
+            was_quantized=_is_quantized_tensor(module.weight),
+        )
+        for fqn, module in _weighted_modules(model)
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Running one config
+
+
+@dataclasses.dataclass
+class ModuleRow:
+    """One row of the per-module table of one config."""
+
+    fqn: str
+    module_type: str
+    dtype_before: str
+    shape: str
+    bytes_before: int
+    status: str  # "quantized" | "skipped" | "error"
+    weight_class: str
+    stored: str
+    element_dtype: str
+    granularity: str
+    activation: str
+    bytes_after: int
+    reason: str
+    layer_sqnr_db: float | None
+
+
+@dataclasses.dataclass
+class ConfigResult:
+    """Everything found out about one config on one model."""
+
+    name: str
+    description: str
+    status: str  # ok | partial | no-op | rejected | unsupported | forward-error | low-sqnr
+    variant: str
+    config_repr: str
+    error: str
+    probe_errors: list[str]
+    torchao_log: list[str]
+    modules: list[ModuleRow]
+    min_layer_sqnr_db: float
+    model_sqnr_db: float | None = None
+    eager_ms: float | None = None
+    compiled_ms: float | None = None
+    compile_s: float | None = None
+    compiled_sqnr_db: float | None = None
+    compile_error: str = ""
+
+    @property
+    def num_quantized(self) -> int:
+        return sum(row.status == "quantized" for row in self.modules)
+
+    @property
+    def worst_layer_sqnr_db(self) -> float | None:
+        values = [row.layer_sqnr_db for row in self.modules if row.layer_sqnr_db is not None]
+        return min(values) if values else None
+
+    @property
+    def num_linear(self) -> int:
+        return sum(row.module_type.endswith("Linear") for row in self.modules)
+
+
+def _format_error(error: BaseException) -> str:
+    message = " ".join(str(error).split())
+    # dynamo appends a generic "Set TORCHDYNAMO_VERBOSE=1 ..." paragraph; the cause comes before it
+    message = message.split(" Set TORCHDYNAMO_VERBOSE=1")[0]
+    if len(message) > 300:
+        message = message[:297] + "..."
+    return f"{type(error).__name__}: {message}"
+
+
+class _LogCollector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+
+
+@contextlib.contextmanager
+def _collect_torchao_logs() -> Iterator[list[str]]:
+    """torchao logs some silent skips at INFO (e.g. int4 group size); keep them as evidence."""
+    logger = logging.getLogger("torchao")
+    handler = _LogCollector()
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def _make_filter(exclude_re: re.Pattern[str] | None) -> Callable[[nn.Module, str], bool]:
+    from torchao.quantization.quant_api import _is_linear  # quantize_'s default filter_fn
+
+    def filter_fn(module: nn.Module, fqn: str) -> bool:
+        if exclude_re is not None and exclude_re.search(fqn):
+            return False
+        return _is_linear(module, fqn)
+
+    return filter_fn
+
+
+def probe_config(config: Any, device: torch.device) -> None:
+    """Quantize one bf16 Linear(256 -> 128) with ``config`` and run it; raises what torchao raised."""
+    from torchao.quantization import quantize_
+
+    probe = nn.Linear(256, 128, device=device, dtype=torch.bfloat16)
+    quantize_(probe, config)
+    with torch.no_grad():
+        probe(torch.randn(16, 256, device=device, dtype=torch.bfloat16))
+
+
+def quantize_with_attribution(
+    original: nn.Module, config: Any, filter_fn: Callable[[nn.Module, str], bool]
+) -> tuple[nn.Module, dict[str, str], str, list[str]]:
+    """quantize_ a copy of ``original``; when it raises, find which modules raise and skip those.
+
+    Returns (quantized copy, {fqn: error} for modules torchao refused, the whole-model error or "",
+    torchao's log lines).
+    """
+    from torchao.quantization import quantize_
+
+    model = copy.deepcopy(original)
+    with _collect_torchao_logs() as logs:
+        try:
+            quantize_(model, config, filter_fn=filter_fn)
+            return model, {}, "", list(dict.fromkeys(logs))
+        except Exception as error:  # noqa: BLE001 - torchao's refusal is a result to report
+            whole_error = _format_error(error)
+        # The model may be half-quantized now: redo it one module at a time on fresh copies.
+        module_errors: dict[str, str] = {}
+        for fqn, module in original.named_modules():
+            if not fqn or not filter_fn(module, fqn):
+                continue
+            try:
+                quantize_(copy.deepcopy(module), config)
+            except Exception as error:  # noqa: BLE001
+                module_errors[fqn] = _format_error(error)
+        model = copy.deepcopy(original)
+        try:
+            quantize_(model, config, filter_fn=lambda m, fqn: filter_fn(m, fqn) and fqn not in module_errors)
+        except Exception as error:  # noqa: BLE001 - cannot be attributed to single modules
+            return copy.deepcopy(original), module_errors, _format_error(error), list(dict.fromkeys(logs))
+        return model, module_errors, whole_error, list(dict.fromkeys(logs))
+
+
+def infer_reason(
+    snapshot: WeightSnapshot,
+    module: nn.Module,
+    fqn: str,
+    spec: ConfigSpec,
+    group_size: int,
+    exclude_re: re.Pattern[str] | None,
+    weight: torch.Tensor,
+) -> str:
+    """Why ``quantize_`` left this module's weight unchanged, as far as it can be told from outside."""
+    if exclude_re is not None and exclude_re.search(fqn):
+        return f"filtered out: name matches --exclude={exclude_re.pattern!r}"
+    if isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear):
+        return "filtered out: NonDynamicallyQuantizableLinear is rejected by quantize_'s default filter_fn"
+    if not isinstance(module, nn.Linear):
+        return f"filtered out: {snapshot.module_type} is not nn.Linear (quantize_'s default filter_fn)"
+    if snapshot.was_quantized:
+        return f"already quantized before quantize_ ({snapshot.weight_class})"
+    if spec.needs_bf16_weight and snapshot.dtype != torch.bfloat16:
+        return f"dtype: weight is {_dtype_name(snapshot.dtype)}, this config needs bfloat16"
+    shape_reason = spec.shape_rule(weight, group_size)
+    if shape_reason is not None:
+        return shape_reason
+    return "unknown: quantize_ returned without changing the weight and torchao gave no reason"
+
+
+def _layer_inputs(model: nn.Module, inputs: dict[str, Any], fqns: set[str]) -> dict[str, torch.Tensor]:
+    """The first input each named module sees in one forward of ``model``."""
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for fqn, module in model.named_modules():
+        if fqn in fqns:
+
+            def hook(mod: nn.Module, args: tuple[Any, ...], fqn: str = fqn) -> None:
+                if fqn not in captured and args and isinstance(args[0], torch.Tensor):
+                    captured[fqn] = args[0].detach()
+
+            handles.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model_output(model, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def run_config(
+    spec: ConfigSpec,
+    mut: ModelUnderTest,
+    reference_output: torch.Tensor,
+    layer_inputs: dict[str, torch.Tensor],
+    *,
+    device: torch.device,
+    group_size: int,
+    exclude_re: re.Pattern[str] | None,
+    compile: bool,
+    num_runs: int,
+) -> ConfigResult:
+    """Probe ``spec`` on the device, quantize a copy of the model, inspect it, measure SQNR and time."""
+    from pytorch_scripts_common import benchmark, compute_sqnr
+
+    probe_errors = []
+    chosen: tuple[str, Any] | None = None
+    variants = spec.build_variants(group_size, device)
+    for label, config in variants:
+        try:
+            probe_config(config, device)
+        except Exception as error:  # noqa: BLE001 - device support is what we are asking about
+            probe_errors.append(f"[{label}] {_format_error(error)}")
+            continue
+        chosen = (label, config)
+        break
+    # Run quantize_ on the model even when the device cannot run the config: silent skips happen
+    # before torchao reaches the kernel it lacks, and they are part of the truth.
+    label, config = chosen if chosen is not None else variants[0]
+    before = snapshot_weights(mut.model)
+    filter_fn = _make_filter(exclude_re)
+    quantized, module_errors, whole_error, logs = quantize_with_attribution(mut.model, config, filter_fn)
+
+    rows: list[ModuleRow] = []
+    q_modules = dict(_weighted_modules(quantized))
+    for fqn, snap in before.items():
+        module = q_modules[fqn]
+        weight = module.weight
+        changed = type(weight).__name__ != snap.weight_class or weight.dtype != snap.dtype
+        if fqn in module_errors:
+            status = "error"
+            rule = spec.shape_rule(weight, group_size) if isinstance(module, nn.Linear) else None
+            reason = f"quantize_ raised {module_errors[fqn]}" + (f" ({rule})" if rule else "")
+        elif changed:
+            status, reason = "quantized", ""
+        else:
+            status = "skipped"
+            reason = infer_reason(snap, module, fqn, spec, group_size, exclude_re, weight)
+        rows.append(
+            ModuleRow(
+                fqn=fqn,
+                module_type=snap.module_type,
+                dtype_before=_dtype_name(snap.dtype),
+                shape=_shape_str(snap.shape),
+                bytes_before=snap.num_bytes,
+                status=status,
+                weight_class=type(weight).__name__,
+                stored=describe_stored(weight),
+                element_dtype=element_dtype(weight) if changed else _dtype_name(weight.dtype),
+                granularity=describe_granularity(weight) if changed else "-",
+                activation=describe_activation(weight) if changed else "-",
+                bytes_after=weight_bytes(weight),
+                reason=reason,
+                layer_sqnr_db=None,
+            )
+        )
+    result = ConfigResult(
+        name=spec.name,
+        description=spec.description,
+        status="",
+        variant=label,
+        config_repr=repr(config),
+        error=whole_error,
+        probe_errors=probe_errors,
+        torchao_log=logs,
+        modules=rows,
+        min_layer_sqnr_db=spec.min_layer_sqnr_db,
+    )
+    if chosen is None:
+        result.status = "unsupported"
+        return result
+    if result.num_quantized == 0:
+        # "rejected": torchao raised for every module it was given; "no-op": it silently did nothing
+        result.status = "rejected" if (module_errors or whole_error) else "no-op"
+        return result
+
+    with torch.no_grad():
+        for row in rows:
+            if row.status != "quantized" or row.fqn not in layer_inputs:
+                continue
+            x = layer_inputs[row.fqn]
+            ref = mut.model.get_submodule(row.fqn)(x)
+            row.layer_sqnr_db = compute_sqnr(ref, quantized.get_submodule(row.fqn)(x))
+        try:
+            output = model_output(quantized, mut.inputs)
+        except Exception as error:  # noqa: BLE001 - torchao's kernel refusing this model is a result
+            result.status = "forward-error"
+            result.error = f"forward raised {_format_error(error)}"
+            return result
+        result.model_sqnr_db = compute_sqnr(reference_output, output)
+        result.eager_ms = (
+            benchmark(
+                lambda: model_output(quantized, mut.inputs), num_warmup=2, num_runs=num_runs, device=device
+            ).median_s
+            * 1e3
+        )
+        if compile:
+            _time_compiled(result, quantized, mut, reference_output, device, num_runs)
+    if result.worst_layer_sqnr_db is not None and result.worst_layer_sqnr_db < spec.min_layer_sqnr_db:
+        result.status = "low-sqnr"
+    elif module_errors or whole_error:
+        result.status = "partial"
+    else:
+        result.status = "ok"
+    return result
+
+
+def _time_compiled(
+    result: ConfigResult,
+    model: nn.Module,
+    mut: ModelUnderTest,
+    reference_output: torch.Tensor,
+    device: torch.device,
+    num_runs: int,
+) -> None:
+    """Fill the compiled columns of ``result`` (or its compile_error; compiling is allowed to fail)."""
+    from pytorch_scripts_common import benchmark, compute_sqnr
+
+    # A fresh dynamo cache per config: the models share forward code, so without a reset later
+    # configs could hit the recompile limit and silently run eagerly.
+    torch._dynamo.reset()
+    compiled = torch.compile(model)
+    try:
+        start_s = time.perf_counter()
+        output = model_output(compiled, mut.inputs)
+        result.compile_s = time.perf_counter() - start_s
+        result.compiled_sqnr_db = compute_sqnr(reference_output, output)
+        timing = benchmark(
+            lambda: model_output(compiled, mut.inputs), num_warmup=2, num_runs=num_runs, device=device
+        )
+        result.compiled_ms = timing.median_s * 1e3
+    except Exception as error:  # noqa: BLE001 - report, keep going
+        result.compile_error = _format_error(error)
+
+
+def run_autoquant(mut: ModelUnderTest, reference_output: torch.Tensor) -> dict[str, Any]:
+    """Run ``torchao.autoquant`` when this torchao has it; otherwise say why not."""
+    import torchao
+
+    from pytorch_scripts_common import compute_sqnr
+
+    autoquant = getattr(torchao, "autoquant", None)
+    if autoquant is None:
+        return {
+            "status": "unavailable",
+            "reason": (
+                f"torchao {torchao.__version__} has no torchao.autoquant (this release does not ship "
+                "autoquant), so there is nothing to run; pick a config from the table instead"
+            ),
+        }
+    model = copy.deepcopy(mut.model)
+    try:
+        model = autoquant(torch.compile(model))
+        with torch.no_grad():
+            output = model_output(model, mut.inputs)  # the first call measures and picks kernels
+            output = model_output(model, mut.inputs)
+    except Exception as error:  # noqa: BLE001 - report, keep going
+        return {"status": "unsupported", "reason": _format_error(error)}
+    classes = sorted({type(m.weight).__name__ for _, m in _weighted_modules(model)})
+    return {
+        "status": "ok",
+        "reason": "",
+        "model_sqnr_db": compute_sqnr(reference_output, output),
+        "weight_classes": classes,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Reporting
+
+
+def _fmt_db(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "inf" if math.isinf(value) else f"{value:.1f}"
+
+
+def _fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _add_plain_row(table: Any, *cells: str) -> None:
+    """Add a row whose cells are shown verbatim (torchao messages contain [brackets] rich would eat)."""
+    from rich.text import Text
+
+    table.add_row(*(Text(cell) for cell in cells))
+
+
+def _print_config(console: Any, result: ConfigResult) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console.rule(f"[bold]{result.name}[/]: {result.description}")
+    console.print(f"config used: {result.config_repr}  (variant: {result.variant})")
+    for line in result.probe_errors:
+        console.print(f"[yellow]probe on this device failed[/] {escape(line)}", highlight=False)
+    if result.error:
+        console.print(f"[red]quantize_/forward error:[/] {escape(result.error)}", highlight=False)
+    for line in result.torchao_log:
+        console.print(f"torchao log: {line}", markup=False, highlight=False)
+    table = Table(show_lines=False)
+    for column in (
+        "module",
+        "type",
+        "before",
+        "status",
+        "weight class",
+        "stored tensors",
+        "elem",
+        "granularity",
+        "activation",
+        "bytes before->after",
+        "layer SQNR dB",
+    ):
+        table.add_column(column, overflow="fold")
+    for row in result.modules:
+        status = row.status if not row.reason else f"{row.status}: {row.reason}"
+        _add_plain_row(
+            table,
+            row.fqn,
+            row.module_type,
+            f"{row.dtype_before} {row.shape}",
+            status,
+            row.weight_class,
+            row.stored,
+            row.element_dtype,
+            row.granularity,
+            row.activation,
+            f"{row.bytes_before} -> {row.bytes_after}",
+            _fmt_db(row.layer_sqnr_db),
+        )
+    console.print(table)
+
+
+def _print_summary(
+    console: Any, results: list[ConfigResult], baseline_eager_ms: float, baseline_compiled_ms: float | None
+) -> None:
+    from rich.table import Table
+
+    table = Table(title="summary (SQNR in dB vs the bf16 model on the same inputs; times are medians)")
+    for column in (
+        "config",
+        "status",
+        "quantized / weighted modules",
+        "weight bytes",
+        "worst layer SQNR dB",
+        "needed",
+        "model SQNR dB",
+        "eager ms (x bf16)",
+        "compiled ms (x bf16)",
+        "note",
+    ):
+        table.add_column(column, overflow="fold")
+    compiled_base = "-" if baseline_compiled_ms is None else f"{baseline_compiled_ms:.2f}"
+    _add_plain_row(
+        table, "bf16", "baseline", "-", "-", "-", "-", "-", f"{baseline_eager_ms:.2f}", compiled_base, ""
+    )
+    for r in results:
+        before = sum(row.bytes_before for row in r.modules)
+        after = sum(row.bytes_after for row in r.modules)
+        eager = "-" if r.eager_ms is None else f"{r.eager_ms:.2f} ({r.eager_ms / baseline_eager_ms:.2f}x)"
+        if r.compiled_ms is not None and baseline_compiled_ms is not None:
+            compiled = f"{r.compiled_ms:.2f} ({r.compiled_ms / baseline_compiled_ms:.2f}x)"
+        else:
+            compiled = "failed" if r.compile_error else "-"
+        if r.status == "unsupported":
+            note = "; ".join(r.probe_errors) or r.error
+        elif r.status == "no-op":
+            note = "quantize_ changed no weight"
+        else:
+            note = r.error or r.compile_error
+        _add_plain_row(
+            table,
+            r.name,
+            r.status,
+            f"{r.num_quantized} / {len(r.modules)}",
+            f"{before} -> {after}",
+            _fmt_db(r.worst_layer_sqnr_db),
+            _fmt_db(r.min_layer_sqnr_db),
+            _fmt_db(r.model_sqnr_db),
+            eager,
+            compiled,
+            note,
+        )
+    console.print(table)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_report(output_dir: Path, report: dict[str, Any], overwrite: bool) -> Path:
+    """Write ``report.json`` atomically (temp file in the same folder, then rename)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    target = output_dir / "report.json"
+    if target.exists() and not overwrite:
+        raise ValueError(f"{target} exists; pass --overwrite=True or choose another --output_dir")
+    fd, tmp_name = tempfile.mkstemp(dir=output_dir, prefix=".report.", suffix=".json.tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_jsonable(report), f, indent=2)
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _parse_configs(configs: str | tuple[str, ...] | list[str]) -> list[str]:
+    names = [configs] if isinstance(configs, str) else list(configs)
+    names = [part.strip() for name in names for part in str(name).split(",") if part.strip()]
+    if names == ["all"]:
+        return list(CONFIG_REGISTRY)
+    unknown = [name for name in names if name not in CONFIG_REGISTRY]
+    if unknown or not names:
+        raise ValueError(
+            f"--configs {configs!r}: unknown {unknown}; use 'all' or a comma list of {list(CONFIG_REGISTRY)}"
+        )
+    return names
+
+
+def _resolve_device(device: str) -> torch.device:
+    from pytorch_scripts_common import get_device
+
+    if not device:
+        return get_device()
+    resolved = torch.device(device)
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: only cpu and cuda are supported")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
+    return resolved
+
+
+def main(
+    model: str = "small",
+    configs: str = "all",
+    use_autoquant: bool = False,
+    compile: bool = False,
+    device: str = "",
+    group_size: int = 32,
+    exclude: str = "",
+    batch_size: int = 8,
+    seq_len: int = 32,
+    num_runs: int = 5,
+    seed: int = 0,
+    check_sqnr: bool = True,
+    output_dir: str = "",
+    overwrite: bool = False,
+) -> None:
+    """Run a model through torchao configs and report what quantize_ really did to each module.
+
+    Args:
+        model: small | large | odd_shapes (bf16 toys), embedded (repo's tiny HF model) or a local HF folder
+        configs: all, or a comma-separated list of names from the config registry (int8wo,int8dq,int4wo,...)
+        use_autoquant: also run torchao.autoquant, or report why it cannot run
+        compile: also time each quantized model under torch.compile (slow on CPU: ~10-30 s per config)
+        device: cuda or cpu; default cuda when available, else cpu
+        group_size: group size of the int4 / intx configs (32, 64, 128 or 256)
+        exclude: regex over module names; matching modules are filtered out of quantize_
+        batch_size: rows of the random input (toys) or sequences (HF models)
+        seq_len: tokens per sequence for HF models
+        num_runs: timed runs per forward measurement (median reported, after 2 warm-up runs)
+        seed: seed of the model weights and random inputs
+        check_sqnr: exit non-zero when a quantized layer's output SQNR is below its config's threshold
+        output_dir: when set, write report.json there
+        overwrite: allow replacing an existing report.json in output_dir
+    """
+    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    import torchao
+    from rich.console import Console
+
+    from pytorch_scripts_common import benchmark, set_seed
+
+    config_names = _parse_configs(configs)
+    if group_size not in SUPPORTED_GROUP_SIZES:
+        raise ValueError(f"--group_size {group_size}: choose one of {SUPPORTED_GROUP_SIZES}")
+    if batch_size < 1 or seq_len < 1 or num_runs < 1:
+        raise ValueError(
+            f"--batch_size/--seq_len/--num_runs must be >= 1, got {batch_size}/{seq_len}/{num_runs}"
+        )
+    try:
+        exclude_re = re.compile(exclude) if exclude else None
+    except re.error as error:
+        raise ValueError(f"--exclude {exclude!r} is not a valid regex: {error}") from error
+    out_dir = Path(output_dir) if output_dir else None
+    if out_dir is not None and (out_dir / "report.json").exists() and not overwrite:
+        raise ValueError(
+            f"{out_dir / 'report.json'} exists; pass --overwrite=True or choose another --output_dir"
+        )
+    resolved_device = _resolve_device(device)
+
+    set_seed(seed)
+    console = Console(width=200)
+    mut = load_model(str(model), resolved_device, batch_size, seq_len, torch.bfloat16)
+    console.print(
+        f"model {mut.name} on {resolved_device}; torch {torch.__version__}, torchao {torchao.__version__}; "
+        f"inputs { ({k: tuple(v.shape) for k, v in mut.inputs.items() if isinstance(v, torch.Tensor)}) }; "
+        f"group_size {group_size}; timings are medians of {num_runs} runs after 2 warm-up runs",
+        highlight=False,
+    )
+    with torch.no_grad():
+        reference_output = model_output(mut.model, mut.inputs)
+    baseline_eager_ms = (
+        benchmark(
+            lambda: model_output(mut.model, mut.inputs),
+            num_warmup=2,
+            num_runs=num_runs,
+            device=resolved_device,
+        ).median_s
+        * 1e3
+    )
+    baseline = ConfigResult("bf16", "", "baseline", "", "", "", [], [], [], 0.0)
+    if compile:
+        with torch.no_grad():
+            _time_compiled(baseline, mut.model, mut, reference_output, resolved_device, num_runs)
+        if baseline.compile_error:
+            raise RuntimeError(f"torch.compile of the bf16 model failed: {baseline.compile_error}")
+    linear_fqns = {fqn for fqn, m in mut.model.named_modules() if isinstance(m, nn.Linear)}
+    layer_inputs = _layer_inputs(mut.model, mut.inputs, linear_fqns)
+
+    results = []
+    for index, name in enumerate(config_names, start=1):
+        console.print(f"[{index}/{len(config_names)}] {name} ...", markup=False)
+        set_seed(seed)
+        result = run_config(
+            CONFIG_REGISTRY[name],
+            mut,
+            reference_output,
+            layer_inputs,
+            device=resolved_device,
+            group_size=group_size,
+            exclude_re=exclude_re,
+            compile=compile,
+            num_runs=num_runs,
+        )
+        _print_config(console, result)
+        results.append(result)
+    autoquant_result = run_autoquant(mut, reference_output) if use_autoquant else None
+
+    console.rule("[bold]all configs[/]")
+    _print_summary(console, results, baseline_eager_ms, baseline.compiled_ms)
+    if autoquant_result is not None:
+        console.print(
+            f"autoquant: {autoquant_result['status']} {autoquant_result.get('reason', '')}", highlight=False
+        )
+
+    if out_dir is not None:
+        report = {
+            "model": mut.name,
+            "device": str(resolved_device),
+            "torch": torch.__version__,
+            "torchao": torchao.__version__,
+            "group_size": group_size,
+            "seed": seed,
+            "baseline": {
+                "eager_ms": baseline_eager_ms,
+                "compiled_ms": baseline.compiled_ms,
+                "compile_s": baseline.compile_s,
+            },
+            "configs": [
+                dataclasses.asdict(r) | {"num_quantized": r.num_quantized, "num_linear": r.num_linear}
+                for r in results
+            ],
+            "autoquant": autoquant_result,
+        }
+        target = write_report(out_dir, report, overwrite)
+        console.print(f"wrote {target}", highlight=False)
+
+    low = [r for r in results if r.status == "low-sqnr"]
+    if check_sqnr and low:
+        details = ", ".join(
+            f"{r.name} {r.worst_layer_sqnr_db:.1f} dB < {r.min_layer_sqnr_db} dB" for r in low
+        )
+        console.print(
+            f"FAILED: a quantized layer's output SQNR is below its config's threshold: {details}",
+            style="bold red",
+            highlight=False,
+        )
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
