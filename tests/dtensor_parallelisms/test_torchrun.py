@@ -198,3 +198,21 @@ def test_multi_node_rendezvous_flags_with_two_agents_on_localhost():
     printed = [r for r in outputs if "ALL CHECKS PASSED" in r.stdout]
     assert len(printed) == 1, "exactly one agent hosts global rank 0"
     assert "world_size 2" in printed[0].stdout
+
+
+def test_plain_python_without_torchrun_exits_non_zero_with_the_command_to_use():
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")
+    }
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--mode", "fsdp"],
+        capture_output=True,
+        text=True,
+        timeout=LAUNCH_TIMEOUT_S,
+        cwd=REPO_ROOT,
+        env=env,
+        check=False,
+    )
+    assert result.returncode != 0, output_of(result)
+    assert "ValueError: not launched by torchrun" in result.stderr, output_of(result)
+    assert "torchrun --nproc_per_node 2 dtensor_parallelisms/main.py" in result.stderr
