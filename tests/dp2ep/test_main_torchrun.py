@@ -1,0 +1,214 @@
+"""dp2ep/main.py under real torchrun launches (gloo on CPU), plus its failure modes.
+
+Each launch costs 10-20 s here (process start + torch import per rank), so every launch runs many
+cases at once. A launch that fails shows the ranks' stderr in the assertion message.
+"""
+
+import inspect
+import os
+import pathlib
+import re
+import shlex
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from dp2ep.main import main
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+MAIN = REPO_ROOT / "dp2ep" / "main.py"
+TORCHRUN = pathlib.Path(sys.executable).parent / "torchrun"
+LAUNCH_TIMEOUT_S = 240  # the script's own process-group timeout is 60 s below, so a hang fails first
+
+# one result row: case, impl, tokens per rank, tokens routed to each rank, idle experts, ok/total, exact
+ROW = re.compile(
+    r"^E=(?P<E>\d+)\s+K=(?P<K>\d)\s+(?P<dtype>\w+)\s+(?P<routing>\w+)\s+(?P<batch>\w+)\s+(?P<impl_arg>\w+)\s+"
+    r"(?P<impl>\w+)\s+(?P<tokens>\[[\d, ]*\])\s+(?P<routed>\[[\d, ]*\])\s+(?P<idle>\d+)\s+"
+    r"(?P<ok>\d+)/(?P<total>\d+)\s+(?P<exact>\d+)\s",
+    flags=re.M,
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _torchrun(nproc: int, script: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
+    command = [
+        str(TORCHRUN),
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(script),
+        "--timeout_s",
+        "60",
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's own default for nproc > 1; also for 1
+    try:
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, cwd=REPO_ROOT, env=env
+        )
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(f"torchrun hung for {LAUNCH_TIMEOUT_S} s: {shlex.join(command)}\n{error.stderr}")
+
+
+def _run_ok(nproc: int, *args: str) -> list[dict]:
+    result = _torchrun(nproc, MAIN, *args)
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    )
+    rows = [match.groupdict() for match in ROW.finditer(result.stdout)]
+    summary = re.search(r"dp2ep: PASSED: 0 mismatches over (\d+) cases", result.stdout)
+    assert summary, result.stdout
+    assert int(summary.group(1)) == len(rows) > 0, result.stdout
+    for row in rows:
+        # 12 checks with the shared expert (9 without): output, input grad, 3 expert shards, 3 expert
+        # grads (exact); router grad and 3 shared-expert grads (all-reduced, tolerance)
+        assert row["ok"] == row["total"] and row["total"] in ("9", "12"), row
+        assert int(row["exact"]) >= 8, row
+    return rows
+
+
+def _assert_skew_left_ranks_and_experts_idle(rows: list[dict], world_size: int) -> None:
+    skewed = [row for row in rows if row["routing"] == "skewed"]
+    assert skewed
+    for row in skewed:
+        routed = parse_int_list(row["routed"])
+        num_experts, top_k = int(row["E"]), int(row["K"])
+        assert int(row["idle"]) > 0, row  # some experts got no token
+        num_local = num_experts // world_size
+        num_hot = top_k + 1 if top_k + 1 <= num_local else top_k  # as skewed_expert_bias documents
+        if world_size > 1 and num_hot <= num_local:  # the hot experts fit on rank 0
+            assert routed[1:] == [0] * (world_size - 1), row  # the other ranks received no token
+        elif world_size > 1 and num_hot <= num_experts - num_local:
+            assert routed[-1] == 0, row  # at least the last rank received no token
+
+
+def parse_int_list(text: str) -> list[int]:
+    return [int(v) for v in text.strip("[]").split(",") if v.strip()]
+
+
+@pytest.mark.distributed
+def test_world_size_2_default_grid_is_exact():
+    rows = _run_ok(2)  # the default: 96 cases (E 4/8/16, K 1/2, fp32/bf16, routing, batch, impl)
+    assert len(rows) == 96
+    assert {row["impl"] for row in rows} == {"grouped_mm", "loop"}
+    _assert_skew_left_ranks_and_experts_idle(rows, 2)
+    uneven = [row for row in rows if row["batch"] == "uneven"]
+    assert all(parse_int_list(row["tokens"]) == [32, 0] for row in uneven)  # rank 1 sends no token
+
+
+@pytest.mark.distributed
+def test_world_size_4_all_experts_and_top_k():
+    rows = _run_ok(4, "--batch", "uneven", "--expert_impl", "auto")
+    assert len(rows) == 3 * 2 * 2 * 2
+    assert all(parse_int_list(row["tokens"]) == [32, 64, 96, 0] for row in rows)
+    _assert_skew_left_ranks_and_experts_idle(rows, 4)
+
+
+@pytest.mark.distributed
+def test_world_size_1_runs_through_the_same_path():
+    rows = _run_ok(1, "--batch", "even", "--expert_impl", "auto", "--shared_expert", "False")
+    assert len(rows) == 3 * 2 * 2 * 2
+    # one rank: the router grad all-reduce is a no-op, so all 9 checks are bitwise exact
+    assert all(row["total"] == "9" and row["exact"] == "9" for row in rows)
+
+
+@pytest.mark.distributed
+def test_a_dispatch_bug_is_caught_and_exits_non_zero(tmp_path):
+    # A real bug: skip the (source rank, expert) -> (expert, source rank) regrouping after the
+    # all-to-all. With 2 ranks and 4 local experts the experts then get other experts' rows.
+    buggy = tmp_path / "buggy_main.py"
+    buggy.write_text(
+        "import fire\nimport torch\n\nimport dp2ep.expert_parallel\nfrom dp2ep.main import main\n\n"
+        "if __name__ == '__main__':\n"
+        "    dp2ep.expert_parallel.rank_major_to_expert_major = lambda c: torch.arange(int(c.sum()))\n"
+        "    fire.Fire(main)\n",
+        encoding="utf-8",
+    )
+    result = _torchrun(2, buggy, "--num_experts", "8", "--top_k", "2", "--dtype", "float32")
+    assert result.returncode != 0, result.stdout
+    assert "dp2ep: FAILED" in result.stdout, result.stdout + result.stderr
+    assert re.search(r"MISMATCH rank \d E=8 .* output: not exact", result.stdout), result.stdout
+
+
+@pytest.mark.distributed
+def test_num_experts_not_divisible_by_world_size_fails_fast():
+    result = _torchrun(2, MAIN, "--num_experts", "3", "--top_k", "1")
+    assert result.returncode != 0
+    assert "ValueError: num_experts=3 is not divisible by the world size 2" in result.stderr, result.stderr
+
+
+def test_running_without_torchrun_is_a_clear_error():
+    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run(
+        [sys.executable, str(MAIN)], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, env=env
+    )
+    assert result.returncode != 0
+    assert "must be launched by torchrun" in result.stderr, result.stderr
+
+
+def test_help_lists_every_argument():
+    result = subprocess.run(
+        [sys.executable, str(MAIN), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PAGER": "cat"},
+    )
+    assert result.returncode == 0, result.stderr
+    text = result.stdout + result.stderr  # fire writes help to stderr when it is not a terminal
+    for name in inspect.signature(main).parameters:
+        assert f"--{name}" in text, name
+    assert "must be launched by torchrun" not in text  # --help must not run the check
+
+
+def test_readme_commands_use_real_arguments():
+    readme = (REPO_ROOT / "dp2ep" / "README.md").read_text(encoding="utf-8")
+    commands = [
+        line.strip() for line in readme.splitlines() if "dp2ep/main.py" in line and "torchrun" in line
+    ]
+    assert len(commands) >= 4, commands  # CPU, GPU, multi-node and a single-case example
+    parameters = set(inspect.signature(main).parameters)
+    for command in commands:
+        flags = {tok[2:].split("=")[0] for tok in shlex.split(command.rstrip("\\")) if tok.startswith("--")}
+        torchrun_flags = {
+            "nproc_per_node",
+            "nnodes",
+            "node_rank",
+            "rdzv_backend",
+            "rdzv_endpoint",
+            "rdzv_id",
+            "master_port",
+            "master_addr",
+        }
+        assert flags - torchrun_flags <= parameters, (command, flags - torchrun_flags - parameters)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_world_size_4_default_grid_is_exact():
+    rows = _run_ok(4)
+    assert len(rows) == 96
+    _assert_skew_left_ranks_and_experts_idle(rows, 4)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_world_size_2_top_k_3_unaligned_dims_and_no_shared_expert():
+    # dim 12 in bfloat16 is not 16-byte aligned: 'auto' must fall back to the per-expert loop
+    rows = _run_ok(2, "--top_k", "1,3", "--dim", "12", "--hidden", "20", "--shared_expert", "False")
+    assert {row["impl"] for row in rows if row["dtype"] == "bfloat16"} == {"loop"}
+    assert {row["impl"] for row in rows if row["dtype"] == "float32" and row["impl_arg"] == "auto"} == {
+        "grouped_mm"
+    }
+    assert all(row["total"] == "9" for row in rows)
+    _assert_skew_left_ranks_and_experts_idle(rows, 2)
