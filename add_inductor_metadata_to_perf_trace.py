@@ -22,6 +22,7 @@ def main(
     modified_perf_trace_file: str,
     overwrite: bool = False,
     strict: bool = False,
+    allow_no_match: bool = False,
 ) -> None:
     """Enrich a torch.profiler Chrome trace with the Inductor output code of the same run.
 
@@ -31,8 +32,9 @@ def main(
         modified_perf_trace_file: where to write the enriched trace (atomically: temp file, then rename).
         overwrite: replace modified_perf_trace_file if it exists.
         strict: turn log-parser warnings (malformed or truncated output code) into errors.
+        allow_no_match: write an unchanged copy when no event matched (default: exit with an error).
     """
-    from perf_traces.enrich import enrich_trace
+    from perf_traces.enrich import NoMatchError, enrich_trace
     from perf_traces.log_parser import parse_output_code_log_file
 
     for label, path in (("perf_trace_file", perf_trace_file), ("torch_logs_file", torch_logs_file)):
@@ -52,11 +54,17 @@ def main(
 
     modules = parse_output_code_log_file(torch_logs_file, strict=strict)
     if not modules:
-        print(
-            f"warning: {torch_logs_file} has no output code (capture it with TORCH_LOGS=output_code); "
-            "no event can be matched, the trace is copied unchanged"
+        print(f"warning: {torch_logs_file} has no output code (capture it with TORCH_LOGS=output_code)")
+    try:
+        summary = enrich_trace(
+            perf_trace_file, modules, modified_perf_trace_file, allow_no_match=allow_no_match
         )
-    summary = enrich_trace(perf_trace_file, modules, modified_perf_trace_file)
+    except NoMatchError as error:
+        print("\n".join(error.summary.lines()))
+        raise ValueError(
+            f"{error} -- nothing written to {modified_perf_trace_file!r}; pass --allow_no_match to write an "
+            "unchanged copy anyway"
+        ) from None
     for line in summary.lines():
         print(line)
     print(f"wrote {modified_perf_trace_file}")

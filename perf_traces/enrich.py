@@ -33,7 +33,7 @@ from typing import Any
 from perf_traces.log_parser import CallSite, KernelDefinition, OutputCodeModule, ops_from_kernel_name
 from perf_traces.trace_stream import TraceFormatError, iter_trace, rewrite_events
 
-__all__ = ["EnrichSummary", "enrich_trace"]
+__all__ = ["EnrichSummary", "NoMatchError", "enrich_trace"]
 
 _FORWARD_SPAN = "CompiledFunction"
 _BACKWARD_SPAN = "CompiledFunctionBackward"
@@ -42,6 +42,9 @@ _CALL_SPAN_PREFIX = "## Call CompiledFxGraph"
 # "triton_poi_fused_relu_0", "triton_red_fused_sum_3", "cpp_CppMicroGemmFP32Vec_0" ...
 _INDUCTOR_KERNEL_NAME_RE = re.compile(r"^(?:graph_\d+_)?(?:cpp_|triton_)\w+$")
 _TIME_EPSILON_US = 1e-3  # Chrome traces round ts/dur to 1 ns; containment tests allow that slack
+_MAX_MODE_SPAN_LOOKBACK = 16
+_ARGS_PLACEHOLDER = "\x00ARGS\x00"
+_ARGS_PLACEHOLDER_JSON = json.dumps(_ARGS_PLACEHOLDER)
 
 
 @dataclasses.dataclass
@@ -170,13 +173,27 @@ def _trace_name(module: OutputCodeModule, kernel: KernelDefinition) -> str:
     return kernel.profile_name or kernel.name
 
 
+class NoMatchError(ValueError):
+    """No event of the trace matched the log; ``summary`` says why. Nothing was written."""
+
+    def __init__(self, summary: EnrichSummary) -> None:
+        super().__init__(f"0 events matched: {summary.zero_match_reason}")
+        self.summary = summary
+
+
 def enrich_trace(
-    trace_path: str, modules: list[OutputCodeModule], output_path: str | None, *, in_memory: bool = False
+    trace_path: str,
+    modules: list[OutputCodeModule],
+    output_path: str | None,
+    *,
+    in_memory: bool = False,
+    allow_no_match: bool = True,
 ) -> EnrichSummary:
     """Match ``trace_path``'s events to ``modules``; write the enriched trace to ``output_path``.
 
     ``output_path=None`` only matches and summarises. Raises ``TraceFormatError`` for malformed
-    traces before anything is written. ``in_memory=True`` is the plain ``json.load`` / ``json.dump``
+    traces, and ``NoMatchError`` when nothing matched and ``allow_no_match`` is False, before anything
+    is written. ``in_memory=True`` is the plain ``json.load`` / ``json.dump``
     implementation (same matching), kept as the benchmark's baseline.
     """
     loaded = None
@@ -264,16 +281,22 @@ def enrich_trace(
     for thread_spans in list(call_spans.values()) + list(mode_spans.values()):
         thread_spans.sort(key=lambda span: span.ts)
     call_starts = {thread: [span.ts for span in items] for thread, items in call_spans.items()}
+    mode_starts = {thread: [span.ts for span in items] for thread, items in mode_spans.items()}
 
     def enclosing_mode(thread: int, ts: float, end: float) -> str:
-        """Innermost CompiledFunction(Backward) span around [ts, end]; 'inference' when there is none."""
-        best = None
-        for span in mode_spans.get(thread, ()):
-            if span.ts > ts + _TIME_EPSILON_US:
-                break
-            if span.end + _TIME_EPSILON_US >= end and (best is None or span.ts >= best.ts):
-                best = span
-        return best.kind if best else "inference"
+        """Innermost CompiledFunction(Backward) span around [ts, end]; 'inference' when there is none.
+
+        Walks back from the latest span starting before ``ts``: the enclosing span is that one or one
+        of the few before it (these spans nest only a few deep), so the walk is capped.
+        """
+        starts = mode_starts.get(thread)
+        if not starts:
+            return "inference"
+        position = bisect.bisect_right(starts, ts + _TIME_EPSILON_US) - 1
+        for span in reversed(mode_spans[thread][max(0, position - _MAX_MODE_SPAN_LOOKBACK) : position + 1]):
+            if span.end + _TIME_EPSILON_US >= end:
+                return span.kind
+        return "inference"
 
     children: dict[tuple[int, int], list[int]] = collections.defaultdict(list)  # (thread, call #) -> rows
     outside_rows: list[int] = []
@@ -288,7 +311,20 @@ def enrich_trace(
         ):
             outside_rows.append(row)
 
-    annotations: dict[int, dict[str, Any]] = {}  # candidate row or -(gpu row + 1) -> args to add
+    annotations: dict[int, dict[str, Any]] = {}  # candidate row -> args to add (shared dicts)
+    annotation_cache: dict[tuple, dict[str, Any]] = {}
+
+    def cached_annotation(
+        module: OutputCodeModule, kernel: KernelDefinition | None, call: CallSite | None, note: str | None
+    ) -> dict[str, Any]:
+        key = (id(module), id(kernel), id(call), note)
+        if key not in annotation_cache:
+            if kernel is None:
+                annotation_cache[key] = _annotation_for_extern(module, call, note)
+            else:
+                annotation_cache[key] = _annotation_for_kernel(module, kernel, call, note)
+        return annotation_cache[key]
+
     seen_kernels: set[tuple[int, str]] = set()  # (id(module), kernel name)
     module_kinds = {id(module): module.graph_kind for module in modules}
 
@@ -353,7 +389,7 @@ def enrich_trace(
                 calls = kernel_calls.get(kernel.name, [])
                 call = calls[min(kernel_call_counts[kernel.name], len(calls) - 1)] if calls else None
                 kernel_call_counts[kernel.name] += 1
-                annotations[row] = _annotation_for_kernel(module, kernel, call, note)
+                annotations[row] = cached_annotation(module, kernel, call, note)
                 seen_kernels.add((id(module), kernel.name))
                 summary.matched_by_kind[
                     "cpu kernel op" if kernel.backend.startswith("cpp") else "kernel launch op"
@@ -363,7 +399,7 @@ def enrich_trace(
                 # that are not extern kernels, e.g. an aten::empty from a fallback allocation).
                 for offset in range(extern_position, len(extern_calls)):
                     if extern_calls[offset].target == name:
-                        annotations[row] = _annotation_for_extern(module, extern_calls[offset], note)
+                        annotations[row] = cached_annotation(module, None, extern_calls[offset], note)
                         summary.matched_by_kind["extern aten op"] += 1
                         extern_position = offset + 1
                         break
@@ -383,9 +419,7 @@ def enrich_trace(
         options = of_kind or options
         if len(options) == 1:
             module, kernel = options[0]
-            annotations[row] = _annotation_for_kernel(
-                module, kernel, None, "matched by name outside a Call span"
-            )
+            annotations[row] = cached_annotation(module, kernel, None, "matched by name outside a Call span")
             seen_kernels.add((id(module), kernel.name))
             summary.matched_by_kind[
                 "cpu kernel op" if kernel.backend.startswith("cpp") else "kernel launch op"
@@ -401,11 +435,15 @@ def enrich_trace(
             (candidates.start_offset[row], candidates.end_offset[row], candidates.index[row], annotation)
         )
     matched_names = {name_list[candidates.name_id[row]] for row in annotations}
+    gpu_annotations: dict[int, dict[str, Any]] = {}  # id(launch annotation) -> GPU kernel annotation
     for index, ext, start, end, name in gpu_kernels:
         row = launch_by_external_id.get(ext)
         if row is not None:
-            annotation = dict(annotations[row])
-            annotation["inductor_launch_op"] = name_list[candidates.name_id[row]]
+            launch_annotation = annotations[row]
+            annotation = gpu_annotations.get(id(launch_annotation))
+            if annotation is None:
+                annotation = {"inductor_launch_op": name_list[candidates.name_id[row]], **launch_annotation}
+                gpu_annotations[id(launch_annotation)] = annotation
             replacements.append((start, end, index, annotation))
             summary.matched_by_kind[
                 "gpu kernel" if "inductor_kernel" in annotation else "gpu kernel of extern op"
@@ -426,6 +464,8 @@ def enrich_trace(
 
     if summary.num_matched == 0:
         summary.zero_match_reason = _zero_match_reason(summary, modules, matched_names, name_list, spans)
+        if not allow_no_match:
+            raise NoMatchError(summary)
 
     if output_path is not None and loaded is not None:
         for _, _, index, annotation in replacements:
@@ -437,23 +477,34 @@ def enrich_trace(
     elif output_path is not None:
         replacements.sort()
 
-        def encoder(annotation: dict[str, Any]):
-            def encode(original: str) -> str:
-                event = json.loads(original)
-                args = event.get("args")
-                if not isinstance(args, dict):
-                    args = event["args"] = {}
-                args.update(annotation)
-                return json.dumps(event, ensure_ascii=False)
-
-            return encode
-
+        encoders: dict[int, Any] = {}  # id(annotation) -> encode function (annotations are shared)
+        for _, _, _, annotation in replacements:
+            if id(annotation) not in encoders:
+                encoders[id(annotation)] = _make_encoder(annotation)
         rewrite_events(
             trace_path,
             output_path,
-            ((start, end, encoder(annotation)) for start, end, _, annotation in replacements),
+            ((start, end, encoders[id(annotation)]) for start, end, _, annotation in replacements),
         )
     return summary
+
+
+def _make_encoder(annotation: dict[str, Any]):
+    """A function adding ``annotation`` to an event's args; encodes the annotation (kernel source) once."""
+    fragment = json.dumps(annotation, ensure_ascii=False)[1:-1]
+
+    def encode(original: str) -> str:
+        event = json.loads(original)
+        args = event.get("args")
+        if not isinstance(args, dict) or any(key in args for key in annotation):  # rare: re-enrichment
+            event["args"] = {**(args if isinstance(args, dict) else {}), **annotation}
+            return json.dumps(event, ensure_ascii=False)
+        event["args"] = _ARGS_PLACEHOLDER
+        args_json = json.dumps(args, ensure_ascii=False)
+        merged = args_json[:-1] + (", " if args else "") + fragment + "}"
+        return json.dumps(event, ensure_ascii=False).replace(_ARGS_PLACEHOLDER_JSON, merged, 1)
+
+    return encode
 
 
 def _zero_match_reason(
@@ -471,11 +522,20 @@ def _zero_match_reason(
             "the trace has no compiled-graph calls or Inductor kernel events (profile the compiled "
             "model; on CPU set TORCHINDUCTOR_CPP_ENABLE_KERNEL_PROFILE=1 so C++ kernels are recorded)"
         )
-    if kernel_like:
+    log_names = {_trace_name(module, kernel) for module in modules for kernel in module.kernels.values()}
+    in_log = [name for name in kernel_like if name in log_names]
+    if kernel_like and not in_log:
         return (
-            f"the trace's {len(kernel_like)} Inductor-kernel names (e.g. {kernel_like[0]!r}) do not occur "
+            f"none of the trace's {len(kernel_like)} Inductor-kernel names (e.g. {kernel_like[0]!r}) occurs "
             "in the log: the log and the trace are probably from different runs (C++ kernel names "
             "carry the graph id, which differs between runs that compile different graphs)"
+        )
+    if in_log:
+        kinds = sorted({module.graph_kind for module in modules})
+        return (
+            f"{len(in_log)} of the trace's Inductor-kernel names occur in the log (e.g. {in_log[0]!r}) but "
+            f"not in a module of the kind that ran them (the log has only {', '.join(kinds)} graphs): "
+            "the log and the trace are probably from different runs"
         )
     return "no compiled-graph call in the trace ran the kernels or extern ops of a module in the log"
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 __all__ = ["TraceEvent", "TraceFormatError", "iter_trace", "rewrite_events"]
 
 _CHUNK_CHARS = 1 << 22  # 4 Mi characters per read: large enough to amortise, small next to the RSS budget
-_WHITESPACE = " \t\n\r"
+_WHITESPACE_RE = re.compile(r"[ \t\n\r]*")
 
 
 class TraceFormatError(ValueError):
@@ -72,12 +73,12 @@ class _Reader:
     def peek(self) -> str:
         """The next non-whitespace character ('' at end of file)."""
         while True:
-            text, pos = self.text, self.pos
-            while pos < len(text) and text[pos] in _WHITESPACE:
-                pos += 1
+            pos = _WHITESPACE_RE.match(self.text, self.pos).end()
             self.pos = pos
-            if pos < len(text) or self.eof:
-                return text[pos] if pos < len(text) else ""
+            if pos < len(self.text):
+                return self.text[pos]
+            if self.eof:
+                return ""
             self._read_more(0)
 
     def expect(self, chars: str) -> str:
@@ -87,6 +88,33 @@ class _Reader:
             raise self.error(f"expected one of {list(chars)}, found {found}")
         self.pos += 1
         return char
+
+    def array_items(self) -> Iterator[tuple[Any, int, int]]:
+        """Decode the items of the array whose '[' was consumed, through its ']' (the hot loop)."""
+        raw_decode = self.decoder.raw_decode
+        separator = _SEPARATOR_RE.match
+        self.peek()
+        while True:
+            text, pos = self.text, self.pos
+            try:
+                value, end = raw_decode(text, pos)
+            except json.JSONDecodeError as exc:
+                if self.eof:
+                    raise self.error(f"invalid or truncated JSON value ({exc.msg})") from None
+                self._read_more(len(text) * 2)  # the item may be longer than one chunk
+                continue
+            match = separator(text, end)
+            if match is None or match.end() == len(text):  # separator or what follows may be cut off
+                if not self.eof:
+                    self._read_more(len(text) * 2)
+                    continue
+                if match is None:
+                    self.pos = end
+                    raise self.error("expected ',' or ']' after an array item")
+            yield value, self.base + pos, self.base + end
+            self.pos = match.end()
+            if match.group(1) == "]":
+                return
 
     def value(self) -> tuple[Any, int, int]:
         """Decode the next JSON value; return it with its file character span."""
@@ -105,6 +133,9 @@ class _Reader:
             start = self.base + self.pos
             self.pos = end
             return value, start, self.base + end
+
+
+_SEPARATOR_RE = re.compile(r"[ \t\n\r]*([,\]])[ \t\n\r]*")
 
 
 def iter_trace(path: str, *, chunk_chars: int = _CHUNK_CHARS) -> Iterator[TraceEvent]:
@@ -135,12 +166,8 @@ def iter_trace(path: str, *, chunk_chars: int = _CHUNK_CHARS) -> Iterator[TraceE
                     if reader.peek() == "]":
                         reader.pos += 1
                     else:
-                        while True:
-                            event, start, end = reader.value()
+                        for index, (event, start, end) in enumerate(reader.array_items()):
                             yield index, event, start, end
-                            index += 1
-                            if reader.expect(",]") == "]":
-                                break
                 else:
                     value, _, _ = reader.value()
                     yield None, key, value, None
