@@ -45,6 +45,7 @@ CLASS_NAMES = (
     "-nan",
 )
 MAX_EXAMPLES = 3  # first examples kept per (pair, class) and per mismatching converter
+MAX_PATTERNS_PER_CLASS = 10  # rows of the "first examples" table per input class
 STRUCTURED_MANTISSAS = (
     0x000000,  # 1.0 (or +-0 / inf)
     0x000001,
@@ -353,17 +354,30 @@ def render_markdown(acc: Accumulator, versions: dict[str, str], elapsed_s: float
             lines.append(f"| {pair.replace('|', ' vs ')} | " + " | ".join(f"{c:,}" for c in counts) + " |")
     # First examples: per class, the lowest disagreeing inputs over all pairs, with every output.
     converters = build_registry(llvm_threads=1)
-    lines += ["", "## First examples per input class (input bits -> every converter's e8m0 bits)", ""]
-    lines.append("| class | input | value | " + " | ".join(short[n] for n in names) + " |")
-    lines.append("| --- | --- | --- |" + " ---: |" * len(names))
+    lines += [
+        "",
+        "## First examples per input class (input bits -> every converter's e8m0 bits)",
+        "",
+        "From the first disagreeing inputs of every pair, the lowest input of each distinct agreement",
+        f"pattern (which converters agree with which), at most {MAX_PATTERNS_PER_CLASS} per class.",
+        "",
+        "| class | input | value | " + " | ".join(short[n] for n in names) + " |",
+        "| --- | --- | --- |" + " ---: |" * len(names),
+    ]
     for cls in CLASS_NAMES:
-        examples = sorted({b for by_class in acc.pair_examples.values() for b in by_class.get(cls, [])})[:6]
-        if not examples:
+        candidates = sorted({b for by_class in acc.pair_examples.values() for b in by_class.get(cls, [])})
+        if not candidates:
             continue
-        example_bits = np.array(examples, dtype=np.uint32)
-        outs = {n: converters[n](example_bits) for n in names}
-        for i, bits in enumerate(examples):
-            cells = " | ".join(f"0x{int(outs[n][i]):02x}" for n in names)
+        candidate_bits = np.array(candidates, dtype=np.uint32)
+        outs = np.stack([converters[n](candidate_bits) for n in names])  # [converter, candidate]
+        seen_patterns: set[tuple[int, ...]] = set()
+        for i, bits in enumerate(candidates):
+            column = outs[:, i]
+            pattern = tuple(int(np.argmax(column == value)) for value in column)
+            if pattern in seen_patterns or len(seen_patterns) == MAX_PATTERNS_PER_CLASS:
+                continue
+            seen_patterns.add(pattern)
+            cells = " | ".join(f"0x{int(v):02x}" for v in column)
             lines.append(f"| {cls} | 0x{bits:08x} | {_f32_repr(bits)} | {cells} |")
     lines += ["", "e8m0 codes: 0x00 = 2^-127, 0x7f = 2^0, 0xfe = 2^127, 0xff = NaN.", ""]
     verdict = (
