@@ -672,6 +672,15 @@ def quantize_with_attribution(
         return model, module_errors, whole_error, list(dict.fromkeys(logs))
 
 
+def _likely_cause(
+    snapshot: WeightSnapshot, spec: ConfigSpec, group_size: int, weight: torch.Tensor
+) -> str | None:
+    """The dtype or shape constraint of ``spec`` this weight breaks, if any."""
+    if spec.needs_bf16_weight and snapshot.dtype != torch.bfloat16:
+        return f"dtype: weight is {_dtype_name(snapshot.dtype)}, this config needs bfloat16"
+    return spec.shape_rule(weight, group_size)
+
+
 def infer_reason(
     snapshot: WeightSnapshot,
     module: nn.Module,
@@ -690,15 +699,13 @@ def infer_reason(
         return f"filtered out: {snapshot.module_type} is not nn.Linear (quantize_'s default filter_fn)"
     if snapshot.was_quantized:
         return f"already quantized before quantize_ ({snapshot.weight_class})"
-    if spec.needs_bf16_weight and snapshot.dtype != torch.bfloat16:
-        return f"dtype: weight is {_dtype_name(snapshot.dtype)}, this config needs bfloat16"
-    shape_reason = spec.shape_rule(weight, group_size)
-    if shape_reason is not None:
-        return shape_reason
+    cause = _likely_cause(snapshot, spec, group_size, weight)
+    if cause is not None:
+        return cause
     return "unknown: quantize_ returned without changing the weight and torchao gave no reason"
 
 
-def _layer_inputs(model: nn.Module, inputs: dict[str, Any], fqns: set[str]) -> dict[str, torch.Tensor]:
+def capture_layer_inputs(model: nn.Module, inputs: dict[str, Any], fqns: set[str]) -> dict[str, torch.Tensor]:
     """The first input each named module sees in one forward of ``model``."""
     captured: dict[str, torch.Tensor] = {}
     handles = []
@@ -717,6 +724,14 @@ def _layer_inputs(model: nn.Module, inputs: dict[str, Any], fqns: set[str]) -> d
         for handle in handles:
             handle.remove()
     return captured
+
+
+def reference_run(mut: ModelUnderTest) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The bf16 model's output and the input each of its nn.Linear modules sees, on ``mut.inputs``."""
+    with torch.no_grad():
+        reference_output = model_output(mut.model, mut.inputs)
+    linear_fqns = {fqn for fqn, m in mut.model.named_modules() if isinstance(m, nn.Linear)}
+    return reference_output, capture_layer_inputs(mut.model, mut.inputs, linear_fqns)
 
 
 def run_config(
@@ -760,8 +775,8 @@ def run_config(
         changed = type(weight).__name__ != snap.weight_class or weight.dtype != snap.dtype
         if fqn in module_errors:
             status = "error"
-            rule = spec.shape_rule(weight, group_size) if isinstance(module, nn.Linear) else None
-            reason = f"quantize_ raised {module_errors[fqn]}" + (f" ({rule})" if rule else "")
+            hint = _likely_cause(snap, spec, group_size, weight) if isinstance(module, nn.Linear) else None
+            reason = f"quantize_ raised {module_errors[fqn]}" + (f" (likely {hint})" if hint else "")
         elif changed:
             status, reason = "quantized", ""
         else:
@@ -1136,8 +1151,7 @@ def main(
         f"group_size {group_size}; timings are medians of {num_runs} runs after 2 warm-up runs",
         highlight=False,
     )
-    with torch.no_grad():
-        reference_output = model_output(mut.model, mut.inputs)
+    reference_output, layer_inputs = reference_run(mut)
     baseline_eager_ms = (
         benchmark(
             lambda: model_output(mut.model, mut.inputs),
@@ -1153,8 +1167,6 @@ def main(
             _time_compiled(baseline, mut.model, mut, reference_output, resolved_device, num_runs)
         if baseline.compile_error:
             raise RuntimeError(f"torch.compile of the bf16 model failed: {baseline.compile_error}")
-    linear_fqns = {fqn for fqn, m in mut.model.named_modules() if isinstance(m, nn.Linear)}
-    layer_inputs = _layer_inputs(mut.model, mut.inputs, linear_fqns)
 
     results = []
     for index, name in enumerate(config_names, start=1):
