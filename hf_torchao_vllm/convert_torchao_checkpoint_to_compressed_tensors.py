@@ -1,0 +1,221 @@
+"""Convert a torchao checkpoint (``quant_method: torchao``) to a compressed-tensors checkpoint.
+
+Reads config.json's torchao ``quantization_config`` and the safetensors shards one at a time,
+maps every torchao tensor subclass to the compressed-tensors tensors vLLM loads (see
+``ct_checkpoint`` for the table), writes ``model*.safetensors`` (+ index when sharded), a
+config.json whose ``quantization_config`` is a compressed-tensors config (one config group per
+distinct scheme, an ``ignore`` list of the Linear modules left in high precision), and copies every
+other file. Output goes to a temporary directory next to the target that is renamed at the end.
+With ``validate=True`` (default) the result is checked by ``validate_compressed_tensors_checkpoint``.
+
+    python -m hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors \\
+        --dir_source=outputs/quantized --dir_target=outputs/quantized_ct
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import fire
+
+from hf_torchao_vllm import ct_checkpoint as ctc
+
+
+@dataclasses.dataclass
+class ConversionSummary:
+    """What a conversion did: modules per scheme label, bytes, time and memory."""
+
+    dir_target: str
+    num_shards: int
+    source_bytes: int
+    target_bytes: int
+    largest_shard_bytes: int
+    seconds: float
+    rss_before_bytes: int
+    peak_rss_bytes: int
+    modules_per_scheme: dict[str, int]
+    ignore: list[str]
+
+    @property
+    def peak_rss_delta_bytes(self) -> int:
+        return self.peak_rss_bytes - self.rss_before_bytes
+
+
+def _current_rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def prepare_target(dir_target: str, overwrite: bool) -> str:
+    """Check the target and return a fresh temporary directory next to it."""
+    dir_target = os.path.abspath(dir_target)
+    if os.path.exists(dir_target) and not overwrite:
+        raise ValueError(f"target {dir_target!r} exists; pass --overwrite to replace it")
+    parent = os.path.dirname(dir_target)
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f".{os.path.basename(dir_target)}.tmp-", dir=parent)
+
+
+def publish(tmp_dir: str, dir_target: str) -> None:
+    """Atomically replace ``dir_target`` by ``tmp_dir`` (the old target is removed after the swap)."""
+    dir_target = os.path.abspath(dir_target)
+    old = None
+    if os.path.exists(dir_target):
+        old = tempfile.mkdtemp(
+            prefix=f".{os.path.basename(dir_target)}.old-", dir=os.path.dirname(dir_target)
+        )
+        os.rmdir(old)
+        os.rename(dir_target, old)
+    os.rename(tmp_dir, dir_target)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _ignore_list(ckpt: ctc.TorchaoCheckpoint, quantized_modules: set[str]) -> list[str]:
+    """Linear modules left in high precision, found from the checkpoint (never per model)."""
+    plain_weights = {
+        p.removesuffix(".weight")
+        for p, m in ckpt.params.items()
+        if m["_type"] == "Tensor" and p.endswith(".weight")
+    }
+    linear = ctc.linear_module_names(ckpt.config)
+    if linear is not None:
+        # lm_head may be tied to the embedding and then has no tensor of its own; vLLM still has it.
+        return sorted((linear & plain_weights) | ({"lm_head"} & linear - quantized_modules))
+    return sorted(m for m in plain_weights if not re.search(r"(norm|embed)", m))
+
+
+def convert_checkpoint(dir_source: str, dir_target: str, overwrite: bool = False) -> ConversionSummary:
+    """Convert ``dir_source`` to ``dir_target`` shard by shard (no validation); see module docstring."""
+    import torch  # noqa: F401  (tensor ops below run through ct_checkpoint)
+    from compressed_tensors import __version__ as ct_version
+    from rich.progress import Progress
+
+    start = time.perf_counter()
+    ckpt = ctc.open_torchao_checkpoint(dir_source)
+    tmp_dir = prepare_target(dir_target, overwrite)
+    try:
+        rss_before = _current_rss_bytes()
+        module_schemes: dict[str, ctc.CtScheme] = {}
+        weight_map: dict[str, str] = {}
+        source_bytes = target_bytes = largest = 0
+        with Progress(transient=True) as progress:
+            shard_task = progress.add_task("shards", total=len(ckpt.shard_files))
+            for shard in ckpt.shard_files:
+                params = ckpt.params_in_shard(shard)
+                tensor_task = progress.add_task(f"  {shard}", total=len(params))
+                handles: dict[str, Any] = {}
+                out: dict = {}
+                for param in params:
+                    meta = ckpt.params[param]
+                    parts = ctc.load_param_parts(ckpt, param, handles)
+                    if meta["_type"] == "Tensor":
+                        out[param] = parts["tensor"]
+                    else:
+                        for conv in ctc.convert_parameter(param, meta, parts):
+                            module_schemes[conv.module] = conv.scheme
+                            for leaf, tensor in conv.tensors.items():
+                                out[f"{conv.module}.{leaf}"] = tensor
+                    del parts
+                    progress.advance(tensor_task)
+                handles.clear()
+                shard_source_bytes = os.path.getsize(os.path.join(ckpt.directory, shard))
+                source_bytes += shard_source_bytes
+                largest = max(largest, shard_source_bytes)
+                target_bytes += ctc.write_safetensors(os.path.join(tmp_dir, shard), out, {"format": "pt"})
+                weight_map.update(dict.fromkeys(out, shard))
+                del out
+                progress.remove_task(tensor_task)
+                progress.advance(shard_task)
+        peak_rss = _peak_rss_bytes()
+
+        ignore = _ignore_list(ckpt, set(module_schemes))
+        quant_config = ctc.build_quantization_config(module_schemes, ignore, ct_version)
+        config = dict(ckpt.config)
+        config["quantization_config"] = quant_config
+        with open(os.path.join(tmp_dir, ctc.CONFIG_FILE), "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+        if ckpt.is_sharded:
+            index = {"metadata": {"total_size": target_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+            with open(os.path.join(tmp_dir, ctc.INDEX_FILE), "w") as f:
+                json.dump(index, f, indent=2)
+        written = set(ckpt.shard_files) | {ctc.CONFIG_FILE, ctc.INDEX_FILE}
+        for name in sorted(os.listdir(ckpt.directory)):
+            src = os.path.join(ckpt.directory, name)
+            if name not in written and os.path.isfile(src):
+                shutil.copyfile(src, os.path.join(tmp_dir, name))
+        publish(tmp_dir, dir_target)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    counts: dict[str, int] = {}
+    for scheme in module_schemes.values():
+        counts[scheme.label] = counts.get(scheme.label, 0) + 1
+    return ConversionSummary(
+        dir_target=os.path.abspath(dir_target),
+        num_shards=len(ckpt.shard_files),
+        source_bytes=source_bytes,
+        target_bytes=target_bytes,
+        largest_shard_bytes=largest,
+        seconds=time.perf_counter() - start,
+        rss_before_bytes=rss_before,
+        peak_rss_bytes=peak_rss,
+        modules_per_scheme=counts,
+        ignore=ignore,
+    )
+
+
+def print_summary(summary: ConversionSummary) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"compressed-tensors checkpoint written to {summary.dir_target}")
+    table.add_column("scheme")
+    table.add_column("modules", justify="right")
+    for label, count in sorted(summary.modules_per_scheme.items()):
+        table.add_row(label, str(count))
+    table.add_row("ignored (high precision)", str(len(summary.ignore)))
+    console = Console()
+    console.print(table)
+    mb = 1e6
+    console.print(
+        f"{summary.num_shards} shard(s), {summary.source_bytes / mb:.1f} MB -> {summary.target_bytes / mb:.1f} MB "
+        f"of tensor data in {summary.seconds:.1f} s; peak RSS growth "
+        f"{summary.peak_rss_delta_bytes / mb:.1f} MB (largest shard {summary.largest_shard_bytes / mb:.1f} MB)"
+    )
+
+
+def main(dir_source: str, dir_target: str, overwrite: bool = False, validate: bool = True) -> None:
+    """Convert a torchao checkpoint directory to compressed-tensors (see the module docstring).
+
+    Args:
+        dir_source: torchao checkpoint directory (config.json with quant_method torchao, safetensors).
+        dir_target: directory to write the compressed-tensors checkpoint to (created atomically).
+        overwrite: replace dir_target if it exists.
+        validate: after writing, compare every decompressed weight with torchao's dequantization
+            and check that transformers loads the result (exits non-zero on a mismatch).
+    """
+    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    summary = convert_checkpoint(dir_source, dir_target, overwrite=overwrite)
+    print_summary(summary)
+    if validate:
+        from hf_torchao_vllm.validate_compressed_tensors_checkpoint import run_validation
+
+        run_validation(dir_source, dir_target)
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

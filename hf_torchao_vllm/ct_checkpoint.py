@@ -1,0 +1,741 @@
+"""Reading torchao checkpoints shard by shard, and the torchao → compressed-tensors tensor mapping.
+
+A torchao checkpoint saved by transformers (``quant_method: torchao``) stores each quantized
+parameter ``<module>.<param>`` as several plain tensors ``<module>._<param>_<part>`` (``qdata``,
+``scale``, ``zero_point``, ``per_tensor_scale``) plus a JSON entry in the safetensors header
+metadata under ``<module>.<param>`` that names the tensor subclass and its attributes. This module
+reads that layout without loading the model, and maps each subclass to the tensor names, dtypes
+and layouts of compressed-tensors 0.17 (what vLLM's compressed-tensors loader reads):
+
+=========================================  ==========================  ===============================
+torchao tensor (config)                    compressed-tensors format   tensors written per module
+=========================================  ==========================  ===============================
+Float8Tensor + act kwargs (fp8 dynamic)    float-quantized             weight (fp8), weight_scale (f32)
+Float8Tensor, no act kwargs (fp8 w-only)   naive-quantized             weight (fp8), weight_scale (f32)
+Int8Tensor + act kwargs (W8A8)             int-quantized               weight (i8), weight_scale (f32)
+Int8Tensor, no act kwargs (W8A16)          pack-quantized (8 bit)      weight_packed (i32), weight_scale,
+                                                                       weight_shape (i64 [2])
+IntxUnpackedToInt8Tensor (int4 w-only)     pack-quantized (4 bit)      weight_packed (i32), weight_scale,
+                                                                       weight_shape, [weight_zero_point]
+NVFP4Tensor (nvfp4 weight-only)            nvfp4-pack-quantized        weight_packed (u8), weight_scale
+                                                                       (fp8, un-swizzled),
+                                                                       weight_global_scale (f32 [1])
+=========================================  ==========================  ===============================
+
+NVFP4 global scale: torchao multiplies (``w = q * scale_e4m3 * per_tensor_scale``);
+compressed-tensors and vLLM divide (``w = q * scale_e4m3 / weight_global_scale``), so the converter
+writes ``weight_global_scale = 1 / per_tensor_scale`` (``1.0`` when torchao has no per-tensor
+scale). ``1 / (1 / p)`` is not always ``p`` in float32, so NVFP4 is compared with a tolerance.
+
+MoE: transformers stores routed experts as fused 3D parameters (``mlp.experts.gate_up_proj``
+[E, 2I, H], ``mlp.experts.down_proj`` [E, H, I]). compressed-tensors schemes apply to 2D Linear
+weights, and both vLLM's ``RoutedExperts.load_weights`` and transformers' compressed-tensors
+loader (``DecompressExperts``) read quantized experts per expert, so quantized 3D experts are
+unfused into ``mlp.experts.<e>.gate_proj`` / ``up_proj`` / ``down_proj``. Unquantized fused
+experts keep their fused names (both loaders accept them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CONFIG_FILE",
+    "INDEX_FILE",
+    "SUPPORTED_TORCHAO_TYPES",
+    "CtScheme",
+    "ModuleConversion",
+    "TorchaoCheckpoint",
+    "build_quantization_config",
+    "convert_parameter",
+    "open_torchao_checkpoint",
+    "torchao_dequantize",
+]
+
+CONFIG_FILE = "config.json"
+INDEX_FILE = "model.safetensors.index.json"
+
+# The torchao tensor subclasses this converter maps (name -> what it becomes).
+SUPPORTED_TORCHAO_TYPES = {
+    "Float8Tensor": "FP8 (dynamic per-row / per-tensor / 1x128-128x128 block, or weight-only)",
+    "Int8Tensor": "int8 W8A8 (int-quantized) or W8A16 (pack-quantized)",
+    "IntxUnpackedToInt8Tensor": "intN weight-only, e.g. int4 W4A16 (pack-quantized)",
+    "NVFP4Tensor": "NVFP4 weight-only (nvfp4-pack-quantized, NVFP4A16)",
+}
+# Subclasses torchao can save that have no compressed-tensors equivalent here, with the reason.
+UNSUPPORTED_TORCHAO_TYPES = {
+    "Int4Tensor": "its zero point lives in the float domain and its packing is mslk-specific; "
+    "quantize with IntxWeightOnlyConfig(weight_dtype=torch.int4) instead",
+    "Int4TilePackedTo4dTensor": "its tile packing is a CUDA tinygemm layout; "
+    "quantize with IntxWeightOnlyConfig(weight_dtype=torch.int4) instead",
+    "Int4PlainInt32Tensor": "its zero point lives in the float domain; "
+    "quantize with IntxWeightOnlyConfig(weight_dtype=torch.int4) instead",
+    "MXTensor": "MX formats (mxfp8/mxfp4) are not mapped by this converter yet "
+    "(compressed-tensors' mxfp formats use uint8 e8m0 scales in another layout)",
+}
+
+
+def _supported_help() -> str:
+    return "; ".join(f"{name}: {what}" for name, what in SUPPORTED_TORCHAO_TYPES.items())
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the checkpoint
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TorchaoCheckpoint:
+    """A torchao checkpoint directory, read from its headers only (no tensor data loaded).
+
+    ``shard_files``: safetensors shard file names in index order. ``stored_to_shard``: stored
+    tensor name -> shard file. ``params``: logical parameter name (``<module>.<param>``) -> its
+    metadata dict (``_type``, ``_data``, ``_tensor_data_names``); plain tensors have ``_type``
+    ``Tensor``. ``config``: the parsed config.json.
+    """
+
+    directory: str
+    config: dict[str, Any]
+    shard_files: list[str]
+    stored_to_shard: dict[str, str]
+    params: dict[str, dict[str, Any]]
+    is_sharded: bool
+
+    @property
+    def quantization_config(self) -> dict[str, Any]:
+        return self.config["quantization_config"]
+
+    def stored_names(self, param: str) -> list[str]:
+        """Stored tensor names that make up logical parameter ``param``."""
+        meta = self.params[param]
+        if meta["_type"] == "Tensor":
+            return [param]
+        module, _, leaf = param.rpartition(".")
+        return [f"{module}._{leaf}_{part}" for part in meta["_tensor_data_names"]]
+
+    def owner_shard(self, param: str) -> str:
+        """The shard that holds the parameter's first stored tensor (where it is converted)."""
+        return self.stored_to_shard[self.stored_names(param)[0]]
+
+    def params_in_shard(self, shard: str) -> list[str]:
+        return [p for p in self.params if self.owner_shard(p) == shard]
+
+
+def _read_json(path: str, what: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path} is not valid JSON ({e}); re-save the checkpoint") from e
+
+
+def open_torchao_checkpoint(directory: str) -> TorchaoCheckpoint:
+    """Validate ``directory`` as a torchao checkpoint and read its structure from the headers."""
+    from safetensors import safe_open
+
+    if not os.path.isdir(directory):
+        raise ValueError(f"source directory {directory!r} does not exist; pass --dir_source=<checkpoint dir>")
+    config_path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{directory!r} has no {CONFIG_FILE}; it is not a Hugging Face checkpoint directory")
+    config = _read_json(config_path, "config")
+    qconfig = config.get("quantization_config")
+    if not isinstance(qconfig, dict) or qconfig.get("quant_method") != "torchao":
+        found = None if not isinstance(qconfig, dict) else qconfig.get("quant_method")
+        raise ValueError(
+            f"{config_path} has quant_method {found!r}, expected 'torchao'; this converter reads "
+            "checkpoints saved by quantize_hf_model_with_torchao.py (TorchAoConfig)"
+        )
+
+    index_path = os.path.join(directory, INDEX_FILE)
+    if os.path.isfile(index_path):
+        index = _read_json(index_path, "index")
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{index_path} has no 'weight_map'; the sharded checkpoint index is broken")
+        shard_files = list(dict.fromkeys(weight_map.values()))
+        is_sharded = True
+    elif os.path.isfile(os.path.join(directory, "model.safetensors")):
+        shard_files = ["model.safetensors"]
+        weight_map = None
+        is_sharded = False
+    else:
+        bins = [f for f in os.listdir(directory) if f.endswith(".bin")]
+        hint = f" (found {bins}: re-save with safetensors)" if bins else ""
+        raise ValueError(f"{directory!r} has no model.safetensors or {INDEX_FILE}{hint}")
+
+    stored_to_shard: dict[str, str] = {}
+    metadata: dict[str, str] = {}
+    for shard in shard_files:
+        if os.path.basename(shard) != shard:
+            raise ValueError(f"index entry {shard!r} is not a plain file name inside {directory!r}")
+        path = os.path.join(directory, shard)
+        if not os.path.isfile(path):
+            raise ValueError(f"shard {shard!r} listed in {INDEX_FILE} is missing from {directory!r}")
+        try:
+            with safe_open(path, framework="pt") as f:
+                keys = list(f.keys())
+                metadata.update(f.metadata() or {})
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise ValueError(f"cannot read safetensors header of {path}: {e}") from e
+        for key in keys:
+            stored_to_shard[key] = shard
+    if weight_map is not None:
+        for key, shard in weight_map.items():
+            if stored_to_shard.get(key) != shard:
+                raise ValueError(f"{INDEX_FILE} maps {key!r} to {shard!r} but that shard does not contain it")
+
+    params = _parse_params(metadata, stored_to_shard, directory)
+    return TorchaoCheckpoint(directory, config, shard_files, stored_to_shard, params, is_sharded)
+
+
+def _parse_params(
+    metadata: dict[str, str], stored_to_shard: dict[str, str], directory: str
+) -> dict[str, dict[str, Any]]:
+    """Logical parameters from the torchao safetensors metadata (plain tensors too)."""
+    if "tensor_names" not in metadata:
+        raise ValueError(
+            f"the safetensors files in {directory!r} carry no torchao metadata ('tensor_names'); "
+            "was the checkpoint saved by transformers with a TorchAoConfig?"
+        )
+    try:
+        tensor_names = json.loads(metadata["tensor_names"])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"torchao metadata 'tensor_names' is not JSON: {e}") from e
+    params: dict[str, dict[str, Any]] = {}
+    for name in tensor_names:
+        raw = metadata.get(name)
+        if raw is None:
+            raise ValueError(f"torchao metadata has no entry for tensor {name!r}")
+        try:
+            meta = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"torchao metadata of {name!r} is not JSON: {e}") from e
+        if not isinstance(meta, dict) or "_type" not in meta:
+            raise ValueError(f"torchao metadata of {name!r} has no '_type'")
+        params[name] = meta
+    # Every stored tensor must belong to exactly one logical parameter.
+    claimed: set[str] = set()
+    for name, meta in params.items():
+        if meta["_type"] == "Tensor":
+            parts = [name]
+        else:
+            module, _, leaf = name.rpartition(".")
+            parts = [f"{module}._{leaf}_{p}" for p in meta.get("_tensor_data_names", [])]
+        for part in parts:
+            if part not in stored_to_shard:
+                raise ValueError(f"tensor {part!r} of {name!r} ({meta['_type']}) is missing from the shards")
+        claimed.update(parts)
+    unclaimed = sorted(set(stored_to_shard) - claimed)
+    if unclaimed:
+        raise ValueError(f"stored tensors not described by the torchao metadata: {unclaimed[:5]}")
+    return params
+
+
+def load_param_parts(ckpt: TorchaoCheckpoint, param: str, handles: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Load the stored tensors of one logical parameter (``qdata``, ``scale``, ... or the plain one).
+
+    ``handles``: open ``safe_open`` handles by shard name (opened lazily, so a parameter whose
+    scale sits in another shard reads only that tensor from it).
+    """
+    from safetensors import safe_open
+
+    out = {}
+    meta = ckpt.params[param]
+    names = ckpt.stored_names(param)
+    parts = ["tensor"] if meta["_type"] == "Tensor" else meta["_tensor_data_names"]
+    for part, stored in zip(parts, names, strict=True):
+        shard = ckpt.stored_to_shard[stored]
+        if shard not in handles:
+            handles[shard] = safe_open(os.path.join(ckpt.directory, shard), framework="pt")
+        out[part] = handles[shard].get_tensor(stored)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# torchao reference dequantization
+# --------------------------------------------------------------------------------------------
+
+
+def build_torchao_tensor(meta: dict[str, Any], parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Rebuild the torchao tensor subclass from its metadata (only torchao's allow-listed classes)."""
+    from torchao.prototype.safetensors.safetensors_utils import object_from_dict
+
+    data = dict(meta["_data"])
+    # How activations are quantized does not change the stored weight, and torchao's allow-list
+    # cannot rebuild every activation granularity (e.g. PerBlock): drop it for dequantization.
+    for key in ("act_quant_kwargs", "activation_quantization"):
+        if key in data:
+            data[key] = None
+    data.update(parts)
+    return object_from_dict({"_type": meta["_type"], "_data": data})
+
+
+def torchao_dequantize(meta: dict[str, Any], parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """torchao's own dequantization of a stored parameter (plain tensors are returned as is)."""
+    if meta["_type"] == "Tensor":
+        return parts["tensor"]
+    return build_torchao_tensor(meta, parts).dequantize()
+
+
+# --------------------------------------------------------------------------------------------
+# Schemes and per-parameter conversion
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CtScheme:
+    """A compressed-tensors scheme without targets: ``weights`` / ``input_activations`` are
+    ``QuantizationArgs`` dicts stored as sorted JSON so schemes hash and group; ``label`` is a
+    short human name (e.g. ``FP8_DYNAMIC``)."""
+
+    label: str
+    format: str
+    weights_json: str
+    input_activations_json: str | None = None
+
+    def to_config_group(self, targets: list[str]) -> dict[str, Any]:
+        group = {
+            "targets": targets,
+            "weights": json.loads(self.weights_json),
+            "input_activations": None
+            if self.input_activations_json is None
+            else json.loads(self.input_activations_json),
+            "output_activations": None,
+            "format": self.format,
+        }
+        return group
+
+
+def _args(**kwargs: Any) -> str:
+    return json.dumps(kwargs, sort_keys=True)
+
+
+@dataclasses.dataclass
+class ModuleConversion:
+    """The compressed-tensors tensors of one quantized module, and its scheme."""
+
+    module: str
+    scheme: CtScheme
+    tensors: dict[str, torch.Tensor]
+
+
+def _unsupported(param: str, type_name: str, why: str) -> ValueError:
+    return ValueError(
+        f"tensor {param!r} is a torchao {type_name}, which has no compressed-tensors equivalent in this "
+        f"converter: {why}. Supported: {_supported_help()}"
+    )
+
+
+def _granularity_type(kwargs: dict[str, Any] | None) -> tuple[str | None, Any]:
+    if kwargs is None:
+        return None, None
+    gran = kwargs["_data"].get("granularity")
+    if gran is None:
+        return None, None
+    return gran["_type"], gran.get("_data", {})
+
+
+def _weight_strategy(param: str, shape: tuple[int, ...], block_size: list[int]) -> dict[str, Any]:
+    """compressed-tensors strategy args for a torchao ``block_size`` over the last two dims."""
+    rows, cols = shape[-2], shape[-1]
+    block_rows, block_cols = block_size[-2], block_size[-1]
+    if any(b != 1 for b in block_size[:-2]):
+        raise ValueError(f"{param!r}: block_size {block_size} spans experts; only per-expert scales map")
+    if block_rows == 1 and block_cols == cols:
+        return {"strategy": "channel"}
+    if block_rows == rows and block_cols == cols:
+        return {"strategy": "tensor"}
+    if block_rows == 1:
+        return {"strategy": "group", "group_size": block_cols}
+    if rows % block_rows or cols % block_cols:
+        raise ValueError(f"{param!r}: block {block_rows}x{block_cols} does not tile shape {shape}")
+    return {"strategy": "block", "block_structure": [block_rows, block_cols]}
+
+
+def _float8(param: str, meta: dict[str, Any], parts: dict[str, torch.Tensor]) -> tuple[CtScheme, dict]:
+    data = meta["_data"]
+    qdata, scale = parts["qdata"], parts["scale"]
+    if qdata.dtype != torch.float8_e4m3fn:
+        raise _unsupported(param, "Float8Tensor", f"qdata dtype {qdata.dtype} (only float8_e4m3fn maps)")
+    strategy = _weight_strategy(param, tuple(qdata.shape), data["block_size"])
+    weights = _args(num_bits=8, type="float", symmetric=True, dynamic=False, **strategy)
+    act_kwargs = data.get("act_quant_kwargs")
+    if act_kwargs is None:
+        scheme = CtScheme("FP8_WEIGHT_ONLY", "naive-quantized", weights)
+    else:
+        act = act_kwargs["_data"]
+        if act.get("hp_value_lb") is not None or act.get("hp_value_ub") is not None:
+            raise _unsupported(param, "Float8Tensor", "activation value clamping (hp_value_lb/ub)")
+        gran, gran_data = _granularity_type(act_kwargs)
+        if gran == "PerRow":
+            input_args = _args(num_bits=8, type="float", symmetric=True, dynamic=True, strategy="token")
+            label = "FP8_DYNAMIC"
+        elif gran == "PerTensor":
+            input_args = _args(num_bits=8, type="float", symmetric=True, dynamic=True, strategy="tensor")
+            label = "FP8_PER_TENSOR_DYNAMIC"
+        elif gran == "PerBlock" and list(gran_data.get("block_size", [])[:1]) == [1]:
+            group = gran_data["block_size"][-1]
+            input_args = _args(
+                num_bits=8, type="float", symmetric=True, dynamic=True, strategy="group", group_size=group
+            )
+            label = "FP8_BLOCK"
+        else:
+            raise _unsupported(param, "Float8Tensor", f"activation granularity {gran} {gran_data}")
+        scheme = CtScheme(label, "float-quantized", weights, input_args)
+    if strategy["strategy"] == "tensor":
+        scale = scale.reshape(*scale.shape[:-2], 1)  # [.., 1, 1] -> [.., 1]: per-tensor scale
+    return scheme, {"weight": qdata, "weight_scale": scale}
+
+
+def _is_symmetric(zero_point: torch.Tensor | None) -> bool:
+    """torchao stores zero points even for symmetric mappings; all zeros means symmetric."""
+    return zero_point is None or not bool(zero_point.any())
+
+
+def _pack_int32(values: torch.Tensor, num_bits: int, packed_dim: int = 1) -> torch.Tensor:
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
+    return pack_to_int32(values.contiguous(), num_bits, packed_dim=packed_dim)
+
+
+def _int8(param: str, meta: dict[str, Any], parts: dict[str, torch.Tensor]) -> tuple[CtScheme, dict]:
+    data = meta["_data"]
+    qdata, scale = parts["qdata"], parts["scale"]
+    if not _is_symmetric(parts.get("zero_point")):
+        raise _unsupported(param, "Int8Tensor", "non-zero zero points (asymmetric int8 weights)")
+    strategy = _weight_strategy(param, tuple(qdata.shape), data["block_size"])
+    if strategy["strategy"] not in ("channel", "group"):
+        raise _unsupported(param, "Int8Tensor", f"weight granularity {strategy}")
+    if scale.ndim == qdata.ndim - 1:
+        scale = scale.unsqueeze(-1)
+    weights = _args(num_bits=8, type="int", symmetric=True, dynamic=False, **strategy)
+    act_kwargs = data.get("act_quant_kwargs")
+    if act_kwargs is None:
+        scheme = CtScheme(f"W8A16_{strategy['strategy'].upper()}", "pack-quantized", weights)
+        tensors = {
+            "weight_packed": _pack_int32(qdata, 8),
+            "weight_scale": scale,
+            "weight_shape": torch.tensor(qdata.shape[-2:], dtype=torch.int64),
+        }
+        return scheme, tensors
+    act = act_kwargs["_data"]
+    gran, _ = _granularity_type(act_kwargs)
+    if gran != "PerRow":
+        raise _unsupported(param, "Int8Tensor", f"activation granularity {gran} (only per-row/token maps)")
+    symmetric = act.get("mapping_type", {}).get("_data", "SYMMETRIC") == "SYMMETRIC"
+    input_args = _args(num_bits=8, type="int", symmetric=symmetric, dynamic=True, strategy="token")
+    return CtScheme("W8A8_INT8", "int-quantized", weights, input_args), {
+        "weight": qdata,
+        "weight_scale": scale,
+    }
+
+
+_INTX_BITS = {f"int{b}": b for b in range(1, 9)}
+
+
+def _intx(param: str, meta: dict[str, Any], parts: dict[str, torch.Tensor]) -> tuple[CtScheme, dict]:
+    data = meta["_data"]
+    if data.get("activation_quantization") is not None:
+        raise _unsupported(
+            param, "IntxUnpackedToInt8Tensor", "activation quantization (only weight-only maps)"
+        )
+    target = data["target_dtype"]["_data"]
+    if target not in _INTX_BITS:
+        raise _unsupported(param, "IntxUnpackedToInt8Tensor", f"target dtype {target}")
+    num_bits = _INTX_BITS[target]
+    qdata, scale, zero_point = parts["qdata"], parts["scale"], parts.get("zero_point")
+    strategy = _weight_strategy(param, tuple(qdata.shape), data["block_size"])
+    if strategy["strategy"] not in ("channel", "group"):
+        raise _unsupported(param, "IntxUnpackedToInt8Tensor", f"weight granularity {strategy}")
+    symmetric = _is_symmetric(zero_point)
+    if scale.ndim == qdata.ndim - 1:
+        scale = scale.unsqueeze(-1)
+    weights = _args(num_bits=num_bits, type="int", symmetric=symmetric, dynamic=False, **strategy)
+    label = f"W{num_bits}A16" + ("" if symmetric else "_ASYM")
+    tensors = {
+        "weight_packed": _pack_int32(qdata, num_bits),
+        "weight_scale": scale,
+        "weight_shape": torch.tensor(qdata.shape[-2:], dtype=torch.int64),
+    }
+    if not symmetric:
+        zp = zero_point.reshape(scale.shape).to(torch.int8)
+        tensors["weight_zero_point"] = _pack_int32(zp, num_bits, packed_dim=0)
+    return CtScheme(label, "pack-quantized", weights), tensors
+
+
+def _nvfp4(param: str, meta: dict[str, Any], parts: dict[str, torch.Tensor]) -> tuple[CtScheme, dict]:
+    from torchao.prototype.mx_formats.utils import from_blocked
+
+    data = meta["_data"]
+    if data.get("act_quant_kwargs") is not None:
+        raise _unsupported(
+            param,
+            "NVFP4Tensor",
+            "dynamic NVFP4 activations (compressed-tensors NVFP4 needs a calibrated input_global_scale)",
+        )
+    if data.get("block_size", 16) != 16:
+        raise _unsupported(param, "NVFP4Tensor", f"block size {data.get('block_size')} (NVFP4 uses 16)")
+    qdata, scale = parts["qdata"], parts["scale"]
+    if qdata.ndim != 2:
+        raise _unsupported(param, "NVFP4Tensor", "3D (expert) NVFP4 weights")
+    rows, cols = qdata.shape[0], qdata.shape[1] * 2
+    if data.get("is_swizzled_scales", False):
+        scale = from_blocked(scale, rows, cols // 16)
+    scale = scale.reshape(rows, cols // 16).contiguous()
+    per_tensor = parts.get("per_tensor_scale")
+    global_scale = (
+        torch.ones(1, dtype=torch.float32)
+        if per_tensor is None
+        else (1.0 / per_tensor.to(torch.float32)).reshape(1)
+    )
+    weights = _args(
+        num_bits=4,
+        type="float",
+        symmetric=True,
+        dynamic=False,
+        strategy="tensor_group",
+        group_size=16,
+        scale_dtype="torch.float8_e4m3fn",
+        zp_dtype="torch.float8_e4m3fn",
+    )
+    tensors = {
+        "weight_packed": qdata.contiguous(),
+        "weight_scale": scale,
+        "weight_global_scale": global_scale,
+    }
+    return CtScheme("NVFP4A16", "nvfp4-pack-quantized", weights), tensors
+
+
+_CONVERTERS = {
+    "Float8Tensor": _float8,
+    "Int8Tensor": _int8,
+    "IntxUnpackedToInt8Tensor": _intx,
+    "NVFP4Tensor": _nvfp4,
+}
+
+# Fused expert parameter -> the per-expert modules it holds, split along dim 1 (rows).
+_FUSED_EXPERTS = {"gate_up_proj": ("gate_proj", "up_proj")}
+
+
+def expert_modules(param: str, num_experts: int) -> list[tuple[str, int, slice]]:
+    """Per-expert (module name, expert index, row slice as a fraction) for a fused 3D parameter."""
+    parent, _, leaf = param.rpartition(".")
+    names = _FUSED_EXPERTS.get(leaf, (leaf,))
+    out = []
+    for e in range(num_experts):
+        for i, name in enumerate(names):
+            out.append((f"{parent}.{e}.{name}", e, (i, len(names))))
+    return out
+
+
+def _row_split(t: torch.Tensor, expert: int, part: tuple[int, int]) -> torch.Tensor:
+    """Rows ``part[0]`` of ``part[1]`` equal parts of expert ``expert`` of a 3D tensor."""
+    x = t[expert]
+    index, count = part
+    rows = x.shape[0] // count
+    return x[index * rows : (index + 1) * rows].contiguous()
+
+
+def convert_parameter(
+    param: str, meta: dict[str, Any], parts: dict[str, torch.Tensor]
+) -> list[ModuleConversion]:
+    """compressed-tensors tensors for one quantized torchao parameter (unfused when it is 3D)."""
+    type_name = meta["_type"]
+    if type_name in UNSUPPORTED_TORCHAO_TYPES:
+        raise _unsupported(param, type_name, UNSUPPORTED_TORCHAO_TYPES[type_name])
+    if type_name not in _CONVERTERS:
+        raise ValueError(
+            f"tensor {param!r} has torchao type {type_name!r}, which this converter does not know. "
+            f"Supported: {_supported_help()}"
+        )
+    qdata = parts["qdata"]
+    if qdata.ndim == 2:
+        if not param.endswith(".weight"):
+            raise ValueError(f"quantized 2D tensor {param!r} is not a '.weight'; cannot name its module")
+        scheme, tensors = _CONVERTERS[type_name](param, meta, parts)
+        return [ModuleConversion(param.removesuffix(".weight"), scheme, tensors)]
+    if qdata.ndim != 3 or ".experts." not in param + ".":
+        raise ValueError(
+            f"quantized tensor {param!r} has shape {tuple(qdata.shape)}; only 2D or 3D experts map"
+        )
+    # 3D experts: split each stored part per expert (and gate/up halves), then convert each 2D piece.
+    num_experts = qdata.shape[0]
+    data = dict(meta["_data"])
+    if "block_size" in data and isinstance(data["block_size"], list) and len(data["block_size"]) == 3:
+        data["block_size"] = data["block_size"][1:]
+    meta_2d = {**meta, "_data": data}
+    conversions = []
+    for module, expert, part in expert_modules(param, num_experts):
+        parts_2d = {}
+        for key, value in parts.items():
+            if value.ndim == 3 and value.shape[0] == num_experts:
+                parts_2d[key] = _row_split(value, expert, part)
+            else:
+                raise ValueError(
+                    f"{param!r}: part {key!r} of shape {tuple(value.shape)} cannot be split per expert"
+                )
+        rows_2d = parts_2d["qdata"].shape[0]
+        block = data.get("block_size")
+        if isinstance(block, list) and block[0] not in (1, rows_2d) and rows_2d % block[0]:
+            raise ValueError(f"{param!r}: unfused rows {rows_2d} are not a multiple of block {block}")
+        if isinstance(block, list) and block[0] == qdata.shape[1] and part[1] > 1:
+            raise _unsupported(param, type_name, "a per-tensor scale shared by fused gate and up projections")
+        scheme, tensors = _CONVERTERS[type_name](module + ".weight", meta_2d, parts_2d)
+        conversions.append(ModuleConversion(module, scheme, tensors))
+    return conversions
+
+
+def torchao_reference_per_module(
+    param: str, meta: dict[str, Any], parts: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """torchao's dequantized weight per compressed-tensors module name (3D experts are split)."""
+    dense = torchao_dequantize(meta, parts)
+    if dense.ndim == 2:
+        return {param.removesuffix(".weight"): dense}
+    return {module: _row_split(dense, e, part) for module, e, part in expert_modules(param, dense.shape[0])}
+
+
+# --------------------------------------------------------------------------------------------
+# config_groups, targets and ignore
+# --------------------------------------------------------------------------------------------
+
+
+def _generalize(name: str) -> str:
+    """Module name -> anchored regex with every numeric path component (layer, expert) wildcarded."""
+    pieces = name.split(".")
+    return "re:^" + r"\.".join(r"\d+" if p.isdigit() else re.escape(p) for p in pieces) + "$"
+
+
+def compress_targets(members: set[str], all_modules: set[str]) -> list[str]:
+    """Targets that match exactly ``members`` among ``all_modules``.
+
+    Each member's name with its numeric components wildcarded becomes a regex when that regex
+    matches no module outside ``members``; otherwise the exact name is used.
+    """
+    targets: list[str] = []
+    covered: set[str] = set()
+    for name in sorted(members):
+        if name in covered:
+            continue
+        pattern = _generalize(name)
+        regex = re.compile(pattern.removeprefix("re:"))
+        matched = {m for m in all_modules if regex.match(m)}
+        if matched <= members:
+            targets.append(pattern)
+            covered |= matched
+        else:
+            targets.append(name)
+            covered.add(name)
+    return targets
+
+
+def build_quantization_config(
+    module_schemes: dict[str, CtScheme], ignore: list[str], compressed_tensors_version: str
+) -> dict[str, Any]:
+    """The ``quantization_config`` dict (``quant_method: compressed-tensors``) for config.json."""
+    by_scheme: dict[CtScheme, set[str]] = {}
+    for module, scheme in module_schemes.items():
+        by_scheme.setdefault(scheme, set()).add(module)
+    all_modules = set(module_schemes) | set(ignore)
+    groups = {}
+    ordered = sorted(by_scheme.items(), key=lambda kv: (kv[0].label, min(kv[1])))
+    for i, (scheme, members) in enumerate(ordered):
+        groups[f"group_{i}"] = scheme.to_config_group(compress_targets(members, all_modules))
+    formats = {s.format for s in by_scheme}
+    return {
+        "quant_method": "compressed-tensors",
+        "format": formats.pop() if len(formats) == 1 else "mixed-precision",
+        "quantization_status": "compressed",
+        "config_groups": groups,
+        "ignore": sorted(ignore),
+        "kv_cache_scheme": None,
+        "global_compression_ratio": None,
+        "version": compressed_tensors_version,
+    }
+
+
+def linear_module_names(config: dict[str, Any]) -> set[str] | None:
+    """Modules that multiply by a 2D ``weight`` (``nn.Linear``, MoE routers), from the model built
+    on the meta device; embeddings excluded. None if transformers cannot build the architecture."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg_dict = {k: v for k, v in config.items() if k != "quantization_config"}
+    model_type = cfg_dict.pop("model_type", None)
+    try:
+        hf_config = AutoConfig.for_model(model_type, **cfg_dict)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(hf_config)
+    except Exception as e:  # an architecture transformers cannot build: fall back to name rules
+        print(f"note: cannot build {model_type!r} on the meta device ({e}); ignore list from tensor names")
+        return None
+    names = set()
+    for name, module in model.named_modules():
+        weight = module._parameters.get("weight")
+        if weight is not None and weight.ndim == 2 and not isinstance(module, torch.nn.Embedding):
+            names.add(name)
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# Writing safetensors without a second in-memory copy
+# --------------------------------------------------------------------------------------------
+
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def write_safetensors(
+    path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> int:
+    """Write ``tensors`` as a safetensors file, streaming each tensor's bytes (no full-file buffer).
+
+    ``safetensors.torch.save_file`` first copies every tensor into a ``bytes`` object, which doubles
+    the peak memory of a shard; this writer emits the same format (8-byte little-endian header
+    length, JSON header padded to 8 bytes, then the raw little-endian data) tensor by tensor.
+    Returns the number of data bytes written.
+    """
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = metadata
+    offset = 0
+    names = sorted(tensors)
+    for name in names:
+        t = tensors[name]
+        if t.dtype not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
+        nbytes = t.numel() * t.element_size()
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    header_bytes += b" " * (-len(header_bytes) % 8)
+    with open(path, "wb") as f:
+        f.write(len(header_bytes).to_bytes(8, "little"))
+        f.write(header_bytes)
+        for name in names:
+            t = tensors[name].detach().contiguous().reshape(-1)
+            if t.numel():
+                f.write(memoryview(t.view(torch.uint8).numpy()))
+    return offset
