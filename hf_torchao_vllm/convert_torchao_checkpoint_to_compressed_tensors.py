@@ -192,9 +192,10 @@ def print_summary(summary: ConversionSummary) -> None:
     console.print(table)
     mb = 1e6
     console.print(
-        f"{summary.num_shards} shard(s), {summary.source_bytes / mb:.1f} MB -> {summary.target_bytes / mb:.1f} MB "
-        f"of tensor data in {summary.seconds:.1f} s; peak RSS growth "
-        f"{summary.peak_rss_delta_bytes / mb:.1f} MB (largest shard {summary.largest_shard_bytes / mb:.1f} MB)"
+        f"{summary.num_shards} shard(s), {summary.source_bytes / mb:.1f} MB -> "
+        f"{summary.target_bytes / mb:.1f} MB of tensor data in {summary.seconds:.1f} s; peak RSS growth "
+        f"{summary.peak_rss_delta_bytes / mb:.1f} MB "
+        f"(largest shard {summary.largest_shard_bytes / mb:.1f} MB)"
     )
 
 
