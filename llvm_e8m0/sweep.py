@@ -438,6 +438,8 @@ def main(
 
     if mode not in ("fast", "full"):
         raise ValueError(f"mode={mode!r}; use mode=fast or mode=full")
+    if isinstance(implementations, list | tuple):  # fire parses "a,b" on the command line as a tuple
+        implementations = ",".join(str(name) for name in implementations)
     names = tuple(s.strip() for s in implementations.split(",") if s.strip()) or IMPLEMENTATION_NAMES
     unknown = [n for n in names if n not in IMPLEMENTATION_NAMES]
     if unknown or len(names) < 2:
