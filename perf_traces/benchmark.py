@@ -89,11 +89,6 @@ def main(
         fixture_dir: directory with the real trace.json + output_code.log the synthetic trace is made from.
         work_dir: where to write the temporary traces (default: a new temp dir, deleted afterwards).
     """
-    import ijson
-    import torch
-
-    from perf_traces.make_synthetic_trace import make_synthetic_trace
-
     sizes = [float(size) for size in str(sizes_mb).split(",") if str(size).strip()]
     if not sizes or any(size <= 0 for size in sizes):
         raise ValueError(f"sizes_mb={sizes_mb!r} must be positive numbers separated by commas")
@@ -105,8 +100,13 @@ def main(
         if not os.path.isfile(path):
             raise ValueError(f"{path} is missing; fixture_dir must hold trace.json and output_code.log")
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if work_dir is not None and os.path.abspath(work_dir).startswith(repo_root + os.sep):
+    if work_dir is not None and os.path.commonpath([os.path.abspath(work_dir), repo_root]) == repo_root:
         raise ValueError(f"work_dir={work_dir!r} is inside the repository; use a temp directory")
+    import importlib.metadata
+
+    import ijson
+
+    from perf_traces.make_synthetic_trace import make_synthetic_trace
 
     rows = []
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
@@ -143,7 +143,8 @@ def main(
 
     print()
     print(
-        f"torch {torch.__version__}, ijson backend {ijson.backend}, python {sys.version.split()[0]}, "
+        f"torch {importlib.metadata.version('torch')}, ijson backend {ijson.backend}, "
+        f"python {sys.version.split()[0]}, "
         f"{os.cpu_count()} CPUs; median of {num_repeats} run(s), each in a fresh subprocess"
     )
     header = (

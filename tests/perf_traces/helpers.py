@@ -50,7 +50,9 @@ def enclosing_kind(events: list[dict], event: dict) -> str:
     for span in events:
         if span.get("name") in ("CompiledFunction", "CompiledFunctionBackward") and span.get("ph") == "X":
             same_thread = (span["pid"], span["tid"]) == (event["pid"], event["tid"])
-            inside = span["ts"] <= event["ts"] and event["ts"] + event["dur"] <= span["ts"] + span["dur"] + 1e-3
+            inside = (
+                span["ts"] <= event["ts"] and event["ts"] + event["dur"] <= span["ts"] + span["dur"] + 1e-3
+            )
             if same_thread and inside:
                 return "backward" if span["name"].endswith("Backward") else "forward"
     return "inference"

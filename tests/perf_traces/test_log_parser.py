@@ -56,7 +56,9 @@ def test_layouts_parse_identically(name):
         plain.append(line if stripped.startswith("Output code:") or not stripped.strip() else stripped)
     bare = [_PREFIX_RE.sub("", line) for line in lines]
     for other in (parse_output_code_log(plain, strict=True), parse_output_code_log(bare, strict=True)):
-        assert [(m.aot_id, m.output_code_path) for m in other] == [(m.aot_id, m.output_code_path) for m in prefixed]
+        assert [(m.aot_id, m.output_code_path) for m in other] == [
+            (m.aot_id, m.output_code_path) for m in prefixed
+        ]
         assert [sorted(m.kernels) for m in other] == [sorted(m.kernels) for m in prefixed]
         assert [[(c.kind, c.target, c.source_nodes) for c in m.calls] for m in other] == [
             [(c.kind, c.target, c.source_nodes) for c in m.calls] for m in prefixed
@@ -85,9 +87,13 @@ def test_cuda_log_kernel_paths_and_source_nodes():
 
 def test_truncated_log_warns_with_line_number_and_strict_raises():
     lines = _read_lines("cpu_train")
-    cut = next(i for i, line in enumerate(lines) if "cpp_fused_native_layer_norm_relu_1 = async_compile" in line)
+    cut = next(
+        i for i, line in enumerate(lines) if "cpp_fused_native_layer_norm_relu_1 = async_compile" in line
+    )
     truncated = lines[: cut + 5]
-    with pytest.warns(OutputCodeLogWarning, match=rf"<log>:{cut + 1}: kernel 'cpp_fused_native_layer_norm_relu_1'"):
+    with pytest.warns(
+        OutputCodeLogWarning, match=rf"<log>:{cut + 1}: kernel 'cpp_fused_native_layer_norm_relu_1'"
+    ):
         modules = parse_output_code_log(truncated)
     assert modules[0].aot_id == "0_forward" and "cpp_fused_native_layer_norm_0" in modules[0].kernels
     with pytest.raises(ValueError, match="strict mode"):
