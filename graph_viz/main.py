@@ -1,7 +1,7 @@
 """torch.compile log -> one self-contained interactive HTML of the AOT graphs and their kernels.
 
-    TORCH_LOGS_FORMAT=short TORCH_LOGS=aot_graphs,aot_joint_graph,output_code python prog.py > log.txt 2>&1
-    python graph_viz/main.py log.txt out/    # -> out/index.html, out/model.json
+TORCH_LOGS_FORMAT=short TORCH_LOGS=aot_graphs,aot_joint_graph,output_code python prog.py > log.txt 2>&1
+python graph_viz/main.py log.txt out/    # -> out/index.html, out/model.json
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def render_html(model: dict[str, Any]) -> str:
     )
 
 
-def convert(log_path: str, output_dir: str, *, overwrite: bool = False, strict: bool = False) -> dict[str, Any]:
+def convert(
+    log_path: str, output_dir: str, *, overwrite: bool = False, strict: bool = False
+) -> dict[str, Any]:
     """Parse ``log_path``, write ``output_dir/index.html`` and ``output_dir/model.json``; return the model."""
     from graph_viz.model import build_model
     from graph_viz.parser import parse_log_file

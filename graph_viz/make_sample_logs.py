@@ -49,7 +49,9 @@ class TransformerBlock(torch.nn.Module):
         batch, seq, dim = x.shape
         q, k, v = self.qkv(self.norm_attn(x)).chunk(3, dim=-1)
         # [batch, heads, seq, head_dim]
-        q, k, v = (t.view(batch, seq, self.num_heads, dim // self.num_heads).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (
+            t.view(batch, seq, self.num_heads, dim // self.num_heads).transpose(1, 2) for t in (q, k, v)
+        )
         attn = torch.softmax(q @ k.transpose(-2, -1) / (dim // self.num_heads) ** 0.5, dim=-1) @ v
         x = x + self.proj(attn.transpose(1, 2).reshape(batch, seq, dim))
         return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm_mlp(x))))
@@ -60,13 +62,17 @@ def make_transformer(num_layers: int, dim: int = 32, num_heads: int = 2) -> torc
     return torch.nn.Sequential(*[TransformerBlock(dim, num_heads) for _ in range(num_layers)])
 
 
-def _train_step(model: torch.nn.Module, x: torch.Tensor) -> None:
-    compiled = torch.compile(model)
+def _train_step(model: torch.nn.Module, x: torch.Tensor, backend: str = "inductor") -> None:
+    compiled = torch.compile(model, backend=backend)
     compiled(x).sum().backward()
 
 
-def run_program(name: str, num_layers: int = 1) -> None:
-    """Child-process body: run one small compiled program (its logs go to stdout/stderr)."""
+def run_program(name: str, num_layers: int = 1, backend: str = "inductor") -> None:
+    """Child-process body: run one small compiled program (its logs go to stdout/stderr).
+
+    ``backend="aot_eager"`` (used by benchmark.py for big logs) prints the same AOT graphs without
+    output code, skipping inductor's C++ compile.
+    """
     torch.manual_seed(0)
     mlp = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 16))
     x = torch.randn(16, 64)
@@ -89,13 +95,19 @@ def run_program(name: str, num_layers: int = 1) -> None:
 
         torch.compile(two_graphs)(x).sum().backward()
     elif name == "transformer_train":
-        _train_step(make_transformer(num_layers), torch.randn(2, 8, 32))
+        _train_step(make_transformer(num_layers), torch.randn(2, 8, 32), backend)
     else:
         raise ValueError(f"unknown program {name!r}; known: mlp_train, mlp_train_twice, ...")
 
 
 def write_log(
-    program: str, log_path: pathlib.Path, *, disable_caches: bool, torch_logs: str, num_layers: int = 1
+    program: str,
+    log_path: pathlib.Path,
+    *,
+    disable_caches: bool,
+    torch_logs: str,
+    num_layers: int = 1,
+    backend: str = "inductor",
 ) -> None:
     """Run ``program`` in a subprocess with TORCH_LOGS set and write its stdout+stderr to ``log_path``."""
     with tempfile.TemporaryDirectory(prefix="graph_viz_inductor_cache_") as cache_dir:
@@ -107,7 +119,10 @@ def write_log(
             TORCHINDUCTOR_FORCE_DISABLE_CACHES="1" if disable_caches else "0",
             PYTHONUNBUFFERED="1",
         )
-        code = f"from graph_viz.make_sample_logs import run_program; run_program({program!r}, {num_layers})"
+        code = (
+            "from graph_viz.make_sample_logs import run_program; "
+            f"run_program({program!r}, {int(num_layers)}, {backend!r})"
+        )
         with open(log_path, "wb") as log_file:
             result = subprocess.run(
                 [sys.executable, "-c", code], stdout=log_file, stderr=subprocess.STDOUT, env=env, timeout=3600

@@ -54,7 +54,7 @@ ARG_BUFFER_RE = re.compile(r"^(?:reinterpret_tensor\()?([A-Za-z_]\w*)")
 
 
 def op_packet(target: str) -> str:
-    """``aten.addmm.default`` / ``extern_kernels.addmm`` / ``torch.ops.aten.mm.default`` -> ``addmm``/``mm``."""
+    """The op name: ``aten.addmm.default`` or ``extern_kernels.addmm`` -> ``addmm``."""
     parts = target.removeprefix("torch.ops.").split(".")
     if parts[0] == "extern_kernels":
         return parts[1] if len(parts) > 1 else ""
@@ -115,7 +115,9 @@ def _replay_call(module: OutputModule, kernels_by_name: dict[str, dict[str, Any]
                 current[target_name] = new_value()
             elif item:
                 parent = current.get(item.group(1))
-                current[target_name] = new_value(getitem_of=(parent, int(item.group(2))) if parent is not None else None)
+                current[target_name] = new_value(
+                    getitem_of=(parent, int(item.group(2))) if parent is not None else None
+                )
             elif re.match(r"^\w+$", expr) or expr.startswith("reinterpret_tensor("):
                 source = value_of(expr)
                 current[target_name] = source if source is not None else new_value()
@@ -338,5 +340,7 @@ def related_graphs(parsed: ParsedLog) -> dict[int, dict[str, int]]:
 
 def saved_tensors(forward: Graph, backward: Graph) -> list[str]:
     """Forward outputs that the backward graph takes as inputs (what autograd saves between them)."""
-    backward_inputs = {n.name for n in backward.nodes if n.op == "placeholder" and not n.name.startswith("tangents")}
+    backward_inputs = {
+        n.name for n in backward.nodes if n.op == "placeholder" and not n.name.startswith("tangents")
+    }
     return [name for name in dict.fromkeys(forward.outputs) if name in backward_inputs]

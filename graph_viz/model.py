@@ -117,10 +117,15 @@ def build_model(parsed: ParsedLog, source_name: str) -> dict[str, Any]:
         unmapped = []
         for i, node in enumerate(graph.nodes):
             links = node_kernels.get((graph.index, node.name), [])
-            if not links and node.op == "call_function" and graph.module is not None:
-                # View ops become reinterpret_tensor(...) in the output code: no kernel expected.
-                if op_packet(node.target) not in VIEW_OPS:
-                    unmapped.append(node.name)
+            # View ops become reinterpret_tensor(...) in the output code: no kernel expected.
+            has_code = graph.module is not None
+            if (
+                not links
+                and has_code
+                and node.op == "call_function"
+                and op_packet(node.target) not in VIEW_OPS
+            ):
+                unmapped.append(node.name)
             nodes.append(
                 {"name": node.name, "op": node.op, "target": node.target, "args": node.args,
                  "inputs": node.inputs, "dtype": node.dtype, "shape": node.shape, "stride": node.stride,

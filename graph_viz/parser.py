@@ -8,7 +8,7 @@ It reads two kinds of blocks out of a log that also holds unrelated output:
        ===== Forward graph 0 =====
        /path/_lazy_graph_module.py class GraphModule(torch.nn.Module):
           def forward(self, primals_1: "f32[64, 64][64, 1]cpu", ...):
-              permute: "f32[64, 64][1, 64]cpu" = torch.ops.aten.permute.default(primals_1, [1, 0]);  primals_1 = None
+              relu: "f32[16, 64][64, 1]cpu" = torch.ops.aten.relu.default(addmm);  addmm = None
               return (addmm_1, primals_3)
 
   and the cache-hit form (``...__aot_graphs:Forward graph (from cache)``, no ``=====`` line, the
@@ -50,7 +50,9 @@ KERNEL_DEF_RE = re.compile(r"^(\w+) = async_compile\.(cpp_pybinding|cpp|triton|c
 # `    def call(self, args):` / `def call(args):`
 CALL_DEF_RE = re.compile(r"^(\s*)def call\((?:self, )?args\):\s*$")
 # `# Topologically Sorted Source Nodes: [a, b], Original ATen: [aten.addmm]`
-SOURCE_NODES_RE = re.compile(r"^\s*# (?:Topologically Sorted|Unsorted) Source Nodes: \[([^\]]*)\], Original ATen: \[([^\]]*)\]")
+SOURCE_NODES_RE = re.compile(
+    r"^\s*# (?:Topologically Sorted|Unsorted) Source Nodes: \[([^\]]*)\], Original ATen: \[([^\]]*)\]"
+)
 # `#   input_2 => relu, add_tensor` (Triton "Source node to ATen node mapping")
 ATEN_MAPPING_RE = re.compile(r"^\s*#\s{2,}(\w+) => ([\w, ]+)$")
 KERNEL_PATH_RE = re.compile(r"^\s*# kernel path: (.*)$")
@@ -134,18 +136,27 @@ class ParsedLog:
         return dataclasses.asdict(self)
 
 
+SPECIAL_CHARS_RE = re.compile(r"[()\[\]{}'\",\\]")
+
+
 def split_args(text: str) -> list[str]:
     """Split ``a, [1, 2], f(b, c), d = 'x,y'`` at top-level commas (brackets and quotes respected)."""
+    if not any(char in text for char in "([{'\"\\"):
+        parts = [part.strip() for part in text.split(",")]
+        return parts[:-1] if parts and not parts[-1] else parts
     parts: list[str] = []
     depth = 0
     quote = ""
     start = 0
-    i = 0
-    while i < len(text):
+    escaped_until = -1
+    for match in SPECIAL_CHARS_RE.finditer(text):  # only the characters that matter, not every one
+        i = match.start()
+        if i < escaped_until:
+            continue
         char = text[i]
         if quote:
             if char == "\\":
-                i += 1
+                escaped_until = i + 2
             elif char == quote:
                 quote = ""
         elif char in "'\"":
@@ -157,7 +168,6 @@ def split_args(text: str) -> list[str]:
         elif char == "," and depth == 0:
             parts.append(text[start:i].strip())
             start = i + 1
-        i += 1
     tail = text[start:].strip()
     if tail:
         parts.append(tail)
@@ -165,7 +175,7 @@ def split_args(text: str) -> list[str]:
 
 
 def call_parts(expr: str) -> tuple[str, str] | None:
-    """``torch.ops.aten.mm.default(a, b)`` -> (``torch.ops.aten.mm.default``, ``a, b``); None if not a call."""
+    """``torch.ops.aten.mm.default(a, b)`` -> (``torch.ops.aten.mm.default``, ``a, b``); None if no call."""
     paren = expr.find("(")
     if paren <= 0 or not expr.endswith(")"):
         return None
@@ -223,7 +233,9 @@ class _Parser:
                 cache_header = CACHE_HEADER_RE.search(message)
                 if cache_header:
                     self.pos += 1
-                    self.parse_graph(f"{cache_header.group(1)} graph", from_cache=True, header_line=self.pos - 1)
+                    self.parse_graph(
+                        f"{cache_header.group(1)} graph", from_cache=True, header_line=self.pos - 1
+                    )
                     continue
                 if message.startswith("Output code: ") or message.rstrip() == "Output code:":
                     rest = message[len("Output code:") :].strip()
@@ -308,7 +320,11 @@ class _Parser:
                     continue
             if return_parts is not None:
                 return_parts.append(_strip_comment(stripped))
-                if stripped.startswith((")", "]")) or stripped.endswith(("_spec)", ")")) and indent == body_indent:
+                if (
+                    stripped.startswith((")", "]"))
+                    or stripped.endswith(("_spec)", ")"))
+                    and indent == body_indent
+                ):
                     self.finish_return(graph, " ".join(return_parts), return_line)
                     return_parts = None
                 continue
@@ -567,7 +583,9 @@ class _Parser:
                 graph.kind = "inference"
             if graph.compile_id == "?":
                 graph.compile_id = compile_id
-                joints = [g for g in graphs if g.kind == "joint" and g.compile_id == "?" and g.line < graph.line]
+                joints = [
+                    g for g in graphs if g.kind == "joint" and g.compile_id == "?" and g.line < graph.line
+                ]
                 if joints:
                     joints[-1].compile_id = compile_id
         for graph in graphs:

@@ -17,14 +17,21 @@ PAYLOAD = "</script><img src=x onerror=alert(1)>"
 def hostile_log() -> str:
     """The mlp inference log with a node, a kernel and a noise line carrying an HTML/script payload."""
     text = (FIXTURES / "logs" / "mlp_inference.log").read_text()
-    text = text.replace("relu: \"f32", f"relu: \"{PAYLOAD}f32", 1)
-    text = text.replace("auto tmp1 = at::vec::clamp_min", f"// {PAYLOAD}\n                        auto tmp1 = at::vec::clamp_min", 1)
+    text = text.replace('relu: "f32', f'relu: "{PAYLOAD}f32', 1)
+    text = text.replace(
+        "auto tmp1 = at::vec::clamp_min",
+        f"// {PAYLOAD}\n                        auto tmp1 = at::vec::clamp_min",
+        1,
+    )
     return text + f"user output {PAYLOAD} <!-- & -->\n"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(REPO / "graph_viz" / "main.py"), *args], capture_output=True, text=True, timeout=120
+        [sys.executable, str(REPO / "graph_viz" / "main.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -55,7 +55,13 @@ def test_mlp_train_cold_graphs_kernels_and_links():
     assert kernel_nodes(model, "0:cpp_fused_relu_0") == ["relu"]
     assert node_kernels(model, 1, "addmm_1")[0][1] == "op"
     # cpp_fused_sum_threshold_backward_0(buf3, tangents_1, buf0, buf2): le/where in place, sum_1 -> buf2.
-    assert kernel_nodes(model, "1:cpp_fused_sum_threshold_backward_0") == ["full_default", "le", "sum_1", "view", "where"]
+    assert kernel_nodes(model, "1:cpp_fused_sum_threshold_backward_0") == [
+        "full_default",
+        "le",
+        "sum_1",
+        "view",
+        "where",
+    ]
     assert kernel_nodes(model, "1:cpp_fused_sum_1") == ["sum_2", "view_1"]
     assert model["graphs"][1]["saved"] == ["primals_3", "primals_4", "relu"]
     assert model["graphs"][2]["saved"] == ["primals_3", "primals_4", "relu"]
@@ -70,7 +76,10 @@ def test_mlp_train_cold_graphs_kernels_and_links():
 
 def test_mlp_train_without_joint_graph():
     model = model_of(CPU_LOGS / "mlp_train_no_joint.log")
-    assert graph_shape(model) == [("Forward graph 0", "forward", "0", 11), ("Backward graph 0", "backward", "0", 19)]
+    assert graph_shape(model) == [
+        ("Forward graph 0", "forward", "0", 11),
+        ("Backward graph 0", "backward", "0", 19),
+    ]
     assert len(model["kernels"]) == 8
 
 
@@ -115,7 +124,9 @@ def test_graph_break_order_fw0_fw1_bw1_bw0():
     assert kernel_nodes(model, "2:cpp_fused_sum_1") == ["sum_1", "view"]
     assert kernel_nodes(model, "3:cpp_fused_sum_1") == ["sum_1", "view"]
     assert kernel_nodes(model, "1:cpp_fused_sin_0") == ["sin"]
-    assert (178, "skipped unrecognised line: 'user print between graphs'") in [tuple(w) for w in model["warnings"]]
+    assert (178, "skipped unrecognised line: 'user print between graphs'") in [
+        tuple(w) for w in model["warnings"]
+    ]
 
 
 def test_inference_graph():
@@ -151,7 +162,10 @@ def test_transformer_block_has_getitem_source_lines_and_fallback_kernels():
 
 def test_handwritten_triton_log():
     model = model_of(TRITON_LOG)
-    assert graph_shape(model) == [("Forward graph 0", "forward", "0", 11), ("Backward graph 0", "backward", "0", 19)]
+    assert graph_shape(model) == [
+        ("Forward graph 0", "forward", "0", 11),
+        ("Backward graph 0", "backward", "0", 19),
+    ]
     kinds = [(k["name"], k["kind"]) for k in model["kernels"]]
     assert kinds == [
         ("triton_poi_fused_addmm_relu_0", "triton"),
@@ -167,7 +181,10 @@ def test_handwritten_triton_log():
     triton = {k["name"]: k for k in model["kernels"]}
     assert triton["triton_poi_fused_addmm_relu_0"]["params"] == ["in_out_ptr0", "in_ptr0", "xnumel", "XBLOCK"]
     assert triton["triton_poi_fused_addmm_relu_0"]["kernel_path"].endswith(".py")
-    assert triton["triton_poi_fused_addmm_relu_0"]["aten_mapping"] == {"input_1": ["add_tensor"], "input_2": ["relu"]}
+    assert triton["triton_poi_fused_addmm_relu_0"]["aten_mapping"] == {
+        "input_1": ["add_tensor"],
+        "input_2": ["relu"],
+    }
     # From the "Source node to ATen node mapping" comments:
     assert ["relu", "comment"] in triton["triton_poi_fused_addmm_relu_0"]["nodes"]
     assert kernel_nodes(model, "1:triton_poi_fused_threshold_backward_0") == ["full_default", "le", "where"]
@@ -207,7 +224,9 @@ def test_long_format_prefixes_and_fw_metadata_are_not_warnings():
 def test_split_args_and_names():
     assert split_args("a, [1, 2], f(b, c), d = 'x,y'") == ["a", "[1, 2]", "f(b, c)", "d = 'x,y'"]
     assert names_in("le, full_default, mm") == ["le", "full_default", "mm"]
-    assert names_in("[], 0.0, dtype = torch.float32, device = device(type='cpu'), pin_memory = False") == ["type"]
+    assert names_in("[], 0.0, dtype = torch.float32, device = device(type='cpu'), pin_memory = False") == [
+        "type"
+    ]
     assert op_packet("extern_kernels.addmm") == "addmm"
     assert op_packet("aten.sum.dim_IntList") == "sum"
     assert op_packet("torch.ops.aten.mm.default") == "mm"
@@ -226,6 +245,8 @@ def test_layout_layers_follow_data_flow_and_chains_are_linear():
     chain = chains(joint)
     names = [n.name for n in joint.nodes]
     # mm_1 -> permute_4 -> permute_5: each has one producer with one consumer: a chain of 3.
-    assert chain[names.index("mm_1")] == chain[names.index("permute_4")] == chain[names.index("permute_5")] >= 0
+    assert (
+        chain[names.index("mm_1")] == chain[names.index("permute_4")] == chain[names.index("permute_5")] >= 0
+    )
     # sum_1 -> view is only 2 long; where has three producers.
     assert chain[names.index("view")] == chain[names.index("where")] == -1
