@@ -153,3 +153,13 @@ def test_readme_commands_use_real_arguments():
         parameters = inspect.signature(module.main).parameters
         for flag in re.findall(r"--(\w+)", rest):
             assert flag in parameters, f"README: llvm_e8m0/{script}.py has no --{flag}"
+
+
+def test_implementations_subset_given_as_a_tuple(tmp_path, apfloat_library):
+    """fire turns `--implementations a,b` into a tuple; main() accepts both spellings."""
+    sweep.main(
+        output_dir=str(tmp_path / "t"), num_random=500, num_workers=1, implementations=("torch", "ml_dtypes")
+    )
+    payload = json.loads((tmp_path / "t" / "results.json").read_text())
+    assert payload["config"]["names"] == ["torch", "ml_dtypes"]
+    assert list(payload["pair_counts"]) == ["torch|ml_dtypes"]
