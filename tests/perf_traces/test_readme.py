@@ -1,0 +1,46 @@
+"""Keep perf_traces/README.md's commands honest: scripts exist and every --flag is a main() argument."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+import shlex
+
+from tests.perf_traces.helpers import REPO_ROOT
+
+README = os.path.join(REPO_ROOT, "perf_traces", "README.md")
+
+
+def _commands() -> list[list[str]]:
+    with open(README, encoding="utf-8") as readme:
+        text = readme.read()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
+        joined = block.replace("\\\n", " ")
+        for line in joined.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line.startswith(".venv/bin/python"):
+                commands.append(shlex.split(line))
+    return commands
+
+
+def test_readme_commands_use_real_flags():
+    commands = _commands()
+    assert len(commands) >= 8
+    for command in commands:
+        if command[1] == "-m":
+            module_name, rest = command[2], command[3:]
+        else:
+            path = command[1]
+            assert os.path.isfile(os.path.join(REPO_ROOT, path)), path
+            module_name = path[:-3].replace("/", ".")
+            rest = command[2:]
+        module = importlib.import_module(module_name)
+        if not hasattr(module, "main"):  # fixture generator scripts run as plain scripts
+            assert module_name.endswith("make_fixture")
+            continue
+        parameters = inspect.signature(module.main).parameters
+        for flag in (token for token in rest if token.startswith("--")):
+            assert flag[2:] in parameters, f"{flag} is not an argument of {module_name}.main"
