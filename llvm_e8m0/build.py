@@ -187,13 +187,14 @@ def library_path(location: LlvmLocation | None = None) -> Path:
     return cache_root() / "llvm_e8m0" / digest / LIBRARY_NAME
 
 
-def build_library(force: bool = False, verbose: bool = False) -> Path:
+def build_library(force: bool = False, verbose: bool = False, llvm_dir: str | None = None) -> Path:
     """Compile the library unless an up-to-date one is cached; return its path.
 
+    ``llvm_dir`` builds against that LLVM prefix instead of the LLVM_CONFIG / LLVM_DIR / PyPI rules.
     Concurrent callers (two sweep workers, pytest-xdist) serialise on a lock file; the compiler
     writes to a temporary name that is renamed into place, so a half-written .so is never loaded.
     """
-    location = find_llvm()
+    location = _find_llvm("", llvm_dir) if llvm_dir else find_llvm()
     target = library_path(location)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / "build.lock", "w") as lock_file:
@@ -215,13 +216,50 @@ def build_library(force: bool = False, verbose: bool = False) -> Path:
     return target
 
 
-def main(force: bool = False, verbose: bool = True) -> None:
+def fetch_debian_llvm(major: int) -> Path:
+    """Download Debian's ``llvm-<major>-dev`` (apt-get download, no root) and unpack it into the cache.
+
+    Returns the LLVM prefix (``.../usr/lib/llvm-<major>``) to use as ``LLVM_DIR``; a finished unpack
+    is reused. Needs ``apt-get`` and ``dpkg-deb`` (Debian/Ubuntu) and a reachable Debian mirror.
+    """
+    if major < MIN_LLVM_MAJOR:
+        raise ValueError(f"fetch_debian={major}: Float8E8M0FNU needs LLVM >= {MIN_LLVM_MAJOR}")
+    for tool in ("apt-get", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            raise ValueError(
+                f"fetch_debian needs {tool} (a Debian system); set LLVM_DIR / LLVM_CONFIG instead"
+            )
+    folder = cache_root() / "llvm_e8m0" / f"debian-llvm-{major}-dev"
+    prefix = folder / "root" / "usr" / "lib" / f"llvm-{major}"
+    if (folder / "unpacked.ok").is_file():
+        return prefix
+    folder.mkdir(parents=True, exist_ok=True)
+    package = f"llvm-{major}-dev"
+    download = subprocess.run(
+        ["apt-get", "download", package], cwd=folder, capture_output=True, text=True, check=False
+    )
+    debs = sorted(folder.glob(f"{package}_*.deb"))
+    if download.returncode != 0 or not debs:
+        raise ValueError(
+            f"apt-get download {package} failed: {download.stderr.strip()}; try apt-get update first"
+        )
+    subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(folder / "root")], check=True)
+    (folder / "unpacked.ok").write_text(debs[-1].name)
+    debs[-1].unlink()  # ~50 MB; the unpacked tree (~450 MB) is what the build uses
+    return prefix
+
+
+def main(force: bool = False, verbose: bool = True, fetch_debian: int = 0) -> None:
     """Build (or find cached) libapfloat_e8m0.so and print its path.
 
     Args:
         force: rebuild even when a library for this source and LLVM is cached.
         verbose: print the LLVM origin/version and the compiler command.
+        fetch_debian: if non-zero, download Debian's llvm-<N>-dev into the cache and build against it.
     """
+    if fetch_debian:
+        os.environ["LLVM_DIR"] = str(fetch_debian_llvm(fetch_debian))
+        os.environ.pop("LLVM_CONFIG", None)
     path = build_library(force=force, verbose=verbose)
     print(path)
 

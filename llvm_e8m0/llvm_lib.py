@@ -28,9 +28,9 @@ ROUNDING_MODES = ("NearestTiesToEven", "NearestTiesToAway", "TowardZero", "Towar
 
 
 @functools.cache
-def load_library() -> ctypes.CDLL:
-    """Build (once per source change, cached on disk) and load the library."""
-    library = ctypes.CDLL(str(build_library(verbose=False)))
+def load_library(path: str | None = None) -> ctypes.CDLL:
+    """Load the library at ``path``, default: build (once per source change, cached) and load it."""
+    library = ctypes.CDLL(path or str(build_library(verbose=False)))
     library.e8m0_llvm_version.restype = ctypes.c_char_p
     library.e8m0_llvm_version.argtypes = []
     library.e8m0_decode_all.restype = ctypes.c_int
@@ -47,15 +47,15 @@ def load_library() -> ctypes.CDLL:
     return library
 
 
-def llvm_version() -> str:
-    return load_library().e8m0_llvm_version().decode()
+def llvm_version(library_path: str | None = None) -> str:
+    return load_library(library_path).e8m0_llvm_version().decode()
 
 
-def decode_all() -> tuple[np.ndarray, np.ndarray]:
+def decode_all(library_path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """All 256 e8m0 codes decoded by APFloat: (float32 bits uint32[256], status uint8[256])."""
     f32_bits = np.zeros(256, dtype=np.uint32)
     status = np.zeros(256, dtype=np.uint8)
-    rc = load_library().e8m0_decode_all(f32_bits.ctypes.data, status.ctypes.data)
+    rc = load_library(library_path).e8m0_decode_all(f32_bits.ctypes.data, status.ctypes.data)
     assert rc == 0, "APFloat reported an inexact e8m0 -> float32 conversion"
     return f32_bits, status
 
@@ -64,15 +64,20 @@ def default_num_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def convert(bits: np.ndarray, mode: str, num_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """float32 bit patterns -> (e8m0 bits uint8, status uint8) with llvm::RoundingMode ``mode``."""
+def convert(
+    bits: np.ndarray, mode: str, num_threads: int | None = None, library_path: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """float32 bit patterns -> (e8m0 bits uint8, status uint8) with llvm::RoundingMode ``mode``.
+
+    ``library_path`` selects another build (e.g. against a different LLVM); default: this source's.
+    """
     if mode not in ROUNDING_MODES:
         raise ValueError(f"mode={mode!r} is not an llvm::RoundingMode; use one of {ROUNDING_MODES}")
     bits = np.ascontiguousarray(bits, dtype=np.uint32)
     out = np.empty(bits.shape, dtype=np.uint8)
     status = np.empty(bits.shape, dtype=np.uint8)
     threads = num_threads if num_threads is not None else default_num_threads()
-    rc = load_library().e8m0_convert_f32(
+    rc = load_library(library_path).e8m0_convert_f32(
         bits.ctypes.data, out.ctypes.data, status.ctypes.data, bits.size, ROUNDING_MODES.index(mode), threads
     )
     if rc != 0:

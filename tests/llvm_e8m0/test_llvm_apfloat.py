@@ -162,3 +162,18 @@ def test_threads_give_identical_results(apfloat_library):
 def test_bad_mode_is_a_value_error(apfloat_library):
     with pytest.raises(ValueError, match="RoundingMode"):
         llvm_lib.convert(np.zeros(1, dtype=np.uint32), "nearest")
+
+
+def test_compare_llvm_versions_against_the_same_llvm(apfloat_library, capsys):
+    """The cross-version comparison runs end to end (here: PyPI's LLVM found through LLVM_DIR)."""
+    import mlc_llvm_static
+
+    from llvm_e8m0 import compare_llvm_versions
+
+    compare_llvm_versions.main(llvm_dir=mlc_llvm_static.get_prefix(), num_random=2000)
+    printed = capsys.readouterr().out
+    assert "| NearestTiesToEven | 0 | 0 |" in printed and "identical: LLVM" in printed
+    with pytest.raises(ValueError, match="exactly one"):
+        compare_llvm_versions.main()
+    with pytest.raises(ValueError, match="LLVM >= 20"):
+        build.fetch_debian_llvm(19)
