@@ -57,13 +57,15 @@ class _Reader:
             "torch.profiler's export_chrome_trace)"
         )
 
-    def _read_more(self, min_chars: int) -> None:
+    def _read_more(self) -> None:
+        """Drop the consumed text and append one chunk, or as much as the unconsumed tail (so an item
+        longer than a chunk is re-decoded only O(log) times and the buffer stays ~2x the item)."""
         if self.pos:
             self.base += self.pos
             self.text = self.text[self.pos :]
             self.pos = 0
         try:
-            chunk = self.file.read(max(self.chunk_chars, min_chars))
+            chunk = self.file.read(max(self.chunk_chars, len(self.text)))
         except UnicodeDecodeError as exc:
             raise TraceFormatError(f"{self.path}: not UTF-8 text ({exc})") from exc
         if not chunk:
@@ -79,7 +81,7 @@ class _Reader:
                 return self.text[pos]
             if self.eof:
                 return ""
-            self._read_more(0)
+            self._read_more()
 
     def expect(self, chars: str) -> str:
         char = self.peek()
@@ -101,12 +103,12 @@ class _Reader:
             except json.JSONDecodeError as exc:
                 if self.eof:
                     raise self.error(f"invalid or truncated JSON value ({exc.msg})") from None
-                self._read_more(len(text) * 2)  # the item may be longer than one chunk
+                self._read_more()
                 continue
             match = separator(text, end)
             if match is None or match.end() == len(text):  # separator or what follows may be cut off
                 if not self.eof:
-                    self._read_more(len(text) * 2)
+                    self._read_more()
                     continue
                 if match is None:
                     self.pos = end
@@ -125,10 +127,10 @@ class _Reader:
             except json.JSONDecodeError as exc:
                 if self.eof:
                     raise self.error(f"invalid or truncated JSON value ({exc.msg})") from None
-                self._read_more(len(self.text) * 2)  # the value may be longer than one chunk
+                self._read_more()
                 continue
             if end == len(self.text) and not self.eof:  # a number cut at the buffer end decodes too
-                self._read_more(len(self.text) * 2)
+                self._read_more()
                 continue
             start = self.base + self.pos
             self.pos = end
