@@ -1118,12 +1118,6 @@ def main(
         output_dir: when set, write report.json there
         overwrite: allow replacing an existing report.json in output_dir
     """
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
-    import torchao
-    from rich.console import Console
-
-    from pytorch_scripts_common import benchmark, set_seed
-
     config_names = _parse_configs(configs)
     if group_size not in SUPPORTED_GROUP_SIZES:
         raise ValueError(f"--group_size {group_size}: choose one of {SUPPORTED_GROUP_SIZES}")
@@ -1141,6 +1135,13 @@ def main(
             f"{out_dir / 'report.json'} exists; pass --overwrite=True or choose another --output_dir"
         )
     resolved_device = _resolve_device(device)
+
+    # Arguments are checked above before the slow imports, so a mistake fails in about a second.
+    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    import torchao
+    from rich.console import Console
+
+    from pytorch_scripts_common import benchmark, set_seed
 
     set_seed(seed)
     console = Console(width=200)
