@@ -236,11 +236,11 @@ def main(
             with profile(activities=activities) as profiler:
                 step()
     finally:
-        torch._logging.set_logs()
         if previous_log_out is None:
             os.environ.pop("TORCH_LOGS_OUT", None)
         else:
             os.environ["TORCH_LOGS_OUT"] = previous_log_out
+        torch._logging.set_logs()  # after restoring the env: closes our FileHandler, opens none
     if not os.path.exists(tmp_log_path) or os.path.getsize(tmp_log_path) == 0:
         raise RuntimeError(
             f"no output code was logged to {tmp_log_path}: nothing was compiled by Inductor (did dynamo "

@@ -89,3 +89,19 @@ def test_live_cpu_pair_every_kernel_matched(tmp_path, mode, graph_break):
     for event in kernels:
         graph_id = event["name"].split("_")[1]
         assert event["args"]["inductor_aot_id"] == f"{graph_id}_{enclosing_kind(events, event)}"
+
+
+def test_device_table_on_hand_written_cuda_trace():
+    """HAND-WRITTEN CUDA fixture: GPU time attributed to top-level ops through External id."""
+    from perf_traces.profile_compiled_model import device_table
+    from tests.perf_traces.helpers import fixture
+
+    lines = device_table(load_events(fixture("cuda_handwritten", "trace.json")))
+    rows = {line[:80].strip(): float(line[80:]) for line in lines[1:]}
+    # per graph: forward 4 (layer norm) + 9 (mm) + 2 (relu); backward 2 + 9 + 9 + 5; eager kernel 3
+    assert rows == {
+        "CompiledFunction": 2 * 15.0,
+        "CompiledFunctionBackward": 2 * 25.0,
+        "triton_user_library_kernel": 3.0,
+        "total GPU kernel time": 83.0,
+    }
