@@ -486,7 +486,9 @@ def describe_activation(weight: torch.Tensor) -> str:
         return "weight-only"
     if not dataclasses.is_dataclass(kwargs):
         return f"dynamic {kwargs}"
-    parts = []
+    # QuantizeTensorToInt8Kwargs -> "int8", QuantizeTensorToMXKwargs -> "mx", ...
+    kind = re.fullmatch(r"QuantizeTensorTo(\w+)Kwargs", type(kwargs).__name__)
+    parts = [kind.group(1).lower()] if kind else []
     for field in dataclasses.fields(kwargs):
         value = getattr(kwargs, field.name)
         if field.name in ("granularity", "elem_dtype", "float8_dtype", "mapping_type", "block_size"):
