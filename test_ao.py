@@ -540,7 +540,7 @@ class ModuleRow:
     dtype_before: str
     shape: str
     bytes_before: int
-    status: str  # "quantized" | "skipped" | "error"
+    status: str  # "quantized" | "skipped" | "error" | "replaced"
     weight_class: str
     stored: str
     element_dtype: str
@@ -772,6 +772,29 @@ def run_config(
     rows: list[ModuleRow] = []
     q_modules = dict(_weighted_modules(quantized))
     for fqn, snap in before.items():
+        if fqn not in q_modules:
+            # quantize_ swapped the module for one without a plain `weight` parameter
+            replacement = quantized.get_submodule(fqn)
+            replaced_by = type(replacement).__name__
+            rows.append(
+                ModuleRow(
+                    fqn=fqn,
+                    module_type=snap.module_type,
+                    dtype_before=_dtype_name(snap.dtype),
+                    shape=_shape_str(snap.shape),
+                    bytes_before=snap.num_bytes,
+                    status="replaced",
+                    weight_class=replaced_by,
+                    stored="-",
+                    element_dtype="-",
+                    granularity="-",
+                    activation="-",
+                    bytes_after=sum(weight_bytes(p) for p in replacement.parameters()),
+                    reason=f"module replaced by {replaced_by}; its parameters are counted, not inspected",
+                    layer_sqnr_db=None,
+                )
+            )
+            continue
         module = q_modules[fqn]
         weight = module.weight
         changed = type(weight).__name__ != snap.weight_class or weight.dtype != snap.dtype
