@@ -406,7 +406,8 @@
 
   window.graphViz = {
     model, state,
-    selectGraph, selectNode, selectKernel,
+    selectGraph, selectNode, selectKernel, fitAll,
+    renderNow: render,  // synchronous frame, for timing
     nodeScreenPosition(name) {
       const j = state.nameIndex.get(name);
       const n = state.graph.nodes[j];
