@@ -260,3 +260,42 @@ def test_cuda_int8_weight_only_on_small() -> None:
     result = run("small", "int8wo", device=torch.device("cuda"))
     assert result.status == "ok"
     assert all(rows_by_fqn(result)[fqn].weight_class == "Int8Tensor" for fqn in ("0", "2", "5"))
+
+
+def test_detection_compares_weights_not_quantize_return(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config whose handler silently does nothing to one Linear and swaps out another one."""
+    from torchao.core.config import AOBaseConfig
+    from torchao.quantization.transform_module import register_quantize_module_handler
+
+    @dataclasses.dataclass
+    class SilentOrSwapConfig(AOBaseConfig):
+        pass
+
+    class Swapped(nn.Module):
+        def __init__(self, linear: nn.Linear) -> None:
+            super().__init__()
+            self.inner = linear
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x)
+
+    @register_quantize_module_handler(SilentOrSwapConfig)
+    def _handler(module: nn.Module, config: SilentOrSwapConfig) -> nn.Module:
+        # Linear(512 -> 512) is swapped for a wrapper; the others are returned untouched
+        return Swapped(module) if module.in_features == 512 and module.out_features == 512 else module
+
+    spec = test_ao.ConfigSpec(
+        name="silent_or_swap",
+        description="test-only",
+        min_layer_sqnr_db=0.0,
+        build_variants=lambda group_size, device: [("only", SilentOrSwapConfig())],
+        shape_rule=test_ao._no_rule,
+    )
+    monkeypatch.setitem(test_ao.CONFIG_REGISTRY, "silent_or_swap", spec)
+    result = run("small", "silent_or_swap")
+    rows = rows_by_fqn(result)
+    assert rows["0"].status == rows["5"].status == "skipped"
+    assert rows["0"].reason.startswith("unknown: quantize_ returned without changing the weight")
+    assert rows["2"].status == "replaced" and rows["2"].weight_class == "Swapped"
+    assert rows["2"].bytes_after == rows["2"].bytes_before + 512 * 2  # weight + bias of the wrapped Linear
+    assert result.status == "no-op"
