@@ -45,6 +45,18 @@ BATCHES = ("even", "uneven")
 # partial is rounded to bfloat16 before the sum, bound 3e-2. Everything else is exact (see README).
 ALL_REDUCED_GRAD_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 3e-2}
 
+# The expert math is identical in both runs, with one CPU catch found by measurement: float32 silu
+# over a buffer computes its last (length mod 32) elements on a different code path (scalar tail
+# after the 2 x 16-lane AVX-512 loop), 1 ulp off the vector path. The buffers are (rows, H), with
+# different row counts in EP and reference (shared expert: T vs the global T; grouped_mm: all local
+# experts in one buffer), so an element can be in the tail in one run and not the other. With H a
+# multiple of 32 no row ever straddles a tail, and everything is bitwise exact (measured); otherwise
+# float32 outputs and expert grads get this bound (max |diff| / max |ref|, measured worst 1.1e-7 at
+# D=12, H=20, K 1 and 3, with and without the shared expert, W=2 and 4). bfloat16 silu showed no
+# tail effect: exact for any H.
+EXACT_HIDDEN_MULTIPLE = 32
+FLOAT32_SILU_TAIL_TOLERANCE = 1e-6
+
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -199,9 +211,12 @@ def run_case(
             dist.all_reduce(param.grad, group=mesh.get_group())
 
     tolerance = ALL_REDUCED_GRAD_TOLERANCE[dtype]
+    exact = (
+        0.0 if dtype != torch.float32 or hidden % EXACT_HIDDEN_MULTIPLE == 0 else FLOAT32_SILU_TAIL_TOLERANCE
+    )
     checks = [
-        compare("output", out_ref[start:stop].detach(), out.detach(), 0),
-        compare("input grad", x_ref.grad[start:stop], x_local.grad, 0),
+        compare("output", out_ref[start:stop].detach(), out.detach(), exact),
+        compare("input grad", x_ref.grad[start:stop], x_local.grad, exact),
     ]
     ref_params = dict(reference.named_parameters())
     num_local = case.num_experts // world_size
@@ -210,7 +225,7 @@ def run_case(
         if isinstance(param, DTensor):  # expert weights: this rank's L experts, exact
             own = slice(rank * num_local, (rank + 1) * num_local)
             checks.append(compare(f"{name} shard", ref_param.detach()[own], param.to_local().detach(), 0))
-            checks.append(compare(f"{name} grad", ref_param.grad[own], param.grad.to_local(), 0))
+            checks.append(compare(f"{name} grad", ref_param.grad[own], param.grad.to_local(), exact))
         else:
             checks.append(compare(f"{name} grad", ref_param.grad, param.grad, tolerance))
 

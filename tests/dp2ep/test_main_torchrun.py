@@ -60,7 +60,7 @@ def _torchrun(nproc: int, script: pathlib.Path, *args: str) -> subprocess.Comple
         pytest.fail(f"torchrun hung for {LAUNCH_TIMEOUT_S} s: {shlex.join(command)}\n{error.stderr}")
 
 
-def _run_ok(nproc: int, *args: str) -> list[dict]:
+def _run_ok(nproc: int, *args: str, min_exact: int = 8) -> list[dict]:
     result = _torchrun(nproc, MAIN, *args)
     assert result.returncode == 0, (
         f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
@@ -73,7 +73,7 @@ def _run_ok(nproc: int, *args: str) -> list[dict]:
         # 12 checks with the shared expert (9 without): output, input grad, 3 expert shards, 3 expert
         # grads (exact); router grad and 3 shared-expert grads (all-reduced, tolerance)
         assert row["ok"] == row["total"] and row["total"] in ("9", "12"), row
-        assert int(row["exact"]) >= 8, row
+        assert int(row["exact"]) >= min_exact, row
     return rows
 
 
@@ -204,8 +204,13 @@ def test_world_size_4_default_grid_is_exact():
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_world_size_2_top_k_3_unaligned_dims_and_no_shared_expert():
-    # dim 12 in bfloat16 is not 16-byte aligned: 'auto' must fall back to the per-expert loop
-    rows = _run_ok(2, "--top_k", "1,3", "--dim", "12", "--hidden", "20", "--shared_expert", "False")
+    # dim 12 in bfloat16 is not 16-byte aligned: 'auto' must fall back to the per-expert loop.
+    # hidden 20 is not a multiple of 32: float32 silu tails make some grouped_mm rows inexact (within
+    # the stated 1e-6), only the 3 shard copies are then guaranteed exact; bfloat16 stays exact.
+    rows = _run_ok(
+        2, "--top_k", "1,3", "--dim", "12", "--hidden", "20", "--shared_expert", "False", min_exact=3
+    )
+    assert all(int(row["exact"]) >= 8 for row in rows if row["dtype"] == "bfloat16" or row["impl"] == "loop")
     assert {row["impl"] for row in rows if row["dtype"] == "bfloat16"} == {"loop"}
     assert {row["impl"] for row in rows if row["dtype"] == "float32" and row["impl_arg"] == "auto"} == {
         "grouped_mm"
