@@ -1151,7 +1151,8 @@ def main(
             f"--batch_size/--seq_len/--num_runs must be >= 1, got {batch_size}/{seq_len}/{num_runs}"
         )
     try:
-        exclude_re = re.compile(exclude) if exclude else None
+        # fire turns `--exclude=0` into the int 0, so compare against "" after str(), not by truthiness
+        exclude_re = re.compile(str(exclude)) if str(exclude) != "" else None
     except re.error as error:
         raise ValueError(f"--exclude {exclude!r} is not a valid regex: {error}") from error
     out_dir = Path(output_dir) if output_dir else None

@@ -91,6 +91,17 @@ def test_cli_refuses_to_overwrite_and_rejects_bad_arguments(tmp_path: Path) -> N
     assert "not_a_config" in proc.stderr
 
 
+def test_cli_exclude_takes_a_number_like_regex(tmp_path: Path) -> None:
+    # fire parses `--exclude=0` as the int 0; it must still filter module "0" out
+    out = tmp_path / "out"
+    proc = run_cli("--configs=int8wo", "--exclude=0", "--num_runs=1", "--batch_size=2", f"--output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {m["fqn"]: m for m in configs_by_name(load_report(out))["int8wo"]["modules"]}
+    assert rows["0"]["status"] == "skipped"
+    assert rows["0"]["reason"] == "filtered out: name matches --exclude='0'"
+    assert rows["2"]["status"] == rows["5"]["status"] == "quantized"
+
+
 @pytest.fixture(scope="module")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random LlamaForCausalLM saved in HF format (the Hub is not reachable here)."""

@@ -248,6 +248,12 @@ def test_low_sqnr_exits_non_zero_and_check_can_be_disabled(monkeypatch: pytest.M
         ({"exclude": "("}, "not a valid regex"),
         ({"model": "/nonexistent/model"}, "has no config.json"),
         ({"num_runs": 0}, "must be >= 1"),
+        ({"device": "mps"}, "only cpu and cuda"),
+        pytest.param(
+            {"device": "cuda"},
+            "CUDA is not available",
+            marks=pytest.mark.skipif(CUDA_AVAILABLE, reason="CUDA is available here"),
+        ),
     ],
 )
 def test_user_mistakes_raise_value_error(kwargs: dict, message: str) -> None:
