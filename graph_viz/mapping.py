@@ -78,6 +78,9 @@ def _replay_call(module: OutputModule, kernels_by_name: dict[str, dict[str, Any]
     """
     values: list[_Value] = []
     current: dict[str, int] = {}
+    # `buf21 = reinterpret_tensor(buf24, ...)  # alias`: a view into buf24 (e.g. one slice of a cat);
+    # a kernel writing buf21 writes part of buf24's final content.
+    alias_base: dict[str, str] = {}
     launches: list[dict[str, Any]] = []
     returned: list[int | None] = []
 
@@ -95,6 +98,7 @@ def _replay_call(module: OutputModule, kernels_by_name: dict[str, dict[str, Any]
         text = statement.text.split("  #", 1)[0].strip()
         if not text or text.startswith(SKIPPED_CALL_PREFIXES):
             continue
+        is_alias = "; del " not in text and statement.text.rstrip().endswith("# alias")
         text = text.split("; del ", 1)[0]
         if text.endswith("= args"):  # `primals_1, primals_2 = args`
             for name in split_args(text[: -len("= args")]):
@@ -121,6 +125,9 @@ def _replay_call(module: OutputModule, kernels_by_name: dict[str, dict[str, Any]
             elif re.match(r"^\w+$", expr) or expr.startswith("reinterpret_tensor("):
                 source = value_of(expr)
                 current[target_name] = source if source is not None else new_value()
+                base = ARG_BUFFER_RE.match(expr)
+                if is_alias and base and base.group(1) in current:
+                    alias_base[target_name] = alias_base.get(base.group(1), base.group(1))
             elif parts and (parts[0].startswith(("torch.ops.", "extern_kernels.", "aten."))):
                 args = [a for a in split_args(parts[1]) if "=" not in a or a.startswith(("[", "("))]
                 inputs = [value_of(a) for a in args]
@@ -153,6 +160,14 @@ def _replay_call(module: OutputModule, kernels_by_name: dict[str, dict[str, Any]
             continue
         inputs, outputs = [], []
         params = kernel["params"]
+
+        def write(buffer: str) -> int:
+            if buffer in alias_base:  # a slice of the base: its content is the base's final value
+                current[buffer] = current[alias_base[buffer]]
+            else:
+                current[buffer] = new_value()
+            return current[buffer]
+
         for position, arg in enumerate(a for a in args if not re.match(r"^\w+\s*=", a)):
             role = params[position] if position < len(params) else ""
             value = value_of(arg)
@@ -160,13 +175,9 @@ def _replay_call(module: OutputModule, kernels_by_name: dict[str, dict[str, Any]
                 continue
             if role.startswith("in_out_ptr"):
                 inputs.append(value)
-                match = ARG_BUFFER_RE.match(arg)
-                current[match.group(1)] = new_value()
-                outputs.append(current[match.group(1)])
+                outputs.append(write(ARG_BUFFER_RE.match(arg).group(1)))
             elif role.startswith("out_ptr"):
-                match = ARG_BUFFER_RE.match(arg)
-                current[match.group(1)] = new_value()
-                outputs.append(current[match.group(1)])
+                outputs.append(write(ARG_BUFFER_RE.match(arg).group(1)))
             else:
                 inputs.append(value)
         launches.append({"kernel": kernel, "inputs": inputs, "outputs": outputs, "statement": statement})
@@ -276,13 +287,19 @@ def map_module(graph: Graph, module: OutputModule) -> list[dict[str, Any]]:
             parent = values[value.getitem_of[0]].node
             value.node = getitems.get((parent, str(value.getitem_of[1])))
 
-    # 5. Fused kernels: output nodes and their ancestors down to the input nodes.
+    # 5. Fused kernels: output nodes and their ancestors down to the input nodes. A kernel launched
+    # several times (one slice of a cat each) stops at the inputs of all its launches.
+    stops: dict[str, set[str]] = {}
+    for launch in launches:
+        if not launch.get("extern"):
+            stop = stops.setdefault(launch["kernel"]["id"], set())
+            stop.update(values[v].node for v in launch["inputs"] if values[v].node)
     for launch in launches:
         if launch.get("extern"):
             continue
         kernel = launch["kernel"]
         kernel["launch_lines"].append(launch["statement"].line)
-        stop = {values[v].node for v in launch["inputs"] if values[v].node}
+        stop = stops[kernel["id"]]
         frontier = [values[v].node for v in launch["outputs"] if values[v].node]
         seen: set[str] = set()
         while frontier:

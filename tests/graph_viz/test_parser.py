@@ -158,6 +158,17 @@ def test_transformer_block_has_getitem_source_lines_and_fallback_kernels():
         "add", "add_1", "getitem", "getitem_1", "mul", "mul_1", "rsqrt", "sub", "var_mean", "view",
     ]  # fmt: skip
     assert kernel_nodes(model, fallback[0]["id"]) == ["_scaled_dot_product_flash_attention_for_cpu_default"]
+    # One kernel launched three times, each writing one slice of buf24 through `# alias` views
+    # (buf21/22/23 = reinterpret_tensor(buf24, ...)); buf24 feeds mm as `cat`.
+    (cat_kernel,) = [
+        k for k in model["kernels"] if k["name"] == "cpp_fused__unsafe_view_cat_transpose_view_4"
+    ]
+    assert len(cat_kernel["launch_lines"]) == 3
+    assert kernel_nodes(model, cat_kernel["id"]) == [
+        "cat", "clone_5", "clone_6", "permute_default_3", "permute_default_4", "permute_default_5",
+        "view_34", "view_35", "view_36",
+    ]  # fmt: skip
+    assert model["summary"]["num_unmapped_nodes"] == 0 and model["summary"]["kernels_without_nodes"] == []
 
 
 def test_handwritten_triton_log():
