@@ -79,6 +79,7 @@ def main(
     baseline_max_mb: float = 256.0,
     fixture_dir: str = _DEFAULT_FIXTURE,
     work_dir: str | None = None,
+    implementations: str = ",".join(IMPLEMENTATIONS),
 ) -> None:
     """Time streaming enrichment against json.load/json.dump on synthetic traces; print a table.
 
@@ -88,10 +89,16 @@ def main(
         baseline_max_mb: skip the json.load/json.dump baseline above this size (its RSS is many x the file).
         fixture_dir: directory with the real trace.json + output_code.log the synthetic trace is made from.
         work_dir: where to write the temporary traces (default: a new temp dir, deleted afterwards).
+        implementations: comma-separated subset of IMPLEMENTATIONS; must include streaming.
     """
     sizes = [float(size) for size in str(sizes_mb).split(",") if str(size).strip()]
     if not sizes or any(size <= 0 for size in sizes):
         raise ValueError(f"sizes_mb={sizes_mb!r} must be positive numbers separated by commas")
+    chosen = [name.strip() for name in str(implementations).split(",") if name.strip()]
+    if "streaming" not in chosen or any(name not in IMPLEMENTATIONS for name in chosen):
+        raise ValueError(
+            f"implementations={implementations!r} must include 'streaming', from {IMPLEMENTATIONS}"
+        )
     if num_repeats < 1:
         raise ValueError(f"num_repeats={num_repeats} must be >= 1")
     source_trace = os.path.join(fixture_dir, "trace.json")
@@ -120,7 +127,7 @@ def main(
                 f"generated {actual_mb:.1f} MB ({num_events} events, {copies} copies) in {generation_s:.1f} s"
             )
             results = {}
-            for implementation in IMPLEMENTATIONS:
+            for implementation in chosen:
                 if implementation == "json_load_dump" and size > baseline_max_mb:
                     results[implementation] = None
                     continue
@@ -154,7 +161,7 @@ def main(
     print(header)
     for actual_mb, num_events, results in rows:
         streaming_s = results["streaming"][0]
-        for implementation in IMPLEMENTATIONS:
+        for implementation in chosen:
             result = results[implementation]
             if result is None:
                 print(f"{actual_mb:>9.1f} {num_events:>10d} {implementation:<18} skipped (> baseline_max_mb)")

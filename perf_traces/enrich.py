@@ -38,6 +38,8 @@ __all__ = ["EnrichSummary", "NoMatchError", "enrich_trace"]
 _FORWARD_SPAN = "CompiledFunction"
 _BACKWARD_SPAN = "CompiledFunctionBackward"
 _CALL_SPAN_PREFIX = "## Call CompiledFxGraph"
+_MODE_SPANS = (_FORWARD_SPAN, _BACKWARD_SPAN)
+_KERNEL_NAME_PREFIXES = ("graph_", "cpp_", "triton_")
 # Names Inductor gives kernels, with the C++ profile prefix: "graph_0_cpp_fused_relu_1",
 # "triton_poi_fused_relu_0", "triton_red_fused_sum_3", "cpp_CppMicroGemmFP32Vec_0" ...
 _INDUCTOR_KERNEL_NAME_RE = re.compile(r"^(?:graph_\d+_)?(?:cpp_|triton_)\w+$")
@@ -214,6 +216,9 @@ def enrich_trace(
             summary.num_log_kernels += 1
 
     # ---- pass 1: compact records of the events that matter
+    # Only the aten:: ops that some call() runs as an extern kernel are kept (e.g. aten::mm, not the
+    # aten::resolve_conj inside it): fewer records, and nested ops cannot shadow the real call.
+    extern_targets = {call.target for module in modules for call in module.calls if call.kind == "extern"}
     threads: dict[Any, int] = {}
     names: dict[str, int] = {}
     name_list: list[str] = []
@@ -242,12 +247,11 @@ def enrich_trace(
             continue
         if category not in ("cpu_op", "user_annotation"):
             continue
-        is_kernel_name = name in by_trace_name or _INDUCTOR_KERNEL_NAME_RE.match(name) is not None
-        if not (
-            is_kernel_name or name.startswith("aten::") or name.startswith(_CALL_SPAN_PREFIX)
-        ) and name not in (
-            _FORWARD_SPAN,
-            _BACKWARD_SPAN,
+        is_kernel_name = name in by_trace_name or (
+            name.startswith(_KERNEL_NAME_PREFIXES) and _INDUCTOR_KERNEL_NAME_RE.match(name) is not None
+        )
+        if not (is_kernel_name or name in extern_targets or name in _MODE_SPANS) and not name.startswith(
+            _CALL_SPAN_PREFIX
         ):
             continue
         ts, dur = event.get("ts"), event.get("dur")
