@@ -1,10 +1,10 @@
 """Build the JSON model shown by the HTML page: graphs with a layered layout, kernels, links.
 
 Layout (computed once here, so the browser only draws): a node's layer is its longest-path depth
-from the graph inputs (inputs sit one layer above their first consumer); within a layer nodes are
-ordered by the mean position of their inputs (one barycentre sweep). Cost O(nodes + edges) plus a
-sort per layer, so 10k-node graphs take well under a second. Linear chains (each link has exactly
-one producer and one consumer) get a chain id so the page can collapse them into one box.
+from the graph inputs (inputs, constants and their views sit just above their first consumer);
+within a layer nodes are ordered by the mean position of their inputs (one barycentre sweep). Cost
+O(nodes + edges) plus a sort per layer, so 10k-node graphs take well under a second. Linear chains
+(each link has exactly one producer and one consumer) get a chain id so the page can collapse them.
 """
 
 from __future__ import annotations
@@ -35,8 +35,16 @@ def layout(graph: Graph) -> tuple[list[int], list[int], list[int]]:
     # input used "later" in a broken (fuzzed) log only counts if it appeared earlier.
     for i in range(num_nodes):
         level[i] = 1 + max((level[j] for j in preds[i] if j < i), default=-1)
+    # Then graph inputs, constants and views/getitems of them move down to just above their first
+    # consumer, so saved tensors sit next to where they are used (a backward graph uses layer 0's
+    # saved activations last) instead of in one wide top row with long edges. Computing nodes stay
+    # as early as possible (moving them too would crowd every gradient into the bottom row).
+    movable = [False] * num_nodes
+    for i, node in enumerate(graph.nodes):
+        cheap = node.op == "getitem" or (node.op == "call_function" and op_packet(node.target) in VIEW_OPS)
+        movable[i] = not preds[i] or (cheap and all(movable[j] for j in preds[i] if j < i))
     for i in range(num_nodes - 1, -1, -1):
-        if not preds[i] and succs[i]:  # pull inputs and constants down next to their first consumer
+        if succs[i] and movable[i]:
             level[i] = max(level[i], min(level[s] for s in succs[i]) - 1)
     num_levels = max(level, default=-1) + 1
     layers: list[list[int]] = [[] for _ in range(num_levels)]
