@@ -107,5 +107,7 @@ def test_hostile_log_text_is_not_executed(browser, tmp_path):
     assert PAYLOAD in page.locator("#node-table").text_content()  # shown as text
     assert PAYLOAD in page.locator("#kernel-code").text_content()
     assert PAYLOAD in page.locator("#warnings").text_content()
+    assert PAYLOAD in page.locator("#graph-list").text_content()
+    assert PAYLOAD in page.locator("#node-table").text_content().split("source", 1)[1]
     assert page.locator("img").count() == 0
     assert dialogs == [] and errors == []

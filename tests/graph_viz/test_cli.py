@@ -15,9 +15,13 @@ PAYLOAD = "</script><img src=x onerror=alert(1)>"
 
 
 def hostile_log() -> str:
-    """The mlp inference log with a node, a kernel and a noise line carrying an HTML/script payload."""
+    """The mlp inference log with an HTML/script payload in a graph title, a source line, a node's
+    annotation, an unparseable node name, kernel code and a noise line."""
     text = (FIXTURES / "logs" / "mlp_inference.log").read_text()
+    text = text.replace("===== Forward graph 0 =====", f"===== Forward graph 0 {PAYLOAD} =====", 1)
+    text = text.replace("# No stacktrace found for following nodes", f"# File: {PAYLOAD}", 1)
     text = text.replace('relu: "f32', f'relu: "{PAYLOAD}f32', 1)
+    text = text.replace("        addmm_1:", f"        {PAYLOAD}: f = g(x)\n        addmm_1:", 1)
     text = text.replace(
         "auto tmp1 = at::vec::clamp_min",
         f"// {PAYLOAD}\n                        auto tmp1 = at::vec::clamp_min",
@@ -71,6 +75,12 @@ def test_hostile_text_is_escaped_in_html(tmp_path):
     model = convert(str(log), str(tmp_path / "out"))
     relu = [n for n in model["graphs"][0]["nodes"] if n["name"] == "relu"][0]
     assert relu["dtype"].startswith("</script>")  # kept as text in the model
+    assert relu["source"] == f"File: {PAYLOAD}"
+    assert (
+        model["graphs"][0]["title"] == f"Forward graph 0 {PAYLOAD}"
+        and model["graphs"][0]["kind"] == "inference"
+    )
+    assert any(PAYLOAD in message for _, message in model["warnings"])
     html = (tmp_path / "out" / "index.html").read_text()
     assert PAYLOAD not in html and "<img" not in html and "<!--" not in html
     assert "\\u003c/script\\u003e\\u003cimg src=x onerror=alert(1)\\u003e" in html
