@@ -129,6 +129,35 @@ class _Candidates:
         return len(self.index)
 
 
+@dataclasses.dataclass
+class _ModuleIndex:
+    """Per-module lookups used for every Call span (built once)."""
+
+    kernels: dict[str, KernelDefinition]  # by the name the trace shows
+    trace_names: set[str]
+    kernel_paths: set[str]
+    kernel_calls: dict[str, list[CallSite]]  # kernel name -> its call sites, in order
+    extern_calls: list[CallSite]
+    extern_names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, module: OutputCodeModule) -> _ModuleIndex:
+        kernels = {_trace_name(module, kernel): kernel for kernel in module.kernels.values()}
+        kernel_calls: dict[str, list[CallSite]] = collections.defaultdict(list)
+        for call in module.calls:
+            if call.kind == "kernel":
+                kernel_calls[call.target].append(call)
+        extern_calls = [call for call in module.calls if call.kind == "extern"]
+        return cls(
+            kernels=kernels,
+            trace_names=set(kernels),
+            kernel_paths={kernel.kernel_path for kernel in module.kernels.values() if kernel.kernel_path},
+            kernel_calls=dict(kernel_calls),
+            extern_calls=extern_calls,
+            extern_names=tuple(call.target for call in extern_calls),
+        )
+
+
 def _annotation_for_kernel(
     module: OutputCodeModule, kernel: KernelDefinition, call: CallSite | None, note: str | None
 ) -> dict[str, Any]:
@@ -330,12 +359,11 @@ def enrich_trace(
         return annotation_cache[key]
 
     seen_kernels: set[tuple[int, str]] = set()  # (id(module), kernel name)
-    module_kinds = {id(module): module.graph_kind for module in modules}
-
-    def module_kernel_names(module: OutputCodeModule) -> set[str]:
-        return {_trace_name(module, kernel) for kernel in module.kernels.values()}
-
-    kernel_names_by_module = {id(module): module_kernel_names(module) for module in modules}
+    module_index = {id(module): _ModuleIndex.of(module) for module in modules}
+    modules_by_externs: dict[tuple[str, ...], list[OutputCodeModule]] = collections.defaultdict(list)
+    for module in modules:
+        if module_index[id(module)].extern_names:
+            modules_by_externs[module_index[id(module)].extern_names].append(module)
 
     for (thread, position), rows in children.items():
         span = call_spans[thread][position]
@@ -352,17 +380,22 @@ def enrich_trace(
         kind = enclosing_mode(thread, span.ts, span.end)
         files = {kernel_file_by_candidate[row] for row in direct if row in kernel_file_by_candidate}
         best_score, best_modules = None, []
-        for module in modules:
-            module_kind = module_kinds[id(module)]
-            if kind == "inference" and module_kind not in ("inference", "unknown"):
+        # only modules sharing a kernel name / kernel file with the children, or their extern sequence
+        options = {id(module): module for name in kernel_children for module, _ in by_trace_name[name]}
+        options.update((id(module), module) for path in files for module, _ in by_kernel_path.get(path, ()))
+        options.update((id(module), module) for module in modules_by_externs.get(tuple(extern_children), ()))
+        for module in modules:  # in log order, so that ties resolve to the first module of the log
+            if id(module) not in options:
                 continue
-            if kind != "inference" and module_kind not in (kind, "unknown"):
+            lookup = module_index[id(module)]
+            if kind == "inference" and module.graph_kind not in ("inference", "unknown"):
                 continue
-            kernel_score = len(kernel_children & kernel_names_by_module[id(module)])
-            file_score = sum(1 for kernel in module.kernels.values() if kernel.kernel_path in files)
-            extern_names = [call.target for call in module.calls if call.kind == "extern"]
-            extern_score = 1 if extern_names == extern_children else 0
-            if kernel_score == 0 and file_score == 0 and not (extern_score and extern_names):
+            if kind != "inference" and module.graph_kind not in (kind, "unknown"):
+                continue
+            kernel_score = len(kernel_children & lookup.trace_names)
+            file_score = len(files & lookup.kernel_paths)
+            extern_score = 1 if lookup.extern_names == tuple(extern_children) else 0
+            if kernel_score == 0 and file_score == 0 and not (extern_score and lookup.extern_names):
                 continue
             score = (file_score, kernel_score, extern_score)
             if best_score is None or score > best_score:
@@ -379,13 +412,13 @@ def enrich_trace(
                 f"ambiguous: {len(best_modules)} output-code modules match this call equally "
                 f"({', '.join(candidate.label for candidate in best_modules[:4])}); took the first"
             )
-        kernel_by_trace_name = {_trace_name(module, kernel): kernel for kernel in module.kernels.values()}
-        kernel_calls = collections.defaultdict(list)
-        for call in module.calls:
-            if call.kind == "kernel":
-                kernel_calls[call.target].append(call)
+        lookup = module_index[id(module)]
+        kernel_by_trace_name, kernel_calls, extern_calls = (
+            lookup.kernels,
+            lookup.kernel_calls,
+            lookup.extern_calls,
+        )
         kernel_call_counts: collections.Counter = collections.Counter()
-        extern_calls = [call for call in module.calls if call.kind == "extern"]
         extern_position = 0
         for row, name in zip(direct, child_names, strict=True):
             if name in kernel_by_trace_name:
