@@ -252,6 +252,11 @@ def test_layout_layers_follow_data_flow_and_chains_are_linear():
         for name in node.inputs:
             assert level[name] < level[node.name], (name, node.name)
     assert len(set(zip(xs, ys, strict=True))) == len(xs)  # no two nodes on the same spot
+    # Saved tensors sit just above their first consumer, not in the top row.
+    backward = parsed.graphs[2]
+    _, _, backward_levels = layout(backward)
+    level = {n.name: backward_levels[i] for i, n in enumerate(backward.nodes)}
+    assert level["primals_3"] == level["mm_2"] - 1 and level["primals_3"] > 0
     joint = parsed.graphs[0]
     chain = chains(joint)
     names = [n.name for n in joint.nodes]
