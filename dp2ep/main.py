@@ -26,7 +26,7 @@ import fire
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Shard
 from torch.distributed.tensor.parallel import parallelize_module
 
 from dp2ep.expert_parallel import ExpertParallel
@@ -214,7 +214,16 @@ def run_case(
     exact = (
         0.0 if dtype != torch.float32 or hidden % EXACT_HIDDEN_MULTIPLE == 0 else FLOAT32_SILU_TAIL_TOLERANCE
     )
+    sharded = {name: p for name, p in expert_parallel_moe.named_parameters() if isinstance(p, DTensor)}
+    placements_ok = set(sharded) == {"experts.w1", "experts.w2", "experts.w3"} and all(
+        p.placements == (Shard(0),) and p.to_local().shape[0] == case.num_experts // world_size
+        for p in sharded.values()
+    )
+    placements = {name: str(p.placements) for name, p in sharded.items()}
     checks = [
+        CheckResult(
+            "experts Shard(0)", placements_ok, "exact" if placements_ok else f"placements {placements}"
+        ),
         compare("output", out_ref[start:stop].detach(), out.detach(), exact),
         compare("input grad", x_ref.grad[start:stop], x_local.grad, exact),
     ]
