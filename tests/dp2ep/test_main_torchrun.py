@@ -216,3 +216,15 @@ def test_world_size_2_top_k_3_unaligned_dims_and_no_shared_expert():
     }
     assert all(row["total"] == "10" for row in rows)
     _assert_skew_left_ranks_and_experts_idle(rows, 2)
+
+
+@pytest.mark.gpu_only
+@pytest.mark.distributed
+def test_gpu_nccl_world_size_2():
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs 2 CUDA devices, found {torch.cuda.device_count()}")
+    # float32 runs the per-expert loop on CUDA (grouped_mm there is bfloat16-only, sm90+)
+    rows = _run_ok(2, "--num_experts", "8,16", "--batch", "uneven")
+    assert len(rows) == 2 * 2 * 2 * 2 * 2
