@@ -73,7 +73,7 @@ def page_ready_seconds(html_path: pathlib.Path, num_runs: int) -> tuple[list[flo
 
 
 def main(
-    layers: str = "3,15,31",
+    layers: str | tuple[int, ...] = "3,15,31",
     backend: str = "aot_eager",
     num_runs: int = 3,
     log_dir: str = "",
@@ -96,7 +96,12 @@ def main(
         raise ValueError(f"backend must be 'aot_eager' or 'inductor', got {backend!r}")
     if num_runs < 1:
         raise ValueError(f"num_runs must be >= 1, got {num_runs}")
-    layer_counts = [int(x) for x in str(layers).split(",") if str(x).strip()]
+    # fire turns `--layers 3,15` into the tuple (3, 15) and `--layers 4` into 4.
+    items = layers if isinstance(layers, (tuple, list)) else str(layers).split(",")
+    try:
+        layer_counts = [int(str(x).strip()) for x in items if str(x).strip()]
+    except ValueError as error:
+        raise ValueError(f"layers must be integers like '3,15,31', got {layers!r}") from error
     if not layer_counts or min(layer_counts) < 1:
         raise ValueError(f"layers must be positive integers like '3,15,31', got {layers!r}")
     if browser and not pathlib.Path(CHROMIUM).exists():

@@ -131,7 +131,9 @@ def write_log(
         raise RuntimeError(f"sample program {program!r} failed (exit {result.returncode}); see {log_path}")
 
 
-def main(output_dir: str = "graph_viz/fixtures/logs", overwrite: bool = False, only: str = "") -> None:
+def main(
+    output_dir: str = "graph_viz/fixtures/logs", overwrite: bool = False, only: str | tuple[str, ...] = ""
+) -> None:
     """Write the sample torch.compile logs (one <name>.log per program) into a new folder.
 
     Args:
@@ -139,7 +141,9 @@ def main(output_dir: str = "graph_viz/fixtures/logs", overwrite: bool = False, o
         overwrite: replace output_dir if it exists.
         only: comma-separated subset of sample names (default: all of them).
     """
-    names = [n for n in only.split(",") if n] or list(SAMPLE_LOGS)
+    # fire turns `--only a,b` into the tuple ("a", "b"); a plain string comes from Python callers.
+    names = [str(n).strip() for n in (only if isinstance(only, (tuple, list)) else str(only).split(","))]
+    names = [n for n in names if n] or list(SAMPLE_LOGS)
     unknown = [n for n in names if n not in SAMPLE_LOGS]
     if unknown:
         raise ValueError(f"unknown sample log(s) {unknown}; choose from {sorted(SAMPLE_LOGS)}")
