@@ -111,3 +111,21 @@ def test_hostile_log_text_is_not_executed(browser, tmp_path):
     assert PAYLOAD in page.locator("#node-table").text_content().split("source", 1)[1]
     assert page.locator("img").count() == 0
     assert dialogs == [] and errors == []
+
+
+def test_empty_and_truncated_logs_load_without_errors(browser, tmp_path):
+    (tmp_path / "empty.log").write_text("")
+    truncated = tmp_path / "truncated.log"
+    truncated.write_text(
+        "INFO:x:TRACED GRAPH\n ===== Forward graph 0 =====\n class G(torch.nn.Module):\n"
+        '    def forward(self, x: "f32[2][1]cpu"):\n'
+    )
+    for log in (tmp_path / "empty.log", truncated):
+        out = tmp_path / (log.stem + "_out")
+        convert(str(log), str(out))
+        page, errors, _ = open_page(browser, out / "index.html")
+        page.fill("#search", "x")
+        page.press("#search", "Enter")
+        page.check("#collapse")
+        assert errors == [], log.name
+        page.close()
