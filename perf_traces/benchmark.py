@@ -2,13 +2,15 @@
 
 For each size, a synthetic trace is generated (``make_synthetic_trace``, from a real fixture pair) in
 a temporary directory (never the repository), then each implementation runs ``num_repeats`` times in
-a fresh subprocess; wall time (median) and peak RSS (``ru_maxrss`` of that subprocess, max over
-repeats) are reported, with the ratio baseline / streaming from the same run. A third row reports a
-decode-only pass of ijson's C backend (``ijson.items(f, "traceEvents.item")``) as a reference for
-what JSON streaming costs on this machine. The baseline is skipped above ``baseline_max_mb`` (its
+a fresh subprocess; wall time and CPU time (user + sys of that subprocess, from ``wait4``; medians)
+and peak RSS (``ru_maxrss``, max over repeats) are reported, with the ratio baseline / streaming from
+the same run. On a shared machine the wall time includes waiting for a core; the CPU time of these
+single-threaded programs is what their wall time would be on an idle machine (minus I/O waits).
+A third row reports a decode-only pass of ijson's C backend (``ijson.items(f, "traceEvents.item")``)
+as a reference for what JSON streaming costs on this machine. The baseline is skipped above ``baseline_max_mb`` (its
 RSS is several times the file size); skipped cells say so.
 
-    python -m perf_traces.benchmark                       # 64 MB, about a minute on an idle 2-core machine
+    python -m perf_traces.benchmark                       # 16 MB x 3 repeats: about a minute
     python -m perf_traces.benchmark --sizes_mb 1024 --num_repeats 1 --baseline_max_mb 1024
 """
 
@@ -52,7 +54,7 @@ _CHILD_CODE = {
 }
 
 
-def _measure(implementation: str, trace: str, log: str, output: str) -> tuple[float, float, str]:
+def _measure(implementation: str, trace: str, log: str, output: str) -> tuple[float, float, float, str]:
     """Fork a child that execs the implementation; use wait4 for its own peak RSS (KB on Linux)."""
     read_fd, write_fd = os.pipe()
     start = time.perf_counter()
@@ -70,11 +72,12 @@ def _measure(implementation: str, trace: str, log: str, output: str) -> tuple[fl
     elapsed = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{implementation} failed with exit status {os.waitstatus_to_exitcode(status)}")
-    return elapsed, usage.ru_maxrss / 1024.0, stdout.strip()
+    cpu_s = usage.ru_utime + usage.ru_stime
+    return elapsed, cpu_s, usage.ru_maxrss / 1024.0, stdout.strip()
 
 
 def main(
-    sizes_mb: str = "64",
+    sizes_mb: str = "16",
     num_repeats: int = 3,
     baseline_max_mb: float = 256.0,
     fixture_dir: str = _DEFAULT_FIXTURE,
@@ -131,11 +134,12 @@ def main(
                 if implementation == "json_load_dump" and size > baseline_max_mb:
                     results[implementation] = None
                     continue
-                times, rss, outputs = [], [], []
+                times, cpu_times, rss, outputs = [], [], [], []
                 for _ in range(num_repeats):
                     output = os.path.join(tmp, f"out_{implementation}.json")
-                    elapsed, peak_mb, stdout = _measure(implementation, trace, source_log, output)
+                    elapsed, cpu_s, peak_mb, stdout = _measure(implementation, trace, source_log, output)
                     times.append(elapsed)
+                    cpu_times.append(cpu_s)
                     rss.append(peak_mb)
                     outputs.append(stdout)
                     if os.path.exists(output):
@@ -143,7 +147,13 @@ def main(
                         os.unlink(output)
                     else:
                         output_mb = 0.0
-                results[implementation] = (statistics.median(times), max(rss), outputs[-1], output_mb)
+                results[implementation] = (
+                    statistics.median(times),
+                    statistics.median(cpu_times),
+                    max(rss),
+                    outputs[-1],
+                    output_mb,
+                )
                 print(f"  {implementation}: {results[implementation]}")
             rows.append((actual_mb, num_events, results))
             os.unlink(trace)
@@ -155,22 +165,22 @@ def main(
         f"{os.cpu_count()} CPUs; median of {num_repeats} run(s), each in a fresh subprocess"
     )
     header = (
-        f"{'trace MB':>9} {'events':>10} {'implementation':<18} {'median s':>9} {'MB/s':>7} "
-        f"{'peak RSS MB':>12} {'output MB':>10} {'x vs streaming':>15}"
+        f"{'trace MB':>9} {'events':>10} {'implementation':<18} {'wall s':>8} {'CPU s':>8} {'MB/CPU s':>9} "
+        f"{'peak RSS MB':>12} {'output MB':>10} {'x vs streaming (CPU s)':>23}"
     )
     print(header)
     for actual_mb, num_events, results in rows:
-        streaming_s = results["streaming"][0]
+        streaming_cpu_s = results["streaming"][1]
         for implementation in chosen:
             result = results[implementation]
             if result is None:
                 print(f"{actual_mb:>9.1f} {num_events:>10d} {implementation:<18} skipped (> baseline_max_mb)")
                 continue
-            elapsed, peak_mb, _, output_mb = result
+            elapsed, cpu_s, peak_mb, _, output_mb = result
             print(
-                f"{actual_mb:>9.1f} {num_events:>10d} {implementation:<18} {elapsed:>9.2f} "
-                f"{actual_mb / elapsed:>7.1f} {peak_mb:>12.1f} {output_mb:>10.1f} "
-                f"{elapsed / streaming_s:>15.2f}"
+                f"{actual_mb:>9.1f} {num_events:>10d} {implementation:<18} {elapsed:>8.2f} {cpu_s:>8.2f} "
+                f"{actual_mb / cpu_s:>9.1f} {peak_mb:>12.1f} {output_mb:>10.1f} "
+                f"{cpu_s / streaming_cpu_s:>23.2f}"
             )
 
 
