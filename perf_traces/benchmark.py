@@ -7,8 +7,8 @@ and peak RSS (``ru_maxrss``, max over repeats) are reported, with the ratio base
 the same run. On a shared machine the wall time includes waiting for a core; the CPU time of these
 single-threaded programs is what their wall time would be on an idle machine (minus I/O waits).
 A third row reports a decode-only pass of ijson's C backend (``ijson.items(f, "traceEvents.item")``)
-as a reference for what JSON streaming costs on this machine. The baseline is skipped above ``baseline_max_mb`` (its
-RSS is several times the file size); skipped cells say so.
+as a reference for what JSON streaming costs on this machine. The baseline is skipped above
+``baseline_max_mb`` (its RSS is several times the file size); skipped cells say so.
 
     python -m perf_traces.benchmark                       # 16 MB x 3 repeats: about a minute
     python -m perf_traces.benchmark --sizes_mb 1024 --num_repeats 1 --baseline_max_mb 1024
