@@ -26,7 +26,8 @@ def grouped_mm_supported(dtype: torch.dtype, dim: int, hidden: int, device: torc
     Measured on torch 2.13 CPU: float32, bfloat16 and float16 all work, offsets must be int32, and the
     contraction / output dims (D and H here) must be 16-byte aligned (D * itemsize % 16 == 0, same
     for H): float32 D=12 works, bfloat16 D=12 fails with "strides should be multiple of 16 bytes".
-    On CUDA the kernel is bfloat16-only and needs compute capability >= 9.0 (Hopper).
+    On CUDA the kernel is bfloat16-only and needs compute capability >= 9.0 (Hopper), per torch's
+    meta checks and CUDA kernel; not run here (no GPU).
     """
     itemsize = torch.empty((), dtype=dtype).element_size()
     aligned = (dim * itemsize) % 16 == 0 and (hidden * itemsize) % 16 == 0
