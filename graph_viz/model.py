@@ -92,6 +92,14 @@ def chains(graph: Graph) -> list[int]:
     return [renumber.get(c, -1) for c in chain_of]
 
 
+def _side(name: str, forward_names: set[str], backward_names: set[str]) -> str:
+    """Where the partitioner put a joint-graph node, by name: forward, backward, both or neither."""
+    in_forward, in_backward = name in forward_names, name in backward_names
+    if in_forward and in_backward:
+        return "both"
+    return "forward" if in_forward else "backward" if in_backward else ""
+
+
 def build_model(parsed: ParsedLog, source_name: str) -> dict[str, Any]:
     """The page model: ``graphs``, ``kernels``, ``modules``, ``warnings`` and a ``summary``."""
     kernels: list[dict[str, Any]] = []
@@ -119,8 +127,17 @@ def build_model(parsed: ParsedLog, source_name: str) -> dict[str, Any]:
         chain_ids = chains(graph)
         relatives = related[graph.index]
         saved: list[str] = []
-        if graph.kind in ("forward", "backward") and "forward" in relatives and "backward" in relatives:
-            saved = saved_tensors(parsed.graphs[relatives["forward"]], parsed.graphs[relatives["backward"]])
+        forward_names: set[str] = set()
+        backward_names: set[str] = set()
+        if "forward" in relatives and "backward" in relatives:
+            forward_graph, backward_graph = (
+                parsed.graphs[relatives["forward"]],
+                parsed.graphs[relatives["backward"]],
+            )
+            saved = saved_tensors(forward_graph, backward_graph)
+            forward_names = {n.name for n in forward_graph.nodes if n.op != "output"}
+            backward_names = {n.name for n in backward_graph.nodes if n.op != "output"}
+        saved_set = set(saved)
         nodes = []
         unmapped = []
         for i, node in enumerate(graph.nodes):
@@ -138,7 +155,9 @@ def build_model(parsed: ParsedLog, source_name: str) -> dict[str, Any]:
                 {"name": node.name, "op": node.op, "target": node.target, "args": node.args,
                  "inputs": node.inputs, "dtype": node.dtype, "shape": node.shape, "stride": node.stride,
                  "device": node.device, "source": node.source, "line": node.line,
-                 "kernels": links, "x": xs[i], "y": ys[i], "layer": levels[i], "chain": chain_ids[i]}
+                 "kernels": links, "x": xs[i], "y": ys[i], "layer": levels[i], "chain": chain_ids[i],
+                 "side": _side(node.name, forward_names, backward_names) if graph.kind == "joint" else "",
+                 "saved": node.name in saved_set}
             )  # fmt: skip
         num_nodes_total += len(nodes)
         unmapped_total += len(unmapped)
@@ -147,7 +166,7 @@ def build_model(parsed: ParsedLog, source_name: str) -> dict[str, Any]:
              "from_cache": graph.from_cache, "line": graph.line, "complete": graph.complete,
              "module": graph.module, "outputs": graph.outputs, "nodes": nodes,
              "related": {k: v for k, v in relatives.items() if v != graph.index},
-             "saved": saved, "unmapped_nodes": unmapped}
+             "saved": saved if graph.kind != "inference" else [], "unmapped_nodes": unmapped}
         )  # fmt: skip
     modules = [
         {"index": m.index, "aot_id": m.aot_id, "line": m.line, "graph": m.graph,

@@ -4,6 +4,8 @@
 (function () {
   const model = JSON.parse(document.getElementById("graph-model").textContent);
   const NODE_W = 180, NODE_H = 34;
+  // Joint graph: where the partitioner put each node (by name in the forward/backward graphs).
+  const SIDE_COLORS = { forward: "#ffd8a8", backward: "#d9c8f2", both: "#f2c6da" };
   const canvas = document.getElementById("graph-canvas");
   const ctx = canvas.getContext("2d");
   const kernelsById = new Map(model.kernels.map((k) => [k.id, k]));
@@ -186,10 +188,16 @@
       if (n.op === "placeholder") fill = "#d7ecff";
       else if (n.op === "output") fill = "#d9f2d0";
       else if (n.kernels.length) fill = "hsl(" + hue(n.kernels[0][0]) + ",55%,82%)";
+      else if (n.side) fill = SIDE_COLORS[n.side];
       if (kernelNodes && kernelNodes.has(n.name)) fill = "#ffd24d";
       ctx.fillStyle = fill;
       ctx.fillRect(n.x, n.y, NODE_W, NODE_H);
       const collapsedChain = state.collapse && n.chain >= 0 && !state.expanded.has(n.chain);
+      if (n.saved) {  // saved for backward: a teal frame inside the box
+        ctx.lineWidth = 2.5 / scale;
+        ctx.strokeStyle = "#00897b";
+        ctx.strokeRect(n.x + 2, n.y + 2, NODE_W - 4, NODE_H - 4);
+      }
       if (j === state.selected || state.matches.has(j) || collapsedChain) {
         ctx.lineWidth = (j === state.selected ? 3 : 2) / scale;
         ctx.strokeStyle = j === state.selected ? "#d00" : state.matches.has(j) ? "#f80" : "#333";

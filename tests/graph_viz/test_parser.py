@@ -66,6 +66,10 @@ def test_mlp_train_cold_graphs_kernels_and_links():
     assert model["graphs"][1]["saved"] == ["primals_3", "primals_4", "relu"]
     assert model["graphs"][2]["saved"] == ["primals_3", "primals_4", "relu"]
     assert model["graphs"][0]["related"] == {"forward": 1, "backward": 2}
+    # Partition of the joint graph by name; relu is computed in forward and saved for backward.
+    joint_side = {n["name"]: (n["side"], n["saved"]) for n in model["graphs"][0]["nodes"]}
+    assert joint_side["addmm"] == ("forward", False) and joint_side["mm"] == ("backward", False)
+    assert joint_side["relu"] == ("both", True) and joint_side["alias"] == ("", False)
     assert model["summary"]["num_unmapped_nodes"] == 0 and model["summary"]["kernels_without_nodes"] == []
     joint_nodes = {n["name"]: n for n in model["graphs"][0]["nodes"]}
     assert joint_nodes["addmm"]["shape"] == "16, 64" and joint_nodes["addmm"]["stride"] == "64, 1"
