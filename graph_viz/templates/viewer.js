@@ -396,6 +396,8 @@
     const k = kernelsById.get(kid);
     if (k.graph !== null && model.graphs[k.graph] !== state.graph) selectGraph(k.graph, false);
     state.kernel = kid;
+    const first = k.nodes.length ? state.nameIndex.get(k.nodes[0][0]) : undefined;
+    if (first !== undefined) centerOn(first);  // bring the kernel's nodes into view
     for (const b of document.getElementById("kernel-list").children) b.classList.toggle("active", b.dataset.kernel === kid);
     const d = document.getElementById("details");
     clear(d);
