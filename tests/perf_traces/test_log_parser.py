@@ -131,7 +131,7 @@ def test_fuzz_log_parser_never_crashes():
     alphabet = "'\"()[]#:=\\\n\t xyz_0123456789" + "".join(chr(c) for c in range(0x20, 0x7F, 7))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OutputCodeLogWarning)
-        for iteration in range(60):
+        for iteration in range(200):
             lines = list(sources[iteration % len(sources)])
             for _ in range(rng.randint(1, 20)):
                 operation = rng.randrange(5)

@@ -112,3 +112,46 @@ def test_rewrite_events_failure_leaves_no_output(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         rewrite_events(source, target, iter([(items[0][2], items[0][3], explode)]))
     assert sorted(os.listdir(tmp_path)) == ["trace.json"]
+
+
+def test_fuzz_corrupted_traces_through_enrichment(tmp_path):
+    """Seeded random cuts, deletions, garbage in a real trace: TraceFormatError or success, never partial."""
+    import random
+
+    from perf_traces.enrich import enrich_trace
+    from perf_traces.log_parser import parse_output_code_log_file
+
+    rng = random.Random(0)
+    modules = parse_output_code_log_file(fixture("cuda_handwritten", "output_code.log"))
+    with open(fixture("cuda_handwritten", "trace.json"), encoding="utf-8") as trace_file:
+        text = trace_file.read()
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    trace_path = str(tmp_path / "trace.json")
+    for _ in range(60):
+        mutated = text
+        for _ in range(rng.randint(1, 4)):
+            position = rng.randrange(len(mutated))
+            operation = rng.randrange(3)
+            if operation == 0:
+                mutated = mutated[:position]
+            elif operation == 1:
+                mutated = mutated[:position] + mutated[position + rng.randint(1, 200) :]
+            else:
+                mutated = (
+                    mutated[:position]
+                    + rng.choice(['{"', "]", ",", '"x":', "\\", "1e999"])
+                    + mutated[position:]
+                )
+        with open(trace_path, "w", encoding="utf-8") as trace_file:
+            trace_file.write(mutated)
+        output = str(out_dir / "enriched.json")
+        try:
+            enrich_trace(trace_path, modules, output, allow_no_match=True)
+        except TraceFormatError:
+            assert not os.path.exists(output)
+        else:
+            with open(output, encoding="utf-8") as enriched:
+                json.load(enriched)  # what was written is complete JSON
+            os.unlink(output)
+        assert os.listdir(out_dir) == []
