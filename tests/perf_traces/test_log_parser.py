@@ -91,10 +91,15 @@ def test_truncated_log_warns_with_line_number_and_strict_raises():
         i for i, line in enumerate(lines) if "cpp_fused_native_layer_norm_relu_1 = async_compile" in line
     )
     truncated = lines[: cut + 5]
-    with pytest.warns(
-        OutputCodeLogWarning, match=rf"<log>:{cut + 1}: kernel 'cpp_fused_native_layer_norm_relu_1'"
-    ):
+    with pytest.warns(OutputCodeLogWarning) as record:
         modules = parse_output_code_log(truncated)
+    messages = [str(warning.message) for warning in record]
+    assert messages == [
+        f"<log>:{cut + 1}: kernel 'cpp_fused_native_layer_norm_relu_1': source not terminated by "
+        + "'" * 3
+        + " (truncated log?); kept",
+        "<log>:1: output-code record '0_forward' has no 'def call(...)' body (truncated log?)",
+    ]
     assert modules[0].aot_id == "0_forward" and "cpp_fused_native_layer_norm_0" in modules[0].kernels
     with pytest.raises(ValueError, match="strict mode"):
         parse_output_code_log(truncated, strict=True)
