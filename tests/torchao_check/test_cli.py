@@ -136,10 +136,15 @@ def _check_hf_report(report: dict) -> None:
     assert norms and all(m["reason"].startswith("filtered out:") for m in norms)
 
 
-def test_cli_on_hf_model_folder(tmp_path: Path, tiny_llama_dir: Path) -> None:
+def test_cli_on_hf_model(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The embedded model when it is built (through the `embedded` alias), else a random tiny Llama folder."""
+    if (test_ao.EMBEDDED_MODEL_DIR / "config.json").is_file():
+        model = "embedded"
+    else:
+        model = str(request.getfixturevalue("tiny_llama_dir"))
     out = tmp_path / "out"
     proc = run_cli(
-        f"--model={tiny_llama_dir}",
+        f"--model={model}",
         "--configs=int8wo",
         "--num_runs=1",
         "--batch_size=1",
@@ -147,20 +152,10 @@ def test_cli_on_hf_model_folder(tmp_path: Path, tiny_llama_dir: Path) -> None:
         f"--output_dir={out}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _check_hf_report(load_report(out))
-
-
-@pytest.mark.skipif(
-    not (test_ao.EMBEDDED_MODEL_DIR / "config.json").is_file(),
-    reason=f"embedded model not built yet at {test_ao.EMBEDDED_MODEL_DIR}",
-)
-def test_cli_on_embedded_model(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    proc = run_cli(
-        "--model=embedded", "--configs=int8wo", "--num_runs=1", "--batch_size=1", f"--output_dir={out}"
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    _check_hf_report(load_report(out))
+    report = load_report(out)
+    if model == "embedded":
+        assert report["model"] == str(test_ao.EMBEDDED_MODEL_DIR)
+    _check_hf_report(report)
 
 
 @pytest.mark.slow
