@@ -209,6 +209,7 @@ def _parse_params(
     except json.JSONDecodeError as e:
         raise ValueError(f"torchao metadata 'tensor_names' is not JSON: {e}") from e
     params: dict[str, dict[str, Any]] = {}
+    claimed: set[str] = set()
     for name in tensor_names:
         raw = metadata.get(name)
         if raw is None:
@@ -219,22 +220,25 @@ def _parse_params(
             raise ValueError(f"torchao metadata of {name!r} is not JSON: {e}") from e
         if not isinstance(meta, dict) or "_type" not in meta:
             raise ValueError(f"torchao metadata of {name!r} has no '_type'")
-        params[name] = meta
-    # Every stored tensor must belong to exactly one logical parameter.
-    claimed: set[str] = set()
-    for name, meta in params.items():
         if meta["_type"] == "Tensor":
-            parts = [name]
-        else:
-            module, _, leaf = name.rpartition(".")
-            parts = [f"{module}._{leaf}_{p}" for p in meta.get("_tensor_data_names", [])]
+            # Plain tensors are taken from the shards below: transformers may store them under
+            # other names than the model's (e.g. unquantized fused experts saved per expert).
+            continue
+        data_names = meta.get("_tensor_data_names")
+        if not isinstance(data_names, list) or not data_names or not isinstance(meta.get("_data"), dict):
+            raise ValueError(
+                f"torchao metadata of {name!r} ({meta['_type']}) lacks '_data'/'_tensor_data_names'"
+            )
+        module, _, leaf = name.rpartition(".")
+        parts = [f"{module}._{leaf}_{p}" for p in data_names]
         for part in parts:
             if part not in stored_to_shard:
                 raise ValueError(f"tensor {part!r} of {name!r} ({meta['_type']}) is missing from the shards")
         claimed.update(parts)
-    unclaimed = sorted(set(stored_to_shard) - claimed)
-    if unclaimed:
-        raise ValueError(f"stored tensors not described by the torchao metadata: {unclaimed[:5]}")
+        params[name] = meta
+    for stored in stored_to_shard:
+        if stored not in claimed:
+            params[stored] = {"_type": "Tensor"}
     return params
 
 

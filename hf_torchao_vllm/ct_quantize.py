@@ -91,9 +91,10 @@ def quantize_and_save(
     """Quantize ``model_path`` with a torchao recipe and save it as a torchao checkpoint.
 
     ``module_regex``: only quantize Linear modules whose name matches (default: every Linear except
-    ``lm_head``). ``recipe_per_regex``: mixed precision, ``{regex over module or parameter name:
-    recipe or None}`` as torchao's ``FqnToConfig`` (``None`` = keep in high precision); 3D MoE
-    expert parameters are selected this way (e.g. ``r"mlp\\.experts\\.(gate_up_proj|down_proj)"``).
+    ``lm_head``). ``recipe_per_regex``: mixed precision, ``{regex: recipe or None}`` as torchao's
+    ``FqnToConfig`` (the regex must match the whole module or parameter name, the first match
+    wins, ``None`` = keep in high precision); 3D MoE expert parameters are selected this way,
+    e.g. ``r".*mlp\\.experts\\.(gate_up_proj|down_proj)"``.
     Files that are not weights (tokenizer, generation config) are copied.
     """
     from torchao.quantization import FqnToConfig, quantize_

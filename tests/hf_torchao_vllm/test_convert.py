@@ -1,0 +1,439 @@
+"""torchao -> compressed-tensors conversion: every scheme on the dense model, experts-only and mixed
+precision on the MoE model, bit-exact validation by compressed-tensors' own decompression, the
+transformers load, hostile inputs, atomicity and the CLIs (subprocess smoke tests)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from hf_torchao_vllm import ct_checkpoint as ctc
+from hf_torchao_vllm import ct_tiny_models
+from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
+from hf_torchao_vllm.ct_quantize import quantize_and_save
+from hf_torchao_vllm.validate_compressed_tensors_checkpoint import compare_in_transformers, validate_weights
+
+# Largest measured KL(torchao in transformers || compressed-tensors in transformers), nats/token,
+# on the tiny models, with a margin. Weight-only schemes run the same bf16 weights (0 measured,
+# except torchao int8 weight-only, which scales after the int8 product: 3.8e-6); dynamic-activation
+# schemes differ by real int8/fp8 activation quantization (torchao) vs bf16 fake quantization
+# (compressed-tensors): measured <= 1.5e-4.
+KL_WEIGHT_ONLY = 5e-5
+KL_DYNAMIC_ACTIVATIONS = 1e-3
+
+# recipe -> (compressed-tensors format, weight strategy, expected stored tensors of one Linear
+# as (name suffix, dtype, shape as a function of the bf16 weight shape (N, K)), KL bound)
+SCHEMES = {
+    "int8_dynamic_act_int8_weight": (
+        "int-quantized",
+        "channel",
+        [("weight", torch.int8, lambda n, k: (n, k)), ("weight_scale", torch.float32, lambda n, k: (n, 1))],
+        KL_DYNAMIC_ACTIVATIONS,
+    ),
+    "int8_weight_only": (
+        "pack-quantized",
+        "channel",
+        [
+            ("weight_packed", torch.int32, lambda n, k: (n, k // 4)),
+            ("weight_scale", torch.float32, lambda n, k: (n, 1)),
+            ("weight_shape", torch.int64, lambda n, k: (2,)),
+        ],
+        KL_WEIGHT_ONLY,
+    ),
+    "int4_weight_only": (
+        "pack-quantized",
+        "group",
+        [
+            ("weight_packed", torch.int32, lambda n, k: (n, k // 8)),
+            ("weight_scale", torch.bfloat16, lambda n, k: (n, k // 32)),
+            ("weight_shape", torch.int64, lambda n, k: (2,)),
+        ],
+        KL_WEIGHT_ONLY,
+    ),
+    "fp8_weight_only": (
+        "naive-quantized",
+        "channel",
+        [
+            ("weight", torch.float8_e4m3fn, lambda n, k: (n, k)),
+            ("weight_scale", torch.float32, lambda n, k: (n, 1)),
+        ],
+        KL_WEIGHT_ONLY,
+    ),
+    "fp8_per_row": (
+        "float-quantized",
+        "channel",
+        [
+            ("weight", torch.float8_e4m3fn, lambda n, k: (n, k)),
+            ("weight_scale", torch.float32, lambda n, k: (n, 1)),
+        ],
+        KL_DYNAMIC_ACTIVATIONS,
+    ),
+    "fp8_per_tensor": (
+        "float-quantized",
+        "tensor",
+        [
+            ("weight", torch.float8_e4m3fn, lambda n, k: (n, k)),
+            ("weight_scale", torch.float32, lambda n, k: (1,)),
+        ],
+        KL_DYNAMIC_ACTIVATIONS,
+    ),
+    "fp8_a1x128_w128x128": (
+        "float-quantized",
+        "block",
+        [
+            ("weight", torch.float8_e4m3fn, lambda n, k: (n, k)),
+            ("weight_scale", torch.float32, lambda n, k: (n // 128, k // 128)),
+        ],
+        KL_DYNAMIC_ACTIVATIONS,
+    ),
+    "nvfp4_weight_only": (
+        "nvfp4-pack-quantized",
+        "tensor_group",
+        [
+            ("weight_packed", torch.uint8, lambda n, k: (n, k // 2)),
+            ("weight_scale", torch.float8_e4m3fn, lambda n, k: (n, k // 16)),
+            ("weight_global_scale", torch.float32, lambda n, k: (1,)),
+        ],
+        KL_WEIGHT_ONLY,
+    ),
+}
+
+# torchao FqnToConfig regexes must match the whole module / parameter name (re.fullmatch).
+MOE_EXPERTS = r".*mlp\.experts\.(gate_up_proj|down_proj)"
+
+
+@pytest.fixture(scope="module")
+def dense_dir(tmp_path_factory):
+    return ct_tiny_models.dense_model(str(tmp_path_factory.mktemp("dense")))
+
+
+@pytest.fixture(scope="module")
+def moe_dir(tmp_path_factory):
+    return ct_tiny_models.moe_model(str(tmp_path_factory.mktemp("moe")))
+
+
+def load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_all(directory):
+    index = os.path.join(directory, ctc.INDEX_FILE)
+    shards = (
+        sorted(set(load_json(index)["weight_map"].values()))
+        if os.path.exists(index)
+        else ["model.safetensors"]
+    )
+    out = {}
+    for shard in shards:
+        with safe_open(os.path.join(directory, shard), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                out[key] = f.get_tensor(key)
+    return out
+
+
+def quant_config(directory):
+    with open(os.path.join(directory, "config.json")) as f:
+        return json.load(f)["quantization_config"]
+
+
+# NVFP4 and 128x128-block FP8 take the longest (compiled fp4 casts, an emulated reference model).
+SLOW_RECIPES = {"nvfp4_weight_only", "fp8_a1x128_w128x128"}
+
+
+@pytest.mark.parametrize(
+    "recipe", [pytest.param(r, marks=pytest.mark.slow) if r in SLOW_RECIPES else r for r in sorted(SCHEMES)]
+)
+def test_every_scheme_on_dense_model(recipe, dense_dir, tmp_path):
+    fmt, strategy, layout, kl_bound = SCHEMES[recipe]
+    source = quantize_and_save(dense_dir, recipe, str(tmp_path / "torchao"))
+    target = str(tmp_path / "ct")
+    summary = convert_checkpoint(source, target)
+
+    qconfig = quant_config(target)
+    assert qconfig["quant_method"] == "compressed-tensors"
+    assert qconfig["format"] == fmt
+    (group,) = qconfig["config_groups"].values()
+    assert group["format"] == fmt and group["weights"]["strategy"] == strategy
+    assert "lm_head" in qconfig["ignore"]
+    # Exact stored names, dtypes and layouts, on one projection of known bf16 shape.
+    bf16 = read_all(dense_dir)
+    stored = read_all(target)
+    module = "model.layers.0.mlp.down_proj"
+    n, k = bf16[f"{module}.weight"].shape
+    expected = {f"{module}.{name}": (dtype, shape(n, k)) for name, dtype, shape in layout}
+    got = {key: (t.dtype, tuple(t.shape)) for key, t in stored.items() if key.startswith(module + ".")}
+    assert got == expected
+    # Non-quantized tensors are copied bit for bit.
+    for name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):
+        if name in bf16:
+            assert torch.equal(stored[name], bf16[name]), name
+
+    report = validate_weights(source, target)
+    assert report.ok, report.mismatches
+    assert report.num_compared == len(bf16)
+    if recipe != "nvfp4_weight_only":  # NVFP4 has a stated tolerance (global scale is a reciprocal)
+        assert report.num_exact == report.num_compared
+    kl, _ = compare_in_transformers(source, target)
+    assert kl <= kl_bound, f"{recipe}: KL {kl:.3g} > {kl_bound:g}"
+    assert summary.modules_per_scheme and sum(summary.modules_per_scheme.values()) == 7 * len(
+        [k for k in bf16 if k.endswith("mlp.down_proj.weight")]
+    )
+
+
+def test_moe_experts_only(moe_dir, tmp_path):
+    source = quantize_and_save(
+        moe_dir,
+        "fp8_weight_only",
+        str(tmp_path / "torchao"),
+        recipe_per_regex={MOE_EXPERTS: "fp8_weight_only"},
+    )
+    target = str(tmp_path / "ct")
+    convert_checkpoint(source, target)
+    stored = read_all(target)
+    with open(os.path.join(moe_dir, "config.json")) as f:
+        config = json.load(f)
+    num_experts = config.get("num_experts") or config["num_local_experts"]
+    # Fused 3D experts are unfused into the per-expert Linear names the loaders read.
+    assert not any(k.endswith(("experts.gate_up_proj", "experts.down_proj")) for k in stored)
+    for e in range(num_experts):
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            assert stored[f"model.layers.0.mlp.experts.{e}.{proj}.weight"].dtype == torch.float8_e4m3fn
+    qconfig = quant_config(target)
+    (group,) = qconfig["config_groups"].values()
+    assert all("experts" in t for t in group["targets"])
+    # Everything that multiplies in high precision is ignored: attention, routers, lm_head.
+    assert "model.layers.0.self_attn.q_proj" in qconfig["ignore"]
+    assert "model.layers.0.mlp.gate" in qconfig["ignore"] and "lm_head" in qconfig["ignore"]
+    assert not any("experts" in name for name in qconfig["ignore"])
+    report = validate_weights(source, target)
+    assert report.ok, report.mismatches
+    assert report.num_exact == report.num_compared
+    kl, _ = compare_in_transformers(source, target)
+    assert kl <= KL_WEIGHT_ONLY
+
+
+def test_moe_mixed_precision(moe_dir, tmp_path):
+    recipes = {  # first matching regex wins
+        r"model\.layers\.1\.self_attn\.o_proj": None,  # None = keep in high precision
+        MOE_EXPERTS: "fp8_weight_only",
+        r".*self_attn\.(q|k|v|o)_proj": "int4_weight_only",
+    }
+    source = quantize_and_save(
+        moe_dir, "fp8_weight_only", str(tmp_path / "torchao"), recipe_per_regex=recipes
+    )
+    target = str(tmp_path / "ct")
+    summary = convert_checkpoint(source, target)
+    qconfig = quant_config(target)
+    assert qconfig["format"] == "mixed-precision"
+    groups = {g["format"]: g for g in qconfig["config_groups"].values()}
+    assert set(groups) == {"naive-quantized", "pack-quantized"}
+    assert groups["pack-quantized"]["weights"]["group_size"] == 32
+    # layers.0.o_proj is quantized, layers.1.o_proj is not: its target cannot be a layer wildcard.
+    assert "model.layers.0.self_attn.o_proj" in groups["pack-quantized"]["targets"]
+    assert "model.layers.1.self_attn.o_proj" in qconfig["ignore"]
+    with open(os.path.join(moe_dir, "config.json")) as f:
+        num_layers = json.load(f)["num_hidden_layers"]
+    assert summary.modules_per_scheme["W4A16"] == 4 * num_layers - 1  # q, k, v, o per layer but one
+    report = validate_weights(source, target)
+    assert report.ok, report.mismatches
+    kl, _ = compare_in_transformers(source, target)
+    assert kl <= KL_WEIGHT_ONLY
+
+
+def test_target_regexes_match_exactly_the_group():
+    members = {"m.layers.0.a", "m.layers.1.a", "m.layers.0.b"}
+    all_modules = members | {"m.layers.1.b"}
+    targets = ctc.compress_targets(members, all_modules)
+    assert sorted(targets) == ["m.layers.0.b", r"re:^m\.layers\.\d+\.a$"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: clear errors and no partial output
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def int8_source(dense_dir, tmp_path_factory):
+    return quantize_and_save(
+        dense_dir, "int8_dynamic_act_int8_weight", str(tmp_path_factory.mktemp("src") / "ck")
+    )
+
+
+def copy_dir(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+def assert_fails_cleanly(source, tmp_path, match):
+    target = tmp_path / "out" / "ct"
+    with pytest.raises(ValueError, match=match):
+        convert_checkpoint(str(source), str(target))
+    assert not target.exists()
+    assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
+
+
+def test_missing_config(int8_source, tmp_path):
+    src = copy_dir(int8_source, tmp_path / "src")
+    os.remove(os.path.join(src, "config.json"))
+    assert_fails_cleanly(src, tmp_path, "no config.json")
+
+
+def test_missing_weights(int8_source, tmp_path):
+    src = copy_dir(int8_source, tmp_path / "src")
+    os.remove(os.path.join(src, "model.safetensors"))
+    assert_fails_cleanly(src, tmp_path, "no model.safetensors")
+
+
+def test_not_a_torchao_config(dense_dir, tmp_path):
+    assert_fails_cleanly(dense_dir, tmp_path, "expected 'torchao'")
+
+
+def rewrite_metadata(path, edit):
+    tensors = {}
+    with safe_open(path, framework="pt") as f:
+        metadata = f.metadata()
+        for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+            tensors[key] = f.get_tensor(key)
+    edit(metadata)
+    ctc.write_safetensors(path, tensors, metadata)
+
+
+def test_unknown_tensor_subclass_is_named(int8_source, tmp_path):
+    src = copy_dir(int8_source, tmp_path / "src")
+    name = "model.layers.1.mlp.up_proj.weight"
+
+    def edit(md):
+        meta = json.loads(md[name])
+        meta["_type"] = "FancyNewTensor"
+        md[name] = json.dumps(meta)
+
+    rewrite_metadata(os.path.join(src, "model.safetensors"), edit)
+    assert_fails_cleanly(src, tmp_path, f"{name}.*FancyNewTensor.*Supported")
+
+
+def test_subclass_without_equivalent_is_named(int8_source, tmp_path):
+    src = copy_dir(int8_source, tmp_path / "src")
+    name = "model.layers.0.self_attn.q_proj.weight"
+
+    def edit(md):
+        meta = json.loads(md[name])
+        meta["_type"] = "Int4TilePackedTo4dTensor"
+        md[name] = json.dumps(meta)
+
+    rewrite_metadata(os.path.join(src, "model.safetensors"), edit)
+    assert_fails_cleanly(src, tmp_path, "Int4TilePackedTo4dTensor.*no compressed-tensors equivalent")
+
+
+def test_corrupt_safetensors_header(int8_source, tmp_path):
+    src = copy_dir(int8_source, tmp_path / "src")
+    with open(os.path.join(src, "model.safetensors"), "r+b") as f:
+        f.write(b"\xff" * 16)
+    assert_fails_cleanly(src, tmp_path, "cannot read safetensors header")
+
+
+def test_index_pointing_to_missing_shard(dense_dir, tmp_path):
+    src = quantize_and_save(dense_dir, "int8_weight_only", str(tmp_path / "sharded"), max_shard_size="300KB")
+    index = load_json(os.path.join(src, ctc.INDEX_FILE))
+    shard = sorted(set(index["weight_map"].values()))[1]
+    os.remove(os.path.join(src, shard))
+    assert_fails_cleanly(src, tmp_path, f"shard '{shard}'.*missing")
+
+
+def test_target_exists_without_overwrite(int8_source, tmp_path):
+    target = tmp_path / "ct"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="--overwrite"):
+        convert_checkpoint(int8_source, str(target))
+    assert (target / "keep.txt").read_text() == "mine"
+    convert_checkpoint(int8_source, str(target), overwrite=True)
+    assert not (target / "keep.txt").exists() and (target / "config.json").exists()
+
+
+def test_failure_midway_leaves_no_target(int8_source, tmp_path, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ctc, "build_quantization_config", explode)
+    with pytest.raises(RuntimeError, match="disk full"):
+        convert_checkpoint(int8_source, str(tmp_path / "ct"))
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# CLIs in a subprocess
+# ---------------------------------------------------------------------------------------------
+
+
+def run_module(module, *args):
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TORCHAO_FORCE_SKIP_LOADING_SO_FILES": "1"},
+        timeout=600,
+    )
+
+
+def test_convert_cli_sharded_with_validation(dense_dir, tmp_path):
+    src = quantize_and_save(dense_dir, "int4_weight_only", str(tmp_path / "src"), max_shard_size="300KB")
+    (tmp_path / "src" / "notes.txt").write_text("copied as is")
+    target = tmp_path / "ct"
+    proc = run_module(
+        "hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors",
+        f"--dir_source={src}",
+        f"--dir_target={target}",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "validation passed" in proc.stdout
+    source_shards = sorted(set(load_json(os.path.join(src, ctc.INDEX_FILE))["weight_map"].values()))
+    assert len(source_shards) > 1
+    index = load_json(target / ctc.INDEX_FILE)
+    assert sorted(set(index["weight_map"].values())) == source_shards
+    stored = read_all(str(target))
+    assert set(index["weight_map"]) == set(stored)
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in stored.values())
+    assert (target / "notes.txt").read_text() == "copied as is"
+    assert (target / "generation_config.json").exists()
+
+
+def test_validate_cli_fails_on_a_corrupted_tensor(int8_source, tmp_path):
+    target = tmp_path / "ct"
+    convert_checkpoint(int8_source, str(target))
+    path = str(target / "model.safetensors")
+    with safe_open(path, framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+        metadata = f.metadata()
+    bad = "model.layers.1.self_attn.v_proj.weight_scale"
+    tensors[bad] = tensors[bad].clone()
+    tensors[bad][3] *= 1.5
+    ctc.write_safetensors(path, tensors, metadata)
+    proc = run_module(
+        "hf_torchao_vllm.validate_compressed_tensors_checkpoint",
+        f"--dir_source={int8_source}",
+        f"--dir_target={target}",
+        "--nocheck_transformers",
+    )
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "VALIDATION FAILED" in proc.stdout
+    assert "model.layers.1.self_attn.v_proj.weight: not bit-exact" in proc.stdout
+
+
+def test_validate_reports_missing_tensor(int8_source, tmp_path):
+    target = tmp_path / "ct"
+    convert_checkpoint(int8_source, str(target))
+    path = str(target / "model.safetensors")
+    with safe_open(path, framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    del tensors["model.norm.weight"]
+    ctc.write_safetensors(path, tensors, {"format": "pt"})
+    report = validate_weights(int8_source, str(target))
+    assert [m.name for m in report.mismatches] == ["model.norm.weight"]
+    assert "missing" in report.mismatches[0].problem
