@@ -79,7 +79,9 @@ def _none_divisor(options: RecipeOptions) -> int | None:
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
-        Recipe("none", "no quantization (bf16 baseline through the same save/reload path)", _none_divisor, True),
+        Recipe(
+            "none", "no quantization (bf16 baseline through the same save/reload path)", _none_divisor, True
+        ),
         Recipe("int8_weight_only", "int8 weights, per-row scales; bf16 activations", _none_divisor, True),
         Recipe(
             "int8_dynamic_act_int8_weight",
@@ -95,13 +97,17 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "fp8",
-            "float8 e4m3 weights and dynamic activations (granularity per_row | per_tensor | a1x128_w128x128)",
+            "float8 e4m3 weights and dynamic activations (per_row | per_tensor | a1x128_w128x128)",
             lambda o: 128 if o.granularity == "a1x128_w128x128" else 16,
             True,
         ),
         Recipe("fp8_weight_only", "float8 e4m3 weights per-row; bf16 activations", _none_divisor, True),
-        Recipe("mxfp8", "MX float8 e4m3 weights+activations, 32-element blocks, e8m0 scales", lambda o: 32, False),
-        Recipe("mxfp4", "MX float4 e2m1 weights+activations, 32-element blocks, e8m0 scales", lambda o: 32, False),
+        Recipe(
+            "mxfp8", "MX float8 e4m3 weights+activations, 32-element blocks, e8m0 scales", lambda o: 32, False
+        ),
+        Recipe(
+            "mxfp4", "MX float4 e2m1 weights+activations, 32-element blocks, e8m0 scales", lambda o: 32, False
+        ),
         Recipe(
             "nvfp4",
             "NVFP4 weights+dynamic activations, 16-element blocks, fp8 block scales + fp32 tensor scale",
@@ -125,7 +131,7 @@ def validate_recipe_options(recipe: str, options: RecipeOptions, device: torch.d
         raise ValueError(f"unknown recipe {recipe!r}; valid recipes: {', '.join(RECIPES)}")
     if options.granularity not in FP8_GRANULARITIES:
         raise ValueError(
-            f"unknown granularity {options.granularity!r}; valid: {', '.join(FP8_GRANULARITIES)} (used by fp8)"
+            f"unknown granularity {options.granularity!r}; valid: {', '.join(FP8_GRANULARITIES)} (for fp8)"
         )
     if not isinstance(options.group_size, int) or options.group_size <= 0:
         raise ValueError(f"group_size must be a positive int, got {options.group_size!r}")
@@ -251,7 +257,9 @@ def find_quant_targets(model: torch.nn.Module) -> tuple[list[QuantTarget], dict[
                 protected[module_name] = "router / gate; pass --quantize_routers=True to include"
             candidates.append(target)
             continue
-        is_router_module = "router" in type(module).__name__.lower() or bool(ROUTER_NAME_REGEX.search(module_name))
+        is_router_module = "router" in type(module).__name__.lower() or bool(
+            ROUTER_NAME_REGEX.search(module_name)
+        )
         for param_name, param in module.named_parameters(recurse=False):
             full_name = f"{module_name}.{param_name}" if module_name else param_name
             if is_router_module and param.dim() == 2:
@@ -374,7 +382,11 @@ def describe_weight(tensor: torch.Tensor) -> dict[str, str]:
     from torchao.utils import TorchAOBaseTensor
 
     if not isinstance(tensor, TorchAOBaseTensor):
-        return {"tensor_type": "plain", "qdtype": str(tensor.dtype).removeprefix("torch."), "granularity": "-"}
+        return {
+            "tensor_type": "plain",
+            "qdtype": str(tensor.dtype).removeprefix("torch."),
+            "granularity": "-",
+        }
     qdata = getattr(tensor, "qdata", None)
     qdtype = str(qdata.dtype).removeprefix("torch.") if qdata is not None else "?"
     granularity = "-"

@@ -6,8 +6,9 @@ Python itself (``pydoc_data.topics``, the text behind ``help('topics')``), so th
 / serve tools have a meaningful offline default.
 
 Data split: the topics, sorted by name, are cut into documents of 10 consecutive paragraphs; every
-10th document is held out, the rest train the tokenizer and the models. Held-out perplexity is reported next to the unigram baseline
-(token frequencies counted on the training split, add-one smoothed), on the same held-out tokens.
+10th document is held out, the rest train the tokenizer and the models. Held-out perplexity is
+reported next to the unigram baseline (token frequencies counted on the training split, add-one
+smoothed), on the same held-out tokens.
 
 Output (``output_dir``, default ``hf_torchao_vllm/embedded_models``)::
 
@@ -107,21 +108,21 @@ def make_config(kind: str, vocab_size: int, eos_token_id: int, max_positions: in
     is one of vLLM CPU attention's supported head sizes. Embeddings are untied so lm_head is a
     separate weight that quantization recipes can skip (the usual choice) without touching the
     input embedding."""
-    common = dict(
-        vocab_size=vocab_size,
-        hidden_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=64,
-        max_position_embeddings=max_positions,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        bos_token_id=eos_token_id,
-        eos_token_id=eos_token_id,
-        pad_token_id=eos_token_id,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-    )
+    common = {
+        "vocab_size": vocab_size,
+        "hidden_size": 256,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+        "max_position_embeddings": max_positions,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "bos_token_id": eos_token_id,
+        "eos_token_id": eos_token_id,
+        "pad_token_id": eos_token_id,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+    }
     if kind == "dense":
         from transformers import LlamaConfig
 
@@ -223,8 +224,8 @@ def main(
     output_dir: str = str(DEFAULT_OUTPUT_DIR),
     models: str = "dense,moe",
     vocab_size: int = 4096,
-    num_steps_dense: int = 250,
-    num_steps_moe: int = 250,
+    num_steps_dense: int = 600,
+    num_steps_moe: int = 500,
     batch_size: int = 8,
     seq_len: int = 128,
     learning_rate: float = 4e-3,

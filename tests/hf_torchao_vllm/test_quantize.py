@@ -1,0 +1,227 @@
+"""quantize_hf_model_with_torchao on the embedded models: every CPU recipe quantizes, generates, saves,
+reloads with bit-identical logits and keeps logits SQNR above a measured per-recipe floor; module
+selection on the MoE model; every bad input is a clear error with no partial output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hf_torchao_vllm import quantize_hf_model_with_torchao as quantize_script
+from hf_torchao_vllm.recipes import RECIPES, cpu_capable_recipes
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EMBEDDED = REPO_ROOT / "hf_torchao_vllm" / "embedded_models"
+DENSE = str(EMBEDDED / "dense")
+MOE = str(EMBEDDED / "moe")
+FAST = {"max_new_tokens": 4, "eval_tokens": 256, "prompts": ["The try statement"]}
+
+# Logits SQNR floors (dB) vs bf16 on 255 held-out tokens of the embedded dense model, all linear
+# layers but lm_head quantized. Measured value in the comment; floors leave ~3-5 dB of margin.
+MIN_LOGITS_SQNR_DB = {
+    "int8_weight_only": 40.0,  # measured 46.8
+    "int8_dynamic_act_int8_weight": 28.0,  # measured 32.6
+    "int4_weight_only": 13.0,  # measured 16.6 (group 128)
+    "fp8": 22.0,  # measured 26.1 (per_row, CPU emulation)
+    "fp8_weight_only": 25.0,  # measured 29.9
+    "mxfp8": 20.0,  # measured 24.2
+    "mxfp4": 7.0,  # measured 10.4
+    "nvfp4_weight_only": 13.0,  # measured 16.9
+}
+DENSE_CPU_RUNS = [
+    ("none", {}),
+    ("int8_weight_only", {}),
+    ("int8_dynamic_act_int8_weight", {}),
+    ("int4_weight_only", {}),
+    ("fp8", {"fp8_emulation_on_cpu": True, "granularity": "per_row"}),
+    ("fp8", {"fp8_emulation_on_cpu": True, "granularity": "per_tensor"}),
+    ("fp8_weight_only", {}),
+    ("mxfp8", {}),
+    ("mxfp4", {}),
+    ("nvfp4_weight_only", {}),
+]
+
+
+def _report(output_dir: str) -> dict:
+    return json.loads((Path(output_dir) / quantize_script.REPORT_FILE).read_text())
+
+
+def test_every_cpu_recipe_is_tested():
+    tested = {name for name, _ in DENSE_CPU_RUNS}
+    assert tested == {name for name, r in RECIPES.items() if r.cuda_only_reason is None}
+
+
+@pytest.mark.parametrize(
+    ("recipe", "kwargs"), DENSE_CPU_RUNS, ids=[f"{r}-{k.get('granularity', '')}" for r, k in DENSE_CPU_RUNS]
+)
+def test_dense_recipe_quantizes_saves_reloads(tmp_path, recipe, kwargs):
+    out = quantize_script.main(model=DENSE, recipe=recipe, output_dir=str(tmp_path / "out"), **FAST, **kwargs)
+    report = _report(out)
+    assert report["reload_logits_identical"] is True
+    assert report["weight_files"] == ["model.safetensors"]
+    config = json.loads((Path(out) / "config.json").read_text())
+    quality = report["quality"]
+    if recipe == "none":
+        assert "quantization_config" not in config
+        assert quality["logits_sqnr_db"] == float("inf")  # same weights, same kernels: identical logits
+        return
+    assert config["quantization_config"]["quant_method"] == "torchao"
+    quantized = [w for w in report["weights"] if w["status"] == "quantized"]
+    skipped = [w for w in report["weights"] if w["status"] != "quantized"]
+    assert len(quantized) == 4 * 7  # 4 layers x (q, k, v, o, gate, up, down)
+    assert [w["name"] for w in skipped] == ["lm_head"]
+    assert all(w["tensor_type"] != "plain" for w in quantized)
+    assert quality["logits_sqnr_db"] >= MIN_LOGITS_SQNR_DB[recipe], (recipe, quality["logits_sqnr_db"])
+    assert quality["bytes_quantized"] < quality["bytes_reference"]
+    assert len(report["generations"]) == 1
+
+
+def _quantized_names(report: dict) -> set[str]:
+    return {w["name"] for w in report["weights"] if w["status"] == "quantized"}
+
+
+@pytest.mark.parametrize("recipe", ["fp8_weight_only", "int8_weight_only"])
+def test_moe_experts_only_quantizes_exactly_the_expert_weights(tmp_path, recipe):
+    out = quantize_script.main(
+        model=MOE, recipe=recipe, modules="experts_only", output_dir=str(tmp_path / "o"), **FAST
+    )
+    report = _report(out)
+    expected = {f"model.layers.{i}.mlp.experts.{p}" for i in range(4) for p in ("gate_up_proj", "down_proj")}
+    assert _quantized_names(report) == expected
+    assert report["reload_logits_identical"] is True
+    # the router and every attention projection stay bf16
+    skipped = {w["name"]: w["status"] for w in report["weights"] if w["status"] != "quantized"}
+    assert "router" in skipped["model.layers.0.mlp.gate.weight"]
+    assert "experts_only" in skipped["model.layers.0.self_attn.q_proj"]
+    config = json.loads((Path(out) / "config.json").read_text())
+    keys = list(config["quantization_config"]["quant_type"]["default"]["_data"]["fqn_to_config"])
+    assert keys == [
+        r"re:model\.layers\.\d+\.mlp\.experts\.down_proj",
+        r"re:model\.layers\.\d+\.mlp\.experts\.gate_up_proj",
+    ]
+
+
+def test_moe_skip_attention_with_skip_regex(tmp_path):
+    out = quantize_script.main(
+        model=MOE, recipe="fp8_weight_only", modules="skip_attention", skip=[r"layers\.0\."],
+        output_dir=str(tmp_path / "o"), **FAST,
+    )  # fmt: skip
+    names = _quantized_names(_report(out))
+    assert names == {
+        f"model.layers.{i}.mlp.experts.{p}" for i in range(1, 4) for p in ("gate_up_proj", "down_proj")
+    }
+
+
+def test_moe_recipe_without_3d_support_is_a_clear_error(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"cannot quantize 3D fused expert weights.*Recipes that can: .*fp8_weight_only"
+    ):
+        quantize_script.main(
+            model=MOE, recipe="mxfp8", modules="experts_only", output_dir=str(tmp_path / "o")
+        )
+    assert not (tmp_path / "o").exists()
+
+
+def test_mlp_only_on_dense_leaves_attention_in_bf16(tmp_path):
+    out = quantize_script.main(
+        model=DENSE, recipe="int8_weight_only", modules="mlp_only", output_dir=str(tmp_path / "o"), **FAST
+    )
+    names = _quantized_names(_report(out))
+    assert names == {f"model.layers.{i}.mlp.{p}_proj" for i in range(4) for p in ("gate", "up", "down")}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"recipe": "int3"}, r"unknown recipe 'int3'; valid recipes: none, int8_weight_only"),
+        (
+            {"recipe": "fp8", "granularity": "per_channel"},
+            r"unknown granularity 'per_channel'; valid: per_row",
+        ),
+        (
+            {"modules": "attention_only"},
+            r"unknown module selector 'attention_only'; valid: all, experts_only",
+        ),
+        ({"recipe": "fp8"}, r"--fp8_emulation_on_cpu=True"),
+        ({"recipe": "fp8", "fp8_emulation_on_cpu": True, "granularity": "a1x128_w128x128"}, r"needs triton"),
+        ({"recipe": "nvfp4"}, r"not supported on cpu.*nvfp4_weight_only"),
+        ({"model": "/nonexistent/model"}, r"does not exist"),
+        (
+            {"recipe": "int4_weight_only", "group_size": 96},
+            r"cannot quantize 24 selected weight\(s\).*% 96 != 0.*--group_size",
+        ),
+        ({"skip": ["("]}, r"not a valid regex"),
+        ({"skip": [r"layers"]}, r"selects no weight"),
+    ],
+)
+def test_bad_input_is_a_value_error_without_output(tmp_path, kwargs, message):
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match=message):
+        quantize_script.main(**{"model": DENSE, "output_dir": str(out), **kwargs})
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_causal_lm_is_refused(tmp_path):
+    from transformers import ResNetConfig
+
+    ResNetConfig().save_pretrained(tmp_path / "resnet")
+    with pytest.raises(ValueError, match=r"not a causal LM \(model_type='resnet'"):
+        quantize_script.main(model=str(tmp_path / "resnet"), output_dir=str(tmp_path / "o"))
+
+
+def test_existing_output_dir_needs_overwrite(tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "keep.txt").write_text("x")
+    with pytest.raises(ValueError, match="exists; pass --overwrite=True"):
+        quantize_script.main(model=DENSE, output_dir=str(tmp_path / "o"))
+    assert (tmp_path / "o" / "keep.txt").read_text() == "x"
+
+
+def test_failure_after_quantizing_leaves_no_partial_output(tmp_path, monkeypatch):
+    import torch
+
+    calls = []
+
+    def fake_check_logits(model, token_ids):
+        calls.append(1)
+        return torch.zeros(1) if len(calls) == 1 else torch.ones(1)  # reload "differs"
+
+    monkeypatch.setattr(quantize_script, "check_logits", fake_check_logits)
+    with pytest.raises(RuntimeError, match="reloaded model's logits differ"):
+        quantize_script.main(model=DENSE, recipe="int8_weight_only", output_dir=str(tmp_path / "o"), **FAST)
+    assert list(tmp_path.iterdir()) == []  # neither the target nor the temp dir
+
+
+def test_cpu_capable_recipes_names_the_fp8_opt_in():
+    names = cpu_capable_recipes()
+    assert "nvfp4" not in names and "fp8" not in names
+    assert "fp8 (with --fp8_emulation_on_cpu=True)" in names
+
+
+def test_cli_smoke_writes_a_loadable_checkpoint(tmp_path):
+    out = tmp_path / "cli"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "hf_torchao_vllm" / "quantize_hf_model_with_torchao.py"),
+         "--recipe=int8_weight_only", f"--output_dir={out}", "--max_new_tokens=4", "--eval_tokens=256"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "logits SQNR vs bf16 (dB)" in result.stdout
+    assert "bit-identical" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "generation_config.json", quantize_script.REPORT_FILE, "model.safetensors",
+        "tokenizer.json", "tokenizer_config.json",
+    ]  # fmt: skip
+    # the same command again refuses to overwrite and exits non-zero
+    again = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "hf_torchao_vllm" / "quantize_hf_model_with_torchao.py"),
+         f"--output_dir={out}"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert again.returncode != 0
+    assert "exists; pass --overwrite=True" in again.stderr
