@@ -252,7 +252,7 @@ def main(
     os.replace(tmp_log_path, log_path)
 
     averages = profiler.key_averages()
-    sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sort_key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(averages.table(sort_by=sort_key, row_limit=25))
     with open(trace_path, encoding="utf-8") as trace_file:
         trace_events = json.load(trace_file)["traceEvents"]
