@@ -28,6 +28,12 @@ from hf_torchao_vllm.quantize_hf_model_with_torchao import DEFAULT_MODEL
 MODES = ("eager", "compiled")
 
 
+def _as_list(value) -> list[str]:
+    """fire turns ``a,b`` into a tuple and ``a`` into a string; accept both."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
 def model_bytes(model: torch.nn.Module) -> int:
     """Bytes of every parameter and buffer as stored (torchao tensors: their inner tensors)."""
     from torchao.utils import TorchAOBaseTensor
@@ -132,9 +138,9 @@ def main(
     )
     from pytorch_scripts_common import get_device, set_seed
 
-    recipe_list = [r.strip() for r in str(recipes).split(",") if r.strip()]
+    recipe_list = _as_list(recipes)
     recipe_list = ["none"] + [r for r in recipe_list if r != "none"]
-    mode_list = [m.strip() for m in str(modes).split(",") if m.strip()]
+    mode_list = _as_list(modes)
     for mode in mode_list:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")

@@ -200,7 +200,13 @@ def make_torchao_config(recipe: str, options: RecipeOptions, device: torch.devic
             "per_tensor": PerTensor(),
             "a1x128_w128x128": [PerBlock([1, 128]), PerBlock([128, 128])],
         }[options.granularity]
-        return Float8DynamicActivationFloat8WeightConfig(granularity=granularity)
+        # CPU emulation: an all-zero activation row (e.g. the embedding of a padding_idx token such as
+        # the embedded models' EOS) gives a zero per-row scale and 0/0 = NaN in torchao's torch
+        # quantize path; a tiny lower bound on amax keeps the scale finite and does not change any
+        # other row. On CUDA it stays None, which keeps torchao's MSLK quantize kernel eligible.
+        return Float8DynamicActivationFloat8WeightConfig(
+            granularity=granularity, activation_value_lb=None if on_cuda else 1e-12
+        )
     if recipe == "fp8_weight_only":
         return Float8WeightOnlyConfig()
     if recipe in ("mxfp8", "mxfp4"):
