@@ -54,9 +54,51 @@ def _current_rss_bytes() -> int:
 
 
 def _peak_rss_bytes() -> int:
-    import resource
+    """High-water mark of this process's RSS (``VmHWM``; unlike ``ru_maxrss`` it is not inherited
+    from a parent across fork + exec, and ``_reset_peak_rss`` can reset it)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+def _reset_peak_rss() -> None:
+    """Reset ``VmHWM`` to the current RSS (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # then the peak includes whatever came before the shard loop: an overestimate
+
+
+def _glibc():
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def _map_large_allocations() -> None:
+    """Make glibc serve allocations above 256 KiB with mmap, returned to the OS on free.
+
+    By default glibc raises that threshold after the first large free, so later tensors land on
+    the heap, which fragments and never shrinks: the shard loop's RSS then creeps up shard after
+    shard. Fixing the threshold (M_MMAP_THRESHOLD = -3) keeps peak memory at what is live.
+    A no-op without glibc.
+    """
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(-3, 256 * 1024)
+
+
+def _release_freed_memory() -> None:
+    """Give freed heap pages back to the OS between shards; a no-op without glibc."""
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def prepare_target(dir_target: str, overwrite: bool) -> str:
@@ -100,7 +142,10 @@ def _ignore_list(ckpt: ctc.TorchaoCheckpoint, quantized_modules: set[str]) -> li
 
 def convert_checkpoint(dir_source: str, dir_target: str, overwrite: bool = False) -> ConversionSummary:
     """Convert ``dir_source`` to ``dir_target`` shard by shard (no validation); see module docstring."""
-    import torch  # noqa: F401  (tensor ops below run through ct_checkpoint)
+    # Import everything the shard loop uses up front, so the loop's memory is the tensors' alone.
+    import compressed_tensors.compressors.pack_quantized.helpers  # noqa: F401
+    import safetensors.torch  # noqa: F401
+    import torchao.prototype.mx_formats.utils  # noqa: F401
     from compressed_tensors import __version__ as ct_version
     from rich.progress import Progress
 
@@ -108,7 +153,9 @@ def convert_checkpoint(dir_source: str, dir_target: str, overwrite: bool = False
     ckpt = ctc.open_torchao_checkpoint(dir_source)
     tmp_dir = prepare_target(dir_target, overwrite)
     try:
+        _map_large_allocations()
         rss_before = _current_rss_bytes()
+        _reset_peak_rss()
         module_schemes: dict[str, ctc.CtScheme] = {}
         weight_map: dict[str, str] = {}
         source_bytes = target_bytes = largest = 0
@@ -138,6 +185,7 @@ def convert_checkpoint(dir_source: str, dir_target: str, overwrite: bool = False
                 target_bytes += ctc.write_safetensors(os.path.join(tmp_dir, shard), out, {"format": "pt"})
                 weight_map.update(dict.fromkeys(out, shard))
                 del out
+                _release_freed_memory()
                 progress.remove_task(tensor_task)
                 progress.advance(shard_task)
         peak_rss = _peak_rss_bytes()

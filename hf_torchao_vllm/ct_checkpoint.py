@@ -242,14 +242,41 @@ def _parse_params(
     return params
 
 
+class ShardReader:
+    """Reads single tensors from a safetensors file with plain ``readinto`` (no mmap).
+
+    ``safe_open`` maps the whole file, and every page it touches stays resident (and counted in
+    RSS) until the file is closed; reading each tensor into its own buffer keeps the converter's
+    memory at the tensors it holds. The header was already validated by ``safe_open``.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            self.header = json.loads(f.read(header_len))
+        self.data_start = 8 + header_len
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        entry = self.header[name]
+        dtype = _DTYPES_BY_SAFETENSORS_NAME.get(entry["dtype"])
+        if dtype is None:
+            raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
+        begin, end = entry["data_offsets"]
+        buffer = torch.empty(end - begin, dtype=torch.uint8)
+        with open(self.path, "rb") as f:
+            f.seek(self.data_start + begin)
+            if f.readinto(buffer.numpy()) != end - begin:
+                raise ValueError(f"{self.path}: tensor {name!r} is truncated")
+        return buffer.view(dtype).reshape(entry["shape"])
+
+
 def load_param_parts(ckpt: TorchaoCheckpoint, param: str, handles: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Load the stored tensors of one logical parameter (``qdata``, ``scale``, ... or the plain one).
 
-    ``handles``: open ``safe_open`` handles by shard name (opened lazily, so a parameter whose
-    scale sits in another shard reads only that tensor from it).
+    ``handles``: ``ShardReader`` by shard name (opened lazily, so a parameter whose scale sits in
+    another shard reads only that tensor from it).
     """
-    from safetensors import safe_open
-
     out = {}
     meta = ckpt.params[param]
     names = ckpt.stored_names(param)
@@ -257,7 +284,7 @@ def load_param_parts(ckpt: TorchaoCheckpoint, param: str, handles: dict[str, Any
     for part, stored in zip(parts, names, strict=True):
         shard = ckpt.stored_to_shard[stored]
         if shard not in handles:
-            handles[shard] = safe_open(os.path.join(ckpt.directory, shard), framework="pt")
+            handles[shard] = ShardReader(os.path.join(ckpt.directory, shard))
         out[part] = handles[shard].get_tensor(stored)
     return out
 
@@ -404,6 +431,26 @@ def _is_symmetric(zero_point: torch.Tensor | None) -> bool:
 
 
 def _pack_int32(values: torch.Tensor, num_bits: int, packed_dim: int = 1) -> torch.Tensor:
+    """compressed-tensors' ``pack_to_int32`` layout: value ``i`` of each group of ``32 // num_bits``
+    along ``packed_dim`` sits in bits ``[i * num_bits, (i + 1) * num_bits)``, offset by
+    ``2 ** (num_bits - 1)`` to unsigned. For 8 and 4 bits along rows that is, on a little-endian
+    machine, the offset bytes (or nibble pairs, low nibble first) viewed as int32: one uint8 copy
+    instead of compressed-tensors' int32 intermediates (4-5x the tensor), which matters for the
+    streaming memory bound. Other cases use compressed-tensors' own function. Validation unpacks
+    with compressed-tensors, so both paths are checked bit for bit.
+    """
+    import sys
+
+    cols = values.shape[-1]
+    if packed_dim == 1 and values.ndim == 2 and sys.byteorder == "little" and cols % (32 // num_bits) == 0:
+        # v + 2**(n-1) of a two's-complement n-bit value is its low n bits with the top one flipped.
+        as_bytes = values.contiguous().view(torch.uint8)
+        if num_bits == 8:
+            return (as_bytes ^ 0x80).view(torch.int32)
+        if num_bits == 4:
+            low = (as_bytes[:, 0::2] ^ 0x08) & 0x0F
+            high = ((as_bytes[:, 1::2] ^ 0x08) & 0x0F) << 4
+            return (low | high).contiguous().view(torch.int32)
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
 
     return pack_to_int32(values.contiguous(), num_bits, packed_dim=packed_dim)
@@ -707,6 +754,9 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+_DTYPES_BY_SAFETENSORS_NAME = {name: dtype for dtype, name in _SAFETENSORS_DTYPES.items()}
+
+
 def write_safetensors(
     path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> int:
@@ -735,11 +785,19 @@ def write_safetensors(
         offset += nbytes
     header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     header_bytes += b" " * (-len(header_bytes) % 8)
-    with open(path, "wb") as f:
-        f.write(len(header_bytes).to_bytes(8, "little"))
-        f.write(header_bytes)
-        for name in names:
-            t = tensors[name].detach().contiguous().reshape(-1)
-            if t.numel():
-                f.write(memoryview(t.view(torch.uint8).numpy()))
+    # Written next to ``path`` and renamed: never truncates a file that tensors may be mmap-ing.
+    tmp_path = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp_path, "wb") as f:
+            f.write(len(header_bytes).to_bytes(8, "little"))
+            f.write(header_bytes)
+            for name in names:
+                t = tensors[name].detach().contiguous().reshape(-1)
+                if t.numel():
+                    f.write(memoryview(t.view(torch.uint8).numpy()))
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
     return offset

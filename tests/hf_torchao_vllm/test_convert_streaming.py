@@ -1,0 +1,48 @@
+"""Streaming: converting a multi-shard checkpoint holds about one shard in memory, not the model."""
+
+import json
+import os
+import subprocess
+import sys
+
+from hf_torchao_vllm import ct_tiny_models
+from hf_torchao_vllm.ct_quantize import quantize_and_save
+
+# Peak RSS growth during the shard loop must stay under 1.5x the largest source shard: the
+# converted tensors of one shard (~1x) plus one parameter's source tensors and allocator slack.
+MAX_PEAK_OVER_LARGEST_SHARD = 1.5
+
+CHILD = """
+import json, os, sys
+os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
+s = convert_checkpoint(sys.argv[1], sys.argv[2])
+print(json.dumps({"delta": s.peak_rss_delta_bytes, "largest": s.largest_shard_bytes,
+                  "shards": s.num_shards, "source": s.source_bytes}))
+"""
+
+
+def test_peak_rss_of_multi_shard_conversion(tmp_path):
+    # ~85 MB of int8 weights (hidden 1024, 8 layers) in shards of at most 24 MB; the largest single
+    # tensor is 2 MB, so one parameter's transient copies are small next to a shard.
+    bf16 = ct_tiny_models.save_random_llama(
+        str(tmp_path / "bf16"), hidden_size=1024, intermediate_size=2048, num_layers=8
+    )
+    source = quantize_and_save(bf16, "int8_weight_only", str(tmp_path / "torchao"), max_shard_size="24MB")
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, source, str(tmp_path / "ct")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TORCHAO_FORCE_SKIP_LOADING_SO_FILES": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["shards"] >= 3
+    # The whole model is several times the bound: holding it would fail the check below.
+    assert result["source"] > 2 * MAX_PEAK_OVER_LARGEST_SHARD * result["largest"]
+    ratio = result["delta"] / result["largest"]
+    assert ratio <= MAX_PEAK_OVER_LARGEST_SHARD, (
+        f"peak RSS grew by {result['delta'] / 1e6:.1f} MB = {ratio:.2f}x the largest shard "
+        f"({result['largest'] / 1e6:.1f} MB) while converting {result['source'] / 1e6:.1f} MB"
+    )
