@@ -248,6 +248,7 @@ def enrich_trace(
     # Only the aten:: ops that some call() runs as an extern kernel are kept (e.g. aten::mm, not the
     # aten::resolve_conj inside it): fewer records, and nested ops cannot shadow the real call.
     extern_targets = {call.target for module in modules for call in module.calls if call.kind == "extern"}
+    kernel_path_by_hash = {os.path.splitext(os.path.basename(path))[0]: path for path in by_kernel_path}
     threads: dict[Any, int] = {}
     names: dict[str, int] = {}
     name_list: list[str] = []
@@ -299,8 +300,11 @@ def enrich_trace(
                 name_id = names[name] = len(name_list)
                 name_list.append(name)
             ext = args.get("External id")
-            if is_kernel_name and isinstance(args.get("kernel_file"), str):
+            if is_kernel_name and isinstance(args.get("kernel_file"), str) and args["kernel_file"]:
                 kernel_file_by_candidate[len(candidates)] = args["kernel_file"]
+            elif is_kernel_name and args.get("kernel_hash") in kernel_path_by_hash:
+                # a launch with kernel_hash only: the hash is the stem of the log's "# kernel path:"
+                kernel_file_by_candidate[len(candidates)] = kernel_path_by_hash[args["kernel_hash"]]
             candidates.add(
                 thread, ts, ts + dur, index, (start, end), name_id, ext if isinstance(ext, int) else -1
             )

@@ -151,11 +151,12 @@ def test_cuda_fixture_launches_gpu_kernels_and_extern_kernels(tmp_path):
 
 
 def test_cuda_without_kernel_file_args_notes_ambiguity(tmp_path):
-    """Older PyTorch launches carry no kernel_file: graphs 0 and 1 share kernel names, so say so."""
+    """Older launches carry no kernel_file/kernel_hash: graphs 0 and 1 share kernel names, so say so."""
     with open(fixture("cuda_handwritten", "trace.json"), encoding="utf-8") as trace_file:
         trace = json.load(trace_file)
     for event in trace["traceEvents"]:
         event.get("args", {}).pop("kernel_file", None)
+        event.get("args", {}).pop("kernel_hash", None)
     stripped = tmp_path / "trace.json"
     stripped.write_text(json.dumps(trace), encoding="utf-8")
     modules = parse_output_code_log_file(fixture("cuda_handwritten", "output_code.log"))
@@ -165,6 +166,23 @@ def test_cuda_without_kernel_file_args_notes_ambiguity(tmp_path):
         e.get("args", {}).get("inductor_match_note", "") for e in load_events(str(tmp_path / "out.json"))
     ]
     assert sum("ambiguous" in note for note in notes) == summary.num_matched
+
+
+def test_cuda_kernel_hash_without_kernel_file_still_disambiguates(tmp_path):
+    with open(fixture("cuda_handwritten", "trace.json"), encoding="utf-8") as trace_file:
+        trace = json.load(trace_file)
+    for event in trace["traceEvents"]:
+        if "kernel_file" in event.get("args", {}):
+            event["args"]["kernel_file"] = ""  # kernel_hash ("cab0ln" ...) is left
+    stripped = tmp_path / "trace.json"
+    stripped.write_text(json.dumps(trace), encoding="utf-8")
+    modules = parse_output_code_log_file(fixture("cuda_handwritten", "output_code.log"))
+    summary = enrich_trace(str(stripped), modules, str(tmp_path / "out.json"))
+    assert summary.num_ambiguous_spans == 0 and summary.num_matched == 28
+    for event in load_events(str(tmp_path / "out.json")):
+        args = event.get("args", {})
+        if args.get("kernel_hash"):
+            assert args["inductor_kernel_path"].endswith(f"/{args['kernel_hash']}.py")
 
 
 def test_streaming_equals_json_load_dump_and_unmatched_events_untouched(tmp_path):
