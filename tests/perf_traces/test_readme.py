@@ -30,6 +30,9 @@ def test_readme_commands_use_real_flags():
     commands = _commands()
     assert len(commands) >= 8
     for command in commands:
+        if command[1:3] == ["-m", "pytest"]:
+            assert all(os.path.isdir(os.path.join(REPO_ROOT, arg)) for arg in command[3:4])
+            continue
         if command[1] == "-m":
             module_name, rest = command[2], command[3:]
         else:
