@@ -287,7 +287,10 @@ def enrich_trace(
         ts, dur = event.get("ts"), event.get("dur")
         if not isinstance(ts, int | float) or not isinstance(dur, int | float):
             continue
-        thread = threads.setdefault((event.get("pid"), event.get("tid")), len(threads))
+        try:
+            thread = threads.setdefault((event.get("pid"), event.get("tid")), len(threads))
+        except TypeError:  # unhashable pid/tid (a list or object): not a profiler event
+            continue
         if name == _FORWARD_SPAN:
             spans.append(_Span(thread, ts, ts + dur, "forward", name))
         elif name == _BACKWARD_SPAN:

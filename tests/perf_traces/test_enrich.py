@@ -219,3 +219,27 @@ def test_log_and_trace_from_different_runs(tmp_path):
 def test_no_output_code_reason(tmp_path):
     summary = enrich_trace(fixture("cpu_train", "trace.json"), [], None)
     assert summary.num_matched == 0 and "no output code" in summary.zero_match_reason
+
+
+def test_hostile_events_are_skipped_not_fatal(tmp_path):
+    events = load_events(fixture("cpu_train", "trace.json"))
+    kernel = next(e for e in events if e["name"] == "graph_0_cpp_fused_native_layer_norm_0")
+    hostile = [
+        {**kernel, "pid": [1, 2]},
+        {**kernel, "tid": {"a": 1}},
+        {**kernel, "name": 12},
+        {**kernel, "args": [1, 2]},
+        {**kernel, "ts": "soon"},
+        {**kernel, "dur": None},
+        {**kernel, "ph": None},
+        "a string event",
+        [1, 2, 3],
+        None,
+        {"ph": "X", "cat": "kernel", "name": "triton_x", "args": {"External id": [1]}},
+    ]
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"traceEvents": events + hostile}), encoding="utf-8")
+    modules = parse_output_code_log_file(fixture("cpu_train", "output_code.log"))
+    summary = enrich_trace(str(path), modules, str(tmp_path / "out.json"))
+    assert summary.num_matched == 12  # the real events still match; the hostile ones are left as they are
+    assert load_events(str(tmp_path / "out.json"))[len(events) :] == hostile
