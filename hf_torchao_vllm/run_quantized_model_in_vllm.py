@@ -243,7 +243,7 @@ def print_result(result: VllmRunResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(Console().width, 120))
     console.print(f"architecture: {result.architecture}; quantization: {result.quantization}")
     table = Table(title="vLLM layers and their quantization (as loaded)")
     for col in ("layers", "vLLM layer", "method / scheme", "count"):

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from hf_torchao_vllm import ct_tiny_models
 from hf_torchao_vllm.ct_quantize import quantize_and_save
 
@@ -22,6 +24,7 @@ print(json.dumps({"delta": s.peak_rss_delta_bytes, "largest": s.largest_shard_by
 """
 
 
+@pytest.mark.slow
 def test_peak_rss_of_multi_shard_conversion(tmp_path):
     # ~85 MB of int8 weights (hidden 1024, 8 layers) in shards of at most 24 MB; the largest single
     # tensor is 2 MB, so one parameter's transient copies are small next to a shard.
