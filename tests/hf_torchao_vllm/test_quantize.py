@@ -26,7 +26,7 @@ MIN_LOGITS_SQNR_DB = {
     "int8_weight_only": 42.0,  # measured 47.3
     "int8_dynamic_act_int8_weight": 36.0,  # measured 41.6
     "int4_weight_only": 28.0,  # measured 33.1 (group 128)
-    "fp8": 30.0,  # measured FP8_PER_ROW_MEASURED (per_row), 35.9 (per_tensor), CPU emulation
+    "fp8": 30.0,  # measured 36.0 (per_row), 35.9 (per_tensor), CPU emulation
     "fp8_weight_only": 37.0,  # measured 42.8
     "mxfp8": 30.0,  # measured 35.4
     "mxfp4": 18.0,  # measured 23.2
@@ -105,6 +105,7 @@ def test_moe_experts_only_quantizes_exactly_the_expert_weights(tmp_path, recipe)
     ]
 
 
+@pytest.mark.slow
 def test_moe_skip_attention_with_skip_regex(tmp_path):
     out = quantize_script.main(
         model=MOE, recipe="fp8_weight_only", modules="skip_attention", skip=[r"layers\.0\."],
@@ -203,6 +204,7 @@ def test_cpu_capable_recipes_names_the_fp8_opt_in():
     assert "fp8 (with --fp8_emulation_on_cpu=True)" in names
 
 
+@pytest.mark.slow
 def test_cli_smoke_writes_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "cli"
     result = subprocess.run(
@@ -213,10 +215,14 @@ def test_cli_smoke_writes_a_loadable_checkpoint(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "logits SQNR vs bf16 (dB)" in result.stdout
     assert "bit-identical" in result.stdout
-    assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "generation_config.json", quantize_script.REPORT_FILE, "model.safetensors",
-        "tokenizer.json", "tokenizer_config.json",
-    ]  # fmt: skip
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "generation_config.json",
+        quantize_script.REPORT_FILE,
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    }  # fmt: skip
     # the same command again refuses to overwrite and exits non-zero
     again = subprocess.run(
         [sys.executable, str(REPO_ROOT / "hf_torchao_vllm" / "quantize_hf_model_with_torchao.py"),
