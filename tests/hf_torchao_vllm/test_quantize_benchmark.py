@@ -1,0 +1,42 @@
+"""benchmark_generation: smoke run (numbers are not asserted: performance claims live in the README
+table, measured by the script) and its argument validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from hf_torchao_vllm import benchmark_generation
+
+
+@pytest.mark.slow
+def test_benchmark_prints_a_table(capsys):
+    benchmark_generation.main(
+        recipes="none,int8_weight_only",
+        modes="eager",
+        prompt_tokens=8,
+        new_tokens=3,
+        num_warmup=0,
+        num_runs=1,
+    )
+    out = capsys.readouterr().out
+    assert "decode tok/s" in out
+    assert "int8_weight_only" in out
+    assert "1.00x" in out  # the bf16 baseline row
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"modes": "jit"}, r"unknown mode 'jit'; valid: eager, compiled"),
+        ({"recipes": "int3"}, r"unknown recipe 'int3'"),
+        ({"new_tokens": 1}, r"new_tokens >= 2"),
+        ({"recipes": "nvfp4"}, r"not supported on cpu"),
+    ],
+)
+def test_benchmark_bad_arguments(kwargs, message):
+    import torch
+
+    if kwargs.get("recipes") == "nvfp4" and torch.cuda.is_available():
+        pytest.skip("nvfp4 is refused on CPU only")
+    with pytest.raises(ValueError, match=message):
+        benchmark_generation.main(**kwargs)
