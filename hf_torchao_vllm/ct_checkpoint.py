@@ -446,7 +446,8 @@ def _pack_int32(values: torch.Tensor, num_bits: int, packed_dim: int = 1) -> tor
         # v + 2**(n-1) of a two's-complement n-bit value is its low n bits with the top one flipped.
         as_bytes = values.contiguous().view(torch.uint8)
         if num_bits == 8:
-            return (as_bytes ^ 0x80).view(torch.int32)
+            # In place: the caller's qdata buffer becomes the packed tensor (no new pages to fault in).
+            return as_bytes.bitwise_xor_(0x80).view(torch.int32)
         if num_bits == 4:
             low = (as_bytes[:, 0::2] ^ 0x08) & 0x0F
             high = ((as_bytes[:, 1::2] ^ 0x08) & 0x0F) << 4
@@ -597,7 +598,10 @@ def _row_split(t: torch.Tensor, expert: int, part: tuple[int, int]) -> torch.Ten
 def convert_parameter(
     param: str, meta: dict[str, Any], parts: dict[str, torch.Tensor]
 ) -> list[ModuleConversion]:
-    """compressed-tensors tensors for one quantized torchao parameter (unfused when it is 3D)."""
+    """compressed-tensors tensors for one quantized torchao parameter (unfused when it is 3D).
+
+    Consumes ``parts``: 8-bit packing reuses the ``qdata`` buffer in place.
+    """
     type_name = meta["_type"]
     if type_name in UNSUPPORTED_TORCHAO_TYPES:
         raise _unsupported(param, type_name, UNSUPPORTED_TORCHAO_TYPES[type_name])
