@@ -437,3 +437,31 @@ def test_validate_reports_missing_tensor(int8_source, tmp_path):
     report = validate_weights(int8_source, str(target))
     assert [m.name for m in report.mismatches] == ["model.norm.weight"]
     assert "missing" in report.mismatches[0].problem
+
+
+@pytest.mark.slow
+def test_converts_a_checkpoint_written_by_the_quantize_tool(tmp_path):
+    """The part-1 tool's own output (quantize_hf_model_with_torchao.py) converts and validates."""
+    source = tmp_path / "int4"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "hf_torchao_vllm/quantize_hf_model_with_torchao.py",
+            "--recipe=int4_weight_only",
+            "--group_size=32",
+            f"--output_dir={source}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        env={**os.environ, "TORCHAO_FORCE_SKIP_LOADING_SO_FILES": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    target = tmp_path / "ct"
+    convert_checkpoint(str(source), str(target))
+    report = validate_weights(str(source), str(target))
+    assert report.ok and report.num_exact == report.num_compared
+    assert (target / "tokenizer.json").exists()
+    (group,) = quant_config(str(target))["config_groups"].values()
+    assert group["weights"]["group_size"] == 32 and group["format"] == "pack-quantized"
