@@ -17,13 +17,13 @@ from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import con
 from hf_torchao_vllm.ct_quantize import quantize_and_save
 from hf_torchao_vllm.validate_compressed_tensors_checkpoint import compare_in_transformers, validate_weights
 
-# Largest measured KL(torchao in transformers || compressed-tensors in transformers), nats/token,
-# on the tiny models, with a margin. Weight-only schemes run the same bf16 weights (0 measured,
-# except torchao int8 weight-only, which scales after the int8 product: 3.8e-6); dynamic-activation
-# schemes differ by real int8/fp8 activation quantization (torchao) vs bf16 fake quantization
-# (compressed-tensors): measured <= 1.5e-4.
-KL_WEIGHT_ONLY = 5e-5
-KL_DYNAMIC_ACTIVATIONS = 1e-3
+# KL(torchao in transformers || compressed-tensors in transformers), nats/token, measured on the
+# embedded models, with a ~3x margin. Weight-only schemes run the same bf16 weights (0 measured),
+# except torchao int8 weight-only, which scales after the int8 product (5.5e-5 measured);
+# dynamic-activation schemes differ by real int8/fp8 activation quantization (torchao) vs bf16 fake
+# quantization (compressed-tensors): measured up to 1.5e-3 (fp8 per-tensor), 2e-4 for W8A8.
+KL_WEIGHT_ONLY = 2e-4
+KL_DYNAMIC_ACTIVATIONS = 5e-3
 
 # recipe -> (compressed-tensors format, weight strategy, expected stored tensors of one Linear
 # as (name suffix, dtype, shape as a function of the bf16 weight shape (N, K)), KL bound)
