@@ -449,6 +449,8 @@ def test_converts_a_checkpoint_written_by_the_quantize_tool(tmp_path):
             "hf_torchao_vllm/quantize_hf_model_with_torchao.py",
             "--recipe=int4_weight_only",
             "--group_size=32",
+            "--eval_tokens=64",  # its quality report and generations are not under test here
+            "--max_new_tokens=2",
             f"--output_dir={source}",
         ],
         capture_output=True,
