@@ -139,7 +139,9 @@ main() {
         demo)
             venv=$(ensure_venv)
             cd "$REPO_ROOT"
-            exec "$venv/bin/python" -m hf_torchao_vllm.run_pipeline "$@"
+            # outputs/ is a git-ignored scratch folder: the demo replaces its own previous result.
+            exec "$venv/bin/python" -m hf_torchao_vllm.run_pipeline --output_dir "$REPO_ROOT/outputs/pipeline" \
+                --overwrite "$@"
             ;;
         test)
             venv=$(ensure_venv)
