@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import publish
+
 # recipe name -> (factory of the torchao config, needs the fp8 hardware check bypassed on CPU)
 RECIPES: dict[str, tuple[Callable[[], Any], bool]] = {}
 
@@ -143,9 +145,7 @@ def quantize_and_save(
                 and "safetensors" not in name
             ):
                 shutil.copyfile(src, os.path.join(tmp, name))
-        if os.path.exists(output_dir):
-            shutil.rmtree(output_dir)
-        os.rename(tmp, output_dir)
+        publish(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -74,7 +74,7 @@ def main(
     from rich.console import Console
     from rich.table import Table
 
-    from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
+    from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint, publish
     from hf_torchao_vllm.ct_quantize import quantize_and_save
     from hf_torchao_vllm.validate_compressed_tensors_checkpoint import run_validation
     from pytorch_scripts_common import set_seed
@@ -148,9 +148,7 @@ def main(
         }
         with open(os.path.join(work, "summary.json"), "w") as f:
             json.dump(result, f, indent=2)
-        if os.path.exists(output_dir):
-            shutil.rmtree(output_dir)
-        os.rename(work, output_dir)
+        publish(work, output_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -5,21 +5,11 @@ import shutil
 
 import pytest
 
+from graph_viz.benchmark import CHROMIUM, CHROMIUM_ARGS
 from graph_viz.main import convert
 from tests.graph_viz.test_cli import PAYLOAD, hostile_log
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "graph_viz" / "fixtures"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason=f"needs Debian chromium at {CHROMIUM}")
 
