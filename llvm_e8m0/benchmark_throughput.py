@@ -65,7 +65,8 @@ def main(
     print(
         f"float32 -> e8m0 throughput, {chunk_size:,} random bit patterns per call, 1 thread, median of "
         f"{num_runs} runs after {num_warmup} warm-up; torch {torch.__version__}, "
-        f"LLVM {llvm_lib.llvm_version()}, {os.cpu_count()} CPUs, measured while the machine was shared"
+        f"LLVM {llvm_lib.llvm_version()}, {os.cpu_count()} CPUs, "
+        f"1-minute load average {os.getloadavg()[0]:.2f} before timing"
     )
     extrapolated = f"extrapolated 2^32 s ({num_workers} workers)"
     print(f"| stage | median s / chunk | M values/s | time vs torch | {extrapolated} |")

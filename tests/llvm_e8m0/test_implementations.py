@@ -93,7 +93,9 @@ def test_documented_model_agrees_with_hand_written_bits(name):
     expectation = build_expected()[name](input_bits())
     assert expectation.matches(np.array(EXPECTED[name], dtype=np.uint8)).all()
     if name == "torchao_rceil":  # 2^100 * (1 + 2^-23): exact ceil is 2^101, float32 log2 gives 2^100
-        assert expectation.expected[-1] == 0xE4 and expectation.tolerated_value[-1] == 0xE3
+        assert expectation.expected[-1] == 0xE3 and expectation.deviation_mask[-1]
+        assert not expectation.matches(np.array([0xE4], dtype=np.uint8))[0]  # exact, no tolerance
+        assert expectation.deviation_mask.sum() == 1
 
 
 def test_converters_reject_non_uint32(registry):

@@ -51,7 +51,8 @@ def test_fast_sweep_cli(tmp_path, apfloat_library):
     assert class_counts(payload, "torch|ml_dtypes")["+zero"] == 1
     assert class_counts(payload, "torchao_ceil|torchao_rceil")["+inf"] == 1
     assert sum(payload["pair_counts"]["ref_rtz|ref_rtn"]) == 0
-    assert payload["tolerated"]["torchao_rceil"] > 0  # the float32 log2 collapse is exercised
+    assert payload["deviations"]["torchao_rceil"] > 0  # the float32 log2 collapse is exercised
+    assert sum(payload["deviations"].values()) == payload["deviations"]["torchao_rceil"]
     with pytest.raises(ValueError, match="overwrite=True"):
         sweep.main(output_dir=str(out), num_random=100)
 
@@ -107,6 +108,8 @@ def test_full_mode_resumes_from_state(tmp_path, apfloat_library):
     payload = json.loads((tmp_path / "full" / "results.json").read_text())
     assert payload["done"] == [0, 1, 2, 3] and payload["num_values"] == 4 * 4096
     assert not payload["complete"]
+    assert [i["chunks"] for i in payload["invocations"]] == [2, 2]  # both invocations' timings kept
+    assert "over 2 invocation(s)" in (tmp_path / "full" / "results.md").read_text()
     # Inputs 0..16383 are +0 and positive subnormals: torch and ml_dtypes differ only on +0.
     assert class_counts(payload, "torch|ml_dtypes") == dict.fromkeys(sweep.CLASS_NAMES, 0) | {"+zero": 1}
     with pytest.raises(ValueError, match="delete the state file"):
@@ -163,3 +166,43 @@ def test_implementations_subset_given_as_a_tuple(tmp_path, apfloat_library):
     payload = json.loads((tmp_path / "t" / "results.json").read_text())
     assert payload["config"]["names"] == ["torch", "ml_dtypes"]
     assert list(payload["pair_counts"]) == ["torch|ml_dtypes"]
+
+
+def naive_pairwise_disagreements(bits, outputs, names):
+    """The definition: compare every pair element by element, class by class."""
+    classes = sweep.classify(bits)
+    counts, examples = {}, {}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            differs = outputs[a] != outputs[b]
+            counts[f"{a}|{b}"] = [int(np.count_nonzero(differs & (classes == c))) for c in range(10)]
+            by_class = {
+                sweep.CLASS_NAMES[c]: [int(x) for x in bits[differs & (classes == c)][: sweep.MAX_EXAMPLES]]
+                for c in range(10)
+                if np.any(differs & (classes == c))
+            }
+            if by_class:
+                examples[f"{a}|{b}"] = by_class
+    return counts, examples
+
+
+@pytest.mark.parametrize("case", ["sorted_few_changes", "sorted_noisy", "unsorted", "single", "empty"])
+def test_segmented_pair_counting_equals_elementwise_definition(case):
+    rng = np.random.default_rng(7)
+    names = ("a", "b", "c", "d")
+    size = {"single": 1, "empty": 0}.get(case, 50_000)
+    bits = rng.integers(0, 2**32, size=size, dtype=np.uint64).astype(np.uint32)
+    if case != "unsorted":
+        bits = np.sort(bits)
+    base = (bits >> 24).astype(np.uint8)  # piecewise constant over sorted inputs
+    outputs = {
+        "a": base,
+        "b": np.where(bits % 1000 == 0, base ^ 1, base).astype(np.uint8),  # isolated disagreements
+        "c": np.where((bits >> 20) % 3 == 0, 0xFF, base).astype(np.uint8),  # long disagreeing runs
+        "d": rng.integers(0, 2, size=size).astype(np.uint8)
+        if case == "sorted_noisy"
+        else base.copy(),  # a change at almost every position
+    }
+    assert sweep.pairwise_disagreements(bits, outputs, names) == naive_pairwise_disagreements(
+        bits, outputs, names
+    )
