@@ -32,11 +32,23 @@ def test_ci_runs_exactly_readme_command_two():
     assert commands == [readme_setup_commands()[1]], ci_lines
 
 
-def test_setup_script_dispatches_the_readme_commands():
+def setup_verbs() -> set[str]:
+    """The verbs setup.sh's `case "$1" in` dispatches (lines like `        demo)`)."""
     setup = (REPO_ROOT / "setup.sh").read_text(encoding="utf-8")
+    return set(re.findall(r"^\s+([a-z]+)\)$", setup, flags=re.M))
+
+
+def test_setup_script_dispatches_the_readme_commands():
+    assert {"demo", "test", "env"} <= setup_verbs()
     for command in readme_setup_commands():
         verb = command.split()[-1]
-        assert re.search(rf"^\s+{verb}\)$", setup, flags=re.M), f"setup.sh has no '{verb})' case"
+        assert verb in setup_verbs(), f"setup.sh has no '{verb})' case"
+
+
+def test_docs_only_mention_setup_commands_that_exist():
+    for doc in [REPO_ROOT / "README.md", *REPO_ROOT.glob("*/README.md")]:
+        for verb in re.findall(r"bash setup\.sh ([a-z-]+)", doc.read_text(encoding="utf-8")):
+            assert verb in setup_verbs(), f"{doc.relative_to(REPO_ROOT)} mentions 'bash setup.sh {verb}'"
 
 
 def test_setup_script_rejects_unknown_commands():
