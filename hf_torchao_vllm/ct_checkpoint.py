@@ -27,6 +27,11 @@ compressed-tensors and vLLM divide (``w = q * scale_e4m3 / weight_global_scale``
 writes ``weight_global_scale = 1 / per_tensor_scale`` (``1.0`` when torchao has no per-tensor
 scale). ``1 / (1 / p)`` is not always ``p`` in float32, so NVFP4 is compared with a tolerance.
 
+FP8 dynamic activations: torchao's activation lower bound (``hp_value_lb``; recipes.py sets 1e-12 on
+CPU against NaN from all-zero rows) has no compressed-tensors field; bounds up to 2**-9 are dropped
+because vLLM floors the scale at least as high itself (see ``FP8_ACTIVATION_LB_MAX``), larger bounds
+and upper bounds are refused.
+
 MoE: transformers stores routed experts as fused 3D parameters (``mlp.experts.gate_up_proj``
 [E, 2I, H], ``mlp.experts.down_proj`` [E, H, I]). compressed-tensors schemes apply to 2D Linear
 weights, and both vLLM's ``RoutedExperts.load_weights`` and transformers' compressed-tensors
@@ -390,6 +395,37 @@ def _weight_strategy(param: str, shape: tuple[int, ...], block_size: list[int]) 
     return {"strategy": "block", "block_structure": [block_rows, block_cols]}
 
 
+# torchao's ``hp_value_lb`` (``activation_value_lb`` of Float8DynamicActivationFloat8WeightConfig)
+# clamps each activation block's max |x| from below before ``scale = max|x| / 448``; recipes.py sets
+# 1e-12 on CPU so that an all-zero row gets a finite scale instead of 0 / 0 = NaN. It only touches
+# activations (torchao quantizes the weight without it), and compressed-tensors has no field for
+# it. None is needed for a bound <= 2**-9: vLLM's QuantFP8 (the input quantization of its fp8
+# linear kernels) floors the dynamic scale at 1 / (448 * 512), i.e. max |x| at 2**-9 (vllm 0.32,
+# model_executor/layers/quantization/input_quant_fp8.py, forward_native), and max(max(a, lb), 2**-9) ==
+# max(a, 2**-9) for every a when lb <= 2**-9: vLLM computes the same scales with or without it.
+# compressed-tensors' own dynamic quantization (transformers) only replaces a zero scale by an eps;
+# it differs from torchao-with-the-bound only on blocks with 0 < max |x| < lb (an all-zero block
+# quantizes to zeros either way). A larger lower bound, or any upper bound (it clips outliers),
+# changes vLLM's result and is refused.
+FP8_ACTIVATION_LB_MAX = 2.0**-9
+
+
+def _activation_clamp_problem(lower: Any, upper: Any) -> str | None:
+    """Why torchao's fp8 activation clamp ``(hp_value_lb, hp_value_ub)`` cannot be dropped, or None."""
+    if upper is not None:
+        return f"an activation upper bound (hp_value_ub={upper!r}) clips activations"
+    if lower is None:
+        return None
+    if not isinstance(lower, (int, float)) or isinstance(lower, bool) or lower != lower:
+        return f"activation lower bound hp_value_lb={lower!r} is not a number"
+    if lower > FP8_ACTIVATION_LB_MAX:
+        return (
+            f"activation lower bound hp_value_lb={lower!r} is above {FP8_ACTIVATION_LB_MAX:g} "
+            "(vLLM's own floor on max |x|), so vLLM would quantize small activations differently"
+        )
+    return None
+
+
 def _float8(param: str, meta: dict[str, Any], parts: dict[str, torch.Tensor]) -> tuple[CtScheme, dict]:
     data = meta["_data"]
     qdata, scale = parts["qdata"], parts["scale"]
@@ -402,8 +438,9 @@ def _float8(param: str, meta: dict[str, Any], parts: dict[str, torch.Tensor]) ->
         scheme = CtScheme("FP8_WEIGHT_ONLY", "naive-quantized", weights)
     else:
         act = act_kwargs["_data"]
-        if act.get("hp_value_lb") is not None or act.get("hp_value_ub") is not None:
-            raise _unsupported(param, "Float8Tensor", "activation value clamping (hp_value_lb/ub)")
+        problem = _activation_clamp_problem(act.get("hp_value_lb"), act.get("hp_value_ub"))
+        if problem is not None:
+            raise _unsupported(param, "Float8Tensor", problem)
         gran, gran_data = _granularity_type(act_kwargs)
         if gran == "PerRow":
             input_args = _args(num_bits=8, type="float", symmetric=True, dynamic=True, strategy="token")

@@ -4,82 +4,64 @@
 this module only produces torchao checkpoints in the exact format that tool writes
 (``quantize_`` + ``TorchAoConfig`` + ``save_pretrained`` with safetensors) for the recipes the
 converter maps, with generic module selection (regexes over module / parameter names).
+
+Every torchao config comes from ``recipes.make_torchao_config`` (the tool's single registry):
+``RECIPES`` below only names the (recipe, options) pairs the converter maps, so that callers can
+say ``"fp8_per_row"`` instead of ``("fp8", RecipeOptions(granularity="per_row", ...))``.
+Quantization always runs on CPU (the model is loaded there), so the configs are the CPU ones:
+int4 is ``IntxWeightOnlyConfig`` (CUDA's ``Int4WeightOnlyConfig`` writes an ``Int4Tensor``, which
+has no compressed-tensors equivalent) and fp8 sets ``activation_value_lb=1e-12`` (see recipes.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable
-from typing import Any
 
 import torch
 
 from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import publish
+from hf_torchao_vllm.recipes import RecipeOptions, make_torchao_config, maybe_bypass_fp8_hardware_check
 
-# recipe name -> (factory of the torchao config, needs the fp8 hardware check bypassed on CPU)
-RECIPES: dict[str, tuple[Callable[[], Any], bool]] = {}
+# Converter-facing name -> (recipes.py recipe, its options). Only schemes the converter maps.
+# int4 uses group size 32 (recipes.py's default is 128): the mixed-precision and layout tests
+# pin 32, and it divides every dimension of the tiny test models (multiples of 128).
+# fp8 dynamic-activation recipes opt in to CPU emulation: quantizing weights on CPU only needs
+# torchao's sm89+ GPU check bypassed. recipes.validate_recipe_options (the user-facing check of
+# quantize_hf_model_with_torchao.py) is not applied here: it refuses fp8 a1x128_w128x128 on CPU
+# because *running* it needs triton, while this module only quantizes and saves the weights.
+RECIPES: dict[str, tuple[str, RecipeOptions]] = {
+    "int8_dynamic_act_int8_weight": ("int8_dynamic_act_int8_weight", RecipeOptions()),
+    "int8_weight_only": ("int8_weight_only", RecipeOptions()),
+    "int4_weight_only": ("int4_weight_only", RecipeOptions(group_size=32)),
+    "fp8_weight_only": ("fp8_weight_only", RecipeOptions()),
+    "fp8_per_row": ("fp8", RecipeOptions(granularity="per_row", fp8_emulation_on_cpu=True)),
+    "fp8_per_tensor": ("fp8", RecipeOptions(granularity="per_tensor", fp8_emulation_on_cpu=True)),
+    "fp8_a1x128_w128x128": ("fp8", RecipeOptions(granularity="a1x128_w128x128", fp8_emulation_on_cpu=True)),
+    "nvfp4_weight_only": ("nvfp4_weight_only", RecipeOptions()),
+}
 
-
-def _register_recipes() -> None:
-    if RECIPES:
-        return
-    from torchao.prototype.mx_formats import NVFP4WeightOnlyConfig
-    from torchao.quantization import (
-        Float8DynamicActivationFloat8WeightConfig,
-        Float8WeightOnlyConfig,
-        Int8DynamicActivationInt8WeightConfig,
-        Int8WeightOnlyConfig,
-        IntxWeightOnlyConfig,
-        PerBlock,
-        PerGroup,
-        PerRow,
-        PerTensor,
-    )
-
-    RECIPES.update(
-        {
-            "int8_dynamic_act_int8_weight": (Int8DynamicActivationInt8WeightConfig, False),
-            "int8_weight_only": (Int8WeightOnlyConfig, False),
-            "int4_weight_only": (
-                lambda: IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32)),
-                False,
-            ),
-            "fp8_weight_only": (Float8WeightOnlyConfig, False),
-            "fp8_per_row": (lambda: Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), True),
-            "fp8_per_tensor": (
-                lambda: Float8DynamicActivationFloat8WeightConfig(granularity=PerTensor()),
-                True,
-            ),
-            "fp8_a1x128_w128x128": (
-                lambda: Float8DynamicActivationFloat8WeightConfig(
-                    granularity=[PerBlock([1, 128]), PerBlock([128, 128])]
-                ),
-                True,
-            ),
-            "nvfp4_weight_only": (NVFP4WeightOnlyConfig, False),
-        }
-    )
+# ct_quantize always quantizes on CPU (see the module docstring).
+DEVICE = torch.device("cpu")
 
 
 def recipe_names() -> list[str]:
-    _register_recipes()
     return sorted(RECIPES)
 
 
-@contextlib.contextmanager
-def _fp8_emulation_on_cpu(enabled: bool):
-    """torchao refuses fp8 dynamic quantization without an sm89+ GPU by a hardware check, although
-    CPU ``torch._scaled_mm`` computes it (emulation). Only bypassed for recipes that need it, on CPU."""
-    if not enabled or torch.cuda.is_available():
-        yield
-        return
-    from unittest import mock
+def torchao_config(name: str):
+    """The torchao config of converter recipe ``name``, built by ``recipes.make_torchao_config``."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {recipe_names()}")
+    recipe, options = RECIPES[name]
+    return make_torchao_config(recipe, options, DEVICE)
 
-    with mock.patch("torchao.quantization.quant_api._check_hardware_support", lambda granularities: None):
-        yield
+
+def _needs_fp8_bypass(name: str) -> bool:
+    recipe, options = RECIPES[name]
+    return recipe == "fp8" and options.fp8_emulation_on_cpu
 
 
 def quantize_and_save(
@@ -90,7 +72,8 @@ def quantize_and_save(
     recipe_per_regex: dict[str, str | None] | None = None,
     max_shard_size: str | int = "5GB",
 ) -> str:
-    """Quantize ``model_path`` with a torchao recipe and save it as a torchao checkpoint.
+    """Quantize ``model_path`` with a converter recipe (a key of ``RECIPES``) and save it as a
+    torchao checkpoint.
 
     ``module_regex``: only quantize Linear modules whose name matches (default: every Linear except
     ``lm_head``). ``recipe_per_regex``: mixed precision, ``{regex: recipe or None}`` as torchao's
@@ -103,17 +86,12 @@ def quantize_and_save(
     from transformers import AutoModelForCausalLM, TorchAoConfig
     from transformers.quantizers.auto import AutoHfQuantizer
 
-    _register_recipes()
     names = [recipe] if recipe_per_regex is None else [r for r in recipe_per_regex.values() if r]
-    for name in names:
-        if name not in RECIPES:
-            raise ValueError(f"unknown recipe {name!r}; choose one of {recipe_names()}")
+    configs = {name: torchao_config(name) for name in names}  # ValueError for unknown names first
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16)
-    emulate = any(RECIPES[n][1] for n in names)
+    bypass = any(_needs_fp8_bypass(n) for n in names)
     if recipe_per_regex is None:
-        config = RECIPES[recipe][0]()
-        import re
-
+        config = configs[recipe]
         pattern = re.compile(module_regex) if module_regex else None
 
         def wanted(module: torch.nn.Module, fqn: str) -> bool:
@@ -121,13 +99,11 @@ def quantize_and_save(
                 return False
             return pattern is None or pattern.search(fqn) is not None
 
-        with _fp8_emulation_on_cpu(emulate):
+        with maybe_bypass_fp8_hardware_check(bypass):
             quantize_(model, config, filter_fn=wanted)
     else:
-        config = FqnToConfig(
-            {f"re:{rx}": (RECIPES[r][0]() if r else None) for rx, r in recipe_per_regex.items()}
-        )
-        with _fp8_emulation_on_cpu(emulate):
+        config = FqnToConfig({f"re:{rx}": (configs[r] if r else None) for rx, r in recipe_per_regex.items()})
+        with maybe_bypass_fp8_hardware_check(bypass):
             quantize_(model, config, filter_fn=None)
     model.config.quantization_config = TorchAoConfig(config)
     # save_pretrained flattens torchao tensor subclasses only through the torchao HF quantizer.

@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 
 from hf_torchao_vllm import ct_checkpoint as ctc
-from hf_torchao_vllm import ct_tiny_models
+from hf_torchao_vllm import ct_quantize, ct_tiny_models, recipes
 from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
 from hf_torchao_vllm.ct_quantize import quantize_and_save
 from hf_torchao_vllm.validate_compressed_tensors_checkpoint import compare_in_transformers, validate_weights
@@ -151,6 +151,8 @@ SLOW_RECIPES = {"nvfp4_weight_only", "fp8_a1x128_w128x128"}
 def test_every_scheme_on_dense_model(recipe, dense_dir, tmp_path):
     fmt, strategy, layout, kl_bound = SCHEMES[recipe]
     source = quantize_and_save(dense_dir, recipe, str(tmp_path / "torchao"))
+    if fmt == "float-quantized":  # recipes.py's CPU fp8 config: the converter drops this bound
+        assert quant_config(source)["quant_type"]["default"]["_data"]["activation_value_lb"] == 1e-12
     target = str(tmp_path / "ct")
     summary = convert_checkpoint(source, target)
 
@@ -243,6 +245,75 @@ def test_moe_mixed_precision(moe_dir, tmp_path):
     assert report.ok, report.mismatches
     kl, _ = compare_in_transformers(source, target)
     assert kl <= KL_WEIGHT_ONLY
+
+
+def test_ct_quantize_names_are_recipes_py_recipes():
+    """ct_quantize keeps no torchao configs of its own: each name is a recipes.py recipe + options."""
+    assert set(ct_quantize.RECIPES) == set(SCHEMES)  # every converter scheme is tested above
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # validation only reads device.type
+    for name, (recipe, options) in ct_quantize.RECIPES.items():
+        assert recipe in recipes.RECIPES, name
+        recipes.validate_recipe_options(recipe, options, cuda)  # a valid recipe + options
+        if name == "fp8_a1x128_w128x128":
+            # Refused on CPU for running it (triton); ct_quantize only quantizes and saves weights.
+            with pytest.raises(ValueError, match="needs triton"):
+                recipes.validate_recipe_options(recipe, options, cpu)
+        else:
+            recipes.validate_recipe_options(recipe, options, cpu)
+        # Quantization runs on CPU, so the configs are recipes.py's CPU configs.
+        assert ct_quantize.torchao_config(name) == recipes.make_torchao_config(recipe, options, cpu), name
+    int4 = ct_quantize.torchao_config("int4_weight_only")
+    assert type(int4).__name__ == "IntxWeightOnlyConfig" and int4.granularity.group_size == 32
+
+
+def test_ct_quantize_unknown_name_names_the_choices(dense_dir, tmp_path):
+    for kwargs in ({"recipe": "fp8"}, {"recipe": "int8_weight_only", "recipe_per_regex": {".*": "mxfp8"}}):
+        with pytest.raises(ValueError, match=r"unknown recipe .*choose one of \[.*'fp8_per_row'"):
+            quantize_and_save(dense_dir, output_dir=str(tmp_path / "out"), **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def float8_weight_meta(act_quant_kwargs):
+    """safetensors metadata and stored parts of one torchao Float8Tensor weight, as saved."""
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+    from torchao.quantization import PerRow
+    from torchao.quantization.quantize_.workflows import Float8Tensor
+
+    torch.manual_seed(0)
+    weight = torch.randn(32, 64, dtype=torch.bfloat16)
+    tensor = Float8Tensor.from_hp(weight, granularity=PerRow(), act_quant_kwargs=act_quant_kwargs)
+    stored, metadata = flatten_tensor_state_dict({"m.weight": tensor})
+    meta = json.loads(metadata["m.weight"])
+    return meta, {part: stored[f"m._weight_{part}"] for part in meta["_tensor_data_names"]}
+
+
+@pytest.mark.parametrize(
+    ("lower", "upper", "error"),
+    [
+        (None, None, None),
+        (1e-12, None, None),  # recipes.py's CPU fp8 config
+        (ctc.FP8_ACTIVATION_LB_MAX, None, None),  # vLLM's own floor on max |x|
+        (1e-2, None, r"hp_value_lb=0\.01 is above 0\.001953"),
+        (None, 100.0, r"upper bound \(hp_value_ub=100\.0\) clips"),
+    ],
+)
+def test_fp8_activation_bounds(lower, upper, error):
+    from torchao.quantization import PerRow
+    from torchao.quantization.quantize_.workflows import QuantizeTensorToFloat8Kwargs
+
+    kwargs = QuantizeTensorToFloat8Kwargs(granularity=PerRow(), hp_value_lb=lower, hp_value_ub=upper)
+    meta, parts = float8_weight_meta(kwargs)
+    assert meta["_data"]["act_quant_kwargs"]["_data"]["hp_value_lb"] == lower
+    if error is not None:
+        with pytest.raises(ValueError, match=error):
+            ctc.convert_parameter("m.weight", meta, parts)
+        return
+    (conv,) = ctc.convert_parameter("m.weight", meta, dict(parts))
+    (plain,) = ctc.convert_parameter("m.weight", *float8_weight_meta(QuantizeTensorToFloat8Kwargs(PerRow())))
+    # The bound only changes activations: same scheme, same stored weight as without it.
+    assert conv.scheme == plain.scheme and conv.scheme.label == "FP8_DYNAMIC"
+    assert torch.equal(conv.tensors["weight_scale"], plain.tensors["weight_scale"])
+    assert torch.equal(conv.tensors["weight"].view(torch.uint8), plain.tensors["weight"].view(torch.uint8))
 
 
 def test_target_regexes_match_exactly_the_group():
@@ -440,15 +511,27 @@ def test_validate_reports_missing_tensor(int8_source, tmp_path):
 
 
 @pytest.mark.slow
-def test_converts_a_checkpoint_written_by_the_quantize_tool(tmp_path):
+@pytest.mark.parametrize(
+    ("flags", "fmt", "weights"),
+    [
+        (["--recipe=int4_weight_only", "--group_size=32"], "pack-quantized", {"group_size": 32}),
+        # recipes.py's CPU fp8 config carries activation_value_lb=1e-12, which the converter drops
+        (
+            ["--recipe=fp8", "--granularity=per_row", "--fp8_emulation_on_cpu=True"],
+            "float-quantized",
+            {"strategy": "channel"},
+        ),
+    ],
+    ids=["int4", "fp8_per_row"],
+)
+def test_converts_a_checkpoint_written_by_the_quantize_tool(tmp_path, flags, fmt, weights):
     """The part-1 tool's own output (quantize_hf_model_with_torchao.py) converts and validates."""
-    source = tmp_path / "int4"
+    source = tmp_path / "source"
     proc = subprocess.run(
         [
             sys.executable,
             "hf_torchao_vllm/quantize_hf_model_with_torchao.py",
-            "--recipe=int4_weight_only",
-            "--group_size=32",
+            *flags,
             "--eval_tokens=64",  # its quality report and generations are not under test here
             "--max_new_tokens=2",
             f"--output_dir={source}",
@@ -466,4 +549,5 @@ def test_converts_a_checkpoint_written_by_the_quantize_tool(tmp_path):
     assert report.ok and report.num_exact == report.num_compared
     assert (target / "tokenizer.json").exists()
     (group,) = quant_config(str(target))["config_groups"].values()
-    assert group["weights"]["group_size"] == 32 and group["format"] == "pack-quantized"
+    assert group["format"] == fmt
+    assert {key: group["weights"][key] for key in weights} == weights
