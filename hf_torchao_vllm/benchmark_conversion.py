@@ -105,8 +105,9 @@ def main(
     Args:
         model_path: bf16 model quantized for the benchmarks when dir_source is not given.
         dir_source: an existing torchao checkpoint to time the conversion on (default: model_path
-            quantized with int8 weight-only into 4 shards).
-        num_runs: timed repetitions per measurement (median reported, after one warm-up).
+            quantized with int8 weight-only, max shard size 1/8 of the model).
+        num_runs: timed conversion and copy repetitions (median reported, after one warm-up); vLLM
+            generate is always the median of 3 after a warm-up.
         vllm: also run the vLLM generate benchmark (one process per configuration; minutes).
         recipes: torchao recipes converted to compressed-tensors for the vLLM table.
         batch: prompts per vLLM generate call.
@@ -132,8 +133,8 @@ def main(
             )
         conv = benchmark_conversion(dir_source, num_runs)
         table = Table(
-            title=f"conversion on CPU ({torch.get_num_threads()} threads; "
-            "measured while the machine was shared)"
+            title=f"conversion on CPU ({torch.get_num_threads()} threads; 1-minute load average "
+            f"{os.getloadavg()[0]:.2f} at the end)"
         )
         for col in (
             "input",
@@ -160,7 +161,8 @@ def main(
             convert_checkpoint(source, target)
             paths[recipe] = target
         table = Table(
-            title=f"vLLM generate on CPU, batch {batch} x {max_tokens} tokens (tokens/s, median of 3)"
+            title=f"vLLM generate on CPU, batch {batch} x {max_tokens} tokens (tokens/s, median of 3; "
+            f"1-minute load average {os.getloadavg()[0]:.2f} before)"
         )
         for col in ("checkpoint", "eager", "compiled", "eager vs bf16", "compiled vs bf16"):
             table.add_column(col)
