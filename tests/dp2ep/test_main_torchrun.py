@@ -17,6 +17,7 @@ import fire
 import pytest
 
 from dp2ep.main import main
+from tests.readme_commands import bash_block_commands
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 MAIN = REPO_ROOT / "dp2ep" / "main.py"
@@ -172,12 +173,14 @@ def test_help_lists_every_argument(capsys):
 def test_readme_commands_use_real_arguments():
     readme = (REPO_ROOT / "dp2ep" / "README.md").read_text(encoding="utf-8")
     commands = [
-        line.strip() for line in readme.splitlines() if "dp2ep/main.py" in line and "torchrun" in line
+        command
+        for command in bash_block_commands(readme, ("torchrun", ".venv/bin/torchrun"))
+        if "dp2ep/main.py" in command
     ]
     assert len(commands) >= 4, commands  # CPU, GPU, multi-node and a single-case example
     parameters = set(inspect.signature(main).parameters)
     for command in commands:
-        flags = {tok[2:].split("=")[0] for tok in shlex.split(command.rstrip("\\")) if tok.startswith("--")}
+        flags = {tok[2:].split("=")[0] for tok in command if tok.startswith("--")}
         torchrun_flags = {
             "nproc_per_node",
             "nnodes",

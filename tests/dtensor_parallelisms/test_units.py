@@ -15,6 +15,7 @@ from dtensor_parallelisms.hand_tp import hand_tp_shard_dim
 from dtensor_parallelisms.main import main, parse_modes, validate_world_size
 from dtensor_parallelisms.model import ModelConfig, Transformer, make_inputs
 from dtensor_parallelisms.modes import expected_fsdp_shard
+from tests.readme_commands import bash_block_commands
 
 README = pathlib.Path(main_module.__file__).with_name("README.md")
 
@@ -202,12 +203,7 @@ def test_model_shapes_and_same_seed_same_model():
 
 
 def readme_torchrun_commands() -> list[list[str]]:
-    text = README.read_text(encoding="utf-8")
-    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
-    lines = [
-        line.split("#")[0].strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()
-    ]
-    return [shlex.split(line) for line in lines if line.startswith(("torchrun", ".venv/bin/torchrun"))]
+    return bash_block_commands(README.read_text(encoding="utf-8"), ("torchrun", ".venv/bin/torchrun"))
 
 
 def test_readme_torchrun_commands_use_real_arguments_and_valid_world_sizes():

@@ -2,24 +2,17 @@
 
 import inspect
 import pathlib
-import re
-import shlex
 import subprocess
 import sys
+
+from tests.readme_commands import bash_block_commands
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 README = REPO / "graph_viz" / "README.md"
 
 
 def readme_commands() -> list[list[str]]:
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
-    commands = []
-    for block in blocks:
-        for line in block.splitlines():
-            line = line.split("  #", 1)[0].strip()
-            if line.startswith(".venv/bin/python graph_viz/"):
-                commands.append(shlex.split(line))
-    return commands
+    return bash_block_commands(README.read_text(), ".venv/bin/python graph_viz/")
 
 
 def test_readme_commands_use_existing_scripts_files_and_flags():

@@ -2,7 +2,6 @@
 
 import inspect
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 from llvm_e8m0 import sweep
+from tests.readme_commands import bash_block_commands
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -149,13 +149,19 @@ def test_readme_commands_use_real_arguments():
     import importlib
 
     readme = (REPO / "llvm_e8m0" / "README.md").read_text()
-    commands = re.findall(r"llvm_e8m0/(\w+)\.py([^\n`]*)", readme)
-    assert commands, "README.md lists no commands"
-    for script, rest in commands:
-        module = importlib.import_module(f"llvm_e8m0.{script}")
+    commands = bash_block_commands(readme, (".venv/bin/python llvm_e8m0/", "LLVM_CONFIG="))
+    scripts = [next(arg for arg in command if arg.startswith("llvm_e8m0/")) for command in commands]
+    assert {Path(script).stem for script in scripts} == {
+        "build",
+        "sweep",
+        "compare_llvm_versions",
+        "benchmark_throughput",
+    }, scripts
+    for command, script in zip(commands, scripts, strict=True):
+        module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
         parameters = inspect.signature(module.main).parameters
-        for flag in re.findall(r"--(\w+)", rest):
-            assert flag in parameters, f"README: llvm_e8m0/{script}.py has no --{flag}"
+        for flag in (arg[2:].split("=")[0] for arg in command if arg.startswith("--")):
+            assert flag in parameters, f"README: {script} has no --{flag}"
 
 
 def test_implementations_subset_given_as_a_tuple(tmp_path, apfloat_library):

@@ -5,25 +5,16 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-import re
-import shlex
 
 from tests.perf_traces.helpers import REPO_ROOT
+from tests.readme_commands import bash_block_commands
 
 README = os.path.join(REPO_ROOT, "perf_traces", "README.md")
 
 
 def _commands() -> list[list[str]]:
     with open(README, encoding="utf-8") as readme:
-        text = readme.read()
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
-        joined = block.replace("\\\n", " ")
-        for line in joined.splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line.startswith(".venv/bin/python"):
-                commands.append(shlex.split(line))
-    return commands
+        return bash_block_commands(readme.read(), ".venv/bin/python")
 
 
 def test_readme_commands_use_real_flags():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 import test_ao
+from tests.readme_commands import bash_block_commands
 
 REPO_ROOT = Path(test_ao.__file__).resolve().parent
 SCRIPT = REPO_ROOT / "test_ao.py"
@@ -181,15 +181,11 @@ def _readme_section() -> str:
 
 
 def test_readme_commands_use_real_flags_and_config_names() -> None:
-    commands = [
-        line.strip()
-        for line in _readme_section().splitlines()
-        if line.strip().startswith(".venv/bin/python test_ao.py")
-    ]
+    commands = bash_block_commands(_readme_section(), ".venv/bin/python test_ao.py")
     assert commands, "the README section shows no test_ao.py command"
     parameters = set(inspect.signature(test_ao.main).parameters)
     for command in commands:
-        for arg in shlex.split(command.split("#")[0])[2:]:
+        for arg in command[2:]:
             assert arg.startswith("--"), f"{command}: positional {arg!r}"
             name, _, value = arg[2:].partition("=")
             assert name.removeprefix("no") in parameters, f"{command}: unknown flag --{name}"
