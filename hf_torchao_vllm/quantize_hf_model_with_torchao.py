@@ -225,6 +225,7 @@ def main(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hf_torchao_vllm import evaluate_quality
+    from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import publish
     from hf_torchao_vllm.recipes import (
         MODULE_SELECTORS,
         RecipeOptions,
@@ -357,9 +358,7 @@ def main(
             "weight_files": weight_files,
         }
         (tmp_dir / REPORT_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        if output_path.exists():
-            shutil.rmtree(output_path)
-        os.replace(tmp_dir, output_path)
+        publish(str(tmp_dir), str(output_path))
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise

@@ -257,6 +257,8 @@ def main(
             raise ValueError(f"unknown model {kind!r} in models={models!r}; valid: {', '.join(MODEL_KINDS)}")
     if vocab_size % 128 != 0:
         raise ValueError(f"vocab_size={vocab_size} must be a multiple of 128 (e.g. 4096)")
+    from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import publish
+
     output_path = Path(output_dir)
     for kind in kinds:
         if (output_path / kind).exists() and not overwrite:
@@ -318,9 +320,7 @@ def main(
             model.save_pretrained(tmp_dir)
             tokenizer.save_pretrained(tmp_dir)
             (tmp_dir / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp_dir, target)
+            publish(str(tmp_dir), str(target))
         except BaseException:
             shutil.rmtree(tmp_dir, ignore_errors=True)
             raise
