@@ -19,6 +19,18 @@ import fire
 TEMPLATE_DIR = pathlib.Path(__file__).resolve().parent / "templates"
 
 
+def publish_dir(staging: pathlib.Path, target: pathlib.Path) -> None:
+    """Put the finished ``staging`` folder at ``target``; an existing ``target`` is swapped out first
+    and deleted only after the new folder is in place, so a failed rename never loses it."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old.{staging.name}")
+        target.rename(old)
+    staging.rename(target)
+    if old is not None:
+        shutil.rmtree(old)
+
+
 def model_to_script_json(model: dict[str, Any]) -> str:
     """JSON for a ``<script type="application/json">`` block: ``<``, ``>``, ``&`` become ``\\u003c`` etc.
 
@@ -86,9 +98,7 @@ def convert(
         staging.chmod(0o755)  # mkdtemp makes it private; the output is an ordinary folder
         (staging / "index.html").write_text(html, encoding="utf-8")
         (staging / "model.json").write_text(json.dumps(model), encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        publish_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return model

@@ -21,6 +21,8 @@ import tempfile
 import fire
 import torch
 
+from graph_viz.main import publish_dir
+
 # name -> (program, caches disabled?, TORCH_LOGS); the log file is <name>.log.
 SAMPLE_LOGS: dict[str, tuple[str, bool, str]] = {
     "mlp_train": ("mlp_train", True, "aot_graphs,aot_joint_graph,output_code"),
@@ -157,9 +159,7 @@ def main(
             program, disable_caches, torch_logs = SAMPLE_LOGS[name]
             write_log(program, staging / f"{name}.log", disable_caches=disable_caches, torch_logs=torch_logs)
             print(f"wrote {target / (name + '.log')} ({(staging / (name + '.log')).stat().st_size} bytes)")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        publish_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
