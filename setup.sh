@@ -20,7 +20,7 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 LOCK_FILE="$REPO_ROOT/requirements/lock.cpu.txt"
 CACHE_DIR=${PYTORCH_SCRIPTS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pytorch_scripts}
 # Bump when the way the venv is built changes (not its contents: those are the lock's hash).
-SETUP_FORMAT_VERSION=1
+SETUP_FORMAT_VERSION=2
 
 die() {
     echo "setup.sh: error: $*" >&2
@@ -71,7 +71,7 @@ build_venv() {
 }
 
 ensure_venv() {
-    local python_bin venv site_packages
+    local python_bin venv
     [[ -f "$LOCK_FILE" ]] || die "missing $LOCK_FILE; run from a complete clone"
     python_bin=$(find_python)
     venv=$(venv_path "$python_bin")
@@ -82,14 +82,58 @@ ensure_venv() {
         if [[ ! -f "$venv/.complete" ]]; then
             build_venv "$python_bin" "$venv"
         fi
+        ensure_clone_venv "$venv"
     ) 9>"$CACHE_DIR/.lock"
-    # Make this clone's packages (pytorch_scripts_common, graph_viz, ...) importable from the venv,
-    # like an editable install. Rewritten on every run: the venv is shared between clones.
-    site_packages=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-    echo "$REPO_ROOT" >"$site_packages/pytorch_scripts_repo.pth.tmp"
-    mv "$site_packages/pytorch_scripts_repo.pth.tmp" "$site_packages/pytorch_scripts_repo.pth"
-    ln -sfn "$venv" "$REPO_ROOT/.venv"
-    echo "$venv"
+}
+
+# The cached venv is shared by every clone and never names one. Each clone gets its own thin venv in
+# ./.venv (git-ignored, ~1 MB, built in well under a second): a plain `python -m venv --without-pip`
+# whose site-packages adds the cached venv's site-packages (with its .pth files) and this clone's
+# root, and whose bin/ holds the cached venv's console scripts with their shebang pointing to this
+# clone's interpreter (so `.venv/bin/torchrun main.py` imports this clone's code too).
+ensure_clone_venv() {
+    local base=$1 clone_venv="$REPO_ROOT/.venv" tmp base_site site script first_line
+    if [[ -f "$clone_venv/.pytorch_scripts_base" && ! -L "$clone_venv" ]] &&
+        [[ $(cat "$clone_venv/.pytorch_scripts_base") == "$base|$REPO_ROOT" ]]; then
+        echo "$clone_venv"
+        return
+    fi
+    rm -rf "$REPO_ROOT"/.venv.tmp-*  # left by an interrupted run (we hold the lock)
+    tmp=$(mktemp -d "$REPO_ROOT/.venv.tmp-XXXXXX")
+    "$base/bin/python" -m venv --without-pip "$tmp" >&2
+    base_site=$("$base/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    site=$("$tmp/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    # A venv's site-packages path is derived from its prefix: rewrite it for the final location.
+    site=${site/#$tmp/$clone_venv}
+    # .pth files run in name order: the clone's root goes on sys.path before the cached packages.
+    echo "$REPO_ROOT" >"$tmp/${site#"$clone_venv"/}/pytorch_scripts_0_clone.pth"
+    printf 'import site; site.addsitedir(%s)\n' "'$base_site'" >"$tmp/${site#"$clone_venv"/}/pytorch_scripts_1_cached_venv.pth"
+    for script in "$base"/bin/*; do
+        [[ -f "$script" && ! -e "$tmp/bin/$(basename "$script")" ]] || continue
+        case "$(basename "$script")" in activate* | Activate* | pip*) continue ;; esac
+        first_line=$(head -c 200 "$script" | head -n 1 | tr -d '\0')
+        if [[ "$first_line" == "#!$base/bin/python"* ]]; then
+            { echo "#!$clone_venv/bin/python"; tail -n +2 "$script"; } >"$tmp/bin/$(basename "$script")"
+            chmod +x "$tmp/bin/$(basename "$script")"
+        else
+            ln -s "$script" "$tmp/bin/$(basename "$script")"
+        fi
+    done
+    # venv writes its own prefix into bin/activate* and pyvenv.cfg's command line only.
+    sed -i "s|$tmp|$clone_venv|g" "$tmp"/bin/activate* "$tmp/pyvenv.cfg"
+    echo "$base|$REPO_ROOT" >"$tmp/.pytorch_scripts_base"
+    # Replace only what setup.sh made: an older layout's link to the cached venv, or our own thin
+    # venv (it carries the marker file). Anything else at ./.venv is the user's.
+    if [[ -L "$clone_venv" ]]; then
+        rm "$clone_venv"
+    elif [[ -f "$clone_venv/.pytorch_scripts_base" ]]; then
+        rm -rf "$clone_venv"
+    elif [[ -e "$clone_venv" ]]; then
+        rm -rf "$tmp"
+        die "$clone_venv exists and was not made by setup.sh: move it away, then run setup.sh again"
+    fi
+    mv "$tmp" "$clone_venv"
+    echo "$clone_venv"
 }
 
 # Debian's Chromium drives the graph_viz browser tests (Playwright with executable_path; Playwright's
