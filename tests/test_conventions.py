@@ -46,14 +46,15 @@ def walk_import_time(node: ast.AST):
 
 
 def calls_fire(node: ast.AST) -> ast.Call | None:
+    """A ``fire.Fire(...)`` or ``run(...)`` (pytorch_scripts_common.cli's wrapper of it) call."""
     for child in walk_import_time(node):
-        if (
-            isinstance(child, ast.Call)
-            and isinstance(child.func, ast.Attribute)
-            and child.func.attr == "Fire"
-            and isinstance(child.func.value, ast.Name)
-            and child.func.value.id == "fire"
-        ):
+        if not isinstance(child, ast.Call):
+            continue
+        func = child.func
+        if isinstance(func, ast.Name) and func.id == "run":
+            return child
+        is_attribute_call = isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+        if is_attribute_call and (func.value.id, func.attr) in {("fire", "Fire"), ("cli", "run")}:
             return child
     return None
 

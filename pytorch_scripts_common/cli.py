@@ -1,0 +1,203 @@
+"""Command-line front door of every tool: fire, argument types checked, one-line user errors.
+
+``run(main)`` replaces ``fire.Fire(main)`` under ``if __name__ == "__main__":``. It
+
+- checks each argument against the entry function's annotation before the function runs (fire
+  passes ``--num_runs abc`` through as the string ``'abc'`` and ``--kl_threshold nan`` as a float
+  NaN): ``int``, ``float`` (finite), ``bool``, ``str`` and ``X | None`` of those;
+- prints a user mistake as one line, ``error: <what was wrong>: <how to fix it>``, and exits 2.
+  User mistakes are ``ValueError`` (``UsageError``, ``json.JSONDecodeError``, ``UnicodeDecodeError``
+  …) and the ``OSError``s of a bad path (missing file, exists, is a folder, permission denied);
+  every other exception is a bug and keeps its traceback. ``PYTORCH_SCRIPTS_DEBUG=1`` shows the
+  traceback of user mistakes too;
+- turns SIGTERM into an exception like SIGINT's ``KeyboardInterrupt``, so that ``finally`` blocks
+  and the output staging of ``pytorch_scripts_common.outputs`` clean up; both exit 128 + signal
+  number with one line.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import os
+import signal
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+__all__ = ["USER_ERRORS", "Terminated", "UsageError", "check_arguments", "parse_list", "run"]
+
+DEBUG_ENV = "PYTORCH_SCRIPTS_DEBUG"
+
+
+class UsageError(ValueError):
+    """A user mistake. The message reads ``<what was wrong>: <how to fix it>``."""
+
+
+class Terminated(BaseException):  # noqa: N818 (named like KeyboardInterrupt, its sibling)
+    """Raised in the main thread when the process receives SIGTERM."""
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+def describe_user_error(error: BaseException) -> str:
+    """One line for a user mistake: an OSError as '<strerror>: <path>', anything else its message."""
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        return f"{error.strerror.lower()}: {error.filename}"
+    text = str(error).strip() or type(error).__name__
+    return " ".join(text.split("\n"))
+
+
+def _scalar_types(annotation: Any) -> tuple[set[type], bool]:
+    """The scalar types an annotation admits, and whether it admits None; empty set = not checked."""
+    if annotation in (int, float, bool, str):
+        return {annotation}, False
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+        scalars = {m for m in members if m in (int, float, bool, str)}
+        others = [m for m in members if m not in scalars and m is not type(None)]
+        if scalars and not others:
+            return scalars, type(None) in members
+    return set(), False
+
+
+def _coerce(name: str, value: Any, allowed: set[type], allows_none: bool) -> Any:
+    flag = f"--{name}"
+    if value is None:
+        if allows_none:
+            return None
+        raise UsageError(
+            f"{flag} needs a value: pass {flag}=<{'|'.join(sorted(t.__name__ for t in allowed))}>"
+        )
+    if bool in allowed and isinstance(value, bool):
+        return value
+    if int in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if float in allowed and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise UsageError(f"{flag} is {value!r}: pass a finite number")
+        return float(value) if int not in allowed else value
+    if int in allowed and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if str in allowed:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)  # fire reads `--name 2024` as a number
+        if isinstance(value, tuple | list):
+            return value  # fire reads `a,b` as a tuple; the tool parses it with parse_list
+    wanted = " or ".join(
+        {"int": "an integer", "float": "a number", "bool": "True/False", "str": "a string"}[t.__name__]
+        for t in sorted(allowed, key=lambda t: t.__name__)
+    )
+    raise UsageError(f"{flag} is {value!r}: pass {wanted}")
+
+
+def check_arguments(function: Callable[..., Any], bound: inspect.BoundArguments) -> None:
+    """Check and coerce ``bound``'s arguments in place against ``function``'s scalar annotations."""
+    hints = typing.get_type_hints(function)
+    for name, value in list(bound.arguments.items()):
+        parameter = bound.signature.parameters[name]
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD) or name not in hints:
+            continue
+        allowed, allows_none = _scalar_types(hints[name])
+        if allowed:
+            bound.arguments[name] = _coerce(name, value, allowed, allows_none)
+
+
+def _checked(function: Callable[..., Any]) -> Callable[..., Any]:
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as error:
+            raise UsageError(f"{error}: see --help for the arguments") from None
+        check_arguments(function, bound)
+        return function(*bound.args, **bound.kwargs)
+
+    return wrapper
+
+
+def _raise_terminated(signum: int, frame: Any) -> NoReturn:
+    raise Terminated(signum)
+
+
+def run(component: Callable[..., Any] | dict[str, Callable[..., Any]]) -> None:
+    """``fire.Fire(component)`` with checked arguments and one-line user errors (see the module doc)."""
+    import fire
+
+    if isinstance(component, dict):
+        component = {name: _checked(function) for name, function in component.items()}
+    else:
+        component = _checked(component)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        fire.Fire(component)
+    except USER_ERRORS as error:
+        if debug:
+            raise
+        print(f"error: {describe_user_error(error)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted (SIGINT); partial outputs were removed", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    except Terminated:
+        print("error: terminated (SIGTERM); partial outputs were removed", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
+
+
+def parse_list(value: Any, item_type: type = str, *, name: str) -> list[Any]:
+    """A fire list argument as a list of ``item_type``.
+
+    fire hands ``--sizes_mb 64,256`` over as the tuple ``(64, 256)``, ``--sizes_mb 64`` as ``64``,
+    ``--configs a,b`` as ``('a', 'b')``, ``--configs=a`` as ``'a'`` and ``--configs "[a, b]"`` as a
+    list; each becomes a flat list. Strings are split on commas; empty items are dropped.
+    """
+    if value is None:
+        return []
+    if isinstance(value, str):
+        raw: Sequence[Any] = [part.strip() for part in value.split(",")]
+    elif isinstance(value, tuple | list):
+        raw = [part for item in value for part in (item.split(",") if isinstance(item, str) else [item])]
+    else:
+        raw = [value]
+    items = []
+    for item in raw:
+        if isinstance(item, str):
+            item = item.strip()
+            if not item:
+                continue
+        items.append(_list_item(item, item_type, name, value))
+    return items
+
+
+def _list_item(item: Any, item_type: type, name: str, value: Any) -> Any:
+    what = {int: "integers", float: "numbers", str: "names"}.get(item_type, item_type.__name__)
+    problem = UsageError(f"--{name} is {value!r}: pass comma-separated {what}, e.g. --{name}=a,b")
+    if item_type is str:
+        return str(item)
+    if isinstance(item, bool):
+        raise problem
+    try:
+        converted = item_type(item)
+    except (TypeError, ValueError):
+        raise problem from None
+    if item_type is int and isinstance(item, float) and not item.is_integer():
+        raise problem
+    if item_type is float and not math.isfinite(converted):
+        raise problem
+    return converted

@@ -1,0 +1,164 @@
+"""pytorch_scripts_common.cli: argument checks, one-line errors, signals, fire list arguments."""
+
+import inspect
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from pytorch_scripts_common.cli import UsageError, check_arguments, parse_list
+
+
+def entry(count: int = 1, scale: float = 1.0, name: str = "x", flag: bool = False, limit: int | None = None):
+    """Doc."""
+    return count, scale, name, flag, limit
+
+
+def checked(**kwargs):
+    bound = inspect.signature(entry).bind(**kwargs)
+    check_arguments(entry, bound)
+    return entry(*bound.args, **bound.kwargs)
+
+
+def test_arguments_of_the_right_type_pass_and_fire_numbers_become_strings():
+    assert checked(count=3, scale=2, name=2024, flag=True, limit=None) == (3, 2.0, "2024", True, None)
+    assert checked(count=4.0) == (4, 1.0, "x", False, None)
+    assert checked(name=("a", "b"))[2] == ("a", "b")  # a fire list, left to parse_list
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"count": "abc"}, "--count is 'abc': pass an integer"),
+        ({"count": 1.5}, "--count is 1.5: pass an integer"),
+        ({"count": True}, "--count is True: pass an integer"),
+        ({"scale": float("nan")}, "--scale is nan: pass a finite number"),
+        ({"scale": float("inf")}, "--scale is inf: pass a finite number"),
+        ({"scale": "abc"}, "--scale is 'abc': pass a number"),
+        ({"flag": "yes"}, "--flag is 'yes': pass True/False"),
+        ({"limit": "abc"}, "--limit is 'abc': pass an integer"),
+        ({"name": None}, "--name needs a value"),
+    ],
+)
+def test_wrong_argument_types_are_usage_errors(kwargs, message):
+    with pytest.raises(UsageError) as caught:
+        checked(**kwargs)
+    assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("value", "item_type", "expected"),
+    [
+        ((64, 256), float, [64.0, 256.0]),  # --sizes_mb 64,256
+        (64, int, [64]),  # --sizes_mb 64
+        ("64,256", int, [64, 256]),
+        (("int8wo", "int4wo"), str, ["int8wo", "int4wo"]),  # --configs int8wo,int4wo
+        ("int8wo", str, ["int8wo"]),
+        (["a, b", "c"], str, ["a", "b", "c"]),  # --configs "[a, b]" style
+        (" a , ,b ", str, ["a", "b"]),
+        (None, str, []),
+        ((0, 1), str, ["0", "1"]),
+    ],
+)
+def test_parse_list_flattens_every_form_fire_produces(value, item_type, expected):
+    assert parse_list(value, item_type, name="sizes") == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "item_type"), [("(64", float), ("a,2", int), ((1.5,), int), ("nan", float)]
+)
+def test_parse_list_rejects_items_of_the_wrong_type(value, item_type):
+    with pytest.raises(UsageError, match="--sizes is .*: pass comma-separated"):
+        parse_list(value, item_type, name="sizes")
+
+
+SCRIPT = textwrap.dedent(
+    '''
+    import json, pathlib, sys, time
+    from pytorch_scripts_common.cli import run
+
+    def main(mode: str = "ok", num_runs: int = 1, marker: str = ""):
+        """Test entry.
+
+        Args:
+            mode: what to do.
+            num_runs: a count.
+            marker: a file to write while sleeping.
+        """
+        if mode == "user":
+            raise ValueError("input x.json is empty: pass a trace file")
+        if mode == "missing":
+            open("/nonexistent/file.json")
+        if mode == "bug":
+            raise KeyError("internal")
+        if mode == "sleep":
+            try:
+                pathlib.Path(marker).write_text("started")
+                time.sleep(60)
+            finally:
+                pathlib.Path(marker).write_text("cleaned up")
+        print("ran", num_runs)
+
+    if __name__ == "__main__":
+        run(main)
+    '''
+)
+
+
+def run_script(tmp_path, *args, env=None):
+    script = tmp_path / "tool.py"
+    script.write_text(SCRIPT)
+    return subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def test_user_mistakes_print_one_line_and_exit_2(tmp_path):
+    for args, line in [
+        (["--mode", "user"], "error: input x.json is empty: pass a trace file"),
+        (["--num_runs", "abc"], "error: --num_runs is 'abc': pass an integer"),
+        (["--mode", "missing"], "error: no such file or directory: /nonexistent/file.json"),
+    ]:
+        result = run_script(tmp_path, *args)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == line
+        assert "Traceback" not in result.stderr
+
+
+def test_bugs_keep_their_traceback_and_the_debug_switch_shows_user_errors_in_full(tmp_path):
+    bug = run_script(tmp_path, "--mode", "bug")
+    assert bug.returncode == 1
+    assert "Traceback" in bug.stderr and "KeyError: 'internal'" in bug.stderr
+    debug = run_script(tmp_path, "--mode", "user", env={**os.environ, "PYTORCH_SCRIPTS_DEBUG": "1"})
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr and "ValueError: input x.json is empty" in debug.stderr
+
+
+def test_success_runs_the_function(tmp_path):
+    result = run_script(tmp_path, "--num_runs", "3")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ran 3"
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_sigint_run_cleanup_and_exit_with_one_line(tmp_path, signum, code):
+    script = tmp_path / "tool.py"
+    script.write_text(SCRIPT)
+    marker = tmp_path / "marker"
+    process = subprocess.Popen(
+        [sys.executable, str(script), "--mode", "sleep", "--marker", str(marker)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code
+    assert marker.read_text() == "cleaned up"
+    assert stderr.strip().startswith("error: interrupted" if signum == signal.SIGINT else "error: terminated")
