@@ -188,38 +188,20 @@ def test_help_anywhere_shows_help_without_running(tmp_path, args):
     assert "ran" not in result.stdout
 
 
-REPORT_SCRIPT = textwrap.dedent(
-    '''
-    import pathlib, sys, time
-    from pytorch_scripts_common.cli import run
-
-    def main(mode: str = "user", marker: str = ""):
-        """Test entry.
-
-        Args:
-            mode: what to do.
-            marker: a file to write while sleeping.
-        """
-        if mode == "sleep":
-            try:
-                pathlib.Path(marker).write_text("started")
-                time.sleep(60)
-            finally:
-                pathlib.Path(marker).write_text("cleaned up")
-        raise ValueError("bad input: fix it")
-
-    if __name__ == "__main__":
-        run(main, report=lambda line: print("REPORTED " + line), sigterm_raises=False)
-    '''
+REPORT_SCRIPT = SCRIPT.replace(
+    "run(main)", "run(main, report=lambda line: print('REPORTED ' + line), sigterm_raises=False)"
 )
 
 
 def test_report_replaces_the_printing_and_sigterm_can_keep_its_default(tmp_path):
     script = tmp_path / "tool.py"
     script.write_text(REPORT_SCRIPT)
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(script), "--mode", "user"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2
-    assert result.stdout.strip() == "REPORTED error: bad input: fix it" and result.stderr == ""
+    assert result.stdout.strip() == "REPORTED error: input x.json is empty: pass a trace file"
+    assert result.stderr == ""
     marker = tmp_path / "marker"
     process = subprocess.Popen([sys.executable, str(script), "--mode", "sleep", "--marker", str(marker)])
     deadline = time.monotonic() + 60

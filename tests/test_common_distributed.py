@@ -3,7 +3,6 @@ choice, process-group set-up / teardown (world size 1, gloo) and the torchrun en
 
 import json
 import math
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ import torch.distributed as dist
 from pytorch_scripts_common import distributed
 from pytorch_scripts_common.cli import UsageError
 from pytorch_scripts_common.distributed import Tolerance, check_true, compare
+from tests.torchrun_launch import free_port
 
 # --- Tolerance ------------------------------------------------------------------------------------
 
@@ -173,12 +173,6 @@ def test_cuda_gets_nccl_and_set_device_of_the_local_rank(monkeypatch):
 
 
 # --- process group (world size 1, gloo) -----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import os
 import pathlib
 import re
 import shlex
-import socket
 import subprocess
 import sys
 
@@ -20,7 +19,7 @@ from dp2ep import main as main_module
 from dp2ep.main import main
 from pytorch_scripts_common.cli import UsageError
 from tests.readme_commands import bash_block_commands
-from tests.torchrun_errors import assert_one_line_user_error
+from tests.torchrun_launch import assert_one_line_user_error, free_port
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 MAIN = ("-m", "dp2ep.main")  # the README's form: torchrun ... -m dp2ep.main
@@ -36,12 +35,6 @@ ROW = re.compile(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _torchrun(nproc: int, target: tuple[str, ...], *args: str) -> subprocess.CompletedProcess:
     command = [
         str(TORCHRUN),
@@ -50,7 +43,7 @@ def _torchrun(nproc: int, target: tuple[str, ...], *args: str) -> subprocess.Com
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         *target,
         "--timeout_s",
         "60",

@@ -7,24 +7,17 @@ checks several modes. Every launch has a timeout: a hung collective fails the te
 import os
 import pathlib
 import re
-import socket
 import subprocess
 import sys
 
 import pytest
 
 import dtensor_parallelisms
-from tests.torchrun_errors import assert_one_line_user_error
+from tests.torchrun_launch import assert_one_line_user_error, free_port
 
 REPO_ROOT = pathlib.Path(dtensor_parallelisms.__file__).resolve().parents[1]
 MODULE = ("-m", "dtensor_parallelisms.main")  # the README's form: torchrun ... -m dtensor_parallelisms.main
 LAUNCH_TIMEOUT_S = 240
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def torchrun(

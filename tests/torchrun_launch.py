@@ -1,9 +1,18 @@
-"""What a torchrun launch prints when every rank refuses its arguments, for the torchrun CLI tests."""
+"""Helpers of the tests that launch torchrun: a free rendezvous port, and what a launch prints when
+every rank refuses its arguments."""
 
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
 
 OUR_FRAMES = re.compile(r'File ".*/(dtensor_parallelisms|dp2ep|pytorch_scripts_common)/')
 
