@@ -10,9 +10,10 @@ Set-up and teardown (every rank runs the same script under torchrun):
   local rank 0 prints first and is the root cause torchrun names. A bug keeps its traceback in the
   error file (``torch.distributed.elastic.multiprocessing.errors.record``). SIGTERM keeps its
   default: torchrun stops ranks with it, and a rank blocked in a collective would not run a Python
-  handler until the collective times out. After success the process ends with ``os._exit(0)``:
-  gloo's background threads intermittently abort interpreter finalization on CPU ("terminate
-  called without an active exception", SIGABRT after every check passed).
+  handler until the collective times out. The process ends with ``os._exit`` and the exit code
+  (0 after success): gloo's background threads intermittently abort interpreter finalization on
+  CPU ("terminate called without an active exception", SIGABRT after every check passed). A bug's
+  exception still ends the usual way, with its traceback.
 - ``torchrun_world_size(command)``: the world size torchrun set, or a ``UsageError`` naming
   ``command`` when the script was not started by torchrun. Validate everything with it *before*
   ``process_group``: a mistake then fails on every rank alike, and no rank waits in a collective.
@@ -102,11 +103,19 @@ def run(main: Callable[..., Any]) -> None:
     """``cli.run(main)`` for a script torchrun starts on every rank (see the module doc)."""
     from torch.distributed.elastic.multiprocessing.errors import record
 
-    cli_run(record(main), report=_report_from_local_rank_zero, sigterm_raises=False)
-    # Only success reaches this line: output is printed and the process group destroyed.
+    code: int | str | None = 0
+    try:
+        cli_run(record(main), report=_report_from_local_rank_zero, sigterm_raises=False)
+    except SystemExit as exit_request:  # user mistakes (2), failed checks (1), --help (0)
+        code = exit_request.code
+    # Output is printed and the process group destroyed: end without interpreter finalization,
+    # which gloo's threads can abort (SIGABRT), turning a result into a crash.
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code or 0)
 
 
 def torchrun_world_size(command: str) -> int:

@@ -223,6 +223,10 @@ ENTRY = textwrap.dedent(
         if mode == "bug":
             raise KeyError("internal")
         print("done", num_steps)
+        if mode == "checks_failed":
+            raise SystemExit(1)
+        if mode == "message":
+            raise SystemExit("3 checks failed")
 
     if __name__ == "__main__":
         distributed.run(main)
@@ -270,6 +274,12 @@ def test_a_bug_keeps_its_traceback_also_in_the_error_file(tmp_path):
     assert "KeyError: 'internal'" in recorded["message"]["extraInfo"]["py_callstack"]
 
 
-def test_success_exits_0_with_the_output_flushed(tmp_path):
+def test_success_and_failed_checks_exit_with_their_code_and_the_output_flushed(tmp_path):
     result, recorded, _ = run_entry(tmp_path, "0", "--num_steps", "3")
     assert result.returncode == 0 and result.stdout == "done 3\n" and recorded is None
+    result, _, _ = run_entry(tmp_path, "0", "--mode", "checks_failed")
+    assert result.returncode == 1 and result.stdout == "done 1\n" and result.stderr == ""
+    result, _, _ = run_entry(tmp_path, "0", "--mode", "message")
+    assert result.returncode == 1 and result.stdout == "done 1\n" and result.stderr == "3 checks failed\n"
+    result, _, _ = run_entry(tmp_path, "0", "--help")
+    assert result.returncode == 0 and "--num_steps" in result.stdout + result.stderr
