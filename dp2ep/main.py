@@ -7,8 +7,8 @@ expert weight grad (exact), router and shared-expert grads after the data-parall
 (stated tolerance). Any mismatch makes every rank exit non-zero. Each argument that names a case
 axis takes one value or a comma list; all combinations run in one launch.
 
-    torchrun --nproc_per_node 4 dp2ep/main.py
-    torchrun --nproc_per_node 2 dp2ep/main.py --num_experts 8 --top_k 2 --dtype bfloat16
+    .venv/bin/torchrun --nproc_per_node 4 -m dp2ep.main
+    .venv/bin/torchrun --nproc_per_node 2 -m dp2ep.main --num_experts 8 --top_k 2 --dtype bfloat16
 
 Shape legend: T tokens, D dim, H hidden, E experts, K top-k, W world size, L = E // W.
 """
@@ -17,13 +17,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import itertools
-import os
-import sys
 from collections.abc import Sequence
 
-import fire
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
@@ -31,20 +27,32 @@ from torch.distributed.tensor import DTensor, Shard
 from torch.distributed.tensor.parallel import parallelize_module
 
 from dp2ep.expert_parallel import ExpertParallel
-from dp2ep.moe import EXPERT_IMPLS, MoE
-from pytorch_scripts_common import compute_sqnr, get_device, set_seed
+from dp2ep.moe import EXPERT_IMPLS, MoE, grouped_mm_supported
+from pytorch_scripts_common import distributed, get_device, set_seed
+from pytorch_scripts_common.cli import UsageError, parse_list
+from pytorch_scripts_common.distributed import CheckResult, Tolerance, check_true, compare
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 ROUTINGS = ("random", "skewed")
 BATCHES = ("even", "uneven")
+EXAMPLE_COMMAND = ".venv/bin/torchrun --nproc_per_node 2 -m dp2ep.main"
+
+# Expert e receives exactly the reference's rows, in the same order (stable sort by expert, rank 0's
+# rows before rank 1's, regrouping that keeps that order), so every expert GEMM has the identical
+# input matrix in both runs and the k-sum is done in a fixed order (see README.md).
+SAME_ROWS_SAME_ORDER = Tolerance.exact("each expert gets the reference's rows in the same order")
+COPIES = Tolerance.exact("copies, no arithmetic")
 
 # Router and shared-expert weights are replicated: each rank's grad covers its own tokens and the
 # data-parallel all-reduce sums W partial grads, where the reference does one GEMM over all tokens.
 # Only the summation order differs. Measured over the default 96 cases (D=16, H=32, 32 tokens per
 # rank, CPU, gloo) max |diff| / max |ref|: float32 3.3e-7 (W=2) and 6.4e-7 (W=4), bound 1e-5;
 # bfloat16 7.5e-3 (W=2) and 8.3e-3 (W=4), i.e. ~2 bfloat16 roundings (2^-8 = 3.9e-3) because every
-# partial is rounded to bfloat16 before the sum, bound 3e-2. Everything else is exact (see README).
-ALL_REDUCED_GRAD_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 3e-2}
+# partial is rounded to bfloat16 before the sum, bound 3e-2.
+ALL_REDUCED_GRAD_TOLERANCE = {
+    torch.float32: Tolerance.scaled(1e-5, "all-reduce of W partial float32 grads: summation order"),
+    torch.bfloat16: Tolerance.scaled(3e-2, "all-reduce of W partial grads, each rounded to bfloat16"),
+}
 
 # The expert math is identical in both runs, with one CPU catch found by measurement: float32 silu
 # over a buffer computes its last (length mod 32) elements on a different code path (scalar tail
@@ -56,7 +64,9 @@ ALL_REDUCED_GRAD_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 3e-2}
 # D=12, H=20, K 1 and 3, with and without the shared expert, W=2 and 4). bfloat16 silu showed no
 # tail effect: exact for any H.
 EXACT_HIDDEN_MULTIPLE = 32
-FLOAT32_SILU_TAIL_TOLERANCE = 1e-6
+FLOAT32_SILU_TAIL = Tolerance.scaled(
+    1e-6, "float32 silu: the last (length mod 32) elements take another path"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,23 +85,13 @@ class Case:
         )
 
 
-@dataclasses.dataclass
-class CheckResult:
-    name: str
-    ok: bool
-    detail: str
-    rel_error: float = 0.0  # max |diff| / max |ref| of a tolerance check; 0 for exact ones
-
-
-def _as_tuple(value: object, name: str, kind: type) -> tuple:
-    """fire gives one value for `--x 4` and a tuple for `--x 4,8`: normalise and type-check."""
-    values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
-    for item in values:
-        if not isinstance(item, kind) or isinstance(item, bool):
-            raise ValueError(f"{name} must be {kind.__name__} or a comma list of them, got {value!r}")
-    if not values:
-        raise ValueError(f"{name} is empty; give at least one value")
-    return values
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    dim: int  # D
+    hidden: int  # H
+    num_tokens: int  # T per rank, the unit of the uneven batch
+    shared_expert: bool
+    seed: int
 
 
 def build_cases(
@@ -105,15 +105,17 @@ def build_cases(
 ) -> list[Case]:
     """The cartesian product of the case axes, validated against the world size up front."""
     for e in num_experts:
-        if e < 1 or e % world_size != 0:
-            raise ValueError(
+        if e < 1:
+            raise UsageError(f"num_experts={e}: pass positive multiples of the world size {world_size}")
+        if e % world_size != 0:
+            raise UsageError(
                 f"num_experts={e} is not divisible by the world size {world_size}: each rank owns "
                 f"num_experts / world_size experts; use a positive multiple of {world_size} "
                 f"or change --nproc_per_node"
             )
     for k in top_k:
         if not 1 <= k <= min(num_experts):
-            raise ValueError(f"top_k={k} must be in [1, min(num_experts)={min(num_experts)}]")
+            raise UsageError(f"top_k={k} must be in [1, min(num_experts)={min(num_experts)}]")
     for values, choices, name in (
         (dtype, DTYPES, "dtype"),
         (routing, ROUTINGS, "routing"),
@@ -122,7 +124,7 @@ def build_cases(
     ):
         for v in values:
             if v not in choices:
-                raise ValueError(f"{name}={v!r} is not one of {tuple(choices)}")
+                raise UsageError(f"{name}={v!r} is not one of {tuple(choices)}")
     return [
         Case(*combo) for combo in itertools.product(num_experts, top_k, dtype, routing, batch, expert_impl)
     ]
@@ -148,118 +150,156 @@ def skewed_expert_bias(num_experts: int, top_k: int, world_size: int) -> torch.T
     return bias
 
 
-def compare(name: str, ref: torch.Tensor, test: torch.Tensor, rel_tolerance: float) -> CheckResult:
-    """Exact (torch.equal) when rel_tolerance == 0, else max |test - ref| <= rel_tolerance * max |ref|."""
-    if ref.shape != test.shape or ref.dtype != test.dtype:
-        return CheckResult(
-            name, False, f"shape/dtype {tuple(test.shape)} {test.dtype} != {tuple(ref.shape)} {ref.dtype}"
-        )
-    if rel_tolerance == 0:
-        if torch.equal(ref, test):
-            return CheckResult(name, True, "exact")
-        diff = (ref.float() - test.float()).abs().max().item()
-        return CheckResult(
-            name, False, f"not exact: max |diff| {diff:.3g}, SQNR {compute_sqnr(ref, test):.1f} dB"
-        )
-    if ref.numel() == 0:
-        return CheckResult(name, True, "empty")
-    diff = (ref.float() - test.float()).abs().max().item()
-    scale = ref.float().abs().max().item()
-    rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
-    ok = rel <= rel_tolerance
-    detail = f"max|diff|/max|ref| {rel:.2g} (tol {rel_tolerance:g}), SQNR {compute_sqnr(ref, test):.1f} dB"
-    return CheckResult(name, ok, detail, rel)
+def build_models(case: Case, mesh: DeviceMesh, device: torch.device, shapes: Shapes) -> tuple[MoE, MoE]:
+    """The reference MoE and its expert-parallel copy (experts sharded Shard(0) over ``mesh``)."""
+    # One seed on every rank: the reference weights, the EP copy and the global batch must be the same
+    # on all ranks, because each rank compares its EP slice with the same global reference.
+    set_seed(shapes.seed)
+    reference = MoE(
+        shapes.dim,
+        shapes.hidden,
+        case.num_experts,
+        case.top_k,
+        shapes.shared_expert,
+        expert_impl=case.expert_impl,
+    )
+    reference = reference.to(device=device, dtype=DTYPES[case.dtype_name])
+    if case.routing == "skewed":
+        reference.router.expert_bias.copy_(skewed_expert_bias(case.num_experts, case.top_k, mesh.size()))
+    expert_parallel_moe = copy.deepcopy(reference)
+    parallelize_module(expert_parallel_moe.experts, mesh, ExpertParallel())
+    return reference, expert_parallel_moe
 
 
 def run_case(
-    case: Case,
-    mesh: DeviceMesh,
-    device: torch.device,
-    dim: int,
-    hidden: int,
-    num_tokens: int,
-    shared_expert: bool,
-    seed: int,
+    case: Case, mesh: DeviceMesh, device: torch.device, shapes: Shapes
 ) -> tuple[list[CheckResult], dict]:
     """One EP-vs-reference comparison on this rank; returns its checks and routing statistics."""
     rank, world_size = mesh.get_rank(), mesh.size()
+    reference, expert_parallel_moe = build_models(case, mesh, device, shapes)
+    counts = tokens_per_rank(case.batch, shapes.num_tokens, world_size)
     dtype = DTYPES[case.dtype_name]
-    # One seed on every rank: the reference weights, the EP copy and the global batch must be the same
-    # on all ranks, because each rank compares its EP slice with the same global reference.
-    set_seed(seed)
-    reference = MoE(dim, hidden, case.num_experts, case.top_k, shared_expert, expert_impl=case.expert_impl)
-    reference = reference.to(device=device, dtype=dtype)
-    if case.routing == "skewed":
-        reference.router.expert_bias.copy_(skewed_expert_bias(case.num_experts, case.top_k, world_size))
-    expert_parallel_moe = copy.deepcopy(reference)
-    parallelize_module(expert_parallel_moe.experts, mesh, ExpertParallel())
-
-    counts = tokens_per_rank(case.batch, num_tokens, world_size)
-    x_global = torch.randn(sum(counts), dim, device=device, dtype=dtype)  # (T_global, D)
-    grad_out_global = torch.randn(sum(counts), dim, device=device, dtype=dtype)
-    start, stop = sum(counts[:rank]), sum(counts[: rank + 1])
+    x_global = torch.randn(sum(counts), shapes.dim, device=device, dtype=dtype)  # (T_global, D)
+    grad_out_global = torch.randn(sum(counts), shapes.dim, device=device, dtype=dtype)
+    own_rows = slice(sum(counts[:rank]), sum(counts[: rank + 1]))
 
     x_ref = x_global.clone().requires_grad_()
     out_ref = reference(x_ref)
     out_ref.backward(grad_out_global)
 
-    x_local = x_global[start:stop].clone().requires_grad_()  # (T, D): data parallel, own slice
+    x_local = x_global[own_rows].clone().requires_grad_()  # (T, D): data parallel, own slice
     out = expert_parallel_moe(x_local)
-    out.backward(grad_out_global[start:stop])
+    out.backward(grad_out_global[own_rows])
     # Replicated parameters: what DDP / FSDP would do, a sum over the data-parallel ranks.
     for param in expert_parallel_moe.parameters():
         if not isinstance(param, DTensor):
             dist.all_reduce(param.grad, group=mesh.get_group())
 
-    tolerance = ALL_REDUCED_GRAD_TOLERANCE[dtype]
-    exact = (
-        0.0 if dtype != torch.float32 or hidden % EXACT_HIDDEN_MULTIPLE == 0 else FLOAT32_SILU_TAIL_TOLERANCE
+    same_math = (
+        SAME_ROWS_SAME_ORDER
+        if dtype != torch.float32 or shapes.hidden % EXACT_HIDDEN_MULTIPLE == 0
+        else FLOAT32_SILU_TAIL
     )
+    checks = [
+        placement_check(expert_parallel_moe, case.num_experts // world_size),
+        compare("output", out_ref[own_rows].detach(), out.detach(), same_math),
+        compare("input grad", x_ref.grad[own_rows], x_local.grad, same_math),
+        *parameter_checks(reference, expert_parallel_moe, rank, same_math, ALL_REDUCED_GRAD_TOLERANCE[dtype]),
+    ]
+    return checks, routing_stats(reference, expert_parallel_moe, x_global, x_local, counts, case)
+
+
+def placement_check(expert_parallel_moe: MoE, num_local: int) -> CheckResult:
+    """The expert weights are DTensors placed (Shard(0),) with ``num_local`` experts on this rank."""
     sharded = {name: p for name, p in expert_parallel_moe.named_parameters() if isinstance(p, DTensor)}
     placements_ok = set(sharded) == {"experts.w1", "experts.w2", "experts.w3"} and all(
-        p.placements == (Shard(0),) and p.to_local().shape[0] == case.num_experts // world_size
-        for p in sharded.values()
+        p.placements == (Shard(0),) and p.to_local().shape[0] == num_local for p in sharded.values()
     )
     placements = {name: str(p.placements) for name, p in sharded.items()}
-    checks = [
-        CheckResult(
-            "experts Shard(0)", placements_ok, "exact" if placements_ok else f"placements {placements}"
-        ),
-        compare("output", out_ref[start:stop].detach(), out.detach(), exact),
-        compare("input grad", x_ref.grad[start:stop], x_local.grad, exact),
-    ]
+    return check_true("experts Shard(0)", placements_ok, f"placements {placements}")
+
+
+def parameter_checks(
+    reference: MoE, expert_parallel_moe: MoE, rank: int, same_math: Tolerance, all_reduced: Tolerance
+) -> list[CheckResult]:
+    """Expert shards and their grads against the reference's rows; replicated grads after the all-reduce."""
     ref_params = dict(reference.named_parameters())
-    num_local = case.num_experts // world_size
+    checks = []
     for name, param in expert_parallel_moe.named_parameters():
         ref_param = ref_params[name]
-        if isinstance(param, DTensor):  # expert weights: this rank's L experts, exact
+        if isinstance(param, DTensor):  # expert weights: this rank's L experts
+            num_local = param.to_local().shape[0]
             own = slice(rank * num_local, (rank + 1) * num_local)
-            checks.append(compare(f"{name} shard", ref_param.detach()[own], param.to_local().detach(), 0))
-            checks.append(compare(f"{name} grad", ref_param.grad[own], param.grad.to_local(), exact))
+            checks.append(
+                compare(f"{name} shard", ref_param.detach()[own], param.to_local().detach(), COPIES)
+            )
+            checks.append(compare(f"{name} grad", ref_param.grad[own], param.grad.to_local(), same_math))
         else:
-            checks.append(compare(f"{name} grad", ref_param.grad, param.grad, tolerance))
+            checks.append(compare(f"{name} grad", ref_param.grad, param.grad, all_reduced))
+    return checks
 
+
+def routing_stats(
+    reference: MoE,
+    expert_parallel_moe: MoE,
+    x_global: torch.Tensor,
+    x_local: torch.Tensor,
+    counts: list[int],
+    case: Case,
+) -> dict:
+    """Tokens per rank, tokens routed to each rank's experts, idle experts, the expert implementation."""
+    world_size = len(counts)
     _, expert_indices = reference.router(x_global)  # (T_global, K), the routing both runs used
     tokens_per_expert = torch.bincount(expert_indices.reshape(-1), minlength=case.num_experts)
-    stats = {
+    return {
         "tokens per rank": counts,
-        "routed to rank": tokens_per_expert.view(world_size, num_local).sum(dim=1).tolist(),
+        "routed to rank": tokens_per_expert.view(world_size, case.num_experts // world_size)
+        .sum(dim=1)
+        .tolist(),
         "experts with no token": int((tokens_per_expert == 0).sum()),
         "impl": "grouped_mm" if expert_parallel_moe.experts.use_grouped_mm(x_local) else "loop",
     }
-    return checks, stats
 
 
-def _init_distributed(timeout_s: float) -> tuple[DeviceMesh, torch.device]:
-    device = get_device()
-    if device.type == "cuda":
-        local_rank = int(os.environ["LOCAL_RANK"])
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),), mesh_dim_names=("ep",))
-    return mesh, device
+def run_cases(
+    cases: list[Case], mesh: DeviceMesh, device: torch.device, shapes: Shapes
+) -> tuple[list[str], list[str], set[Tolerance]]:
+    """Every case on this rank: its table rows, its mismatch lines and the tolerances used."""
+    rows, failures, tolerances = [], [], set()
+    for case in cases:
+        checks, stats = run_case(case, mesh, device, shapes)
+        failures += [f"rank {mesh.get_rank()} {case} {c.name}: {c.detail}" for c in checks if not c.passed]
+        tolerances |= {c.tolerance for c in checks if c.tolerance is not None}
+        worst = max(checks, key=lambda c: c.scaled_err)
+        rows.append(
+            f"{case} {stats['impl']:<10} {stats['tokens per rank']!s:<18} "
+            f"{stats['routed to rank']!s:<18} "
+            f"{stats['experts with no token']:>5} {sum(c.passed for c in checks):>2}/{len(checks):<2} "
+            f"{sum(c.bitwise_equal for c in checks):>5} {worst.scaled_err:9.2g} ({worst.name})"
+        )
+    return rows, failures, tolerances
+
+
+def print_report(
+    rows: list[str], all_failures: list[str], tolerances: set[Tolerance], device: torch.device, shapes: Shapes
+) -> None:
+    """Rank 0's output: the configuration, one row per case, the tolerances, every mismatch, the verdict."""
+    print(
+        f"dp2ep: world size {dist.get_world_size()}, device {device}, torch {torch.__version__}, "
+        f"D={shapes.dim} H={shapes.hidden} T={shapes.num_tokens}, {len(rows)} cases"
+    )
+    print(
+        f"{'case':<42} {'impl':<10} {'tokens/rank':<18} {'routed to rank':<18} {'idle':>5} "
+        f"{'ok':>5} {'exact':>5} {'worst max|diff|/max|ref|'}"
+    )
+    print("\n".join(rows))
+    print("tolerances:")
+    for tolerance in sorted(tolerances, key=str):
+        print(f"  {tolerance}: {tolerance.reason}")
+    for line in all_failures:
+        print(f"MISMATCH {line}")
+    verdict = "FAILED" if all_failures else "PASSED"
+    print(f"dp2ep: {verdict}: {len(all_failures)} mismatches over {len(rows)} cases")
 
 
 def main(
@@ -292,76 +332,59 @@ def main(
         seed: one seed for all ranks (weights and the global batch must match everywhere).
         timeout_s: process-group timeout in seconds (rendezvous and every collective), so nothing hangs.
     """
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise ValueError(
-            "dp2ep/main.py must be launched by torchrun (RANK / WORLD_SIZE are not set), e.g. "
-            "`torchrun --nproc_per_node 2 dp2ep/main.py`; for one process use --nproc_per_node 1"
-        )
-    world_size = int(os.environ["WORLD_SIZE"])
-    if not isinstance(shared_expert, bool):
-        raise ValueError(f"shared_expert must be True or False, got {shared_expert!r}")
-    for name, value in (
-        ("dim", dim),
-        ("hidden", hidden),
-        ("num_tokens", num_tokens),
-        ("timeout_s", timeout_s),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(f"{name} must be a positive number, got {value!r}")
-    cases = build_cases(
-        _as_tuple(num_experts, "num_experts", int),
-        _as_tuple(top_k, "top_k", int),
-        _as_tuple(dtype, "dtype", str),
-        _as_tuple(routing, "routing", str),
-        _as_tuple(batch, "batch", str),
-        _as_tuple(expert_impl, "expert_impl", str),
-        world_size,
-    )
-    mesh, device = _init_distributed(timeout_s)
-    rank = dist.get_rank()
-    try:
-        failures = []
-        rows = []
-        for case in cases:
-            checks, stats = run_case(case, mesh, device, dim, hidden, num_tokens, shared_expert, seed)
-            failures += [f"rank {rank} {case} {c.name}: {c.detail}" for c in checks if not c.ok]
-            num_exact = sum(c.ok and c.rel_error == 0 for c in checks)  # bitwise equal
-            worst = max(checks, key=lambda c: c.rel_error)
-            rows.append(
-                f"{case} {stats['impl']:<10} {stats['tokens per rank']!s:<18} "
-                f"{stats['routed to rank']!s:<18} "
-                f"{stats['experts with no token']:>5} {sum(c.ok for c in checks):>2}/{len(checks):<2} "
-                f"{num_exact:>5} {worst.rel_error:9.2g} ({worst.name})"
-            )
-        all_failures: list[list[str] | None] = [None] * world_size
+    shapes = Shapes(dim, hidden, num_tokens, shared_expert, seed)
+    cases = validate_arguments(num_experts, top_k, dtype, routing, batch, expert_impl, shapes, timeout_s)
+    with distributed.process_group(timeout_s) as device:
+        mesh = init_device_mesh(device.type, (dist.get_world_size(),), mesh_dim_names=("ep",))
+        rows, failures, tolerances = run_cases(cases, mesh, device, shapes)
+        all_failures: list[list[str] | None] = [None] * dist.get_world_size()
         dist.all_gather_object(all_failures, failures)
-        num_failed = sum(len(f) for f in all_failures)
-        if rank == 0:
-            print(
-                f"dp2ep: world size {world_size}, device {device}, torch {torch.__version__}, "
-                f"D={dim} H={hidden} T={num_tokens}, {len(cases)} cases"
-            )
-            print(
-                f"{'case':<42} {'impl':<10} {'tokens/rank':<18} {'routed to rank':<18} {'idle':>5} "
-                f"{'ok':>5} {'exact':>5} {'worst rel (all-reduced grad)'}"
-            )
-            print("\n".join(rows))
-            for line in (line for group in all_failures for line in group):
-                print(f"MISMATCH {line}")
-            verdict = "FAILED" if num_failed else "PASSED"
-            print(f"dp2ep: {verdict}: {num_failed} mismatches over {len(cases)} cases")
-        dist.barrier()  # no rank tears gloo down while a peer is still in a collective
-    finally:
-        dist.destroy_process_group()
-    if num_failed:
+        flat_failures = [line for per_rank in all_failures for line in per_rank]
+        if dist.get_rank() == 0:
+            print_report(rows, flat_failures, tolerances, device, shapes)
+    if flat_failures:
         raise SystemExit(1)
 
 
+def validate_arguments(
+    num_experts: object,
+    top_k: object,
+    dtype: object,
+    routing: object,
+    batch: object,
+    expert_impl: object,
+    shapes: Shapes,
+    timeout_s: float,
+) -> list[Case]:
+    """The cases to run; ``UsageError`` for any mistake, on every rank before the process group exists."""
+    world_size = distributed.torchrun_world_size(EXAMPLE_COMMAND)
+    for name, value in (("dim", shapes.dim), ("hidden", shapes.hidden), ("num_tokens", shapes.num_tokens)):
+        if value < 1:
+            raise UsageError(f"--{name} is {value}: pass a positive integer")
+    if shapes.seed < 0:
+        raise UsageError(f"--seed is {shapes.seed}: pass a non-negative integer")
+    distributed.check_timeout(timeout_s)
+    axes = {"num_experts": num_experts, "top_k": top_k, "dtype": dtype, "routing": routing, "batch": batch}
+    values = {
+        name: parse_list(value, int if name in ("num_experts", "top_k") else str, name=name)
+        for name, value in (*axes.items(), ("expert_impl", expert_impl))
+    }
+    for name, items in values.items():
+        if not items:
+            raise UsageError(f"--{name} is empty: give at least one value")
+    cases = build_cases(*values.values(), world_size=world_size)
+    if "grouped_mm" in values["expert_impl"]:
+        device = get_device()
+        for name in values["dtype"]:
+            if not grouped_mm_supported(DTYPES[name], shapes.dim, shapes.hidden, device):
+                raise UsageError(
+                    f"expert_impl=grouped_mm cannot run dtype={name}, dim={shapes.dim}, "
+                    f"hidden={shapes.hidden} on {device.type} (dim and hidden need 16-byte rows; "
+                    "bfloat16 only on CUDA sm90+): "
+                    "use --expert_impl auto or loop"
+                )
+    return cases
+
+
 if __name__ == "__main__":
-    fire.Fire(main)
-    # Success only reaches this line. All output is printed and the process group destroyed, so skip
-    # interpreter finalization: gloo's background threads intermittently abort it on CPU ("terminate
-    # called without an active exception", SIGABRT after every check passed; seen in 2 of ~30 launches).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    distributed.run(main)

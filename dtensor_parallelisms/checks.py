@@ -1,89 +1,25 @@
-"""Comparison of a parallel run against the single-process reference: named checks with tolerances.
+"""The checks of one parallel run against its single-process reference, rendered as a table.
 
-A check passes when ``|test - ref| <= atol + rtol * |ref|`` holds element-wise (the rule of
-``torch.testing.assert_close``) and the shapes and dtypes match; a ``Tolerance.sqnr(min_db)``
-check instead needs the SQNR (dB, ``pytorch_scripts_common.compute_sqnr``) to be at least ``min_db``.
-``Tolerance.exact()`` is ``rtol = atol = 0``: bitwise-equal values (``-0.0 == 0.0`` aside).
-Every check records the measured maximum absolute and relative error, so a passing tolerance is
-reported together with its margin.
+The comparison rule (exact, element-wise ``rtol``/``atol``, SQNR), the measured errors and the
+reason of every tolerance are ``pytorch_scripts_common.distributed``'s ``compare`` / ``Tolerance``;
+``Report`` collects the results of one mode, groups many tensors into one row (every parameter
+gradient) and renders the table rank 0 prints.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
 
-from pytorch_scripts_common import compute_sqnr
-
-
-@dataclasses.dataclass(frozen=True)
-class Tolerance:
-    rtol: float
-    atol: float
-    reason: str
-    min_sqnr_db: float | None = None  # set: an SQNR check instead of an element-wise one
-
-    @classmethod
-    def exact(cls, reason: str) -> Tolerance:
-        return cls(rtol=0.0, atol=0.0, reason=reason)
-
-    @classmethod
-    def sqnr(cls, min_db: float, reason: str) -> Tolerance:
-        return cls(rtol=math.inf, atol=math.inf, reason=reason, min_sqnr_db=min_db)
-
-    @property
-    def is_exact(self) -> bool:
-        return self.rtol == 0.0 and self.atol == 0.0
-
-    def __str__(self) -> str:
-        if self.min_sqnr_db is not None:
-            return f"SQNR >= {self.min_sqnr_db:g} dB"
-        return "exact" if self.is_exact else f"rtol={self.rtol:.0e} atol={self.atol:.0e}"
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckResult:
-    name: str
-    passed: bool
-    max_abs_err: float
-    max_rel_err: float
-    tolerance: Tolerance | None  # None for a yes/no check
-    detail: str = ""
-    sqnr_db: float | None = None  # measured, for SQNR checks
-
-
-def compare(name: str, ref: torch.Tensor, test: torch.Tensor, tolerance: Tolerance) -> CheckResult:
-    """Compare ``test`` against ``ref`` under ``tolerance``; never raises on a mismatch (records it)."""
-    if ref.shape != test.shape or ref.dtype != test.dtype:
-        return CheckResult(
-            name,
-            False,
-            math.inf,
-            math.inf,
-            tolerance,
-            f"shape/dtype mismatch: ref {tuple(ref.shape)} {ref.dtype} "
-            f"vs test {tuple(test.shape)} {test.dtype}",
-        )
-    ref64 = ref.detach().to(device="cpu", dtype=torch.float64)
-    test64 = test.detach().to(device="cpu", dtype=torch.float64)
-    if not (torch.isfinite(ref64).all() and torch.isfinite(test64).all()):
-        return CheckResult(name, False, math.inf, math.inf, tolerance, "non-finite values")
-    abs_err = (test64 - ref64).abs()
-    max_abs = abs_err.max().item() if abs_err.numel() else 0.0
-    rel = abs_err / ref64.abs().clamp_min(torch.finfo(torch.float64).tiny)
-    max_rel = rel[abs_err > 0].max().item() if bool((abs_err > 0).any()) else 0.0
-    if tolerance.min_sqnr_db is not None:
-        sqnr = compute_sqnr(ref64, test64)
-        return CheckResult(name, sqnr >= tolerance.min_sqnr_db, max_abs, max_rel, tolerance, sqnr_db=sqnr)
-    passed = bool((abs_err <= tolerance.atol + tolerance.rtol * ref64.abs()).all())
-    return CheckResult(name, passed, max_abs, max_rel, tolerance)
+from pytorch_scripts_common.distributed import CheckResult, Tolerance, check_true, compare
 
 
 def _describe(result: CheckResult) -> str:
-    sqnr = f"SQNR {result.sqnr_db:.1f} dB" if result.sqnr_db is not None else ""
-    return "; ".join(part for part in (sqnr, result.detail) if part)
+    """The failure detail (it includes the measured SQNR), else the SQNR of an SQNR check."""
+    if result.detail:
+        return result.detail
+    return f"SQNR {result.sqnr_db:.1f} dB" if result.sqnr_db is not None else ""
 
 
 class Report:
@@ -105,7 +41,7 @@ class Report:
         if refs.keys() != tests.keys():
             missing = sorted(refs.keys() ^ tests.keys())
             result = CheckResult(
-                name, False, math.inf, math.inf, tolerance, f"different tensor names: {missing}"
+                name, False, tolerance, math.inf, math.inf, detail=f"different tensor names: {missing}"
             )
         else:
             parts = [compare(key, refs[key], tests[key], tolerance) for key in refs]
@@ -122,14 +58,19 @@ class Report:
             else:
                 detail = f"{len(parts)} tensors, worst {worst.name}"
             result = CheckResult(
-                name, not failed, worst.max_abs_err, max(r.max_rel_err for r in parts), tolerance, detail
+                name,
+                not failed,
+                tolerance,
+                worst.max_abs_err,
+                max(r.max_rel_err for r in parts),
+                detail=detail,
             )
         self.results.append(result)
         return result
 
     def check_true(self, name: str, condition: bool, detail: str) -> CheckResult:
         """A yes/no check (for example "the local shard has the expected shape")."""
-        result = CheckResult(name, bool(condition), 0.0, 0.0, None, "" if condition else detail)
+        result = check_true(name, condition, detail)
         self.results.append(result)
         return result
 

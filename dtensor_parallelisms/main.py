@@ -2,7 +2,7 @@
 
 Launch with torchrun (see README.md), for example on CPU:
 
-    torchrun --nproc_per_node 2 dtensor_parallelisms/main.py --mode fsdp
+    .venv/bin/torchrun --nproc_per_node 2 -m dtensor_parallelisms.main --mode fsdp
 
 Every rank runs the single-process reference itself (same seed everywhere) and the parallel version,
 then compares the forward output, the input gradient, every parameter gradient and every parameter
@@ -12,22 +12,15 @@ on any rank.
 
 from __future__ import annotations
 
-import datetime
-import os
 import sys
-
-import fire
-import torch
-import torch.distributed as dist
-from torch.distributed.elastic.multiprocessing.errors import record
 
 from dtensor_parallelisms.model import ModelConfig
 from dtensor_parallelisms.run import run_modes
-from pytorch_scripts_common import get_device
+from pytorch_scripts_common import distributed
+from pytorch_scripts_common.cli import UsageError
 
 MODES = ("fsdp", "tp", "sp", "fsdp_tp")
-TORCHRUN_ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-EXAMPLE_COMMAND = "torchrun --nproc_per_node 2 dtensor_parallelisms/main.py --mode fsdp"
+EXAMPLE_COMMAND = ".venv/bin/torchrun --nproc_per_node 2 -m dtensor_parallelisms.main --mode fsdp"
 
 
 def parse_modes(mode: str | tuple | list) -> list[str]:
@@ -38,7 +31,7 @@ def parse_modes(mode: str | tuple | list) -> list[str]:
         return list(MODES)
     unknown = [n for n in names if n not in MODES]
     if unknown or not names:
-        raise ValueError(
+        raise UsageError(
             f"unknown mode {unknown or mode!r}: choose one of {', '.join(MODES)}, 'all', "
             "or a comma-separated list such as --mode fsdp,tp"
         )
@@ -82,17 +75,6 @@ def validate_world_size(modes: list[str], world_size: int, config: ModelConfig, 
                 _require_divisible(mode, "vocab_size", config.vocab_size, degree, degree_name)
 
 
-def _torchrun_world_size() -> int:
-    missing = [name for name in TORCHRUN_ENV_VARS if name not in os.environ]
-    if missing:
-        raise ValueError(
-            f"not launched by torchrun (environment variables {', '.join(missing)} are not set). "
-            f"Run e.g.: {EXAMPLE_COMMAND}  (torchrun --nproc_per_node 1 ... for a single process)"
-        )
-    return int(os.environ["WORLD_SIZE"])
-
-
-@record  # torchrun's failure summary then shows the rank's exception message, not only its exit code
 def main(
     mode: str = "all",
     tp_size: int = 2,
@@ -136,27 +118,8 @@ def main(
         batch_size=batch_size,
         seq_len=seq_len,
     )
-    config.validate()
-    modes = parse_modes(mode)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    if timeout_s <= 0:
-        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if mixed_precision and "fsdp" not in modes:
-        raise ValueError(f"--mixed_precision applies to mode fsdp only; modes requested: {', '.join(modes)}")
-    # All validation happens before the process group exists, on every rank alike, so a bad request
-    # fails fast on every rank instead of leaving some ranks waiting in a collective.
-    validate_world_size(modes, _torchrun_world_size(), config, tp_size)
-
-    device = get_device()
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-    try:
+    modes = validate_arguments(config, mode, tp_size, seed, lr, mixed_precision, timeout_s)
+    with distributed.process_group(timeout_s) as device:
         num_failed = run_modes(
             modes,
             config,
@@ -167,18 +130,27 @@ def main(
             mixed_precision=mixed_precision,
             input_seed_per_rank=input_seed_per_rank,
         )
-        dist.barrier()  # no rank tears gloo down while a peer is still in a collective
-    finally:
-        dist.destroy_process_group()
     if num_failed:
         sys.exit(1)
 
 
+def validate_arguments(
+    config: ModelConfig, mode: str, tp_size: int, seed: int, lr: float, mixed_precision: bool, timeout_s: int
+) -> list[str]:
+    """The modes to run; ``UsageError`` for any mistake. Runs on every rank before the process group
+    exists, so a bad request fails on every rank alike instead of leaving ranks waiting in a collective."""
+    config.validate()
+    modes = parse_modes(mode)
+    if seed < 0:
+        raise UsageError(f"--seed is {seed}: pass a non-negative integer")
+    if lr <= 0:
+        raise UsageError(f"--lr is {lr}: pass a learning rate > 0")
+    distributed.check_timeout(timeout_s)
+    if mixed_precision and "fsdp" not in modes:
+        raise UsageError(f"--mixed_precision applies to mode fsdp only; modes requested: {', '.join(modes)}")
+    validate_world_size(modes, distributed.torchrun_world_size(EXAMPLE_COMMAND), config, tp_size)
+    return modes
+
+
 if __name__ == "__main__":
-    fire.Fire(main)
-    # Success only reaches this line. All output is printed and the process group destroyed, so skip
-    # interpreter finalization: gloo's background threads intermittently abort it on CPU ("terminate
-    # called without an active exception", SIGABRT after every check passed; seen in 2 of ~30 launches).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    distributed.run(main)

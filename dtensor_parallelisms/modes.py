@@ -33,10 +33,11 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
-from dtensor_parallelisms.checks import Report, Tolerance
+from dtensor_parallelisms.checks import Report
 from dtensor_parallelisms.hand_tp import build_hand_tp_model, hand_tp_shard_dim
 from dtensor_parallelisms.model import ModelConfig, Transformer, cross_entropy, make_inputs
 from pytorch_scripts_common import set_seed
+from pytorch_scripts_common.distributed import Tolerance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,13 +213,11 @@ EXACT_SAME_MATH = Tolerance.exact("same arithmetic in the same order as the refe
 # Row-parallel linears (wo, w2) sum P partial dot products across ranks instead of one long dot
 # product, so results differ from the reference by float32 rounding of a different summation order.
 # Measured maxima at P = 2 and 4 on CPU: logits ~5e-7, gradients ~5e-8 (see README.md).
-TP_FORWARD = Tolerance(rtol=1e-5, atol=5e-6, reason="float32 summation order of row-parallel sums (forward)")
-TP_GRADS = Tolerance(rtol=1e-5, atol=1e-6, reason="float32 summation order of row-parallel sums (gradients)")
+TP_FORWARD = Tolerance.elementwise(1e-5, 5e-6, "float32 summation order of row-parallel sums (forward)")
+TP_GRADS = Tolerance.elementwise(1e-5, 1e-6, "float32 summation order of row-parallel sums (gradients)")
 # DTensor adds a row-parallel bias as bias / P on every rank before the all-reduce (Replicate -> Partial
 # conversion); the hand-written TP adds the bias once after it. Measured ~6e-8 on a feed-forward output.
-BIAS_SPLIT = Tolerance(
-    rtol=1e-5, atol=1e-6, reason="DTensor adds bias / P per rank before the sum, hand TP after"
-)
+BIAS_SPLIT = Tolerance.elementwise(1e-5, 1e-6, "DTensor adds bias / P per rank before the sum, hand TP after")
 
 # bfloat16 keeps 8 significant bits (relative rounding 2^-9 ~ 2e-3 per op), i.e. ~50 dB per rounding;
 # errors compound through the layers. Measured lowest 40.6 dB (param grads, 2 layers); threshold 30 dB.
@@ -232,8 +231,8 @@ def adamw_tolerance(lr: float) -> Tolerance:
     gradient whose size is near eps = 1e-8 turns a rounding difference into an update difference up to
     ~lr. Measured ~1.5e-3 * lr at lr = 1e-2, so the tolerance is 1e-2 * lr.
     """
-    return Tolerance(
-        rtol=1e-5, atol=1e-2 * lr, reason="AdamW's first step ~ lr*g/(|g|+eps) amplifies tiny-g rounding"
+    return Tolerance.elementwise(
+        1e-5, 1e-2 * lr, "AdamW's first step ~ lr*g/(|g|+eps) amplifies tiny-g rounding"
     )
 
 
@@ -285,10 +284,8 @@ def run_fsdp(settings: RunSettings, mesh: DeviceMesh, report: Report) -> None:
     else:
         # Summing P equal values and dividing by P rounds when P is not a power of two
         # (measured max 1.5e-8 on the gradients for P = 3).
-        grad_tol = Tolerance(
-            rtol=1e-6,
-            atol=1e-7,
-            reason="average of P equal float32 gradients rounds when P is not a power of 2",
+        grad_tol = Tolerance.elementwise(
+            1e-6, 1e-7, "average of P equal float32 gradients rounds when P is not a power of 2"
         )
     param_tol = grad_tol if grad_tol.is_exact else adamw_tolerance(settings.lr)
     compare_steps(report, label, ref, test, StepTolerances(EXACT_SAME_MATH, grad_tol, param_tol))

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 
-import fire
 import numpy as np
+
+from pytorch_scripts_common.cli import UsageError, run
+
+MAX_CHUNK_SIZE = 2**28  # 1 GiB of inputs, plus one output byte per value per converter
 
 
 def main(
@@ -21,7 +24,7 @@ def main(
     """Print per-converter throughput (M values/s) and an extrapolated full-sweep time.
 
     Args:
-        chunk_size: float32 bit patterns per timed call (the sweep's default chunk is 2^22).
+        chunk_size: float32 bit patterns per timed call, at most 2^28 (the sweep's default chunk is 2^22).
         num_runs: timed calls per converter (the median is reported).
         num_warmup: untimed calls per converter before timing.
         num_workers: sweep worker processes assumed by the extrapolation.
@@ -34,11 +37,16 @@ def main(
     from llvm_e8m0.implementations import build_registry
     from pytorch_scripts_common import benchmark, set_seed
 
-    if chunk_size < 1 or num_runs < 1 or num_warmup < 0 or num_workers < 1:
-        raise ValueError(
-            f"chunk_size={chunk_size}, num_runs={num_runs}, num_warmup={num_warmup}, "
-            f"num_workers={num_workers}: use positive sizes/runs/workers and num_warmup >= 0"
-        )
+    for flag, value, low, high in (
+        ("chunk_size", chunk_size, 1, MAX_CHUNK_SIZE),
+        ("num_runs", num_runs, 1, None),
+        ("num_warmup", num_warmup, 0, None),
+        ("num_workers", num_workers, 1, None),
+        ("seed", seed, 0, None),
+    ):
+        if value < low or (high is not None and value > high):
+            allowed = f"{low} to {high}" if high is not None else f"an integer >= {low}"
+            raise UsageError(f"--{flag} is {value}: pass {allowed}")
     set_seed(seed)
     torch.set_num_threads(1)
     bits = np.sort(
@@ -80,4 +88,4 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

@@ -29,7 +29,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import fire
+from pytorch_scripts_common.cli import run
+from pytorch_scripts_common.outputs import clean_leftovers, staged_file
 
 SOURCE_PATH = Path(__file__).resolve().parent / "apfloat_e8m0.cpp"
 LIBRARY_NAME = "libapfloat_e8m0.so"
@@ -192,7 +193,8 @@ def build_library(force: bool = False, verbose: bool = False, llvm_dir: str | No
 
     ``llvm_dir`` builds against that LLVM prefix instead of the LLVM_CONFIG / LLVM_DIR / PyPI rules.
     Concurrent callers (two sweep workers, pytest-xdist) serialise on a lock file; the compiler
-    writes to a temporary name that is renamed into place, so a half-written .so is never loaded.
+    writes to a temporary name next to the library (``pytorch_scripts_common.outputs.staged_file``)
+    that is moved into place only when the compiler succeeds, so a half-written .so is never loaded.
     """
     location = _find_llvm("", llvm_dir) if llvm_dir else find_llvm()
     target = library_path(location)
@@ -201,18 +203,17 @@ def build_library(force: bool = False, verbose: bool = False, llvm_dir: str | No
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         if target.is_file() and not force:
             return target
-        temporary = target.with_name(f".{LIBRARY_NAME}.{os.getpid()}.tmp")
-        command = compile_command(location, temporary)
-        if verbose:
-            print(f"LLVM {location.version} from {location.origin}")
-            print(shlex.join(command))
-        result = subprocess.run(command, check=False, capture_output=True, text=True)
-        if result.returncode != 0:
-            temporary.unlink(missing_ok=True)
-            raise RuntimeError(
-                f"compiling {SOURCE_PATH.name} failed:\n{shlex.join(command)}\n{result.stderr}"
-            )
-        os.replace(temporary, target)
+        clean_leftovers(target)  # the temp file of a build that was killed
+        with staged_file(target) as staging:
+            command = compile_command(location, staging)
+            if verbose:
+                print(f"LLVM {location.version} from {location.origin}")
+                print(shlex.join(command))
+            result = subprocess.run(command, check=False, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(
+                    f"compiling {SOURCE_PATH.name} failed:\n{shlex.join(command)}\n{result.stderr}"
+                )
     return target
 
 
@@ -265,4 +266,4 @@ def main(force: bool = False, verbose: bool = True, fetch_debian: int = 0) -> No
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

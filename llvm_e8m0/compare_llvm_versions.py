@@ -8,8 +8,9 @@ Exits non-zero if anything differs (the README's LLVM findings would then be ver
 
 from __future__ import annotations
 
-import fire
 import numpy as np
+
+from pytorch_scripts_common.cli import UsageError, run
 
 
 def main(llvm_dir: str = "", fetch_debian: int = 0, num_random: int = 1_000_000, seed: int = 0) -> None:
@@ -18,13 +19,17 @@ def main(llvm_dir: str = "", fetch_debian: int = 0, num_random: int = 1_000_000,
     Args:
         llvm_dir: prefix of the second LLVM (include/, lib/libLLVMSupport.a, optional bin/llvm-config).
         fetch_debian: instead of llvm_dir, download Debian's llvm-<N>-dev (e.g. 22) into the cache.
-        num_random: random float32 bit patterns added to the structured special values.
+        num_random: random float32 bit patterns added to the structured special values (<= 2^27).
         seed: seed of the random patterns.
     """
     from llvm_e8m0 import build, llvm_lib, sweep
 
     if bool(llvm_dir) == bool(fetch_debian):
-        raise ValueError(f"llvm_dir={llvm_dir!r}, fetch_debian={fetch_debian}: give exactly one of them")
+        raise UsageError(f"--llvm_dir {llvm_dir!r}, --fetch_debian {fetch_debian}: give exactly one of them")
+    if not 0 <= num_random <= sweep.MAX_NUM_RANDOM:
+        raise UsageError(f"--num_random is {num_random}: pass 0 to {sweep.MAX_NUM_RANDOM} (2^27)")
+    if seed < 0:
+        raise UsageError(f"--seed is {seed}: pass a non-negative integer")
     other_dir = llvm_dir or str(build.fetch_debian_llvm(fetch_debian))
     default_path = str(build.build_library())
     other_path = str(build.build_library(llvm_dir=other_dir))
@@ -50,4 +55,4 @@ def main(llvm_dir: str = "", fetch_debian: int = 0, num_random: int = 1_000_000,
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

@@ -6,14 +6,15 @@ Two input sets:
   field x both signs x mantissas at 1, 1.5 (the tie), 2 - ulp, ... ; every subnormal power of two,
   its neighbours and ties; +-0, +-inf, quiet and signalling NaNs) plus ``num_random`` uniformly
   random bit patterns.
-* ``mode=full``: all 2^32 bit patterns in ``chunk_size`` chunks on ``num_workers`` processes
-  (~24 min for all 16 converters on 2 idle cores), resumable: finished chunks are recorded in
-  ``state_file`` and skipped when re-run.
+* ``mode=full``: all 2^32 bit patterns in ``chunk_size`` chunks on ``num_workers`` processes,
+  resumable: finished chunks are recorded in ``state_file`` (at the start, every 10 s and at the
+  end) and skipped when re-run.
 
 Every converter is also checked against its documented behaviour (``expected.py``) on every input
 (the pure-Python reference on a sample of each chunk and on every structured value); any mismatch
 makes the run exit non-zero after the results are written. Output: ``results.md`` (the tables,
-also printed) and ``results.json`` in ``output_dir``.
+also printed) and ``results.json`` in ``output_dir``, published together when the run ends
+(``pytorch_scripts_common.outputs``: refused over an input or over a folder this tool did not write).
 """
 
 from __future__ import annotations
@@ -23,15 +24,19 @@ import dataclasses
 import datetime
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import platform
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import fire
 import numpy as np
+
+from pytorch_scripts_common.cli import UsageError, parse_list, run
+from pytorch_scripts_common.outputs import check_output, staged_dir, staged_file
 
 CLASS_NAMES = (
     "+zero",
@@ -68,6 +73,11 @@ STRUCTURED_MANTISSAS = (
     0x7FFFFF,  # 2 - ulp
 )
 FULL_SWEEP_SIZE = 2**32
+TOOL = "llvm_e8m0.sweep"  # the marker of its output folders (pytorch_scripts_common.outputs)
+STATE_NAME = "state.json"  # the default state file, inside output_dir
+MAX_NUM_RANDOM = 2**27  # 0.5 GiB of uint32 inputs; beyond that, mode=full covers every pattern
+MIN_FULL_CHUNK_SIZE = 2**12  # at most 2^20 chunks to schedule and record
+STATE_SAVE_INTERVAL_S = 10.0
 
 
 def classify(bits: np.ndarray) -> np.ndarray:
@@ -313,12 +323,6 @@ class Accumulator:
         return acc
 
 
-def write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def _f32_repr(bits: int) -> str:
     value = np.array([bits], dtype=np.uint32).view(np.float32)[0]
     return f"{float(value):.9g}"
@@ -329,40 +333,65 @@ def _e8m0_repr(code: int) -> str:
 
 
 def render_markdown(acc: Accumulator, versions: dict[str, str]) -> str:
-    from llvm_e8m0.implementations import build_registry
-
-    names = acc.names
+    """results.md: conditions, the documented-behaviour check, pairwise disagreements, first examples."""
+    short = {name: f"c{i}" for i, name in enumerate(acc.names)}
+    failing = [n for n in acc.names if acc.mismatches[n]]
+    verdict = (
+        "FAIL: " + ", ".join(failing) if failing else "PASS: every converter matched its documented behaviour"
+    )
     lines = [
+        *_conditions_lines(acc, versions),
+        *_behaviour_lines(acc),
+        *_pairwise_lines(acc, short),
+        *_first_examples_lines(acc, short),
+        "e8m0 codes: 0x00 = 2^-127, 0x7f = 2^0, 0xfe = 2^127, 0xff = NaN.",
+        "",
+        f"**{verdict}**",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _conditions_lines(acc: Accumulator, versions: dict[str, str]) -> list[str]:
+    invocations = "; ".join(
+        f"{i['chunks']} chunks in {i['elapsed_s']:.1f} s on {i['num_workers']} workers, 1-min load "
+        f"average {i['load_average_start']:.2f} before / {i['load_average_end']:.2f} after"
+        for i in acc.invocations
+    )
+    return [
         f"# llvm_e8m0 sweep results ({acc.config['mode']})",
         "",
         f"- inputs: {acc.num_values:,} float32 bit patterns ({len(acc.done)} chunks); "
         f"mode={acc.config['mode']}, config={json.dumps(acc.config, sort_keys=True)}",
         f"- versions: {', '.join(f'{k} {v}' for k, v in versions.items())}",
         f"- wall time {sum(i['elapsed_s'] for i in acc.invocations):.1f} s on {os.cpu_count()} CPUs over "
-        f"{len(acc.invocations)} invocation(s): "
-        + "; ".join(
-            f"{i['chunks']} chunks in {i['elapsed_s']:.1f} s on {i['num_workers']} workers, 1-min load "
-            f"average {i['load_average_start']:.2f} before / {i['load_average_end']:.2f} after"
-            for i in acc.invocations
-        ),
+        f"{len(acc.invocations)} invocation(s): {invocations}",
         "",
+    ]
+
+
+def _behaviour_lines(acc: Accumulator) -> list[str]:
+    lines = [
         "## Documented behaviour check (a mismatch fails the run)",
         "",
         "| converter | inputs checked | mismatches | documented deviations from exact rounding "
         "| M values/s (one worker) |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for name in names:
+    for name in acc.names:
         rate = acc.values_timed[name] / acc.seconds[name] / 1e6 if acc.seconds[name] else float("nan")
         counts = f"{acc.checked[name]:,} | {acc.mismatches[name]:,} | {acc.deviations[name]:,}"
         lines.append(f"| {name} | {counts} | {rate:.1f} |")
-    failing = [n for n in names if acc.mismatches[n]]
-    for name in failing:
+    for name in (n for n in acc.names if acc.mismatches[n]):
         for bits, actual, expected in acc.mismatch_examples[name]:
             given = f"gave 0x{actual:02x}, expected 0x{expected:02x}"
             lines.append(f"- MISMATCH {name}: 0x{bits:08x} ({_f32_repr(bits)}) {given}")
-    lines += ["", "## Pairwise disagreements (all classes)", ""]
-    short = {name: f"c{i}" for i, name in enumerate(names)}
+    return [*lines, ""]
+
+
+def _pairwise_lines(acc: Accumulator, short: dict[str, str]) -> list[str]:
+    names = acc.names
+    lines = ["## Pairwise disagreements (all classes)", ""]
     lines.append("Columns: " + ", ".join(f"{short[n]} = {n}" for n in names) + ".")
     lines.append("")
     lines.append("| | " + " | ".join(short[n] for n in names) + " |")
@@ -382,10 +411,16 @@ def render_markdown(acc: Accumulator, versions: dict[str, str]) -> str:
     for pair, counts in acc.pair_counts.items():
         if any(counts):
             lines.append(f"| {pair.replace('|', ' vs ')} | " + " | ".join(f"{c:,}" for c in counts) + " |")
-    # First examples: per class, the lowest disagreeing inputs over all pairs, with every output.
+    return [*lines, ""]
+
+
+def _first_examples_lines(acc: Accumulator, short: dict[str, str]) -> list[str]:
+    """Per class, the lowest disagreeing inputs over all pairs, with every converter's output."""
+    from llvm_e8m0.implementations import build_registry
+
+    names = acc.names
     converters = build_registry(llvm_threads=1)
-    lines += [
-        "",
+    lines = [
         "## First examples per input class (input bits -> every converter's e8m0 bits)",
         "",
         "From the first disagreeing inputs of every pair, the lowest input of each distinct agreement",
@@ -409,12 +444,7 @@ def render_markdown(acc: Accumulator, versions: dict[str, str]) -> str:
             seen_patterns.add(pattern)
             cells = " | ".join(f"0x{int(v):02x}" for v in column)
             lines.append(f"| {cls} | 0x{bits:08x} | {_f32_repr(bits)} | {cells} |")
-    lines += ["", "e8m0 codes: 0x00 = 2^-127, 0x7f = 2^0, 0xfe = 2^127, 0xff = NaN.", ""]
-    verdict = (
-        "FAIL: " + ", ".join(failing) if failing else "PASS: every converter matched its documented behaviour"
-    )
-    lines += [f"**{verdict}**", ""]
-    return "\n".join(lines)
+    return [*lines, ""]
 
 
 def versions() -> dict[str, str]:
@@ -434,6 +464,44 @@ def versions() -> dict[str, str]:
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The validated arguments of one sweep."""
+
+    mode: str
+    names: tuple[str, ...]
+    chunk_size: int
+    num_random: int
+    seed: int
+    num_workers: int
+    max_chunks: int
+    reference_samples: int
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """What the results depend on: recorded in the state and results, compared when resuming."""
+        config = {
+            "mode": self.mode,
+            "chunk_size": self.chunk_size,
+            "names": list(self.names),
+            "reference_samples": self.reference_samples,
+        }
+        if self.mode == "fast":
+            config |= {"num_random": self.num_random, "seed": self.seed}
+        return config
+
+    @property
+    def num_full_chunks(self) -> int:
+        return FULL_SWEEP_SIZE // self.chunk_size
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    output_dir: Path  # resolved; published as a whole when the run ends
+    state: Path | None  # mode=full: the resumable state (default: inside output_dir)
+    resuming: bool
+
+
 def main(
     mode: str = "fast",
     output_dir: str = "llvm_e8m0_results",
@@ -451,94 +519,275 @@ def main(
 
     Args:
         mode: "fast" (structured specials + num_random random patterns) or "full" (all 2^32 patterns).
-        output_dir: folder for results.md and results.json (created).
-        overwrite: replace existing results in output_dir.
-        num_random: mode=fast only: how many uniformly random float32 bit patterns to add.
+        output_dir: folder for results.md and results.json (created; replaced only with overwrite).
+        overwrite: replace an earlier output_dir of this tool.
+        num_random: mode=fast only: how many uniformly random float32 bit patterns to add (<= 2^27).
         seed: mode=fast only: seed of the random patterns.
-        chunk_size: inputs per chunk (mode=full: must divide 2^32, i.e. a power of two <= 2^32).
+        chunk_size: inputs per chunk (mode=full: a power of two from 2^12 to 2^32).
         num_workers: worker processes (1 = in this process); the LLVM threads split the cores between them.
         state_file: mode=full: resumable state (default: <output_dir>/state.json); re-run to resume.
         max_chunks: stop after this many new chunks (0 = no limit); for timing a partial sweep.
         reference_samples: per chunk, inputs checked against the slow pure-Python reference.
         implementations: comma-separated subset of converters (default: all).
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    settings = check_arguments(
+        mode, num_random, seed, chunk_size, num_workers, max_chunks, reference_samples, implementations
+    )
+    paths = check_paths(settings, output_dir, state_file, overwrite)
+    acc = (
+        load_state(paths.state, settings) if paths.resuming else Accumulator(settings.config, settings.names)
+    )
+    save_state = prepare_state(paths, acc)
+    run_chunks(acc, make_tasks(settings, acc), settings, save_state)
+    results_md = publish_results(acc, settings, paths)
+    failing = [name for name in settings.names if acc.mismatches[name]]
+    if failing:
+        raise SystemExit(f"documented-behaviour mismatches in: {', '.join(failing)} (see {results_md})")
 
+
+def check_arguments(
+    mode: str,
+    num_random: int,
+    seed: int,
+    chunk_size: int,
+    num_workers: int,
+    max_chunks: int,
+    reference_samples: int,
+    implementations: Any,
+) -> Settings:
+    """``Settings`` from the command-line values; ``UsageError`` naming the first mistake."""
     from llvm_e8m0.implementations import IMPLEMENTATION_NAMES
 
     if mode not in ("fast", "full"):
-        raise ValueError(f"mode={mode!r}; use mode=fast or mode=full")
-    if isinstance(implementations, list | tuple):  # fire parses "a,b" on the command line as a tuple
-        implementations = ",".join(str(name) for name in implementations)
-    names = tuple(s.strip() for s in implementations.split(",") if s.strip()) or IMPLEMENTATION_NAMES
+        raise UsageError(f"--mode is {mode!r}: pass --mode fast or --mode full")
+    names = tuple(parse_list(implementations, str, name="implementations")) or IMPLEMENTATION_NAMES
     unknown = [n for n in names if n not in IMPLEMENTATION_NAMES]
-    if unknown or len(names) < 2:
-        raise ValueError(
-            f"implementations={implementations!r}: need >= 2 of {IMPLEMENTATION_NAMES}, unknown {unknown}"
+    if unknown or len(set(names)) < 2 or len(set(names)) != len(names):
+        raise UsageError(
+            f"--implementations {','.join(names)}: pass two or more different names of "
+            f"{', '.join(IMPLEMENTATION_NAMES)} (unknown: {', '.join(unknown) or 'none'})"
         )
-    if chunk_size < 1 or (mode == "full" and (chunk_size & (chunk_size - 1) or chunk_size > FULL_SWEEP_SIZE)):
-        raise ValueError(f"chunk_size={chunk_size}: use a power of two <= 2^32 (e.g. 4194304)")
-    if num_workers < 1 or num_random < 0 or max_chunks < 0 or reference_samples < 0:
-        raise ValueError(
-            f"num_workers={num_workers}, num_random={num_random}, max_chunks={max_chunks}, "
-            f"reference_samples={reference_samples}: use num_workers >= 1 and non-negative counts"
+    if chunk_size < 1:
+        raise UsageError(f"--chunk_size is {chunk_size}: pass a positive integer")
+    if mode == "full" and (
+        chunk_size & (chunk_size - 1) or not MIN_FULL_CHUNK_SIZE <= chunk_size <= FULL_SWEEP_SIZE
+    ):
+        raise UsageError(
+            f"--chunk_size is {chunk_size}: mode=full needs a power of two from 2^12 to 2^32 (e.g. 4194304)"
         )
-    out = Path(output_dir)
-    results_md, results_json = out / "results.md", out / "results.json"
-    state_path = Path(state_file) if state_file else out / "state.json"
-    resuming = mode == "full" and state_path.is_file()
-    if results_md.exists() and not overwrite and not resuming:
-        raise ValueError(f"{results_md} exists; pass overwrite=True or choose another output_dir")
-    out.mkdir(parents=True, exist_ok=True)
+    if not 0 <= num_random <= MAX_NUM_RANDOM:
+        raise UsageError(
+            f"--num_random is {num_random}: pass 0 to {MAX_NUM_RANDOM} (2^27), or use --mode full"
+        )
+    max_workers = max(2, len(os.sched_getaffinity(0)))
+    if not 1 <= num_workers <= max_workers:
+        raise UsageError(
+            f"--num_workers is {num_workers}: pass 1 to {max_workers} (the CPUs this process may use)"
+        )
+    for flag, value in (("seed", seed), ("max_chunks", max_chunks), ("reference_samples", reference_samples)):
+        if value < 0:
+            raise UsageError(f"--{flag} is {value}: pass a non-negative integer")
+    return Settings(mode, names, chunk_size, num_random, seed, num_workers, max_chunks, reference_samples)
 
-    config = {
-        "mode": mode,
-        "chunk_size": chunk_size,
-        "names": list(names),
-        "reference_samples": reference_samples,
-    }
-    if mode == "fast":
-        config |= {"num_random": num_random, "seed": seed}
-    acc = Accumulator(config, names)
-    if resuming:
-        saved = json.loads(state_path.read_text())
-        if saved.get("config") != config:
-            raise ValueError(
-                f"{state_path} was written with config {saved.get('config')}, not {config}; "
-                "re-run with the same arguments, or delete the state file to start over"
-            )
-        acc = Accumulator.from_json(saved, names)
 
-    cores = len(os.sched_getaffinity(0))
-    llvm_threads = max(1, cores // num_workers)
-    if mode == "fast":
-        structured, random_bits = fast_inputs(num_random, seed)
-        tasks: list[Any] = [(0, structured, names, reference_samples, True)]
-        for i, start in enumerate(range(0, random_bits.size, chunk_size)):
-            tasks.append((i + 1, random_bits[start : start + chunk_size], names, reference_samples, False))
-        worker_fn: Any = _fast_chunk
+def check_paths(settings: Settings, output_dir: str, state_file: str, overwrite: bool) -> Paths:
+    """Where results and state go, checked before any work (``pytorch_scripts_common.outputs``).
+
+    The output folder is replaced as a whole when the results are published, so a state file inside
+    it must be the default ``<output_dir>/state.json`` (it is carried over); a state file elsewhere
+    must not contain the output folder. Resuming may replace the output folder of the run it resumes.
+    """
+    if settings.mode == "fast":
+        if state_file:
+            raise UsageError(f"--state_file {state_file}: only mode=full keeps a state; drop --state_file")
+        out = check_output(output_dir, overwrite=overwrite, tool=TOOL, flag="output_dir")
+        return Paths(out, None, resuming=False)
+    out = Path(output_dir).expanduser().resolve()
+    state = Path(state_file).expanduser().resolve() if state_file else out / STATE_NAME
+    state_inside = out in state.parents or state == out
+    if state_inside and state != out / STATE_NAME:
+        raise UsageError(
+            f"--state_file {state_file} is inside --output_dir {output_dir}, which is replaced when the "
+            f"results are published: leave --state_file empty (then {out / STATE_NAME}) or put it elsewhere"
+        )
+    if not state_inside:
+        check_output(state, overwrite=True, tool=TOOL, kind="file", flag="state_file")
+    resuming = state.is_file()
+    out = check_output(
+        output_dir,
+        inputs=[] if state_inside else [state],
+        overwrite=overwrite or resuming,
+        tool=TOOL,
+        flag="output_dir",
+    )
+    return Paths(out, state, resuming)
+
+
+def load_state(path: Path, settings: Settings) -> Accumulator:
+    """The accumulated counts of an earlier run with the same config; ``UsageError`` if unusable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, deep nesting
+        raise UsageError(
+            f"--state_file {path} is not a sweep state ({error}): delete it to start over"
+        ) from None
+    if isinstance(data, dict) and "config" in data and data["config"] != settings.config:
+        raise UsageError(
+            f"{path} was written with config {data['config']}, not {settings.config}: re-run with the "
+            "same arguments, or delete the state file to start over"
+        )
+    problem = state_problem(data, settings)
+    if problem:
+        raise UsageError(f"--state_file {path} is corrupted ({problem}): delete it to start over")
+    return Accumulator.from_json(data, settings.names)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_seconds(value: Any) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    )
+
+
+def _per_name_problem(
+    data: dict[str, Any], key: str, names: tuple[str, ...], check: Callable[[Any], bool]
+) -> str:
+    values = data[key]
+    if not isinstance(values, dict) or set(values) != set(names):
+        return f"{key} does not hold one value per converter"
+    bad = [name for name in names if not check(values[name])]
+    return f"{key}[{bad[0]!r}] is {values[bad[0]]!r}" if bad else ""
+
+
+def _examples_problem(data: dict[str, Any], names: tuple[str, ...]) -> str:
+    pairs = {f"{a}|{b}" for a, b in itertools.combinations(names, 2)}
+    examples = data["mismatch_examples"]
+    if not isinstance(examples, dict) or set(examples) != set(names):
+        return "mismatch_examples does not hold one list per converter"
+    for name, rows in examples.items():
+        if not isinstance(rows, list) or not all(
+            isinstance(row, list) and len(row) == 3 and all(_is_count(x) and x < 2**32 for x in row)
+            for row in rows
+        ):
+            return f"mismatch_examples[{name!r}] is not a list of [input, output, expected] bit patterns"
+    counts = data["pair_counts"]
+    if not isinstance(counts, dict) or set(counts) != pairs:
+        return "pair_counts does not hold one row per pair of converters"
+    for pair, row in counts.items():
+        if not isinstance(row, list) or len(row) != len(CLASS_NAMES) or not all(_is_count(x) for x in row):
+            return f"pair_counts[{pair!r}] is not {len(CLASS_NAMES)} counts"
+    by_pair = data["pair_examples"]
+    if not isinstance(by_pair, dict) or not set(by_pair) <= pairs:
+        return "pair_examples names unknown pairs"
+    for pair, by_class in by_pair.items():
+        if not isinstance(by_class, dict) or not set(by_class) <= set(CLASS_NAMES):
+            return f"pair_examples[{pair!r}] names unknown input classes"
+        if not all(
+            isinstance(bits, list) and all(_is_count(x) and x < 2**32 for x in bits)
+            for bits in by_class.values()
+        ):
+            return f"pair_examples[{pair!r}] holds something other than float32 bit patterns"
+    return ""
+
+
+def state_problem(data: Any, settings: Settings) -> str:
+    """What is wrong with a state read from disk (empty string: nothing), checked before it is used."""
+    keys = ("config", "done", "num_values", "seconds", "values_timed", "mismatches", "deviations", "checked")
+    keys += ("mismatch_examples", "pair_counts", "pair_examples")
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    missing = [key for key in keys if key not in data]
+    if missing:
+        return f"no {', '.join(missing)}"
+    done = data["done"]
+    if not isinstance(done, list) or not all(_is_count(i) and i < settings.num_full_chunks for i in done):
+        return f"done is not a list of chunk numbers below {settings.num_full_chunks}"
+    if len(set(done)) != len(done):
+        return "done lists a chunk twice"
+    if data["num_values"] != len(done) * settings.chunk_size or isinstance(data["num_values"], bool):
+        return f"num_values {data['num_values']!r} is not {len(done)} chunks of {settings.chunk_size}"
+    for key, check in (
+        ("seconds", _is_seconds),
+        ("values_timed", _is_count),
+        ("mismatches", _is_count),
+        ("deviations", _is_count),
+        ("checked", _is_count),
+    ):
+        problem = _per_name_problem(data, key, settings.names, check)
+        if problem:
+            return problem
+    problem = _examples_problem(data, settings.names)
+    if problem:
+        return problem
+    invocations = data.get("invocations", [])
+    fields = ("elapsed_s", "chunks", "num_workers", "load_average_start", "load_average_end")
+    if not isinstance(invocations, list) or not all(
+        isinstance(i, dict) and all(_is_seconds(i.get(field)) for field in fields) for i in invocations
+    ):
+        return "invocations is not a list of timing records"
+    return ""
+
+
+def prepare_state(paths: Paths, acc: Accumulator) -> Callable[[dict[str, Any] | None], None]:
+    """mode=full: make sure the state has a home and is saved before the first chunk (an interrupted
+    run always resumes); return the function that saves it (``None`` for mode=fast)."""
+    if paths.state is None:
+        return lambda invocation: None
+    if paths.state.parent == paths.output_dir and not paths.output_dir.exists():
+        with staged_dir(paths.output_dir, tool=TOOL):
+            pass  # an empty output folder with this tool's marker, for the state to live in
+
+    def save(invocation: dict[str, Any] | None) -> None:
+        state = acc.to_json()
+        if invocation is not None:  # an interrupted run keeps the record of the chunks it finished
+            state["invocations"] = [*acc.invocations, invocation]
+        with staged_file(paths.state) as staging:
+            staging.write_text(json.dumps(state), encoding="utf-8")
+
+    save(None)
+    return save
+
+
+def make_tasks(settings: Settings, acc: Accumulator) -> list[tuple[Callable[[Any], ChunkResult], Any]]:
+    """(worker function, arguments) per chunk still to do, at most ``max_chunks``."""
+    names, samples = settings.names, settings.reference_samples
+    if settings.mode == "fast":
+        structured, random_bits = fast_inputs(settings.num_random, settings.seed)
+        tasks: list[tuple[Callable[[Any], ChunkResult], Any]] = [
+            (_fast_chunk, (0, structured, names, samples, True))
+        ]
+        for i, start in enumerate(range(0, random_bits.size, settings.chunk_size)):
+            chunk = random_bits[start : start + settings.chunk_size]
+            tasks.append((_fast_chunk, (i + 1, chunk, names, samples, False)))
     else:
-        num_chunks = FULL_SWEEP_SIZE // chunk_size
-        tasks = [(i, chunk_size, names, reference_samples) for i in range(num_chunks) if i not in acc.done]
-        worker_fn = _full_chunk
-    if max_chunks:
-        tasks = tasks[:max_chunks]
+        tasks = [
+            (_full_chunk, (i, settings.chunk_size, names, samples))
+            for i in range(settings.num_full_chunks)
+            if i not in acc.done
+        ]
+    return tasks[: settings.max_chunks] if settings.max_chunks else tasks
 
-    load_average_start = os.getloadavg()[0]
-    start_s, last_save = time.perf_counter(), time.perf_counter()
-    new_chunks = 0
 
-    def this_invocation() -> dict[str, Any]:
-        return {
-            "finished_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "elapsed_s": round(time.perf_counter() - start_s, 1),
-            "chunks": new_chunks,
-            "num_workers": num_workers,
-            "load_average_start": load_average_start,
-            "load_average_end": os.getloadavg()[0],
-        }
+def _call(task: tuple[Callable[[Any], ChunkResult], Any]) -> ChunkResult:
+    function, arguments = task
+    return function(arguments)
 
-    context = multiprocessing.get_context("spawn")
+
+def run_chunks(
+    acc: Accumulator,
+    tasks: list[tuple[Callable[[Any], ChunkResult], Any]],
+    settings: Settings,
+    save_state: Callable[[dict[str, Any] | None], None],
+) -> None:
+    """Run ``tasks`` on ``num_workers`` processes into ``acc``, with a progress bar; saves the state
+    every ``STATE_SAVE_INTERVAL_S`` and records this invocation (time, chunks, load average)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    llvm_threads = max(1, len(os.sched_getaffinity(0)) // settings.num_workers)
+    invocation = Invocation(settings.num_workers)
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -546,46 +795,73 @@ def main(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
+    last_save = time.perf_counter()
     with contextlib.ExitStack() as stack:
         stack.enter_context(progress)
-        if num_workers == 1:  # in this process: no spawn start-up cost
+        if settings.num_workers == 1:  # in this process: no spawn start-up cost
             _init_worker(llvm_threads, llvm_threads)
-            results: Any = map(worker_fn, tasks)
+            results: Iterable[ChunkResult] = map(_call, tasks)
         else:
             pool = stack.enter_context(
-                context.Pool(num_workers, initializer=_init_worker, initargs=(llvm_threads, llvm_threads))
+                multiprocessing.get_context("spawn").Pool(
+                    settings.num_workers, initializer=_init_worker, initargs=(llvm_threads, llvm_threads)
+                )
             )
-            results = pool.imap_unordered(worker_fn, tasks)
-        bar = progress.add_task(f"e8m0 sweep ({mode})", total=len(tasks))
+            results = pool.imap_unordered(_call, tasks)
+        bar = progress.add_task(f"e8m0 sweep ({settings.mode})", total=len(tasks))
         for result in results:
             acc.add(result)
-            new_chunks += 1
+            invocation.chunks += 1
             progress.advance(bar)
-            if mode == "full" and time.perf_counter() - last_save > 10:
-                # An interrupted run keeps its partial invocation record (the chunks it finished).
-                state = acc.to_json() | {"invocations": [*acc.invocations, this_invocation()]}
-                write_atomic(state_path, json.dumps(state))
+            if time.perf_counter() - last_save > STATE_SAVE_INTERVAL_S:
+                save_state(invocation.record())
                 last_save = time.perf_counter()
-    acc.invocations.append(this_invocation())
-    if mode == "full":
-        write_atomic(state_path, json.dumps(acc.to_json()))
+    acc.invocations.append(invocation.record())
+    save_state(None)
 
+
+class Invocation:
+    """Wall time, chunks, workers and the 1-minute load average before and after, of one invocation
+    (a resumed full sweep has several), so that the timings in the results can be judged."""
+
+    def __init__(self, num_workers: int) -> None:
+        self.num_workers = num_workers
+        self.chunks = 0
+        self.start_s = time.perf_counter()
+        self.load_average_start = os.getloadavg()[0]
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "finished_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "elapsed_s": round(time.perf_counter() - self.start_s, 1),
+            "chunks": self.chunks,
+            "num_workers": self.num_workers,
+            "load_average_start": self.load_average_start,
+            "load_average_end": os.getloadavg()[0],
+        }
+
+
+def publish_results(acc: Accumulator, settings: Settings, paths: Paths) -> Path:
+    """Write results.md / results.json (and the default state) into a new output folder, swapped in
+    whole; print the markdown. Returns the published results.md."""
     _init_worker(1, 1)  # the report re-runs converters on the handful of example inputs
     info = versions()
     markdown = render_markdown(acc, info)
     payload = acc.to_json() | {
         "versions": info,
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "complete": mode == "fast" or len(acc.done) == FULL_SWEEP_SIZE // chunk_size,
+        "complete": settings.mode == "fast" or len(acc.done) == settings.num_full_chunks,
     }
-    write_atomic(results_json, json.dumps(payload, indent=1))
-    write_atomic(results_md, markdown)
+    with staged_dir(paths.output_dir, tool=TOOL) as staging:
+        (staging / "results.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        (staging / "results.md").write_text(markdown, encoding="utf-8")
+        if paths.state is not None and paths.state.parent == paths.output_dir:
+            (staging / STATE_NAME).write_text(json.dumps(acc.to_json()), encoding="utf-8")
     print(markdown)
-    print(f"wrote {results_md} and {results_json}")
-    failing = [n for n in names if acc.mismatches[n]]
-    if failing:
-        raise SystemExit(f"documented-behaviour mismatches in: {', '.join(failing)} (see {results_md})")
+    results_md = paths.output_dir / "results.md"
+    print(f"wrote {results_md} and {paths.output_dir / 'results.json'}")
+    return results_md
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

@@ -4,6 +4,8 @@
   here, so that ``import pytorch_scripts_common.cli`` does not import torch).
 - ``cli``: ``run`` (fire with one-line errors for user mistakes), ``UsageError``, ``parse_list``.
 - ``outputs``: the output-path guard and atomic publishing of output folders and files.
+- ``distributed``: torchrun entry points (launch checks, process group, one-line errors from one
+  rank) and ``compare`` / ``Tolerance`` for a parallel run against its reference.
 """
 
 from __future__ import annotations

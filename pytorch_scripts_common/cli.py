@@ -10,9 +10,14 @@
   …) and the ``OSError``s of a bad path (missing file, exists, is a folder, permission denied);
   every other exception is a bug and keeps its traceback. ``PYTORCH_SCRIPTS_DEBUG=1`` shows the
   traceback of user mistakes too;
+- refuses command-line words the entry function does not take (``--nmu_runs 3``, a third
+  positional value) before the function runs: fire would run it with the rest and complain after;
 - turns SIGTERM into an exception like SIGINT's ``KeyboardInterrupt``, so that ``finally`` blocks
   and the output staging of ``pytorch_scripts_common.outputs`` clean up; both exit 128 + signal
   number with one line.
+
+``report`` replaces the printing of those lines (``pytorch_scripts_common.distributed`` prints them
+from one rank only), ``sigterm_raises=False`` keeps SIGTERM's default (the process ends at once).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import functools
 import inspect
 import math
 import os
+import shlex
 import signal
 import sys
 import types
@@ -135,28 +141,72 @@ def _raise_terminated(signum: int, frame: Any) -> NoReturn:
     raise Terminated(signum)
 
 
-def run(component: Callable[..., Any] | dict[str, Callable[..., Any]]) -> None:
+def _print_to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _unconsumed_words(function: Callable[..., Any], argv: list[str]) -> list[str]:
+    """The words of ``argv`` that fire would not pass to ``function`` (fire runs it, then fails on them)."""
+    from fire import core, decorators, parser
+
+    args, flag_args = parser.SeparateFlagArgs(argv)
+    separator = parser.CreateParser().parse_known_args(flag_args)[0].separator
+    after_separator: list[str] = []
+    if separator in args:
+        args, after_separator = args[: args.index(separator)], args[args.index(separator) + 1 :]
+    try:
+        _, _, remaining, _ = core._MakeParseFn(function, decorators.GetMetadata(function))(args)
+    except core.FireError:
+        return []  # fire reports these (e.g. a missing required flag) itself, before running anything
+    return [*remaining, *after_separator]
+
+
+def _wants_help(argv: list[str]) -> bool:
+    from fire import parser
+
+    args, flag_args = parser.SeparateFlagArgs(argv)
+    return "--help" in args or "-h" in args or parser.CreateParser().parse_known_args(flag_args)[0].help
+
+
+def run(
+    component: Callable[..., Any] | dict[str, Callable[..., Any]],
+    *,
+    report: Callable[[str], None] = _print_to_stderr,
+    sigterm_raises: bool = True,
+) -> None:
     """``fire.Fire(component)`` with checked arguments and one-line user errors (see the module doc)."""
     import fire
 
+    argv = sys.argv[1:]
+    check_words = False
     if isinstance(component, dict):
         component = {name: _checked(function) for name, function in component.items()}
     else:
         component = _checked(component)
-    signal.signal(signal.SIGTERM, _raise_terminated)
+        if _wants_help(argv):
+            argv = ["--help"]  # fire would otherwise run the function on the other words first
+        else:
+            check_words = True
+    if sigterm_raises:
+        signal.signal(signal.SIGTERM, _raise_terminated)
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        fire.Fire(component)
+        if check_words and (unknown := _unconsumed_words(component, argv)):
+            raise UsageError(
+                f"unknown argument{'s' if len(unknown) > 1 else ''} {shlex.join(unknown)}: "
+                "see --help for the arguments"
+            )
+        fire.Fire(component, command=argv)
     except USER_ERRORS as error:
         if debug:
             raise
-        print(f"error: {describe_user_error(error)}", file=sys.stderr)
+        report(f"error: {describe_user_error(error)}")
         sys.exit(2)
     except KeyboardInterrupt:
-        print("error: interrupted (SIGINT); partial outputs were removed", file=sys.stderr)
+        report("error: interrupted (SIGINT); partial outputs were removed")
         sys.exit(128 + signal.SIGINT)
     except Terminated:
-        print("error: terminated (SIGTERM); partial outputs were removed", file=sys.stderr)
+        report("error: terminated (SIGTERM); partial outputs were removed")
         sys.exit(128 + signal.SIGTERM)
 
 

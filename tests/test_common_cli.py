@@ -162,3 +162,52 @@ def test_sigterm_and_sigint_run_cleanup_and_exit_with_one_line(tmp_path, signum,
     assert process.returncode == code
     assert marker.read_text() == "cleaned up"
     assert stderr.strip().startswith("error: interrupted" if signum == signal.SIGINT else "error: terminated")
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--num_rusn", "3"], "error: unknown arguments --num_rusn 3: see --help for the arguments"),
+        (["ok", "3", "x", "surplus"], "error: unknown argument surplus: see --help for the arguments"),
+        (["--num_runs", "3", "-", "upper"], "error: unknown argument upper: see --help for the arguments"),
+    ],
+)
+def test_unknown_words_are_refused_before_the_function_runs(tmp_path, args, line):
+    # fire alone runs main() with the words it knows, then fails on the rest (exit 2 after the work).
+    result = run_script(tmp_path, *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == line
+    assert "ran" not in result.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["--num_runs", "3", "--help"], ["--", "--help"]])
+def test_help_anywhere_shows_help_without_running(tmp_path, args):
+    result = run_script(tmp_path, *args)
+    assert result.returncode == 0, result.stderr
+    assert "--num_runs" in result.stdout + result.stderr
+    assert "ran" not in result.stdout
+
+
+REPORT_SCRIPT = SCRIPT.replace(
+    "run(main)", "run(main, report=lambda line: print('REPORTED ' + line), sigterm_raises=False)"
+)
+
+
+def test_report_replaces_the_printing_and_sigterm_can_keep_its_default(tmp_path):
+    script = tmp_path / "tool.py"
+    script.write_text(REPORT_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), "--mode", "user"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert result.stdout.strip() == "REPORTED error: input x.json is empty: pass a trace file"
+    assert result.stderr == ""
+    marker = tmp_path / "marker"
+    process = subprocess.Popen([sys.executable, str(script), "--mode", "sleep", "--marker", str(marker)])
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGTERM  # killed at once: no cleanup ran, no exit 143
+    assert marker.read_text() == "started"

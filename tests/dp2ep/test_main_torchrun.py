@@ -1,4 +1,4 @@
-"""dp2ep/main.py under real torchrun launches (gloo on CPU), plus its failure modes.
+"""dp2ep.main under real torchrun launches (gloo on CPU), plus its failure modes.
 
 Each launch costs 10-20 s here (process start + torch import per rank), so every launch runs many
 cases at once. A launch that fails shows the ranks' stderr in the assertion message.
@@ -9,18 +9,20 @@ import os
 import pathlib
 import re
 import shlex
-import socket
 import subprocess
 import sys
 
 import fire
 import pytest
 
+from dp2ep import main as main_module
 from dp2ep.main import main
+from pytorch_scripts_common.cli import UsageError
 from tests.readme_commands import bash_block_commands
+from tests.torchrun_launch import assert_one_line_user_error, free_port
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-MAIN = REPO_ROOT / "dp2ep" / "main.py"
+MAIN = ("-m", "dp2ep.main")  # the README's form: torchrun ... -m dp2ep.main
 TORCHRUN = pathlib.Path(sys.executable).parent / "torchrun"
 LAUNCH_TIMEOUT_S = 240  # the script's own process-group timeout is 60 s below, so a hang fails first
 
@@ -33,13 +35,7 @@ ROW = re.compile(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _torchrun(nproc: int, script: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
+def _torchrun(nproc: int, target: tuple[str, ...], *args: str) -> subprocess.CompletedProcess:
     command = [
         str(TORCHRUN),
         "--nproc_per_node",
@@ -47,8 +43,8 @@ def _torchrun(nproc: int, script: pathlib.Path, *args: str) -> subprocess.Comple
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(_free_port()),
-        str(script),
+        str(free_port()),
+        *target,
         "--timeout_s",
         "60",
         *args,
@@ -130,32 +126,100 @@ def test_a_dispatch_bug_is_caught_and_exits_non_zero(tmp_path):
     # all-to-all. With 2 ranks and 4 local experts the experts then get other experts' rows.
     buggy = tmp_path / "buggy_main.py"
     buggy.write_text(
-        "import fire\nimport torch\n\nimport dp2ep.expert_parallel\nfrom dp2ep.main import main\n\n"
+        "import torch\n\nimport dp2ep.expert_parallel\nfrom dp2ep.main import main\n"
+        "from pytorch_scripts_common import distributed\n\n"
         "if __name__ == '__main__':\n"
         "    dp2ep.expert_parallel.rank_major_to_expert_major = lambda c: torch.arange(int(c.sum()))\n"
-        "    fire.Fire(main)\n",
+        "    distributed.run(main)\n",
         encoding="utf-8",
     )
-    result = _torchrun(2, buggy, "--num_experts", "8", "--top_k", "2", "--dtype", "float32")
+    result = _torchrun(2, (str(buggy),), "--num_experts", "8", "--top_k", "2", "--dtype", "float32")
     assert result.returncode != 0, result.stdout
     assert "dp2ep: FAILED" in result.stdout, result.stdout + result.stderr
     assert re.search(r"MISMATCH rank \d E=8 .* output: not exact", result.stdout), result.stdout
 
 
 @pytest.mark.distributed
-def test_num_experts_not_divisible_by_world_size_fails_fast():
-    result = _torchrun(2, MAIN, "--num_experts", "3", "--top_k", "1")
-    assert result.returncode != 0
-    assert "ValueError: num_experts=3 is not divisible by the world size 2" in result.stderr, result.stderr
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--num_experts", "3", "--top_k", "1"), "error: num_experts=3 is not divisible by the world size 2"),
+        pytest.param(
+            ("--top_k", "abc"),
+            "error: --top_k is 'abc': pass comma-separated integers",
+            marks=pytest.mark.slow,
+        ),
+    ],
+    ids=["num_experts_3_on_2", "top_k_abc"],
+)
+def test_argument_mistakes_are_one_line_from_one_rank_and_a_non_zero_exit(args, message):
+    assert_one_line_user_error(_torchrun(2, MAIN, *args), message)
 
 
 def test_running_without_torchrun_is_a_clear_error():
     env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     result = subprocess.run(
-        [sys.executable, str(MAIN)], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, env=env
+        [sys.executable, *MAIN], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, env=env
     )
-    assert result.returncode != 0
-    assert "must be launched by torchrun" in result.stderr, result.stderr
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: not launched by torchrun"), result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert ".venv/bin/torchrun --nproc_per_node 2 -m dp2ep.main" in result.stderr
+
+
+@pytest.fixture
+def torchrun_env(monkeypatch):
+    """A torchrun-like environment of 2 ranks, without a process group (validation never needs one)."""
+    for name, value in {
+        "RANK": "0",
+        "WORLD_SIZE": "2",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_experts": "abc"}, r"--num_experts is 'abc': pass comma-separated integers"),
+        ({"num_experts": (4, "x")}, r"--num_experts is \(4, 'x'\)"),
+        ({"num_experts": 0}, r"num_experts=0: pass positive multiples of the world size 2"),
+        ({"num_experts": -4}, r"num_experts=-4: pass positive multiples"),
+        ({"num_experts": 3}, r"num_experts=3 is not divisible by the world size 2"),
+        ({"num_experts": True}, r"--num_experts is True"),
+        ({"num_experts": ""}, r"--num_experts is empty"),
+        ({"top_k": 0}, r"top_k=0 must be in \[1, min\(num_experts\)=4\]"),
+        ({"top_k": 5}, r"top_k=5 must be in"),
+        ({"dtype": "float16"}, r"dtype='float16' is not one of"),
+        ({"routing": ("random", "zipf")}, r"routing='zipf' is not one of"),
+        ({"batch": 3}, r"batch='3' is not one of"),
+        ({"expert_impl": "cutlass"}, r"expert_impl='cutlass' is not one of"),
+        ({"dim": 0}, r"--dim is 0: pass a positive integer"),
+        ({"hidden": -1}, r"--hidden is -1"),
+        ({"num_tokens": 0}, r"--num_tokens is 0"),
+        ({"seed": -1}, r"--seed is -1: pass a non-negative integer"),
+        ({"timeout_s": 0}, r"--timeout_s is 0: pass a number of seconds in \(0, 86400\]"),
+        ({"timeout_s": 1e12}, r"--timeout_s is 1000000000000.0"),
+        ({"expert_impl": "grouped_mm", "dtype": "bfloat16", "dim": 12}, r"expert_impl=grouped_mm cannot run"),
+    ],
+)
+def test_argument_mistakes_are_usage_errors_before_any_process_group(torchrun_env, kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        main(**kwargs)
+    import torch.distributed
+
+    assert not torch.distributed.is_initialized()
+
+
+def test_valid_arguments_give_the_full_grid(torchrun_env):
+    shapes = main_module.Shapes(dim=16, hidden=32, num_tokens=32, shared_expert=True, seed=0)
+    cases = main_module.validate_arguments(
+        (4, 8), "1,2", "float32", ("random",), "even", "loop", shapes, 60.0
+    )
+    assert len(cases) == 2 * 2
+    assert {(c.num_experts, c.top_k) for c in cases} == {(4, 1), (4, 2), (8, 1), (8, 2)}
 
 
 def test_help_lists_every_argument(capsys):
@@ -167,17 +231,16 @@ def test_help_lists_every_argument(capsys):
     for name in inspect.signature(main).parameters:
         assert f"--{name}" in text, name
         assert re.search(rf"^        {name}: \S", main.__doc__, flags=re.M), f"no docstring line for {name}"
-    assert "must be launched by torchrun" not in text  # --help must not run the check
+    assert "not launched by torchrun" not in text  # --help must not run the check
 
 
 def test_readme_commands_use_real_arguments():
     readme = (REPO_ROOT / "dp2ep" / "README.md").read_text(encoding="utf-8")
-    commands = [
-        command
-        for command in bash_block_commands(readme, ("torchrun", ".venv/bin/torchrun"))
-        if "dp2ep/main.py" in command
-    ]
+    commands = bash_block_commands(readme, ("torchrun", ".venv/bin/torchrun"))
     assert len(commands) >= 4, commands  # CPU, GPU, multi-node and a single-case example
+    for command in commands:  # one style: .venv/bin/torchrun <launcher flags> -m dp2ep.main <flags>
+        assert command[0] == ".venv/bin/torchrun", shlex.join(command)
+        assert command[command.index("-m") + 1] == "dp2ep.main", shlex.join(command)
     parameters = set(inspect.signature(main).parameters)
     for command in commands:
         flags = {tok[2:].split("=")[0] for tok in command if tok.startswith("--")}

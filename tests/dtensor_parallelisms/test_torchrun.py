@@ -1,4 +1,4 @@
-"""Launch dtensor_parallelisms/main.py under torchrun on CPU (gloo) and inspect what rank 0 printed.
+"""Launch dtensor_parallelisms.main under torchrun on CPU (gloo) and inspect what rank 0 printed.
 
 Each launch costs 10-25 s on this machine (process start-up and imports, per rank), so one launch
 checks several modes. Every launch has a timeout: a hung collective fails the test instead of the suite.
@@ -7,23 +7,17 @@ checks several modes. Every launch has a timeout: a hung collective fails the te
 import os
 import pathlib
 import re
-import socket
 import subprocess
 import sys
 
 import pytest
 
 import dtensor_parallelisms
+from tests.torchrun_launch import assert_one_line_user_error, free_port
 
 REPO_ROOT = pathlib.Path(dtensor_parallelisms.__file__).resolve().parents[1]
-SCRIPT = REPO_ROOT / "dtensor_parallelisms" / "main.py"
+MODULE = ("-m", "dtensor_parallelisms.main")  # the README's form: torchrun ... -m dtensor_parallelisms.main
 LAUNCH_TIMEOUT_S = 240
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def torchrun(
@@ -38,7 +32,7 @@ def torchrun(
             "--master_port",
             str(free_port()),
         )
-    command = [sys.executable, "-m", "torch.distributed.run", *launcher_args, str(SCRIPT), *args]
+    command = [sys.executable, "-m", "torch.distributed.run", *launcher_args, *MODULE, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, cwd=REPO_ROOT, env=env, check=False
@@ -128,21 +122,24 @@ def test_different_inputs_per_rank_fail_the_checks_with_non_zero_exit():
 @pytest.mark.parametrize(
     ("nproc", "args", "message"),
     [
-        (2, ("--mode", "fsdp_tp"), "ValueError: mode 'fsdp_tp' needs world_size = dp_size * tp_size"),
+        (2, ("--mode", "fsdp_tp"), "error: mode 'fsdp_tp' needs world_size = dp_size * tp_size"),
+        (2, ("--timeout_s", "abc"), "error: --timeout_s is 'abc': pass an integer"),
         # Same validation path as above (covered in-process by test_units too): slow, to save a launch.
         pytest.param(
             2,
             ("--mode", "sp", "--seq_len", "7"),
-            "ValueError: mode 'sp': seq_len=7 must be divisible by the tensor-parallel degree world_size=2",
+            "error: mode 'sp': seq_len=7 must be divisible by the tensor-parallel degree world_size=2",
             marks=pytest.mark.slow,
         ),
+        pytest.param(
+            2, ("--mode", "fsdp", "--frobnicate", "1"), "error: unknown arguments", marks=pytest.mark.slow
+        ),
     ],
-    ids=["fsdp_tp_on_2", "seq_len_7_on_2"],
+    ids=["fsdp_tp_on_2", "timeout_abc", "seq_len_7_on_2", "unknown_flag"],
 )
-def test_bad_world_size_or_dims_exit_non_zero_with_the_rule(nproc, args, message):
+def test_argument_mistakes_are_one_line_from_one_rank_and_a_non_zero_exit(nproc, args, message):
     result = torchrun(nproc, *args)
-    assert result.returncode != 0, output_of(result)
-    assert message in result.stderr, output_of(result)
+    assert_one_line_user_error(result, message)
     assert "ALL CHECKS PASSED" not in result.stdout
 
 
@@ -175,7 +172,7 @@ def test_multi_node_rendezvous_flags_with_two_agents_on_localhost():
     agents = [
         subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", *launcher, "--rdzv_endpoint", endpoint]
-            + [str(SCRIPT), "--mode", "fsdp,tp"],
+            + [*MODULE, "--mode", "fsdp,tp"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -205,7 +202,7 @@ def test_plain_python_without_torchrun_exits_non_zero_with_the_command_to_use():
         k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")
     }
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--mode", "fsdp"],
+        [sys.executable, *MODULE, "--mode", "fsdp"],
         capture_output=True,
         text=True,
         timeout=LAUNCH_TIMEOUT_S,
@@ -213,6 +210,7 @@ def test_plain_python_without_torchrun_exits_non_zero_with_the_command_to_use():
         env=env,
         check=False,
     )
-    assert result.returncode != 0, output_of(result)
-    assert "ValueError: not launched by torchrun" in result.stderr, output_of(result)
-    assert "torchrun --nproc_per_node 2 dtensor_parallelisms/main.py" in result.stderr
+    assert result.returncode == 2, output_of(result)
+    assert result.stderr.startswith("error: not launched by torchrun"), output_of(result)
+    assert len(result.stderr.splitlines()) == 1, output_of(result)
+    assert ".venv/bin/torchrun --nproc_per_node 2 -m dtensor_parallelisms.main" in result.stderr

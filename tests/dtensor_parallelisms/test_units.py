@@ -1,7 +1,6 @@
-"""Single-process tests of dtensor_parallelisms: argument validation, the check rules, shard math, docs."""
+"""Single-process tests of dtensor_parallelisms: argument validation, the report, shard math, docs."""
 
 import inspect
-import math
 import pathlib
 import re
 import shlex
@@ -10,11 +9,12 @@ import pytest
 import torch
 
 from dtensor_parallelisms import main as main_module
-from dtensor_parallelisms.checks import Report, Tolerance, compare
+from dtensor_parallelisms.checks import Report
 from dtensor_parallelisms.hand_tp import hand_tp_shard_dim
 from dtensor_parallelisms.main import main, parse_modes, validate_world_size
 from dtensor_parallelisms.model import ModelConfig, Transformer, make_inputs
 from dtensor_parallelisms.modes import expected_fsdp_shard
+from pytorch_scripts_common.distributed import TORCHRUN_ENV_VARS, Tolerance
 from tests.readme_commands import bash_block_commands
 
 README = pathlib.Path(main_module.__file__).with_name("README.md")
@@ -75,14 +75,14 @@ def test_model_config_rejects_heads_that_do_not_divide_dim():
 
 
 def test_main_without_torchrun_is_a_clear_error(monkeypatch):
-    for name in main_module.TORCHRUN_ENV_VARS:
+    for name in TORCHRUN_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ValueError, match=r"not launched by torchrun .*torchrun --nproc_per_node 2"):
         main(mode="fsdp")
 
 
 def test_main_rejects_unknown_mode_before_looking_for_torchrun(monkeypatch):
-    for name in main_module.TORCHRUN_ENV_VARS:
+    for name in TORCHRUN_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ValueError, match=r"unknown mode \['ddp'\]"):
         main(mode="ddp")
@@ -111,40 +111,7 @@ def test_help_documents_every_argument():
         assert re.search(rf"^\s*{name}: \S", doc, flags=re.M), f"--help has no line for {name}"
 
 
-# --- the check rules --------------------------------------------------------------------------------
-
-
-def test_exact_check_catches_a_one_ulp_difference():
-    ref = torch.randn(5, 7)
-    one_ulp = ref.clone()
-    one_ulp[2, 3] = torch.nextafter(one_ulp[2, 3], torch.tensor(math.inf))
-    assert compare("same", ref, ref.clone(), Tolerance.exact("r")).passed
-    result = compare("one ulp", ref, one_ulp, Tolerance.exact("r"))
-    assert not result.passed
-    assert result.max_abs_err > 0
-
-
-def test_tolerance_rule_is_atol_plus_rtol_times_ref():
-    ref = torch.tensor([1.0, 100.0])
-    tol = Tolerance(rtol=1e-2, atol=1e-3, reason="r")
-    assert compare("inside", ref, ref + torch.tensor([1.0e-2, 1.0]), tol).passed  # 1e-3 + 1e-2 * |ref|
-    assert not compare("outside", ref, ref + torch.tensor([1.2e-2, 0.0]), tol).passed
-
-
-def test_shape_dtype_and_non_finite_mismatches_fail():
-    tol = Tolerance(rtol=1.0, atol=1.0, reason="loose")
-    assert "shape/dtype" in compare("shape", torch.zeros(2), torch.zeros(3), tol).detail
-    assert not compare("dtype", torch.zeros(2), torch.zeros(2, dtype=torch.float64), tol).passed
-    assert not compare("nan", torch.zeros(2), torch.tensor([0.0, math.nan]), tol).passed
-
-
-def test_sqnr_check_uses_the_threshold():
-    ref = torch.randn(1000)
-    noisy = ref + 1e-2 * ref.norm() / math.sqrt(1000) * torch.randn(1000)  # ~40 dB
-    assert compare("40 dB", ref, noisy, Tolerance.sqnr(30.0, "r")).passed
-    result = compare("40 dB", ref, noisy, Tolerance.sqnr(50.0, "r"))
-    assert not result.passed
-    assert 35.0 < result.sqnr_db < 45.0
+# --- the report (the comparison rule: tests/test_common_distributed.py) -----------------------------
 
 
 def test_report_groups_tensors_and_names_every_failure():
@@ -153,7 +120,8 @@ def test_report_groups_tensors_and_names_every_failure():
     tests = {"a": torch.ones(2), "b": torch.full((2,), 2.0), "c": torch.full((2,), 3.0)}
     result = report.check_all("grads", refs, tests, Tolerance.exact("r"))
     assert not result.passed
-    assert result.detail == "failed: b, c"
+    assert result.detail.startswith("failed: b (not exact: max |diff| 1,")
+    assert ", c (not exact: max |diff| 2," in result.detail
     assert result.max_abs_err == 2.0
     missing = report.check_all("names", refs, {"a": torch.ones(2)}, Tolerance.exact("r"))
     assert not missing.passed
@@ -212,8 +180,11 @@ def test_readme_torchrun_commands_use_real_arguments_and_valid_world_sizes():
     assert any("--nnodes" in c and any(a.startswith("--rdzv") for a in c) for c in commands)
     parameters = set(inspect.signature(main).parameters)
     for command in commands:
-        script_index = command.index("dtensor_parallelisms/main.py")
-        launcher, script_args = command[:script_index], command[script_index + 1 :]
+        # One style: `.venv/bin/torchrun <launcher flags> -m dtensor_parallelisms.main <script flags>`
+        assert command[0] == ".venv/bin/torchrun", shlex.join(command)
+        script_index = command.index("-m") + 1
+        assert command[script_index] == "dtensor_parallelisms.main", shlex.join(command)
+        launcher, script_args = command[: script_index - 1], command[script_index + 1 :]
         flags = [a[2:].split("=")[0] for a in script_args if a.startswith("--")]
         assert set(flags) <= parameters, f"unknown flags {set(flags) - parameters} in {shlex.join(command)}"
         options = {}
