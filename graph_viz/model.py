@@ -304,3 +304,16 @@ def build_model(parsed: ParsedLog, source_name: str) -> dict[str, Any]:
             "kernels_without_nodes": kernels_without_nodes,
         },
     }
+
+
+def page_model(model: dict[str, Any]) -> dict[str, Any]:
+    """The model as the page embeds it: each graph's distinct ``# File:`` lines listed once in
+    ``sources`` and node ``source`` an index into it (the same line repeats on every node it covers,
+    about a third of a 100k-node model's JSON). ``model`` itself is not changed."""
+    graphs = []
+    for graph in model["graphs"]:
+        table: dict[str, int] = {}
+        nodes = [dict(node, source=table.setdefault(node["source"], len(table))) for node in graph["nodes"]]
+        graphs.append(dict(graph, nodes=nodes, sources=list(table)))
+    return dict(model, graphs=graphs)
+

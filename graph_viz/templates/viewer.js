@@ -613,7 +613,8 @@
     draw();
   }, { passive: false });
   window.addEventListener("keydown", (e) => {
-    if (document.activeElement && document.activeElement.tagName === "INPUT") return;
+    const focus = document.activeElement;
+    if (focus && focus.tagName === "INPUT" && (focus.type === "search" || focus.type === "text")) return;  // typing
     if (!state.graph) return;  // a log with no graphs: nothing to fit
     if (e.key === "f") { fitLayers(); draw(); } else if (e.key === "F") { fitAll(); draw(); }
   });
@@ -819,6 +820,7 @@
     if (n.no_kernel_reason) return n.no_kernel_reason;  // given by the linker when it knows better
     if (n.op === "placeholder" || n.op === "output") return "-";
     if (g.module === null) return "none: this graph has no output code in the log";
+    if (n.op === "getitem") return "none: a getitem picks one output of the node it indexes (no kernel of its own)";
     if (g.unmapped_nodes.includes(n.name)) return "none found: no comment, op match or call() data flow names this node";
     return "none: a view, which the output code does as reinterpret_tensor (no kernel)";
   }
@@ -839,7 +841,9 @@
     row(t, "shape", "[" + n.shape + "]");
     row(t, "stride", "[" + n.stride + "]");
     row(t, "device", n.device);
-    row(t, "source", n.source || "(no stack trace)");
+    // The page's model lists each graph's `# File:` lines once (model.page_model): n.source indexes them.
+    const source = typeof n.source === "number" ? state.graph.sources[n.source] : n.source;
+    row(t, "source", source || "(no stack trace)");
     row(t, "log line", n.line);
     d.appendChild(t);
     const g = state.graph;
