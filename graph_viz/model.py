@@ -316,4 +316,3 @@ def page_model(model: dict[str, Any]) -> dict[str, Any]:
         nodes = [dict(node, source=table.setdefault(node["source"], len(table))) for node in graph["nodes"]]
         graphs.append(dict(graph, nodes=nodes, sources=list(table)))
     return dict(model, graphs=graphs)
-
