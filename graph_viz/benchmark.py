@@ -7,10 +7,12 @@ repository. ``backend="aot_eager"`` prints the joint/forward/backward graphs wit
 ``backend="inductor"`` adds real output code but compiles a C++ kernel per fused region (slow).
 
 Every number is the median of ``num_runs`` repeats after one warm-up, with the spread (min-max).
-"us/node" divides by the node count and compares with the first (smallest) row: ~1.0x down the
-table means cost linear in the graph size. In the page, "ready" is navigation start until the
-viewer's first frame (``performance.mark('graph_viz:ready')``: HTML parsed, model JSON parsed, the
-first graph's lookups built and drawn); the interaction columns are timed inside the page.
+"us/node" divides by the node count and compares with the first (smallest) row; the lines under the
+table give the cost per node added from one row to the next, which leaves fixed costs (browser
+start, first-call overheads) out: about equal from 1k->10k and 10k->100k means linear. In the page,
+"ready" is navigation start until the viewer's first frame (``performance.mark('graph_viz:ready')``:
+HTML parsed, model JSON parsed, the first graph's lookups built and drawn; "HTML parsed" is when the
+viewer script starts); the interaction columns are timed inside the page.
 """
 
 from __future__ import annotations
@@ -222,6 +224,20 @@ def print_table(
         else:
             cells += ["-"] * (len(columns) - len(cells))
         print("| " + " | ".join(cells) + " |")
+    # Linearity without the fixed costs (imports, browser start): cost per node added between rows.
+    for previous, row in zip(rows, rows[1:], strict=False):
+        added = row["nodes"] - previous["nodes"]
+        if added <= 0:
+            continue
+        convert_us = (statistics.median(row["convert_s"]) - statistics.median(previous["convert_s"])) * 1e6
+        line = f"{previous['nodes']} -> {row['nodes']} nodes, per added node: log->html "
+        line += f"+{convert_us / added:.0f} us"
+        if row["page_ms"] and previous["page_ms"]:
+            ready_us = (
+                statistics.median(row["page_ms"]["ready"]) - statistics.median(previous["page_ms"]["ready"])
+            ) * 1e3
+            line += f", +{ready_us / added:.1f} us page ready"
+        print(line)
 
 
 if __name__ == "__main__":

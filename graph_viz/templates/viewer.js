@@ -88,8 +88,8 @@
       chainSize.set(c, (chainSize.get(c) || 0) + 1);
     }
     const groups = g.groups || [];
-    // Kernel colours: one per kernel of this graph's output code, in launch order; the legend in
-    // the kernel list shows the same colours.
+    // Kernel colours: one per kernel of this graph's output code, in the kernel list's order; the
+    // list shows each colour next to its kernel (the legend).
     const kernels = model.kernels.filter((k) => k.graph === gi);
     const kernelColor = new Map(kernels.map((k, i) => [k.id, kernelColorFor(i)]));
     const fills = new Array(num);
@@ -177,8 +177,7 @@
     graphList.appendChild(b);
   });
   if (!model.graphs.length) {
-    graphList.appendChild(el("div", "no graphs found in this log: it needs TORCH_LOGS=aot_graphs,output_code " +
-      "(and, from torchrun, one rank's lines)", "muted"));
+    graphList.appendChild(el("div", "no graphs found in this log (it needs TORCH_LOGS=aot_graphs,output_code)", "muted"));
     document.getElementById("details").firstElementChild.textContent = "No graphs to show.";
   }
   const warnings = document.getElementById("warnings");
