@@ -516,3 +516,37 @@ def test_collapse_chains_and_expand_on_click(browser, tmp_path):
     click_node(page, "mm_1")  # head of mm_1->permute_4->permute_5
     assert page.evaluate("window.graphViz.state.expanded.size") == 1
     assert errors == []
+
+
+ALL_FIXTURE_LOGS = sorted((FIXTURES / "logs").glob("*.log")) + sorted(
+    (FIXTURES / "triton_handwritten").glob("*.log")
+)
+
+
+@pytest.mark.parametrize("log", ALL_FIXTURE_LOGS, ids=lambda p: p.stem)
+def test_every_fixture_every_node_kernel_and_group_without_errors(browser, tmp_path, log):
+    page, errors, _ = open_log(browser, tmp_path, log)
+    counts = page.evaluate(
+        """() => {
+          const gv = window.graphViz, counts = { nodes: 0, kernels: 0, groups: 0 };
+          gv.model.graphs.forEach((g, i) => {
+            gv.selectGraph(i);
+            for (let j = 0; j < g.nodes.length; j++) {
+              gv.selectNode(j, true); gv.renderNow(); counts.nodes++;
+            }
+            gv.fitLayers(); gv.renderNow(); gv.fitAll(); gv.renderNow();
+          });
+          for (const k of gv.model.kernels) { gv.selectKernel(k.id); gv.renderNow(); counts.kernels++; }
+          return counts;
+        }"""
+    )
+    assert counts["nodes"] == sum(len(g["nodes"]) for g in page.evaluate("window.graphViz.model.graphs"))
+    for i in range(page.locator("#graph-list button").count()):
+        page.click(f"#graph-list button[data-graph='{i}']")
+        page.check("#collapse-groups")
+        page.check("#collapse")
+        for toggle in page.locator("#group-list button.toggle").all():
+            toggle.click()
+        page.uncheck("#collapse-groups")
+        page.uncheck("#collapse")
+    assert errors == []
