@@ -52,6 +52,8 @@ def render_html(model: dict[str, Any]) -> str:
     import jinja2
     from markupsafe import Markup
 
+    from graph_viz.model import page_model
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), autoescape=True, undefined=jinja2.StrictUndefined
     )
@@ -60,7 +62,7 @@ def render_html(model: dict[str, Any]) -> str:
     return env.get_template("index.html.j2").render(
         title=model["source"],
         # Both are safe to mark: the JSON has no '<' left and the script is our own file.
-        model_json=Markup(model_to_script_json(model)),
+        model_json=Markup(model_to_script_json(page_model(model))),
         script=Markup(script),
     )
 

@@ -3,12 +3,16 @@
 Layout (computed once here, so the browser only draws): a node's layer is its longest-path depth
 from the graph inputs (inputs, constants and their views sit just above their first consumer);
 within a layer nodes are ordered by the mean position of their inputs (one barycentre sweep). Cost
-O(nodes + edges) plus a sort per layer, so 10k-node graphs take well under a second. Linear chains
-(each link has exactly one producer and one consumer) get a chain id so the page can collapse them.
+O(nodes + edges) plus a sort per layer. Linear chains (each link has exactly one producer and one
+consumer) get a chain id, and runs of consecutive nodes printed under the same ``# File:`` comment
+a source-group id, so the page can collapse either. Saved-for-backward tensors get their size in
+bytes (dtype size x number of elements, from the FX annotation ``"f32[8, 16][16, 1]cpu"``).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 from graph_viz.mapping import VIEW_OPS, map_module, op_packet, related_graphs, saved_tensors
@@ -19,33 +23,56 @@ NODE_HEIGHT = 34
 X_GAP = 30
 Y_GAP = 40
 MIN_CHAIN_LENGTH = 3
+MIN_GROUP_SIZE = 2
+
+# Bytes per element for the dtype abbreviations FX prints in node annotations
+# (torch.utils._dtype_abbrs: ``dtype.abbr``, size ``dtype.itemsize``; sub-byte and packed dtypes
+# such as ``f4e2m1fnx2`` and ``b1x8`` are stored one byte per element).
+DTYPE_BYTES = {
+    "b8": 1, "u8": 1, "i8": 1, "u16": 2, "i16": 2, "u32": 4, "i32": 4, "u64": 8, "i64": 8,
+    "f16": 2, "bf16": 2, "f32": 4, "f64": 8, "c32": 4, "c64": 8, "c128": 16,
+    "f8e4m3fn": 1, "f8e5m2": 1, "f8e4m3fnuz": 1, "f8e5m2fnuz": 1, "f8e8m0fnu": 1, "f4e2m1fnx2": 1,
+    "b1x8": 1, "b2x4": 1, "b4x2": 1, "b8x1": 1, "b16x1": 2,
+}  # fmt: skip
+# `File: /path/model.py:53 in forward, code: attn = torch.softmax(q @ k.transpose(-2, -1), dim=-1)`
+SOURCE_RE = re.compile(r"^File: (.*?):(\d+) in (.*?), code: (.*)$")
 
 
 def layout(graph: Graph) -> tuple[list[int], list[int], list[int]]:
     """Per node (in graph order): x, y (top-left, pixels) and layer index."""
-    index = {node.name: i for i, node in enumerate(graph.nodes)}
-    num_nodes = len(graph.nodes)
-    preds = [[index[name] for name in node.inputs if name in index] for node in graph.nodes]
+    nodes = graph.nodes
+    index = {node.name: i for i, node in enumerate(nodes)}
+    num_nodes = len(nodes)
+    # FX prints nodes in topological order; an input used "later" in a broken (fuzzed) log only
+    # counts if it appeared earlier, so every edge below points backwards (j < i).
+    preds: list[list[int]] = []
+    for i, node in enumerate(nodes):
+        found = [index[name] for name in node.inputs if name in index]
+        preds.append([j for j in found if j < i] if found else found)
     succs: list[list[int]] = [[] for _ in range(num_nodes)]
     for i, inputs in enumerate(preds):
         for j in inputs:
             succs[j].append(i)
+    # Longest-path depth in one forward sweep.
     level = [0] * num_nodes
-    # FX prints nodes in topological order, so one forward sweep gives longest-path depths; an
-    # input used "later" in a broken (fuzzed) log only counts if it appeared earlier.
-    for i in range(num_nodes):
-        level[i] = 1 + max((level[j] for j in preds[i] if j < i), default=-1)
+    for i, inputs in enumerate(preds):
+        if inputs:
+            level[i] = 1 + max([level[j] for j in inputs])
     # Then graph inputs, constants and views/getitems of them move down to just above their first
     # consumer, so saved tensors sit next to where they are used (a backward graph uses layer 0's
     # saved activations last) instead of in one wide top row with long edges. Computing nodes stay
     # as early as possible (moving them too would crowd every gradient into the bottom row).
     movable = [False] * num_nodes
-    for i, node in enumerate(graph.nodes):
-        cheap = node.op == "getitem" or (node.op == "call_function" and op_packet(node.target) in VIEW_OPS)
-        movable[i] = not preds[i] or (cheap and all(movable[j] for j in preds[i] if j < i))
+    for i, node in enumerate(nodes):
+        inputs = preds[i]
+        if not inputs:
+            movable[i] = True
+        elif node.op == "getitem" or (node.op == "call_function" and op_packet(node.target) in VIEW_OPS):
+            movable[i] = all(movable[j] for j in inputs)
     for i in range(num_nodes - 1, -1, -1):
-        if succs[i] and movable[i]:
-            level[i] = max(level[i], min(level[s] for s in succs[i]) - 1)
+        users = succs[i]
+        if users and movable[i]:
+            level[i] = max(level[i], min([level[s] for s in users]) - 1)
     num_levels = max(level, default=-1) + 1
     layers: list[list[int]] = [[] for _ in range(num_levels)]
     for i in range(num_nodes):
@@ -53,6 +80,8 @@ def layout(graph: Graph) -> tuple[list[int], list[int], list[int]]:
     position = [0.0] * num_nodes
     xs = [0] * num_nodes
     ys = [0] * num_nodes
+    x_step = NODE_WIDTH + X_GAP
+    y_step = NODE_HEIGHT + Y_GAP
     for layer_index, layer in enumerate(layers):
         keyed = []
         for order, i in enumerate(layer):
@@ -60,36 +89,115 @@ def layout(graph: Graph) -> tuple[list[int], list[int], list[int]]:
             keyed.append((sum(placed) / len(placed) if placed else order, order, i))
         keyed.sort()
         offset = (len(keyed) - 1) / 2
+        y = layer_index * y_step
         for slot, (_, _, i) in enumerate(keyed):
             position[i] = slot - offset
-            xs[i] = round((slot - offset) * (NODE_WIDTH + X_GAP))
-            ys[i] = layer_index * (NODE_HEIGHT + Y_GAP)
+            xs[i] = round((slot - offset) * x_step)
+            ys[i] = y
     return xs, ys, level
 
 
 def chains(graph: Graph) -> list[int]:
     """Chain id per node (-1 when not in a chain of at least MIN_CHAIN_LENGTH linear nodes)."""
     index = {node.name: i for i, node in enumerate(graph.nodes)}
+    unique_inputs = [[index[n] for n in set(node.inputs) if n in index] for node in graph.nodes]
     num_consumers = [0] * len(graph.nodes)
-    for node in graph.nodes:
-        for name in set(node.inputs):
-            if name in index:
-                num_consumers[index[name]] += 1
+    for inputs in unique_inputs:
+        for j in inputs:
+            num_consumers[j] += 1
     chain_of = [-1] * len(graph.nodes)
     members: list[list[int]] = []
     for i, node in enumerate(graph.nodes):
         if node.op in ("placeholder", "output"):
             continue
-        inputs = [index[n] for n in set(node.inputs) if n in index]
+        inputs = unique_inputs[i]
         if len(inputs) == 1 and num_consumers[inputs[0]] == 1 and chain_of[inputs[0]] >= 0:
             chain_of[i] = chain_of[inputs[0]]
             members[chain_of[i]].append(i)
         else:
             chain_of[i] = len(members)
             members.append([i])
-    keep = {c for c, m in enumerate(members) if len(m) >= MIN_CHAIN_LENGTH}
-    renumber = {c: k for k, c in enumerate(sorted(keep))}
+    renumber: dict[int, int] = {}
+    for c, m in enumerate(members):
+        if len(m) >= MIN_CHAIN_LENGTH:
+            renumber[c] = len(renumber)
     return [renumber.get(c, -1) for c in chain_of]
+
+
+def source_groups(graph: Graph) -> tuple[list[int], list[dict[str, Any]]]:
+    """Group id per node (-1: none) and the groups: runs of consecutive nodes under one ``# File:``.
+
+    FX prints a ``# File: ...`` comment when the source line changes, so a run of nodes with the
+    same ``source`` is what one line of user code became; runs shorter than MIN_GROUP_SIZE are not
+    groups. A group is ``{"head": first node index, "size", "source", "label"}`` (label: ``file:line
+    in function``).
+    """
+    group_of = [-1] * len(graph.nodes)
+    groups: list[dict[str, Any]] = []
+    run_source = ""
+    run_start = 0
+
+    def close_run(end: int) -> None:
+        if not run_source or end - run_start < MIN_GROUP_SIZE:
+            return
+        match = SOURCE_RE.match(run_source)
+        if match:
+            path, line, function, _ = match.groups()
+            label = f"{path.replace(chr(92), '/').rsplit('/', 1)[-1]}:{line} in {function}"
+        else:
+            label = run_source[:80]
+        for i in range(run_start, end):
+            group_of[i] = len(groups)
+        groups.append({"head": run_start, "size": end - run_start, "source": run_source, "label": label})
+
+    for i, node in enumerate(graph.nodes):
+        source = (getattr(node, "source", "") or "") if node.op not in ("placeholder", "output") else ""
+        if source != run_source:
+            close_run(i)
+            run_source, run_start = source, i
+    close_run(len(graph.nodes))
+    return group_of, groups
+
+
+def tensor_bytes(dtype: str, shape: str) -> int | None:
+    """dtype size x number of elements for an FX annotation (``f32``, ``16, 64``); None when the
+    dtype is unknown or the shape symbolic (``s0, 64``)."""
+    size = DTYPE_BYTES.get(dtype)
+    if size is None:
+        return None
+    dims = [d.strip() for d in shape.split(",")] if shape.strip() else []
+    if not all(d.isdigit() for d in dims):
+        return None
+    return size * math.prod(int(d) for d in dims)
+
+
+def saved_memory(forward: Graph, backward: Graph, saved: list[str]) -> dict[str, Any]:
+    """Bytes of each tensor the forward saves for the backward, and their totals.
+
+    dtype and shape come from the forward graph's node of that name (its output), else from the
+    backward's placeholder. ``input`` marks forward graph inputs (parameters, user inputs): saving
+    them keeps nothing alive that was not alive anyway, unlike saved activations.
+    """
+    forward_nodes = {n.name: n for n in forward.nodes}
+    backward_nodes = {n.name: n for n in backward.nodes if n.op == "placeholder"}
+    tensors = []
+    total = activations = 0
+    unknown = []
+    for name in saved:
+        node = forward_nodes.get(name)
+        if node is None or not node.dtype:
+            node = backward_nodes.get(name, node)
+        dtype, shape = (node.dtype, node.shape) if node is not None else ("", "")
+        num_bytes = tensor_bytes(dtype, shape)
+        is_input = name in forward_nodes and forward_nodes[name].op == "placeholder"
+        tensors.append({"name": name, "dtype": dtype, "shape": shape, "bytes": num_bytes, "input": is_input})
+        if num_bytes is None:
+            unknown.append(name)
+            continue
+        total += num_bytes
+        if not is_input:
+            activations += num_bytes
+    return {"tensors": tensors, "total_bytes": total, "activation_bytes": activations, "unknown": unknown}
 
 
 def _side(name: str, forward_names: set[str], backward_names: set[str]) -> str:
@@ -125,8 +233,10 @@ def build_model(parsed: ParsedLog, source_name: str) -> dict[str, Any]:
     for graph in parsed.graphs:
         xs, ys, levels = layout(graph)
         chain_ids = chains(graph)
+        group_ids, groups = source_groups(graph)
         relatives = related[graph.index]
         saved: list[str] = []
+        memory = None
         forward_names: set[str] = set()
         backward_names: set[str] = set()
         if "forward" in relatives and "backward" in relatives:
@@ -135,6 +245,7 @@ def build_model(parsed: ParsedLog, source_name: str) -> dict[str, Any]:
                 parsed.graphs[relatives["backward"]],
             )
             saved = saved_tensors(forward_graph, backward_graph)
+            memory = saved_memory(forward_graph, backward_graph, saved)
             forward_names = {n.name for n in forward_graph.nodes if n.op != "output"}
             backward_names = {n.name for n in backward_graph.nodes if n.op != "output"}
         saved_set = set(saved)
@@ -156,6 +267,7 @@ def build_model(parsed: ParsedLog, source_name: str) -> dict[str, Any]:
                  "inputs": node.inputs, "dtype": node.dtype, "shape": node.shape, "stride": node.stride,
                  "device": node.device, "source": node.source, "line": node.line,
                  "kernels": links, "x": xs[i], "y": ys[i], "layer": levels[i], "chain": chain_ids[i],
+                 "group": group_ids[i],
                  "side": _side(node.name, forward_names, backward_names) if graph.kind == "joint" else "",
                  "saved": node.name in saved_set}
             )  # fmt: skip
@@ -166,7 +278,9 @@ def build_model(parsed: ParsedLog, source_name: str) -> dict[str, Any]:
              "from_cache": graph.from_cache, "line": graph.line, "complete": graph.complete,
              "module": graph.module, "outputs": graph.outputs, "nodes": nodes,
              "related": {k: v for k, v in relatives.items() if v != graph.index},
-             "saved": saved if graph.kind != "inference" else [], "unmapped_nodes": unmapped}
+             "saved": saved if graph.kind != "inference" else [],
+             "saved_memory": memory if graph.kind != "inference" else None,
+             "groups": groups, "unmapped_nodes": unmapped}
         )  # fmt: skip
     modules = [
         {"index": m.index, "aot_id": m.aot_id, "line": m.line, "graph": m.graph,
@@ -190,3 +304,15 @@ def build_model(parsed: ParsedLog, source_name: str) -> dict[str, Any]:
             "kernels_without_nodes": kernels_without_nodes,
         },
     }
+
+
+def page_model(model: dict[str, Any]) -> dict[str, Any]:
+    """The model as the page embeds it: each graph's distinct ``# File:`` lines listed once in
+    ``sources`` and node ``source`` an index into it (the same line repeats on every node it covers,
+    about a third of a 100k-node model's JSON). ``model`` itself is not changed."""
+    graphs = []
+    for graph in model["graphs"]:
+        table: dict[str, int] = {}
+        nodes = [dict(node, source=table.setdefault(node["source"], len(table))) for node in graph["nodes"]]
+        graphs.append(dict(graph, nodes=nodes, sources=list(table)))
+    return dict(model, graphs=graphs)
