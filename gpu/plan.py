@@ -39,7 +39,7 @@ GRAPH_VIZ_QUICK = ("mlp_inference",)
 
 # perf_traces: name -> flags of profile_compiled_model (sizes of the committed CPU fixtures); each pair
 # is then enriched by add_inductor_metadata_to_perf_trace.py. Value of QUICK: the --quick runs.
-PERF_TRACE_SIZES = ("--hidden_dim=16", "--batch_size=4", "--num_layers=2", "--num_warmup=1")
+PERF_TRACE_SIZES = ("--hidden_dim=16", "--batch_size=4", "--num_layers=2")
 
 PERF_TRACE_RUNS: dict[str, tuple[str, ...]] = {
     "train": ("--mode=train", "--graph_break=False"),

@@ -96,9 +96,11 @@ def main(
         else:
             shutil.rmtree(work, ignore_errors=True)
     print_results(summary, out)
-    if summary["ended"] != "completed" or any(
-        r["status"] not in ("ok", "skipped") for r in summary["steps"].values()
-    ):
+    if summary["ended"] != "completed":
+        raise SystemExit(143 if summary["ended"].endswith("SIGTERM") else 130)  # as cli.run exits
+    if install_rc > 0:
+        print(f"error: pip could not install the carried wheels (exit {install_rc}): see install_wheels")
+    if install_rc > 0 or any(r["status"] not in ("ok", "skipped") for r in summary["steps"].values()):
         raise SystemExit(1)  # the summary says which steps
 
 
@@ -230,13 +232,11 @@ def highlights(result: dict[str, Any]) -> str:
 
 
 def print_results(summary: dict[str, Any], out: Path) -> None:
+    """One line per step that ran (the device tool shows the last 12,000 characters of the output)."""
     for name, result in summary["steps"].items():
         if result["status"] != "skipped":
-            print(
-                f"{result['status']:<11} {result.get('seconds', 0):>6.1f} s  {name}  {highlights(result)}"[
-                    :300
-                ]
-            )
+            line = f"{result['status']:<8} {result.get('seconds', 0):>6.1f} s  {name}  {highlights(result)}"
+            print(line[:160])
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items()))
     print(f"{counts}; {summary['ended']} in {summary['seconds']} s")
     print(f"wrote {out / SUMMARY} and {', '.join(summary['tarball']['files'])} in {out}")

@@ -5,7 +5,8 @@
 #   bash gpu/run_checks.sh OUT_DIR [flags of gpu/run_checks.py, e.g. --cpu=True --quick=True]
 #
 # Environment: PYTHON (default python3), WHEEL_DIR (default .whl), HARD_LIMIT_S (default 480: the
-# driver gets SIGTERM then, packs what it has and exits; SIGKILL 20 s later).
+# driver gets SIGTERM then, packs what it has and exits 143; SIGKILL 20 s later). The exit status is
+# the driver's (not timeout's 124, which the device tool would read as its own time limit).
 # If the driver dies without writing OUT_DIR/summary.json, this script writes a minimal one.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -39,7 +40,7 @@ else
 fi
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 
-timeout --signal=TERM --kill-after=20 "$hard_limit_s" "$python" -m gpu.run_checks --output_dir="$out" \
+timeout --preserve-status --signal=TERM --kill-after=20 "$hard_limit_s" "$python" -m gpu.run_checks --output_dir="$out" \
     --wheel_site="$site" --install_log="$install_log" --install_rc="$install_rc" "$@"
 rc=$?
 if [ ! -f "$out/summary.json" ]; then

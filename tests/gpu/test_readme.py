@@ -43,6 +43,6 @@ def test_readme_device_call_and_time_limits_match_the_code():
     hard_limit_s = int(re.search(r"hard_limit_s=\$\{HARD_LIMIT_S:-(\d+)\}", script).group(1))
     budget_s = inspect.signature(run_checks.main).parameters["budget_s"].default
     assert f"ends itself by {hard_limit_s} s" in README
-    assert f"starts no step after {budget_s - run_checks.PACKING_RESERVE_S:.0f} s" in README
+    assert f"stops its steps by {budget_s - run_checks.PACKING_RESERVE_S:.0f} s" in README
     timeout_s = int(re.search(r"\| `timeout_s` \| `(\d+)`", README).group(1))
     assert budget_s < hard_limit_s and hard_limit_s + 20 < timeout_s <= 600  # SIGKILL 20 s after SIGTERM

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -161,6 +163,26 @@ def test_runner_cuts_a_step_at_the_budget_and_says_so(tmp_path, monkeypatch):
     assert results["slow"]["status"] == "timeout" and results["slow"]["cut_by_budget"] is True
 
 
+def test_sigterm_stops_running_steps_and_skips_pending_ones(tmp_path):
+    from pytorch_scripts_common import cli
+
+    steps = [
+        python_step("hangs", "import time; print('up', flush=True); time.sleep(120)", timeout_s=100),
+        python_step("waits", "print(1)", after=("hangs",)),
+    ]
+    previous = signal.signal(signal.SIGTERM, cli._raise_terminated)  # what cli.run installs
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        results, ended = run_steps(steps, tmp_path, child_env("cpu", "", 2), time.monotonic() + 60, 2)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, previous)
+    assert ended == "interrupted: SIGTERM"
+    assert results["hangs"]["status"] == "interrupted" and "up" in results["hangs"]["log_tail"]
+    assert results["waits"] == {"status": "skipped", "skip_reason": "interrupted: SIGTERM"}
+
+
 def test_pack_leaves_out_weights_tmp_and_big_files_and_splits_into_parts(tmp_path, monkeypatch):
     work, staging = tmp_path / "work", tmp_path / "staging"
     (work / "logs").mkdir(parents=True)
@@ -259,7 +281,7 @@ def test_script_installs_wheels_runs_selected_cpu_steps_and_packs(tmp_path):
     wheels.mkdir()
     make_wheel(wheels, "gpu_checks_probe", "1.0")
     out = tmp_path / "out"
-    result = run_script(out, wheels, "--steps=test_ao_small,torchrun_dp2ep")
+    result = run_script(out, wheels, "--steps=test_ao_small,torchrun_dp2ep", "--max_parallel=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["device"] == "cpu" and summary["quick"] is True and summary["ended"] == "completed"
@@ -293,6 +315,24 @@ def test_script_without_output_folder_is_a_one_line_error():
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error: no output folder given")
+
+
+@pytest.mark.slow
+def test_script_hard_limit_interrupts_the_driver_which_still_packs(tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable, WHEEL_DIR=str(tmp_path), HARD_LIMIT_S="40")
+    result = subprocess.run(
+        ["bash", "gpu/run_checks.sh", str(out), "--cpu=True", "--steps=perf_traces_profile_train"],
+        capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 143, (
+        result.stdout[-2000:] + result.stderr[-2000:]
+    )  # SIGTERM, as cli.run exits
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ended"] == "interrupted: SIGTERM"
+    assert {r["status"] for r in summary["steps"].values()} <= {"ok", "interrupted", "skipped"}
+    assert summary["steps"]["perf_traces_profile_train"]["status"] in ("interrupted", "skipped")
+    assert "gpu_checks/plan.txt" in read_tarball(out)
 
 
 @pytest.mark.slow
