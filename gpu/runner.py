@@ -48,6 +48,8 @@ def child_env(device: str, wheel_site: str, max_parallel: int) -> dict[str, str]
     # The tools skip torchao's CUDA extensions by default (they print load failures on a CPU build of
     # torch); on CUDA the real kernels (mxfp8 cast, CUTLASS) must load.
     env["TORCHAO_FORCE_SKIP_LOADING_SO_FILES"] = "1" if device == "cpu" else "0"
+    # The GPU machine has no network: a Hugging Face Hub lookup must fail at once, not wait for a timeout.
+    env["HF_HUB_OFFLINE"] = env["TRANSFORMERS_OFFLINE"] = "1"
     env["TORCHINDUCTOR_COMPILE_THREADS"] = str(max(1, (os.cpu_count() or 1) // max_parallel))
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # --cpu on a CUDA machine: every tool picks the CPU

@@ -88,6 +88,7 @@ def test_cpu_plan_skips_only_what_needs_cuda_and_says_why():
     assert "--device=cpu" in by_name["test_ao_small"].args
     assert child_env("cpu", "", 1)["CUDA_VISIBLE_DEVICES"] == ""
     assert child_env("cuda", "", 1)["TORCHAO_FORCE_SKIP_LOADING_SO_FILES"] == "0"  # real kernels on CUDA
+    assert child_env("cuda", "", 1)["HF_HUB_OFFLINE"] == "1"
 
 
 def test_select_brings_dependencies_and_refuses_unknown_names():
