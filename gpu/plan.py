@@ -146,6 +146,11 @@ for module in ("torchao", "compressed_tensors", "fire"):
         info["locations"][module] = os.path.dirname(importlib.import_module(module).__file__)
     except Exception as error:
         info["locations"][module] = f"import failed: {type(error).__name__}: {error}"
+if not info["locations"]["torchao"].startswith("import failed"):
+    # ops with a CUDA kernel: registered by torchao's extensions (_C_mxfp8, _C_cutlass_90a) when they load
+    ops = [op for op in torch._C._dispatch_get_all_op_names() if op.startswith("torchao::")]
+    has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
+    info["torchao_cuda_ops"] = sorted(op for op in ops if has_kernel(op, "CUDA"))
 print(json.dumps(info))
 """
 

@@ -16,11 +16,21 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gpu.plan import Step, check_flags, display, plan, plan_text, select
-from gpu.runner import LOG_TAIL_CHARS, MAX_PARTS, MIN_STEP_S, TARBALL, child_env, pack, run_steps
+from gpu.runner import (
+    LOG_TAIL_CHARS,
+    MAX_PARTS,
+    MIN_STEP_S,
+    TARBALL,
+    child_env,
+    note_sigterm,
+    pack,
+    run_steps,
+)
 
 TOOL = "gpu.run_checks"
 SUMMARY = "summary.json"
@@ -80,7 +90,7 @@ def main(
     try:
         if install_log:
             shutil.copyfile(install_log, work / "install_wheels.log")
-        summary = run_plan(planned, work, env, deadline, max_parallel, device)
+        summary = run_plan(planned, work, env, deadline, max_parallel, device, note_sigterm())
         summary.update(
             quick=quick,
             budget_s=budget_s,
@@ -130,13 +140,19 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> Path:
 
 
 def run_plan(
-    planned: list[Step], work: Path, env: dict[str, str], deadline: float, max_parallel: int, device: str
+    planned: list[Step],
+    work: Path,
+    env: dict[str, str],
+    deadline: float,
+    max_parallel: int,
+    device: str,
+    interrupted: Callable[[], str],
 ) -> dict[str, Any]:
     """The environment step alone (it says whether torch sees CUDA), then the others; the summary."""
     from pytorch_scripts_common.cli import UsageError
 
     started_wall = time.time()
-    results, ended = run_steps(planned[:1], work, env, deadline, 1)
+    results, ended = run_steps(planned[:1], work, env, deadline, 1, interrupted)
     environment = results[planned[0].name].get("metrics", {})
     if device == "cuda" and not environment.get("cuda_available"):
         raise UsageError(
@@ -144,7 +160,7 @@ def run_plan(
             f"{results[planned[0].name].get('log_tail', '')[-300:]!r}): pass --cpu to run the CPU plan"
         )
     if ended == "completed":
-        more, ended = run_steps(planned[1:], work, env, deadline, max_parallel)
+        more, ended = run_steps(planned[1:], work, env, deadline, max_parallel, interrupted)
         results.update(more)
     summary: dict[str, Any] = {
         "tool": TOOL,

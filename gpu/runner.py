@@ -10,6 +10,7 @@ import signal
 import subprocess
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,11 +151,29 @@ def start_order(steps: list[Step]) -> dict[str, tuple[int, int]]:
     return order
 
 
+def note_sigterm() -> Callable[[], str]:
+    """Make SIGTERM set a flag instead of raising, and return a function that says whether it came.
+
+    The hard limit of run_checks.sh sends SIGTERM (GNU timeout sends it twice: to the driver and to
+    its process group); an exception raised at an arbitrary point could abort the packing that must
+    follow, so the step loop polls the flag instead.
+    """
+    received: list[str] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: received.append("SIGTERM"))
+    return lambda: received[0] if received else ""
+
+
 def run_steps(
-    steps: list[Step], work: Path, env: dict[str, str], deadline: float, max_parallel: int
+    steps: list[Step],
+    work: Path,
+    env: dict[str, str],
+    deadline: float,
+    max_parallel: int,
+    interrupted: Callable[[], str] = lambda: "",
 ) -> tuple[dict[str, dict[str, Any]], str]:
     """Run the steps that are not skipped, at most ``max_parallel`` at a time; return results and
-    how the run ended ("completed" or "interrupted: ...")."""
+    how the run ended ("completed" or "interrupted: <signal>"). ``interrupted`` names a signal that
+    asks the run to stop (see note_sigterm); SIGINT arrives as KeyboardInterrupt."""
     from pytorch_scripts_common.cli import Terminated
 
     results: dict[str, dict[str, Any]] = {}
@@ -164,6 +183,8 @@ def run_steps(
     ended = "completed"
     try:
         while pending or running:
+            if interrupted():
+                raise Terminated(signal.SIGTERM)
             for step in list(pending):
                 failed = [d for d in step.after if d in results and results[d]["status"] != "ok"]
                 if failed:
@@ -208,7 +229,7 @@ def run_steps(
                     flush=True,
                 )
     except (KeyboardInterrupt, Terminated) as error:
-        ended = f"interrupted: {'SIGTERM' if isinstance(error, Terminated) else 'SIGINT'}"
+        ended = "interrupted: SIGINT" if isinstance(error, KeyboardInterrupt) else "interrupted: SIGTERM"
         for step in pending:
             results[step.name] = {"status": "skipped", "skip_reason": ended}
     finally:

@@ -24,7 +24,7 @@ import pytest
 from gpu import plan as plan_module
 from gpu import runner
 from gpu.plan import Step, check_flags, plan, select
-from gpu.runner import child_env, pack, run_steps
+from gpu.runner import child_env, note_sigterm, pack, run_steps
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GROUPS = {
@@ -164,20 +164,24 @@ def test_runner_cuts_a_step_at_the_budget_and_says_so(tmp_path, monkeypatch):
     assert results["slow"]["status"] == "timeout" and results["slow"]["cut_by_budget"] is True
 
 
-def test_sigterm_stops_running_steps_and_skips_pending_ones(tmp_path):
-    from pytorch_scripts_common import cli
-
+def test_sigterm_twice_stops_running_steps_and_skips_pending_ones(tmp_path):
     steps = [
         python_step("hangs", "import time; print('up', flush=True); time.sleep(120)", timeout_s=100),
         python_step("waits", "print(1)", after=("hangs",)),
     ]
-    previous = signal.signal(signal.SIGTERM, cli._raise_terminated)  # what cli.run installs
-    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
+    previous = signal.getsignal(signal.SIGTERM)
+    interrupted = note_sigterm()
+    timers = [threading.Timer(delay, os.kill, (os.getpid(), signal.SIGTERM)) for delay in (2.0, 2.1)]
+    for timer in timers:  # GNU timeout signals the driver and then its process group
+        timer.start()
     try:
-        results, ended = run_steps(steps, tmp_path, child_env("cpu", "", 2), time.monotonic() + 60, 2)
+        results, ended = run_steps(
+            steps, tmp_path, child_env("cpu", "", 2), time.monotonic() + 60, 2, interrupted
+        )
+        time.sleep(0.5)  # the second signal lands after the loop: it must not raise
     finally:
-        timer.cancel()
+        for timer in timers:
+            timer.cancel()
         signal.signal(signal.SIGTERM, previous)
     assert ended == "interrupted: SIGTERM"
     assert results["hangs"]["status"] == "interrupted" and "up" in results["hangs"]["log_tail"]
