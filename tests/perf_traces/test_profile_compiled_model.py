@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from perf_traces.enrich import enrich_trace
-from perf_traces.log_parser import parse_output_code_log_file
 from perf_traces.profile_compiled_model import check_self_times, main, self_times_from_trace
+from pytorch_scripts_common.inductor_log import read_inductor_log
 from tests.perf_traces.helpers import REPO_ROOT, enclosing_kind, load_events
 
 
@@ -78,7 +78,7 @@ def test_live_cpu_pair_every_kernel_matched(tmp_path, mode, graph_break):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Self CPU time total" in result.stdout and "<= tolerance" in result.stdout
     assert sorted(os.listdir(out_dir)) == ["output_code.log", "trace.json"]
-    modules = parse_output_code_log_file(str(out_dir / "output_code.log"), strict=True)
+    modules = read_inductor_log(str(out_dir / "output_code.log"), strict=True).modules
     expected = {("train", True): 4, ("inference", False): 1}[(mode, graph_break)]
     assert len(modules) == expected
     summary = enrich_trace(str(out_dir / "trace.json"), modules, str(tmp_path / "enriched.json"))
