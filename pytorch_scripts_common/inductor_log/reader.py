@@ -199,11 +199,14 @@ class _Reader:
                 key: tuple[str, ...] = ("graph", item.kind, item.compile_id)
                 what = f"{item.title} (AOT id {item.compile_id})" if item.from_cache else item.title
             else:
-                if item.graph is not None:  # a module belongs to its graph's run
-                    item.run = log.graphs[item.graph].run
-                    continue
                 key = ("module", item.aot_id or f"?{item.index}")
                 what = f"output code {item.aot_id!r}"
+                if item.graph is not None:  # a module belongs to its graph's run
+                    item.run = log.graphs[item.graph].run
+                    state = current.get(stream_key)
+                    if state is not None and state[0].index == item.run:
+                        state[1].setdefault(key, line)
+                    continue
             state = current.get(stream_key)
             if state is not None and key in state[1]:
                 first = state[1][key]
