@@ -11,8 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from graph_viz.mapping import VIEW_OPS, map_module, op_packet, related_graphs, saved_tensors
-from graph_viz.parser import Graph, ParsedLog
+from graph_viz.mapping import (
+    VIEW_OPS,
+    is_compute_node,
+    map_module,
+    op_packet,
+    ordered_links,
+    related_graphs,
+    saved_tensors,
+    unlinked_reason,
+)
+from pytorch_scripts_common.inductor_log import Graph, InductorLog
 
 NODE_WIDTH = 180
 NODE_HEIGHT = 34
@@ -100,16 +109,16 @@ def _side(name: str, forward_names: set[str], backward_names: set[str]) -> str:
     return "forward" if in_forward else "backward" if in_backward else ""
 
 
-def build_model(parsed: ParsedLog, source_name: str) -> dict[str, Any]:
+def build_model(parsed: InductorLog, source_name: str) -> dict[str, Any]:
     """The page model: ``graphs``, ``kernels``, ``modules``, ``warnings`` and a ``summary``."""
     kernels: list[dict[str, Any]] = []
     node_kernels: dict[tuple[int, str], list[list[str]]] = {}
     for module in parsed.modules:
         if module.graph is None:
-            for kernel in module.kernels:
+            for kernel in module.kernels.values():
                 kernels.append(
                     {"id": f"{module.index}:{kernel.name}", "module": module.index, "name": kernel.name,
-                     "kind": kernel.kind, "code": kernel.code, "line": kernel.line, "nodes": [],
+                     "kind": kernel.kind, "code": kernel.source, "line": kernel.line_number, "nodes": [],
                      "launch_lines": [], "graph": None}
                 )  # fmt: skip
             continue
@@ -140,24 +149,23 @@ def build_model(parsed: ParsedLog, source_name: str) -> dict[str, Any]:
         saved_set = set(saved)
         nodes = []
         unmapped = []
+        num_compute = 0
         for i, node in enumerate(graph.nodes):
-            links = node_kernels.get((graph.index, node.name), [])
+            links = ordered_links(node_kernels.get((graph.index, node.name), []))
             # View ops become reinterpret_tensor(...) in the output code: no kernel expected.
             has_code = graph.module is not None
-            if (
-                not links
-                and has_code
-                and node.op == "call_function"
-                and op_packet(node.target) not in VIEW_OPS
-            ):
-                unmapped.append(node.name)
+            if has_code and is_compute_node(node):
+                num_compute += 1
+                if not links:
+                    unmapped.append(node.name)
             nodes.append(
                 {"name": node.name, "op": node.op, "target": node.target, "args": node.args,
                  "inputs": node.inputs, "dtype": node.dtype, "shape": node.shape, "stride": node.stride,
                  "device": node.device, "source": node.source, "line": node.line,
                  "kernels": links, "x": xs[i], "y": ys[i], "layer": levels[i], "chain": chain_ids[i],
                  "side": _side(node.name, forward_names, backward_names) if graph.kind == "joint" else "",
-                 "saved": node.name in saved_set}
+                 "saved": node.name in saved_set,
+                 "unlinked_reason": "" if links else unlinked_reason(graph, node)}
             )  # fmt: skip
         num_nodes_total += len(nodes)
         unmapped_total += len(unmapped)
@@ -166,11 +174,13 @@ def build_model(parsed: ParsedLog, source_name: str) -> dict[str, Any]:
              "from_cache": graph.from_cache, "line": graph.line, "complete": graph.complete,
              "module": graph.module, "outputs": graph.outputs, "nodes": nodes,
              "related": {k: v for k, v in relatives.items() if v != graph.index},
-             "saved": saved if graph.kind != "inference" else [], "unmapped_nodes": unmapped}
+             "saved": saved if graph.kind != "inference" else [], "unmapped_nodes": unmapped,
+             "run": graph.run,
+             "link_coverage": {"compute_nodes": num_compute, "linked": num_compute - len(unmapped)}}
         )  # fmt: skip
     modules = [
-        {"index": m.index, "aot_id": m.aot_id, "line": m.line, "graph": m.graph,
-         "call": [[s.line, s.text] for s in m.call]}
+        {"index": m.index, "aot_id": m.aot_id, "line": m.line_number, "graph": m.graph,
+         "call": [[s.line_number, s.code] for s in m.statements]}
         for m in parsed.modules
     ]  # fmt: skip
     kernels_without_nodes = [k["id"] for k in kernels if not k["nodes"]]
@@ -188,5 +198,7 @@ def build_model(parsed: ParsedLog, source_name: str) -> dict[str, Any]:
             "num_warnings": parsed.num_warnings,
             "num_unmapped_nodes": unmapped_total,
             "kernels_without_nodes": kernels_without_nodes,
+            "skipped_lines": parsed.skipped,
+            "format": parsed.format,
         },
     }

@@ -110,7 +110,10 @@ def test_empty_and_truncated_logs_load_without_errors(browser, tmp_path):
         "INFO:x:TRACED GRAPH\n ===== Forward graph 0 =====\n class G(torch.nn.Module):\n"
         '    def forward(self, x: "f32[2][1]cpu"):\n'
     )
-    for log in (tmp_path / "empty.log", truncated):
+    with pytest.raises(ValueError, match="empty.log is empty"):  # no graphs: no page, a one-line error
+        convert(str(tmp_path / "empty.log"), str(tmp_path / "empty_out"))
+    assert not (tmp_path / "empty_out").exists()
+    for log in (truncated,):
         out = tmp_path / (log.stem + "_out")
         convert(str(log), str(out))
         page, errors, _ = open_page(browser, out / "index.html")
