@@ -20,6 +20,7 @@ scanner.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -34,6 +35,9 @@ FILE_COMMENT_RE = re.compile(r"^File: (.*?):(\d+) in (.*?), code: (.*)$")
 # ` ===== Forward graph 0 =====`
 COLD_HEADER_RE = re.compile(r"^\s*={3,}\s+(.+?)\s+={3,}\s*$")
 IDENT_RE = re.compile(r"^[A-Za-z_]\w*$")
+# `primals_1: "f32[64, 64][64, 1]cpu"; primals_2: "f32[64][1]cpu"; ` (joint-graph input declarations)
+DECLARATION_RE = re.compile(r'^\w+: "[^"]*"(;|\s*$)')
+GETITEM_RE = re.compile(r"^(\w+)\[(\d+)\]$")
 NAME_TOKEN_RE = re.compile(r"(?<![\w.'\"])[A-Za-z_]\w*(?![\w.(])")
 SPECIAL_CHARS_RE = re.compile(r"[()\[\]{}'\",\\]")
 GRAPH_KINDS = ("joint", "forward", "backward", "inference")
@@ -107,13 +111,18 @@ def split_comment(text: str) -> tuple[str, str]:
     return text[:hash_pos], text[hash_pos + 3 :].strip()
 
 
-def set_annotation(node: Node, annotation: str) -> None:
+@functools.lru_cache(maxsize=16384)
+def _parse_annotation(annotation: str) -> tuple[str, str, str, str, int | None]:
     match = ANNOTATION_RE.match(annotation)
-    if match:
-        node.dtype, node.shape, node.stride, node.device = match.groups()
-        node.num_bytes = tensor_bytes(node.dtype, node.shape)
-    elif annotation:
-        node.dtype = annotation[:40]
+    if not match:
+        return annotation[:40], "", "", "", None
+    dtype, shape, stride, device = match.groups()
+    return dtype, shape, stride, device, tensor_bytes(dtype, shape)
+
+
+def set_annotation(node: Node, annotation: str) -> None:
+    if annotation:
+        node.dtype, node.shape, node.stride, node.device, node.num_bytes = _parse_annotation(annotation)
 
 
 def graph_kind_and_id(title: str) -> tuple[str, str]:
@@ -248,7 +257,7 @@ class GraphReader:
         code, descriptor = split_comment(stripped)
         # Joint graphs declare their inputs on one line (cold) or one per line (expanded form):
         # `primals_1: "f32[64, 64][64, 1]cpu"; primals_2: "f32[64][1]cpu"; `
-        if '" = ' not in code and re.match(r'^\w+: "[^"]*"(;|\s*$)', code):
+        if '" = ' not in code and DECLARATION_RE.match(code):
             for declaration in code.split(";"):
                 name, _, annotation = declaration.strip().partition(":")
                 if name and IDENT_RE.match(name):
@@ -266,7 +275,7 @@ class GraphReader:
             self.warn(number, f"{graph.title}: node {name!r} defined twice; keeping the first")
             return
         parts = call_parts(expr)
-        item = re.match(r"^(\w+)\[(\d+)\]$", expr)
+        item = GETITEM_RE.match(expr)
         if item:  # `getitem: "f32[...]" = var_mean[0]`
             node = Node(name, "getitem", "getitem", [item.group(1), item.group(2)], [item.group(1)])
         elif parts:
@@ -278,7 +287,8 @@ class GraphReader:
             node = Node(name, "call_function", expr[:80], [expr], [])
             node.inputs = [n for n in dict.fromkeys(names_in(expr)) if n in known]
         node.line = number
-        set_source(node, source)
+        if source:
+            set_source(node, source)
         if annotation:
             set_annotation(node, annotation)
         graph.nodes.append(node)
@@ -300,9 +310,16 @@ class GraphReader:
         graph.complete = True
 
 
-def set_source(node: Node, source: str) -> None:
-    node.source = source
+@functools.lru_cache(maxsize=4096)
+def _parse_source(source: str) -> tuple[str, int, str, str]:
     match = FILE_COMMENT_RE.match(source)
-    if match:
-        node.source_file, line, node.source_function, node.source_code = match.groups()
-        node.source_line = int(line)
+    if not match:
+        return "", 0, "", ""
+    file, line, function, code = match.groups()
+    return file, int(line), function, code
+
+
+def set_source(node: Node, source: str) -> None:
+    """``File: /path/model.py:12 in forward, code: x = f(x)`` -> node.source and its parsed parts."""
+    node.source = source
+    node.source_file, node.source_line, node.source_function, node.source_code = _parse_source(source)

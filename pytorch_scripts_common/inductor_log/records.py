@@ -35,6 +35,8 @@ RANK_PREFIX_RE = re.compile(r"^(?:\[[A-Za-z_]*\d+\]:)+")
 # "V1123 18:56:37.289000 6703 torch/_inductor/graph.py:2722] [0/0] [__output_code] "
 GLOG_RE = re.compile(r"^[VIWEDC]\d{4} \d\d:\d\d:\d\d\.\d+ +(\d+) [^\]]*?:\d+\]((?: \[[^\]\s]*\])*)(?: |$)")
 COMPILE_ID_TAG_RE = re.compile(r"\[(!?\d+/\d+(?:/\d+)?(?:_\d+)?)\]")
+# First characters of glog levels (V, I, W, E, D, C) and of logging's level names.
+LEVEL_INITIALS = frozenset("VIWEDC")
 # "INFO:torch._inductor.codecache.__output_code:Output code: " (logging.BASIC_FORMAT)
 SHORT_RE = re.compile(r"^(?:DEBUG|INFO|WARNING|ERROR|CRITICAL):[\w.]+:")
 # Record starts, in the message of a prefixed line (or anywhere in a plain-handler line).
@@ -141,11 +143,15 @@ class Splitter:
         self.trace.pop(rank, None)
 
     def line(self, number: int, line: str) -> None:
-        rank_match = RANK_PREFIX_RE.match(line)
         rank = ""
-        if rank_match:
+        first = line[:1]
+        if first == "[" and (rank_match := RANK_PREFIX_RE.match(line)):
             rank = re.search(r"\d+", rank_match.group(0)).group(0)
             line = line[rank_match.end() :]
+            first = line[:1]
+        if first not in LEVEL_INITIALS:  # the first-character test keeps bare module text cheap
+            self.bare_line(number, rank, line)
+            return
         glog = GLOG_RE.match(line)
         if glog:
             self.glog_line(number, rank, line, glog)
