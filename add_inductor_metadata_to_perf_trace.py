@@ -28,18 +28,21 @@ def main(
 
     Args:
         perf_trace_file: Chrome trace JSON written by torch.profiler (export_chrome_trace); streamed.
-        torch_logs_file: log of the same run captured with TORCH_LOGS=output_code (stderr or TORCH_LOGS_OUT).
+        torch_logs_file: TORCH_LOGS=output_code log of the same run (any format), or its TORCH_TRACE folder.
         modified_perf_trace_file: where to write the enriched trace (atomically: temp file, then rename).
         overwrite: replace modified_perf_trace_file if it exists.
-        strict: turn log-parser warnings (malformed or truncated output code) into errors.
+        strict: fail on output-code text the parser cannot read (malformed, truncated) instead of warning.
         allow_no_match: write an unchanged copy when no event matched (default: exit with an error).
     """
     from perf_traces.enrich import NoMatchError, enrich_trace
-    from perf_traces.log_parser import parse_output_code_log_file
+    from pytorch_scripts_common.inductor_log import read_inductor_log
 
-    for label, path in (("perf_trace_file", perf_trace_file), ("torch_logs_file", torch_logs_file)):
-        if not os.path.isfile(path):
-            raise ValueError(f"{label}={path!r} is not a file; pass an existing path")
+    if not os.path.isfile(perf_trace_file):
+        raise ValueError(f"perf_trace_file={perf_trace_file!r} is not a file; pass an existing path")
+    if not os.path.exists(torch_logs_file):
+        raise ValueError(
+            f"torch_logs_file={torch_logs_file!r} does not exist; pass a log file or TORCH_TRACE folder"
+        )
     if os.path.abspath(modified_perf_trace_file) == os.path.abspath(perf_trace_file):
         raise ValueError(
             f"modified_perf_trace_file={modified_perf_trace_file!r} is the input trace; choose another path"
@@ -52,9 +55,17 @@ def main(
     if not os.path.isdir(target_dir):
         raise ValueError(f"directory of modified_perf_trace_file={modified_perf_trace_file!r} does not exist")
 
-    modules = parse_output_code_log_file(torch_logs_file, strict=strict)
+    log = read_inductor_log(torch_logs_file, strict=strict)
+    for line, message in log.warnings[:20]:
+        print(f"warning: {torch_logs_file}:{line}: {message}")
+    if log.num_warnings > 20:
+        print(f"... {log.num_warnings - 20} more warnings")
+    modules = log.modules
     if not modules:
-        print(f"warning: {torch_logs_file} has no output code (capture it with TORCH_LOGS=output_code)")
+        print(
+            f"warning: {torch_logs_file} has no output code "
+            "(capture it with TORCH_LOGS=output_code, or TORCH_TRACE=<folder>)"
+        )
     try:
         summary = enrich_trace(
             perf_trace_file, modules, modified_perf_trace_file, allow_no_match=allow_no_match

@@ -1,7 +1,7 @@
 """torch.compile log -> one self-contained interactive HTML of the AOT graphs and their kernels.
 
-TORCH_LOGS_FORMAT=short TORCH_LOGS=aot_graphs,aot_joint_graph,output_code python prog.py > log.txt 2>&1
-python graph_viz/main.py log.txt out/    # -> out/index.html, out/model.json
+TORCH_LOGS=aot_graphs,aot_joint_graph,output_code python prog.py > log.txt 2>&1
+.venv/bin/python -m graph_viz.main log.txt out/    # -> out/index.html, out/model.json
 """
 
 from __future__ import annotations
@@ -9,26 +9,17 @@ from __future__ import annotations
 import gc
 import json
 import pathlib
-import shutil
-import tempfile
 import time
 from typing import Any
 
-import fire
+from pytorch_scripts_common.cli import UsageError, run
 
 TEMPLATE_DIR = pathlib.Path(__file__).resolve().parent / "templates"
-
-
-def publish_dir(staging: pathlib.Path, target: pathlib.Path) -> None:
-    """Put the finished ``staging`` folder at ``target``; an existing ``target`` is swapped out first
-    and deleted only after the new folder is in place, so a failed rename never loses it."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old.{staging.name}")
-        target.rename(old)
-    staging.rename(target)
-    if old is not None:
-        shutil.rmtree(old)
+TOOL = "graph_viz"
+CAPTURE_HINT = (
+    "capture stdout and stderr of the program run with TORCH_LOGS=aot_graphs,output_code "
+    "(any TORCH_LOGS_FORMAT, rank prefixes are fine), or pass its TORCH_TRACE=<folder>"
+)
 
 
 def model_to_script_json(model: dict[str, Any]) -> str:
@@ -67,53 +58,77 @@ def render_html(model: dict[str, Any]) -> str:
     )
 
 
+def no_graphs_message(log_path: str, parsed: Any) -> str:
+    """The one-line reason a log gave no graph, and how to capture one."""
+    if parsed.num_lines == 0:
+        what = "is empty"
+    elif parsed.modules:
+        return (
+            f"{log_path} has output code ({len(parsed.modules)} modules) but no AOT graphs: "
+            "add aot_graphs to TORCH_LOGS, e.g. TORCH_LOGS=aot_graphs,output_code"
+        )
+    else:
+        skipped = ", ".join(f"{count} {what}" for what, count in sorted(parsed.skipped.items()))
+        what = f"has no AOT graph ({parsed.num_lines} lines{': ' + skipped if skipped else ''})"
+    return f"{log_path} {what}: {CAPTURE_HINT}"
+
+
 def convert(
     log_path: str, output_dir: str, *, overwrite: bool = False, strict: bool = False
 ) -> dict[str, Any]:
-    """Parse ``log_path``, write ``output_dir/index.html`` and ``output_dir/model.json``; return the model."""
+    """Parse ``log_path`` (a log file or a TORCH_TRACE folder), write ``output_dir/index.html`` and
+    ``output_dir/model.json``; return the model. A log without graphs is a ``UsageError``."""
     from graph_viz.model import build_model
-    from graph_viz.parser import parse_log_file
+    from pytorch_scripts_common.inductor_log import read_inductor_log
+    from pytorch_scripts_common.outputs import check_output, staged_dir
 
     log = pathlib.Path(log_path)
-    if not log.is_file():
-        raise ValueError(f"log {log_path!r} is not a file; pass the path of a TORCH_LOGS output file")
-    target = pathlib.Path(output_dir)
-    if target.exists() and not overwrite:
-        raise ValueError(f"output folder {target} exists; pass --overwrite to replace it")
-    if target.exists() and not target.is_dir():
-        raise ValueError(f"output path {target} exists and is not a folder; choose another output_dir")
+    if not log.exists():
+        raise UsageError(
+            f"log {log_path} does not exist: pass a TORCH_LOGS output file or TORCH_TRACE folder"
+        )
+    target = check_output(output_dir, inputs=[log_path], overwrite=overwrite, tool=TOOL, flag="output_dir")
     # The parser allocates one small acyclic object per node, edge and argument; with the cyclic
     # GC on, its full collections rescan the growing heap and made 10k-node logs ~2x slower per
     # node than 1k-node ones. Reference counting frees everything anyway.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        parsed = parse_log_file(str(log), strict=strict)
+        parsed = read_inductor_log(log, strict=strict)
+        if not parsed.graphs:
+            raise UsageError(no_graphs_message(log_path, parsed))
         model = build_model(parsed, log.name)
         html = render_html(model)
     finally:
         if gc_was_enabled:
             gc.enable()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp.", dir=target.parent))
-    try:
-        staging.chmod(0o755)  # mkdtemp makes it private; the output is an ordinary folder
+    with staged_dir(target, tool=TOOL) as staging:
         (staging / "index.html").write_text(html, encoding="utf-8")
         (staging / "model.json").write_text(json.dumps(model), encoding="utf-8")
-        publish_dir(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return model
+
+
+def coverage_text(graph: dict[str, Any]) -> str:
+    """``link coverage 100.0% (5/5 compute nodes)`` for a graph with output code, else why there is none."""
+    if graph["kind"] == "joint":
+        return "joint graph: kernels are linked in its forward / backward graphs"
+    if graph["module"] is None:
+        return "no output code in the log"
+    coverage = graph["link_coverage"]
+    if not coverage["compute_nodes"]:
+        return "no compute nodes"
+    percent = 100 * coverage["linked"] / coverage["compute_nodes"]
+    return f"link coverage {percent:.1f}% ({coverage['linked']}/{coverage['compute_nodes']} compute nodes)"
 
 
 def main(log_path: str, output_dir: str, overwrite: bool = False, strict: bool = False) -> None:
     """Write OUTPUT_DIR/index.html (self-contained viewer) and OUTPUT_DIR/model.json from a torch.compile log.
 
     Args:
-        log_path: log of a run with TORCH_LOGS=aot_graphs,output_code (optionally aot_joint_graph).
-        output_dir: folder to create for index.html and model.json.
-        overwrite: replace output_dir if it already exists.
-        strict: fail at the first line the parser does not understand instead of warning.
+        log_path: log of a run with TORCH_LOGS=aot_graphs,output_code (any format), or a TORCH_TRACE folder.
+        output_dir: folder to create for index.html and model.json (not the log's folder).
+        overwrite: replace output_dir if it is an earlier output of graph_viz.
+        strict: fail at the first graph or output-code line the parser cannot read instead of warning.
     """
     start_s = time.perf_counter()
     model = convert(log_path, output_dir, overwrite=overwrite, strict=strict)
@@ -125,15 +140,17 @@ def main(log_path: str, output_dir: str, overwrite: bool = False, strict: bool =
     for graph in model["graphs"]:
         print(
             f"{graph['title']:<32} {graph['kind']:<9} compile {graph['compile_id']:<3} "
-            f"{len(graph['nodes']):>6} nodes, {len(graph['unmapped_nodes'])} non-view nodes without a kernel"
+            f"{len(graph['nodes']):>6} nodes, {coverage_text(graph)}"
         )
+    skipped = ", ".join(f"{count} {what}" for what, count in sorted(summary["skipped_lines"].items()))
     print(
         f"{summary['num_graphs']} graphs, {summary['num_nodes']} nodes, {summary['num_kernels']} kernels "
         f"({len(summary['kernels_without_nodes'])} without a node), {summary['num_warnings']} warnings "
-        f"in {time.perf_counter() - start_s:.2f} s"
+        f"in {time.perf_counter() - start_s:.2f} s" + (f"; skipped {skipped}" if skipped else "")
     )
-    print(f"wrote {pathlib.Path(output_dir) / 'index.html'} and {pathlib.Path(output_dir) / 'model.json'}")
+    target = pathlib.Path(output_dir)
+    print(f"wrote {target / 'index.html'} and {target / 'model.json'}")
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

@@ -1,27 +1,33 @@
 """Run small torch.compile programs on CPU and write their TORCH_LOGS output as graph_viz fixtures.
 
-Each program runs in its own Python subprocess with
-``TORCH_LOGS_FORMAT=short TORCH_LOGS=aot_graphs,aot_joint_graph,output_code`` (stdout and stderr
-go to one file, as ``prog.py > log.txt 2>&1`` would). ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1``
-gives the cold-compile header form (``===== Forward graph 0 =====``). The ``*_cache_hit`` logs
-compile the same program twice in one process into a fresh ``TORCHINDUCTOR_CACHE_DIR`` (after
-``torch._dynamo.reset()``) with caches enabled; the second compile prints the cache-hit form
-(``Forward graph (from cache)``), which the log keeps after a marker line.
+Each program runs in its own Python subprocess (the interpreter running this script, so another
+torch version's venv writes that version's logs) with
+``TORCH_LOGS=aot_graphs,aot_joint_graph,output_code`` in one of three forms:
+
+- ``short``: ``TORCH_LOGS_FORMAT=short``, stdout and stderr in one file ``<name>.log`` (as
+  ``prog.py > log.txt 2>&1`` would);
+- ``default``: torch's default format (a glog prefix on every line), same file layout;
+- ``trace``: ``TORCH_TRACE=<name>_trace/`` (the structured trace tlparse reads; its one file is
+  renamed ``dedicated_log_torch_trace.log``), the program's own output is not kept.
+
+``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1`` gives the cold-compile header form (``===== Forward graph 0
+=====``). The ``*_cache_hit`` logs compile the same program twice in one process into a fresh
+``TORCHINDUCTOR_CACHE_DIR`` (after ``torch._dynamo.reset()``) with caches enabled; the second compile
+prints the cache-hit form (``Forward graph (from cache)``), which the log keeps after a marker line.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import tempfile
 
-import fire
 import torch
 
-from graph_viz.main import publish_dir
+from pytorch_scripts_common.cli import UsageError, parse_list, run
+from pytorch_scripts_common.outputs import check_output, staged_dir
 
 # name -> (program, caches disabled?, TORCH_LOGS); the log file is <name>.log.
 SAMPLE_LOGS: dict[str, tuple[str, bool, str]] = {
@@ -32,6 +38,9 @@ SAMPLE_LOGS: dict[str, tuple[str, bool, str]] = {
     "transformer_train": ("transformer_train", True, "aot_graphs,aot_joint_graph,output_code"),
     "mlp_train_cache_hit": ("mlp_train_twice", False, "aot_graphs,aot_joint_graph,output_code"),
 }
+LOG_FORMATS = ("short", "default", "trace")
+TRACE_FILE = "dedicated_log_torch_trace.log"
+TOOL = "graph_viz.make_sample_logs"
 
 
 class TransformerBlock(torch.nn.Module):
@@ -110,59 +119,81 @@ def write_log(
     torch_logs: str,
     num_layers: int = 1,
     backend: str = "inductor",
+    log_format: str = "short",
 ) -> None:
-    """Run ``program`` in a subprocess with TORCH_LOGS set and write its stdout+stderr to ``log_path``."""
+    """Run ``program`` in a subprocess with TORCH_LOGS set; write its stdout+stderr to ``log_path``.
+
+    ``log_format="trace"``: ``log_path`` is a folder that receives the TORCH_TRACE file instead.
+    """
     with tempfile.TemporaryDirectory(prefix="graph_viz_inductor_cache_") as cache_dir:
         env = dict(os.environ)
+        env.pop("TORCH_LOGS_FORMAT", None)
+        env.pop("TORCH_TRACE", None)
         env.update(
-            TORCH_LOGS_FORMAT="short",
-            TORCH_LOGS=torch_logs,
             TORCHINDUCTOR_CACHE_DIR=cache_dir,
             TORCHINDUCTOR_FORCE_DISABLE_CACHES="1" if disable_caches else "0",
             PYTHONUNBUFFERED="1",
         )
+        if log_format == "trace":
+            trace_dir = pathlib.Path(cache_dir) / "trace"
+            env["TORCH_TRACE"] = str(trace_dir)
+        else:
+            env["TORCH_LOGS"] = torch_logs
+            if log_format == "short":
+                env["TORCH_LOGS_FORMAT"] = "short"
         code = (
             "from graph_viz.make_sample_logs import run_program; "
             f"run_program({program!r}, {int(num_layers)}, {backend!r})"
         )
-        with open(log_path, "wb") as log_file:
+        output_path = pathlib.Path(cache_dir) / "output.log" if log_format == "trace" else log_path
+        with open(output_path, "wb") as log_file:
             result = subprocess.run(
                 [sys.executable, "-c", code], stdout=log_file, stderr=subprocess.STDOUT, env=env, timeout=3600
             )
-    if result.returncode != 0:
-        raise RuntimeError(f"sample program {program!r} failed (exit {result.returncode}); see {log_path}")
+        if result.returncode != 0:
+            tail = pathlib.Path(output_path).read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"sample program {program!r} failed (exit {result.returncode}):\n{tail}")
+        if log_format == "trace":
+            (trace_file,) = sorted(trace_dir.iterdir())  # one process, one file
+            pathlib.Path(log_path).mkdir()
+            os.replace(trace_file, pathlib.Path(log_path) / TRACE_FILE)
 
 
 def main(
-    output_dir: str = "graph_viz/fixtures/logs", overwrite: bool = False, only: str | tuple[str, ...] = ""
+    output_dir: str = "graph_viz/fixtures/logs",
+    overwrite: bool = False,
+    only: str = "",
+    log_format: str = "short",
 ) -> None:
-    """Write the sample torch.compile logs (one <name>.log per program) into a new folder.
+    """Write the sample torch.compile logs (a <name>.log or <name>_trace/ per program) into a new folder.
 
     Args:
-        output_dir: folder to create; it holds <name>.log for each sample program.
-        overwrite: replace output_dir if it exists.
+        output_dir: folder to create; it holds one log per sample program.
+        overwrite: replace output_dir if it is an earlier output of this script.
         only: comma-separated subset of sample names (default: all of them).
+        log_format: short (TORCH_LOGS_FORMAT=short), default (glog prefix on each line), trace (TORCH_TRACE).
     """
-    # fire turns `--only a,b` into the tuple ("a", "b"); a plain string comes from Python callers.
-    names = [str(n).strip() for n in (only if isinstance(only, (tuple, list)) else str(only).split(","))]
-    names = [n for n in names if n] or list(SAMPLE_LOGS)
+    names = parse_list(only, str, name="only") or list(SAMPLE_LOGS)
     unknown = [n for n in names if n not in SAMPLE_LOGS]
     if unknown:
-        raise ValueError(f"unknown sample log(s) {unknown}; choose from {sorted(SAMPLE_LOGS)}")
-    target = pathlib.Path(output_dir)
-    if target.exists() and not overwrite:
-        raise ValueError(f"{target} exists; pass --overwrite to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+        raise UsageError(f"unknown sample log(s) {unknown}: choose from {sorted(SAMPLE_LOGS)}")
+    if log_format not in LOG_FORMATS:
+        raise UsageError(f"--log_format {log_format!r} is unknown: choose one of {', '.join(LOG_FORMATS)}")
+    target = check_output(output_dir, overwrite=overwrite, tool=TOOL, flag="output_dir")
+    print(f"torch {torch.__version__} ({sys.executable}), log format {log_format}")
+    with staged_dir(target, tool=TOOL) as staging:
         for name in names:
             program, disable_caches, torch_logs = SAMPLE_LOGS[name]
-            write_log(program, staging / f"{name}.log", disable_caches=disable_caches, torch_logs=torch_logs)
-            print(f"wrote {target / (name + '.log')} ({(staging / (name + '.log')).stat().st_size} bytes)")
-        publish_dir(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            file_name = f"{name}_trace" if log_format == "trace" else f"{name}.log"
+            write_log(
+                program,
+                staging / file_name,
+                disable_caches=disable_caches,
+                torch_logs=torch_logs,
+                log_format=log_format,
+            )
+            print(f"wrote {target / file_name}")
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

@@ -1,16 +1,24 @@
 """Link generated kernels to the graph nodes they compute, and forward graphs to backward graphs.
 
-Evidence, strongest first (each link records which one it came from):
+Evidence, strongest first (each link records which one it came from; a node lists its kernels in
+this order, and the first one colours it):
 
-- ``comment``: Triton's ``# Source node to ATen node mapping:`` lines (``#   input_2 => relu``) name
-  the graph nodes a kernel computes; ``# Topologically Sorted Source Nodes: [...]`` above an extern
-  call names graph nodes in backward graphs (forward graphs show pre-AOT names there).
-- ``op``: ``extern_kernels.mm(..., out=buf4)`` and ``buf6 = torch.ops.aten.X.default(...)`` are
-  matched to the next unclaimed graph node with the same ATen op, preferring one named in the comment.
-- ``dataflow``: the ``call()`` body is replayed: ``bufN`` values are resolved to graph nodes from the
-  ``return`` statement (position i is the graph's output i), from extern arguments aligned with their
-  node's arguments and from ``bufB = bufA[i]`` (getitem). A C++/Triton kernel then computes its
-  output nodes and every ancestor up to the nodes its inputs hold (the fused region).
+- ``op``: an extern call (``extern_kernels.mm(..., out=buf4)``, ``buf6 = torch.ops.aten.X.default(...)``)
+  matched to a graph node of the same ATen op. Candidates are ranked by: the call's output buffer
+  already known to hold the node (``return`` / data flow), graph inputs passed at the same tensor
+  argument positions (``None`` and literals dropped on both sides: ``_scaled_mm(buf0, buf1, buf2,
+  buf3)`` aligns with ``_scaled_mm(a, b, sa, sb, None, None, torch.bfloat16)``), being named in the
+  call's source-node comment, then graph order. Inductor's rewrites are followed: ``addmm`` can cover
+  an ``mm`` node plus the ``add`` that consumes it, and an ``mm`` call can compute part of an
+  ``addmm`` node whose bias add went into a pointwise kernel. An extern's claim outranks comments.
+- ``comment``: ``# Source node to ATen node mapping:`` lines (``#   input_2 => relu``) and
+  ``fragment``: ``# Graph fragment:`` lines (``#   %abs_3 : ... = call_function[...]``) above a
+  kernel name graph nodes (backward kernels of some torch versions print only the fragment).
+- ``dataflow``: ``call()`` (with its ``partition_N`` bodies inlined) is replayed: ``bufN`` values are
+  resolved to graph nodes from the ``return`` statement (position i is the graph's output i), from
+  extern arguments aligned with their node's arguments, from ``bufB = bufA[i]`` (getitem) and from a
+  kernel's graph-fragment ``return``. A C++/Triton kernel then computes its output nodes and every
+  ancestor up to the nodes its inputs hold (the fused region), except nodes another kernel owns.
 
 Names repeat across modules (``cpp_fused_sum_1`` in two backward graphs), so kernels are keyed by
 module index and name.
@@ -21,7 +29,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from graph_viz.parser import Graph, OutputModule, ParsedLog, call_parts, split_args
+from pytorch_scripts_common.inductor_log import (
+    Graph,
+    InductorLog,
+    Node,
+    OutputCodeModule,
+    call_parts,
+    split_args,
+)
 
 VIEW_OPS = {
     "view",
@@ -41,6 +56,13 @@ VIEW_OPS = {
     "split_with_sizes",
     "chunk",
 }
+# extern op -> graph ops it may compute together (the node the output holds is the last one):
+# inductor's post-grad passes fuse `mm` + `add` into one `addmm` call.
+FUSED_EXTERNS = {"addmm": ("mm", "add"), "baddbmm": ("bmm", "add"), "addmv": ("mv", "add")}
+# extern op -> graph ops it computes part of: `addmm` lowered to an `mm` call plus a bias add fused
+# into the following pointwise kernel.
+PARTIAL_EXTERNS = {"mm": ("addmm",), "bmm": ("baddbmm",), "mv": ("addmv",)}
+EVIDENCE_RANK = {"op": 0, "comment": 1, "fragment": 1, "dataflow": 2}
 SKIPPED_CALL_PREFIXES = (
     "args.clear()",
     "assert_size_stride(",
@@ -51,6 +73,9 @@ SKIPPED_CALL_PREFIXES = (
     "pass",
 )
 ARG_BUFFER_RE = re.compile(r"^(?:reinterpret_tensor\()?([A-Za-z_]\w*)")
+TENSOR_ARG_RE = re.compile(r"^(?:reinterpret_tensor\(\s*)?([A-Za-z_]\w*)(?:$|\s*,)")
+PARTITION_CALL_RE = re.compile(r"self\.partitions\[(\d+)\]\(")
+LITERAL_NAMES = {"None", "True", "False", "inf", "nan"}
 
 
 def op_packet(target: str) -> str:
@@ -63,6 +88,53 @@ def op_packet(target: str) -> str:
     return parts[-1]
 
 
+def is_compute_node(node: Node) -> bool:
+    """A node that needs a kernel: an op that is not a view (views become ``reinterpret_tensor``)."""
+    return node.op == "call_function" and op_packet(node.target) not in VIEW_OPS
+
+
+def unlinked_reason(graph: Graph, node: Node) -> str:
+    """Why ``node`` has no kernel link (the page shows it in the node's details)."""
+    if node.op == "placeholder":
+        return "graph input"
+    if node.op == "output":
+        return "graph output"
+    if node.op == "getitem":
+        return "getitem: picks one output of the node it indexes, no kernel of its own"
+    if graph.kind == "joint":
+        return "joint graph: kernels are linked in the forward and backward graphs"
+    if graph.module is None:
+        return "no output code for this graph in the log"
+    if node.op == "call_function" and op_packet(node.target) in VIEW_OPS:
+        return "view: a reinterpretation of its input's storage (reinterpret_tensor), no kernel"
+    return (
+        "no kernel found: no kernel comment names it, no extern call matches its op, "
+        "and no buffer traced through call() holds it"
+    )
+
+
+def ordered_links(links: list[list[str]]) -> list[list[str]]:
+    """A node's ``[kernel id, evidence]`` links, strongest evidence first (stable)."""
+    return sorted(links, key=lambda link: EVIDENCE_RANK.get(link[1], 9))
+
+
+def _tensor_args(args: list[str]) -> list[str]:
+    """Positional arguments that can hold a tensor: names and reinterpret_tensor views, not literals."""
+    found = []
+    for arg in args:
+        if re.match(r"^\w+\s*=", arg):
+            continue  # keyword argument (out=, alpha=, out_dtype=)
+        match = TENSOR_ARG_RE.match(arg.strip())
+        if match and match.group(1) not in LITERAL_NAMES:
+            found.append(arg.strip())
+    return found
+
+
+def _node_tensor_args(node: Node, nodes: dict[str, Node]) -> list[str]:
+    """A node's positional arguments that are graph nodes (``None``, numbers, dtypes, lists dropped)."""
+    return [arg for arg in node.args if "=" not in arg and arg in nodes]
+
+
 class _Value:
     __slots__ = ("getitem_of", "node")
 
@@ -71,106 +143,146 @@ class _Value:
         self.getitem_of = getitem_of
 
 
-def _replay_call(module: OutputModule, kernels_by_name: dict[str, dict[str, Any]]) -> tuple[list, list, list]:
-    """Replay ``call()``: returns (values, launches, returned value ids).
+class _Replay:
+    """Replays ``call()``: buffer values, kernel/extern launches and the returned values."""
 
-    A launch is ``{"kernel": kernel dict, "inputs": [value ids], "outputs": [value ids], "statement"}``.
-    """
-    values: list[_Value] = []
-    current: dict[str, int] = {}
-    # `buf21 = reinterpret_tensor(buf24, ...)  # alias`: a view into buf24 (e.g. one slice of a cat);
-    # a kernel writing buf21 writes part of buf24's final content.
-    alias_base: dict[str, str] = {}
-    launches: list[dict[str, Any]] = []
-    returned: list[int | None] = []
+    def __init__(self, module: OutputCodeModule, kernels_by_name: dict[str, dict[str, Any]]) -> None:
+        self.module = module
+        self.kernels_by_name = kernels_by_name
+        self.values: list[_Value] = []
+        self.current: dict[str, int] = {}
+        # `buf21 = reinterpret_tensor(buf24, ...)  # alias`: a view into buf24 (e.g. one slice of a
+        # cat); a kernel writing buf21 writes part of buf24's final content.
+        self.alias_base: dict[str, str] = {}
+        self.launches: list[dict[str, Any]] = []
+        self.returned: list[int | None] = []
+        self.bodies: dict[str, list] = {}
+        for statement in module.statements:
+            self.bodies.setdefault(statement.function, []).append(statement)
 
-    def new_value(**kwargs: Any) -> int:
-        values.append(_Value(**kwargs))
-        return len(values) - 1
+    def run(self) -> _Replay:
+        self.replay("call", depth=0)
+        return self
 
-    def value_of(arg: str) -> int | None:
+    def new_value(self, **kwargs: Any) -> int:
+        self.values.append(_Value(**kwargs))
+        return len(self.values) - 1
+
+    def value_of(self, arg: str) -> int | None:
         match = ARG_BUFFER_RE.match(arg.strip())
-        if not match or match.group(1) not in current:
+        if not match or match.group(1) not in self.current:
             return None
-        return current[match.group(1)]
+        return self.current[match.group(1)]
 
-    for statement in module.call:
-        text = statement.text.split("  #", 1)[0].strip()
+    def replay(self, function: str, depth: int) -> None:
+        for statement in self.bodies.get(function, []):
+            partition = PARTITION_CALL_RE.search(statement.code)
+            if partition and depth < 4:
+                self.replay(f"partition_{partition.group(1)}", depth + 1)
+                continue
+            self.statement(statement, in_call=function == "call")
+
+    def statement(self, statement: Any, in_call: bool) -> None:
+        current = self.current
+        text = statement.code.split("  #", 1)[0].strip()
         if not text or text.startswith(SKIPPED_CALL_PREFIXES):
-            continue
-        is_alias = "; del " not in text and statement.text.rstrip().endswith("# alias")
+            return
+        is_alias = "; del " not in text and statement.code.rstrip().endswith("# alias")
         text = text.split("; del ", 1)[0]
-        if text.endswith("= args"):  # `primals_1, primals_2 = args`
+        if text.endswith("= args"):  # `primals_1, primals_2 = args` (a partition: the caller's values)
             for name in split_args(text[: -len("= args")]):
-                if name:
-                    current[name] = new_value(node=name)
-            continue
+                if name and (in_call or name not in current):
+                    current[name] = self.new_value(node=name)
+            return
         if text.startswith("return"):
-            body = text[len("return") :].strip()
-            if body.startswith("(") and body.endswith(")"):
-                body = body[1:-1]
-            returned = [value_of(part) if part != "None" else None for part in split_args(body)]
-            continue
+            if in_call:
+                body = text[len("return") :].strip()
+                if body.startswith("(") and body.endswith(")"):
+                    body = body[1:-1]
+                self.returned = [self.value_of(part) if part != "None" else None for part in split_args(body)]
+            return
         target_name, eq, expr = text.partition(" = ")
         if eq and re.match(r"^\w+$", target_name):
-            item = re.match(r"^(\w+)\[(\d+)\]$", expr)
-            parts = call_parts(expr)
-            if expr.startswith(("empty_strided", "torch.empty")):
-                current[target_name] = new_value()
-            elif item:
-                parent = current.get(item.group(1))
-                current[target_name] = new_value(
-                    getitem_of=(parent, int(item.group(2))) if parent is not None else None
-                )
-            elif re.match(r"^\w+$", expr) or expr.startswith("reinterpret_tensor("):
-                source = value_of(expr)
-                current[target_name] = source if source is not None else new_value()
-                base = ARG_BUFFER_RE.match(expr)
-                if is_alias and base and base.group(1) in current:
-                    alias_base[target_name] = alias_base.get(base.group(1), base.group(1))
-            elif parts and (parts[0].startswith(("torch.ops.", "extern_kernels.", "aten."))):
-                args = [a for a in split_args(parts[1]) if "=" not in a or a.startswith(("[", "("))]
-                inputs = [value_of(a) for a in args]
-                output = new_value()
-                current[target_name] = output
-                launches.append(_extern_launch(module, statement, parts[0], inputs, [output]))
-            elif parts and parts[0].endswith("get_raw_stream"):
-                continue
-            continue
+            self.assignment(statement, target_name, expr, is_alias)
+            return
         parts = call_parts(text)
         if not parts:
-            continue
+            return
         func, arg_text = parts
         args = split_args(arg_text)
         if func.startswith("extern_kernels."):
-            positional = [a for a in args if not re.match(r"^\w+\s*=", a)]
             out_args = [a.split("=", 1)[1].strip() for a in args if re.match(r"^out\s*=", a)]
-            inputs = [value_of(a) for a in positional]
             outputs = []
             for out in out_args:
                 match = ARG_BUFFER_RE.match(out)
                 if match:
-                    current[match.group(1)] = new_value()
+                    current[match.group(1)] = self.new_value()
                     outputs.append(current[match.group(1)])
-            launches.append(_extern_launch(module, statement, func, inputs, outputs))
-            continue
-        kernel_name = func.removesuffix(".run")
-        kernel = kernels_by_name.get(kernel_name)
-        if kernel is None:
-            continue
+            self.launches.append(self.extern_launch(statement, func, args, outputs))
+            return
+        kernel = self.kernels_by_name.get(func.removesuffix(".run"))
+        if kernel is not None:
+            self.kernel_launch(statement, kernel, args)
+
+    def assignment(self, statement: Any, target_name: str, expr: str, is_alias: bool) -> None:
+        current = self.current
+        item = re.match(r"^(\w+)\[(\d+)\]$", expr)
+        parts = call_parts(expr)
+        if expr.startswith(("empty_strided", "torch.empty")):
+            current[target_name] = self.new_value()
+        elif item:
+            parent = current.get(item.group(1))
+            current[target_name] = self.new_value(
+                getitem_of=(parent, int(item.group(2))) if parent is not None else None
+            )
+        elif re.match(r"^\w+$", expr) or expr.startswith("reinterpret_tensor("):
+            source = self.value_of(expr)
+            current[target_name] = source if source is not None else self.new_value()
+            base = ARG_BUFFER_RE.match(expr)
+            if is_alias and base and base.group(1) in current:
+                self.alias_base[target_name] = self.alias_base.get(base.group(1), base.group(1))
+        elif parts and parts[0].startswith(("torch.ops.", "extern_kernels.", "aten.")):
+            output = self.new_value()
+            launch = self.extern_launch(statement, parts[0], split_args(parts[1]), [output])
+            current[target_name] = output
+            self.launches.append(launch)
+
+    def extern_launch(self, statement: Any, func: str, args: list[str], outputs: list[int]) -> dict[str, Any]:
+        inputs = [self.value_of(a) for a in _tensor_args(args)]
+        module = self.module
+        kernel = {
+            "id": f"{module.index}:L{statement.line_number}",
+            "module": module.index,
+            "name": func,
+            "kind": "extern" if func.startswith("extern_kernels.") else "fallback",
+            "code": statement.code,
+            "line": statement.line_number,
+            "params": [],
+            "source_nodes": statement.source_nodes,
+            "original_aten": statement.aten_ops,
+            "aten_mapping": {},
+            "kernel_path": "",
+            "nodes": [],
+            "launch_lines": [statement.line_number],
+        }
+        launch = {"kernel": kernel, "inputs": inputs, "outputs": outputs, "statement": statement}
+        return {**launch, "extern": True}
+
+    def kernel_launch(self, statement: Any, kernel: dict[str, Any], args: list[str]) -> None:
+        current = self.current
         inputs, outputs = [], []
         params = kernel["params"]
 
         def write(buffer: str) -> int:
-            if buffer in alias_base:  # a slice of the base: its content is the base's final value
-                current[buffer] = current[alias_base[buffer]]
+            if buffer in self.alias_base:  # a slice of the base: its content is the base's final value
+                current[buffer] = current[self.alias_base[buffer]]
             else:
-                current[buffer] = new_value()
+                current[buffer] = self.new_value()
             return current[buffer]
 
         for position, arg in enumerate(a for a in args if not re.match(r"^\w+\s*=", a)):
             role = params[position] if position < len(params) else ""
-            value = value_of(arg)
+            value = self.value_of(arg)
             if value is None:
                 continue
             if role.startswith("in_out_ptr"):
@@ -180,105 +292,70 @@ def _replay_call(module: OutputModule, kernels_by_name: dict[str, dict[str, Any]
                 outputs.append(write(ARG_BUFFER_RE.match(arg).group(1)))
             else:
                 inputs.append(value)
-        launches.append({"kernel": kernel, "inputs": inputs, "outputs": outputs, "statement": statement})
-    return values, launches, returned
+        self.launches.append({"kernel": kernel, "inputs": inputs, "outputs": outputs, "statement": statement})
 
 
-def _extern_launch(module: OutputModule, statement, func: str, inputs: list, outputs: list) -> dict[str, Any]:
-    kernel = {
-        "id": f"{module.index}:L{statement.line}",
-        "module": module.index,
-        "name": func,
-        "kind": "extern" if func.startswith("extern_kernels.") else "fallback",
-        "code": statement.text,
-        "line": statement.line,
-        "params": [],
-        "source_nodes": statement.comment_source_nodes,
-        "original_aten": statement.comment_original_aten,
-        "aten_mapping": {},
-        "kernel_path": "",
-        "nodes": [],
-        "launch_lines": [statement.line],
-    }
-    return {"kernel": kernel, "inputs": inputs, "outputs": outputs, "statement": statement, "extern": True}
-
-
-def map_module(graph: Graph, module: OutputModule) -> list[dict[str, Any]]:
+def map_module(graph: Graph, module: OutputCodeModule) -> list[dict[str, Any]]:
     """Kernels of ``module`` (as dicts) with ``nodes``: [[node name, evidence], ...] into ``graph``."""
     nodes = {node.name: node for node in graph.nodes}
     kernels = []
     kernels_by_name: dict[str, dict[str, Any]] = {}
-    for kernel in module.kernels:
+    for kernel in module.kernels.values():
         entry = {
             "id": f"{module.index}:{kernel.name}",
             "module": module.index,
             "name": kernel.name,
             "kind": kernel.kind,
-            "code": kernel.code,
-            "line": kernel.line,
+            "code": kernel.source,
+            "line": kernel.line_number,
             "params": kernel.params,
             "source_nodes": kernel.source_nodes,
-            "original_aten": kernel.original_aten,
+            "original_aten": kernel.aten_ops,
             "aten_mapping": kernel.aten_mapping,
-            "kernel_path": kernel.kernel_path,
+            "fragment_nodes": kernel.fragment_nodes,
+            "kernel_path": kernel.kernel_path or "",
             "nodes": [],
             "launch_lines": [],
         }
         kernels.append(entry)
         kernels_by_name[kernel.name] = entry
-    values, launches, returned = _replay_call(module, kernels_by_name)
+    replay = _Replay(module, kernels_by_name).run()
+    values, launches = replay.values, replay.launches
     owner: dict[str, str] = {}  # node name -> kernel id
+    # Nodes an extern computes only part of (`mm` of an `addmm`): the kernel that fuses the rest
+    # (the bias add) reaches them through data flow too, and stops there.
+    shared: set[str] = set()
     links: dict[str, list[list[str]]] = {}
 
     def claim(kernel: dict[str, Any], node_name: str, evidence: str) -> None:
         if node_name not in nodes or nodes[node_name].op in ("placeholder", "output"):
             return
-        if node_name in owner and owner[node_name] != kernel["id"] and evidence == "dataflow":
+        taken = node_name in owner and owner[node_name] != kernel["id"] and node_name not in shared
+        if taken and evidence == "dataflow":
             return
         entries = links.setdefault(kernel["id"], [])
         if not any(name == node_name for name, _ in entries):
             entries.append([node_name, evidence])
-        owner.setdefault(node_name, kernel["id"])
+        if evidence == "op":  # the extern call that computes it outranks a comment's claim
+            owner[node_name] = kernel["id"]
+        else:
+            owner.setdefault(node_name, kernel["id"])
 
-    # 1. Triton comments: exact graph node names.
+    # 1. Comments: the source-node mapping and the graph fragment name graph nodes exactly.
     for kernel in kernels:
         for aten_nodes in kernel["aten_mapping"].values():
             for name in aten_nodes:
                 claim(kernel, name, "comment")
+        for name in kernel["fragment_nodes"]:
+            claim(kernel, name, "fragment")
 
     # 2. Return statement: value i holds graph output i.
-    for value_id, output_name in zip(returned, graph.outputs, strict=False):
+    for value_id, output_name in zip(replay.returned, graph.outputs, strict=False):
         if value_id is not None and output_name in nodes and values[value_id].node is None:
             values[value_id].node = output_name
 
     # 3. Extern / fallback calls: match by op, then align their arguments with the node's.
-    used: set[str] = set()
-    by_packet: dict[str, list[str]] = {}
-    for node in graph.nodes:
-        if node.op == "call_function":
-            by_packet.setdefault(op_packet(node.target), []).append(node.name)
-    for launch in launches:
-        if not launch.get("extern"):
-            continue
-        kernel = launch["kernel"]
-        kernels.append(kernel)
-        packet = op_packet(kernel["name"])
-        candidates = [n for n in by_packet.get(packet, []) if n not in used]
-        chosen = max(candidates, key=lambda n: _extern_score(nodes, values, launch, n), default=None)
-        # The other names in an extern call's comment are usually fused producers of its inputs,
-        # computed by a C++/Triton kernel, so they are not claimed here.
-        if chosen is None:
-            continue
-        used.add(chosen)
-        claim(kernel, chosen, "op")
-        for value_id in launch["outputs"]:
-            if values[value_id].node is None:
-                values[value_id].node = chosen
-        node_args = [a for a in nodes[chosen].args if "=" not in a or a.startswith(("[", "("))]
-        if len(node_args) == len(launch["inputs"]):
-            for value_id, arg in zip(launch["inputs"], node_args, strict=True):
-                if value_id is not None and values[value_id].node is None and arg in nodes:
-                    values[value_id].node = _view_root(nodes, arg)
+    shared.update(_match_externs(graph, nodes, values, launches, kernels, claim))
 
     # 4. getitem values: `buf7 = buf6[0]` is the getitem node of buf6's node with index 0.
     getitems = {(n.args[0], n.args[1]): n.name for n in graph.nodes if n.op == "getitem"}
@@ -293,14 +370,18 @@ def map_module(graph: Graph, module: OutputModule) -> list[dict[str, Any]]:
     for launch in launches:
         if not launch.get("extern"):
             stop = stops.setdefault(launch["kernel"]["id"], set())
-            stop.update(values[v].node for v in launch["inputs"] if values[v].node)
+            # A partial extern's node (mm of an addmm) is an input the kernel finishes, not a stop.
+            stop.update(n for n in (values[v].node for v in launch["inputs"]) if n and n not in shared)
     for launch in launches:
         if launch.get("extern"):
             continue
         kernel = launch["kernel"]
-        kernel["launch_lines"].append(launch["statement"].line)
+        kernel["launch_lines"].append(launch["statement"].line_number)
         stop = stops[kernel["id"]]
         frontier = [values[v].node for v in launch["outputs"] if values[v].node]
+        definition = module.kernels.get(kernel["name"])
+        if definition is not None:  # the fragment's `return %a,%b`: what the kernel writes
+            frontier += [name for name in definition.fragment_outputs if name in nodes]
         seen: set[str] = set()
         while frontier:
             name = frontier.pop()
@@ -308,32 +389,88 @@ def map_module(graph: Graph, module: OutputModule) -> list[dict[str, Any]]:
                 continue
             seen.add(name)
             node = nodes[name]
-            if node.op == "placeholder" or (name in owner and owner[name] != kernel["id"]):
+            taken = name in owner and owner[name] != kernel["id"] and name not in shared
+            if node.op == "placeholder" or taken:
                 continue
             claim(kernel, name, "dataflow")
-            frontier.extend(i for i in node.inputs if i not in stop)
+            if name not in shared:
+                frontier.extend(i for i in node.inputs if i not in stop)
     for kernel in kernels:
         kernel["nodes"] = links.get(kernel["id"], [])
     return kernels
 
 
-def _extern_score(nodes: dict, values: list[_Value], launch: dict[str, Any], candidate: str) -> tuple:
-    """How well graph node ``candidate`` fits an extern call; ties go to the earliest node.
+def _match_externs(
+    graph: Graph, nodes: dict, values: list[_Value], launches: list, kernels: list, claim
+) -> set[str]:
+    """Step 3 of ``map_module``: each extern call claims the graph node(s) it computes.
+
+    Returns the nodes claimed by an extern that computes only part of them (``PARTIAL_EXTERNS``).
+    """
+    used: set[str] = set()
+    partial: set[str] = set()
+    by_packet: dict[str, list[str]] = {}
+    users: dict[str, list[str]] = {}
+    for node in graph.nodes:
+        if node.op == "call_function":
+            by_packet.setdefault(op_packet(node.target), []).append(node.name)
+        for name in node.inputs:
+            users.setdefault(name, []).append(node.name)
+    for launch in launches:
+        if not launch.get("extern"):
+            continue
+        kernel = launch["kernel"]
+        kernels.append(kernel)
+        packet = op_packet(kernel["name"])
+        # (node the output holds, nodes the call computes, rewrite: 0 same op, 1 fused, 2 partial)
+        candidates = [(n, (n,), 0) for n in by_packet.get(packet, []) if n not in used]
+        if packet in FUSED_EXTERNS:
+            first_op, second_op = FUSED_EXTERNS[packet]
+            for first in by_packet.get(first_op, []):
+                for second in users.get(first, []):
+                    free = second not in used and first not in used
+                    if free and op_packet(nodes[second].target) == second_op:
+                        candidates.append((second, (first, second), 1))
+        for whole_op in PARTIAL_EXTERNS.get(packet, ()):
+            candidates += [(n, (n,), 2) for n in by_packet.get(whole_op, []) if n not in used]
+        if not candidates:
+            continue
+        chosen, covered, rewrite = max(candidates, key=lambda c: _extern_score(nodes, values, launch, c))
+        if rewrite == 2:
+            partial.add(chosen)
+        # The other names in an extern call's comment are usually fused producers of its inputs,
+        # computed by a C++/Triton kernel, so they are not claimed here.
+        for name in covered:
+            used.add(name)
+            claim(kernel, name, "op")
+        for value_id in launch["outputs"]:
+            if values[value_id].node is None:
+                values[value_id].node = chosen
+        node_args = _node_tensor_args(nodes[chosen], nodes)
+        if len(covered) == 1 and len(node_args) == len(launch["inputs"]):
+            for value_id, arg in zip(launch["inputs"], node_args, strict=True):
+                if value_id is not None and values[value_id].node is None:
+                    values[value_id].node = _view_root(nodes, arg)
+    return partial
+
+
+def _extern_score(nodes: dict, values: list[_Value], launch: dict[str, Any], candidate: tuple) -> tuple:
+    """How well a candidate fits an extern call; ``max`` keeps the earliest of equal ones.
 
     An output already resolved to the candidate (from ``return``) wins; then graph inputs passed at
-    the same argument positions; then being named in the call's source-node comment.
+    the same tensor argument positions; then being named in the call's source-node comment; then a
+    same-op node over an inductor rewrite.
     """
-    node = nodes[candidate]
-    output_match = any(values[v].node == candidate for v in launch["outputs"])
-    node_args = [a for a in node.args if "=" not in a or a.startswith(("[", "("))]
+    chosen, covered, rewrite = candidate  # rewrite: 0 same op, 1 fused (mm + add), 2 partial (mm of addmm)
+    output_match = any(values[v].node == chosen for v in launch["outputs"])
     same_inputs = 0
-    for value_id, arg in zip(launch["inputs"], node_args, strict=False):
-        if value_id is None or arg not in nodes:
-            continue
-        known = values[value_id].node
-        if known is not None and known in (arg, _view_root(nodes, arg)):
-            same_inputs += 1
-    return (output_match, same_inputs, candidate in launch["kernel"]["source_nodes"])
+    if len(covered) == 1:
+        for value_id, arg in zip(launch["inputs"], _node_tensor_args(nodes[chosen], nodes), strict=False):
+            known = values[value_id].node if value_id is not None else None
+            if known is not None and known in (arg, _view_root(nodes, arg)):
+                same_inputs += 1
+    named = any(name in launch["kernel"]["source_nodes"] for name in covered)
+    return (output_match, same_inputs, named, -rewrite)
 
 
 def _view_root(nodes: dict, name: str) -> str:
@@ -346,13 +483,14 @@ def _view_root(nodes: dict, name: str) -> str:
     return name
 
 
-def related_graphs(parsed: ParsedLog) -> dict[int, dict[str, int]]:
-    """For each graph index: the joint/forward/backward graph indices of the same compile id."""
-    groups: dict[tuple[str, bool], dict[str, int]] = {}
+def related_graphs(parsed: InductorLog) -> dict[int, dict[str, int]]:
+    """For each graph index: the joint/forward/backward graph indices of the same run and compile id."""
+    groups: dict[tuple[int, str, bool], dict[str, int]] = {}
     for graph in parsed.graphs:
-        # A cache-hit log prints compile id 0 twice (cold, then from cache): keep those apart.
-        groups.setdefault((graph.compile_id, graph.from_cache), {})[graph.kind] = graph.index
-    return {graph.index: groups[(graph.compile_id, graph.from_cache)] for graph in parsed.graphs}
+        # Runs keep two programs (or a dynamo reset) with the same compile ids apart; a cache-hit
+        # log prints compile id 0 twice (cold, then from cache) in one run only if not reset.
+        groups.setdefault((graph.run, graph.compile_id, graph.from_cache), {})[graph.kind] = graph.index
+    return {graph.index: groups[(graph.run, graph.compile_id, graph.from_cache)] for graph in parsed.graphs}
 
 
 def saved_tensors(forward: Graph, backward: Graph) -> list[str]:

@@ -11,12 +11,21 @@ bytes (dtype size x number of elements, from the FX annotation ``"f32[8, 16][16,
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
-from graph_viz.mapping import VIEW_OPS, map_module, op_packet, related_graphs, saved_tensors
-from graph_viz.parser import Graph, ParsedLog
+from graph_viz.mapping import (
+    VIEW_OPS,
+    is_compute_node,
+    map_module,
+    op_packet,
+    ordered_links,
+    related_graphs,
+    saved_tensors,
+    unlinked_reason,
+)
+from pytorch_scripts_common.inductor_log import Graph, InductorLog
+from pytorch_scripts_common.inductor_log.structures import tensor_bytes
 
 NODE_WIDTH = 180
 NODE_HEIGHT = 34
@@ -25,15 +34,6 @@ Y_GAP = 40
 MIN_CHAIN_LENGTH = 3
 MIN_GROUP_SIZE = 2
 
-# Bytes per element for the dtype abbreviations FX prints in node annotations
-# (torch.utils._dtype_abbrs: ``dtype.abbr``, size ``dtype.itemsize``; sub-byte and packed dtypes
-# such as ``f4e2m1fnx2`` and ``b1x8`` are stored one byte per element).
-DTYPE_BYTES = {
-    "b8": 1, "u8": 1, "i8": 1, "u16": 2, "i16": 2, "u32": 4, "i32": 4, "u64": 8, "i64": 8,
-    "f16": 2, "bf16": 2, "f32": 4, "f64": 8, "c32": 4, "c64": 8, "c128": 16,
-    "f8e4m3fn": 1, "f8e5m2": 1, "f8e4m3fnuz": 1, "f8e5m2fnuz": 1, "f8e8m0fnu": 1, "f4e2m1fnx2": 1,
-    "b1x8": 1, "b2x4": 1, "b4x2": 1, "b8x1": 1, "b16x1": 2,
-}  # fmt: skip
 # `File: /path/model.py:53 in forward, code: attn = torch.softmax(q @ k.transpose(-2, -1), dim=-1)`
 SOURCE_RE = re.compile(r"^File: (.*?):(\d+) in (.*?), code: (.*)$")
 
@@ -159,18 +159,6 @@ def source_groups(graph: Graph) -> tuple[list[int], list[dict[str, Any]]]:
     return group_of, groups
 
 
-def tensor_bytes(dtype: str, shape: str) -> int | None:
-    """dtype size x number of elements for an FX annotation (``f32``, ``16, 64``); None when the
-    dtype is unknown or the shape symbolic (``s0, 64``)."""
-    size = DTYPE_BYTES.get(dtype)
-    if size is None:
-        return None
-    dims = [d.strip() for d in shape.split(",")] if shape.strip() else []
-    if not all(d.isdigit() for d in dims):
-        return None
-    return size * math.prod(int(d) for d in dims)
-
-
 def saved_memory(forward: Graph, backward: Graph, saved: list[str]) -> dict[str, Any]:
     """Bytes of each tensor the forward saves for the backward, and their totals.
 
@@ -208,16 +196,16 @@ def _side(name: str, forward_names: set[str], backward_names: set[str]) -> str:
     return "forward" if in_forward else "backward" if in_backward else ""
 
 
-def build_model(parsed: ParsedLog, source_name: str) -> dict[str, Any]:
+def build_model(parsed: InductorLog, source_name: str) -> dict[str, Any]:
     """The page model: ``graphs``, ``kernels``, ``modules``, ``warnings`` and a ``summary``."""
     kernels: list[dict[str, Any]] = []
     node_kernels: dict[tuple[int, str], list[list[str]]] = {}
     for module in parsed.modules:
         if module.graph is None:
-            for kernel in module.kernels:
+            for kernel in module.kernels.values():
                 kernels.append(
                     {"id": f"{module.index}:{kernel.name}", "module": module.index, "name": kernel.name,
-                     "kind": kernel.kind, "code": kernel.code, "line": kernel.line, "nodes": [],
+                     "kind": kernel.kind, "code": kernel.source, "line": kernel.line_number, "nodes": [],
                      "launch_lines": [], "graph": None}
                 )  # fmt: skip
             continue
@@ -251,17 +239,15 @@ def build_model(parsed: ParsedLog, source_name: str) -> dict[str, Any]:
         saved_set = set(saved)
         nodes = []
         unmapped = []
+        num_compute = 0
         for i, node in enumerate(graph.nodes):
-            links = node_kernels.get((graph.index, node.name), [])
+            links = ordered_links(node_kernels.get((graph.index, node.name), []))
             # View ops become reinterpret_tensor(...) in the output code: no kernel expected.
             has_code = graph.module is not None
-            if (
-                not links
-                and has_code
-                and node.op == "call_function"
-                and op_packet(node.target) not in VIEW_OPS
-            ):
-                unmapped.append(node.name)
+            if has_code and is_compute_node(node):
+                num_compute += 1
+                if not links:
+                    unmapped.append(node.name)
             nodes.append(
                 {"name": node.name, "op": node.op, "target": node.target, "args": node.args,
                  "inputs": node.inputs, "dtype": node.dtype, "shape": node.shape, "stride": node.stride,
@@ -269,7 +255,8 @@ def build_model(parsed: ParsedLog, source_name: str) -> dict[str, Any]:
                  "kernels": links, "x": xs[i], "y": ys[i], "layer": levels[i], "chain": chain_ids[i],
                  "group": group_ids[i],
                  "side": _side(node.name, forward_names, backward_names) if graph.kind == "joint" else "",
-                 "saved": node.name in saved_set}
+                 "saved": node.name in saved_set,
+                 "unlinked_reason": "" if links else unlinked_reason(graph, node)}
             )  # fmt: skip
         num_nodes_total += len(nodes)
         unmapped_total += len(unmapped)
@@ -278,13 +265,15 @@ def build_model(parsed: ParsedLog, source_name: str) -> dict[str, Any]:
              "from_cache": graph.from_cache, "line": graph.line, "complete": graph.complete,
              "module": graph.module, "outputs": graph.outputs, "nodes": nodes,
              "related": {k: v for k, v in relatives.items() if v != graph.index},
-             "saved": saved if graph.kind != "inference" else [],
-             "saved_memory": memory if graph.kind != "inference" else None,
-             "groups": groups, "unmapped_nodes": unmapped}
+            "saved": saved if graph.kind != "inference" else [],
+            "saved_memory": memory if graph.kind != "inference" else None,
+            "groups": groups, "unmapped_nodes": unmapped,
+            "run": graph.run,
+            "link_coverage": {"compute_nodes": num_compute, "linked": num_compute - len(unmapped)}}
         )  # fmt: skip
     modules = [
-        {"index": m.index, "aot_id": m.aot_id, "line": m.line, "graph": m.graph,
-         "call": [[s.line, s.text] for s in m.call]}
+        {"index": m.index, "aot_id": m.aot_id, "line": m.line_number, "graph": m.graph,
+         "call": [[s.line_number, s.code] for s in m.statements]}
         for m in parsed.modules
     ]  # fmt: skip
     kernels_without_nodes = [k["id"] for k in kernels if not k["nodes"]]
@@ -302,6 +291,8 @@ def build_model(parsed: ParsedLog, source_name: str) -> dict[str, Any]:
             "num_warnings": parsed.num_warnings,
             "num_unmapped_nodes": unmapped_total,
             "kernels_without_nodes": kernels_without_nodes,
+            "skipped_lines": parsed.skipped,
+            "format": parsed.format,
         },
     }
 

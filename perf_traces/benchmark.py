@@ -32,15 +32,15 @@ _CHILD_CODE = {
     "streaming": (
         "import sys\n"
         "from perf_traces.enrich import enrich_trace\n"
-        "from perf_traces.log_parser import parse_output_code_log_file\n"
-        "summary = enrich_trace(sys.argv[1], parse_output_code_log_file(sys.argv[2]), sys.argv[3])\n"
+        "from pytorch_scripts_common.inductor_log import read_inductor_log\n"
+        "summary = enrich_trace(sys.argv[1], read_inductor_log(sys.argv[2]).modules, sys.argv[3])\n"
         "print(summary.num_matched)\n"
     ),
     "json_load_dump": (
         "import sys\n"
         "from perf_traces.enrich import enrich_trace\n"
-        "from perf_traces.log_parser import parse_output_code_log_file\n"
-        "modules = parse_output_code_log_file(sys.argv[2])\n"
+        "from pytorch_scripts_common.inductor_log import read_inductor_log\n"
+        "modules = read_inductor_log(sys.argv[2]).modules\n"
         "summary = enrich_trace(sys.argv[1], modules, sys.argv[3], in_memory=True)\n"
         "print(summary.num_matched)\n"
     ),

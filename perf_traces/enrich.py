@@ -30,8 +30,13 @@ import tempfile
 from array import array
 from typing import Any
 
-from perf_traces.log_parser import CallSite, KernelDefinition, OutputCodeModule, ops_from_kernel_name
 from perf_traces.trace_stream import TraceFormatError, iter_trace, rewrite_events
+from pytorch_scripts_common.inductor_log import (
+    CallSite,
+    KernelDefinition,
+    OutputCodeModule,
+    ops_from_kernel_name,
+)
 
 __all__ = ["EnrichSummary", "NoMatchError", "enrich_trace"]
 

@@ -4,9 +4,12 @@ The pair is exactly the input of ``add_inductor_metadata_to_perf_trace.py``. The
 ``num_layers`` x (LayerNorm -> Linear -> ReLU); ``mode="train"`` profiles forward + backward,
 ``mode="inference"`` a ``torch.no_grad`` forward; ``graph_break=True`` puts a graph break after the
 first layer (two compiled graphs, each with its own forward and backward). C++ kernels are recorded
-by the CPU profiler only with ``torch._inductor.config.cpp.enable_kernel_profile`` (set here); the
-output-code log is captured through ``TORCH_LOGS_OUT`` with ``torch._logging.set_logs(output_code=True)``
-and compile caches are off so that every graph is compiled (and logged) in this process.
+by the CPU profiler only with ``torch._inductor.config.cpp.enable_kernel_profile`` (set here). The
+profiling runs in a child process whose environment sets the log the way a user does:
+``TORCH_LOGS=output_code TORCH_LOGS_OUT=output_code.log`` (``log_format="default"``, plus
+``TORCH_LOGS_FORMAT=short`` for ``"short"``) or ``TORCH_TRACE=torch_trace`` (``"trace"``); compile
+caches are off so that every graph is compiled (and logged) in that process. The pair appears in
+``output_dir`` only when everything succeeded.
 
 Printed: ``key_averages()`` table; on CPU the Inductor kernels' self-time table, on CUDA the
 top-level ops with the device self-time attributed to them. Checked (non-zero exit on failure): the
@@ -21,11 +24,18 @@ import collections
 import json
 import os
 import re
+import subprocess
+import sys
 
-import fire
 import torch
 
+from pytorch_scripts_common.cli import run
+
 MODES = ("train", "inference")
+LOG_FORMATS = ("default", "short", "trace")
+LOG_FILE = "output_code.log"
+TRACE_DIR = "torch_trace"
+TOOL = "perf_traces.profile_compiled_model"
 # Chrome-trace ts/dur are printed with ns resolution (3 decimals in us), so each event's self time
 # read back from the trace is off by up to ~2 ns; 0.5 % + 2 ns per event also absorbs the profiler's
 # own float accumulation order.
@@ -167,11 +177,12 @@ def main(
     num_warmup: int = 2,
     seed: int = 0,
     overwrite: bool = False,
+    log_format: str = "default",
 ) -> None:
-    """Compile a LayerNorm+Linear toy model, profile it, write trace.json and output_code.log.
+    """Compile a LayerNorm+Linear toy model, profile it, write trace.json and its output-code log.
 
     Args:
-        output_dir: directory for trace.json and output_code.log (created; see --overwrite).
+        output_dir: folder to create for trace.json and output_code.log (or torch_trace/); see --overwrite.
         hidden_dim: feature size of every LayerNorm / Linear.
         batch_size: rows of the random input.
         num_layers: number of LayerNorm -> Linear -> ReLU blocks.
@@ -179,12 +190,16 @@ def main(
         graph_break: put a torch._dynamo.graph_break() after the first layer (two compiled graphs).
         num_warmup: un-profiled steps after compilation.
         seed: seed of the weights and input.
-        overwrite: replace an existing trace.json / output_code.log in output_dir.
+        overwrite: replace output_dir if it is an earlier output of this tool.
+        log_format: default (glog prefix on each line), short (TORCH_LOGS_FORMAT=short), trace (TORCH_TRACE).
     """
-    from pytorch_scripts_common import get_device, set_seed
+    from pytorch_scripts_common.cli import UsageError
+    from pytorch_scripts_common.outputs import check_output, staged_dir
 
     if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not one of {MODES}")
+        raise UsageError(f"mode={mode!r} is not one of {MODES}: pass --mode train or --mode inference")
+    if log_format not in LOG_FORMATS:
+        raise UsageError(f"log_format={log_format!r} is not one of {LOG_FORMATS}: pass one of them")
     for label, value, minimum in (
         ("hidden_dim", hidden_dim, 1),
         ("batch_size", batch_size, 1),
@@ -192,18 +207,63 @@ def main(
         ("num_warmup", num_warmup, 0),
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"{label}={value!r} must be an int >= {minimum}")
+            raise UsageError(f"{label}={value!r} must be an int >= {minimum}")
     if graph_break and num_layers < 2:
-        raise ValueError("graph_break=True needs num_layers >= 2 (the break goes after the first layer)")
-    trace_path = os.path.join(output_dir, "trace.json")
-    log_path = os.path.join(output_dir, "output_code.log")
-    for path in (trace_path, log_path):
-        if os.path.exists(path) and not overwrite:
-            raise ValueError(f"{path} exists; pass --overwrite to replace it or choose another output_dir")
-    os.makedirs(output_dir, exist_ok=True)
+        raise UsageError("graph_break=True needs num_layers >= 2 (the break goes after the first layer)")
+    target = check_output(output_dir, overwrite=overwrite, tool=TOOL, flag="output_dir")
+    log_name = TRACE_DIR if log_format == "trace" else LOG_FILE
+    with staged_dir(target, tool=TOOL) as staging:
+        # Each log format is set the way a user sets it, through the environment of a fresh process:
+        # torch reads TORCH_LOGS_FORMAT and TORCH_TRACE when its logging starts.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("TORCH_LOGS", "TORCH_LOGS_OUT", "TORCH_LOGS_FORMAT", "TORCH_TRACE")
+        }
+        if log_format == "trace":
+            env["TORCH_TRACE"] = str(staging / TRACE_DIR)
+        else:
+            env["TORCH_LOGS"] = "output_code"
+            env["TORCH_LOGS_OUT"] = str(staging / LOG_FILE)
+            if log_format == "short":
+                env["TORCH_LOGS_FORMAT"] = "short"
+        arguments = (str(staging), hidden_dim, batch_size, num_layers, mode, graph_break, num_warmup, seed)
+        code = f"from perf_traces.profile_compiled_model import profile_pair; profile_pair(*{arguments!r})"
+        result = subprocess.run([sys.executable, "-c", code], env=env, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"profiling failed (exit {result.returncode}); see the output above")
+        written = staging / log_name
+        if (
+            not written.exists()
+            or (written.is_file() and written.stat().st_size == 0)
+            or (written.is_dir() and not any(written.iterdir()))
+        ):
+            raise RuntimeError(
+                f"no output code was logged to {log_name}: nothing was compiled by Inductor (did dynamo fall "
+                "back to eager?) or torch logging did not reach the file"
+            )
+    print(f"wrote {target / 'trace.json'}\nwrote {target / log_name}")
 
+
+def profile_pair(
+    output_dir: str,
+    hidden_dim: int,
+    batch_size: int,
+    num_layers: int,
+    mode: str,
+    graph_break: bool,
+    num_warmup: int,
+    seed: int,
+) -> None:
+    """Child-process body of ``main``: profile the compiled model, write ``output_dir/trace.json``.
+
+    torch's logging (TORCH_LOGS / TORCH_LOGS_OUT / TORCH_LOGS_FORMAT / TORCH_TRACE) comes from the
+    environment ``main`` started this process with.
+    """
     import torch._inductor.config as inductor_config
     from torch.profiler import ProfilerActivity, profile
+
+    from pytorch_scripts_common import get_device, set_seed
 
     device = get_device()
     set_seed(seed)
@@ -219,37 +279,18 @@ def main(
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    tmp_log_path = log_path + ".tmp"
-    previous_log_out = os.environ.get("TORCH_LOGS_OUT")
-    os.environ["TORCH_LOGS_OUT"] = tmp_log_path  # read by set_logs: adds a FileHandler to torch's loggers
-    try:
-        torch._dynamo.reset()
-        torch._logging.set_logs(output_code=True)
-        with (
-            inductor_config.patch({"cpp.enable_kernel_profile": True, "fx_graph_cache": False}),
-            torch._functorch.config.patch(enable_autograd_cache=False),
-        ):
-            compiled = torch.compile(model)
-            for _ in range(1 + num_warmup):  # the first call compiles
-                step()
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-            with profile(activities=activities) as profiler:
-                step()
-    finally:
-        if previous_log_out is None:
-            os.environ.pop("TORCH_LOGS_OUT", None)
-        else:
-            os.environ["TORCH_LOGS_OUT"] = previous_log_out
-        torch._logging.set_logs()  # after restoring the env: closes our FileHandler, opens none
-    if not os.path.exists(tmp_log_path) or os.path.getsize(tmp_log_path) == 0:
-        raise RuntimeError(
-            f"no output code was logged to {tmp_log_path}: nothing was compiled by Inductor (did dynamo "
-            "fall back to eager?) or torch logging did not reach the file"
-        )
-    tmp_trace_path = trace_path + ".tmp"
-    profiler.export_chrome_trace(tmp_trace_path)
-    os.replace(tmp_trace_path, trace_path)
-    os.replace(tmp_log_path, log_path)
+    with (
+        inductor_config.patch({"cpp.enable_kernel_profile": True, "fx_graph_cache": False}),
+        torch._functorch.config.patch(enable_autograd_cache=False),
+    ):
+        compiled = torch.compile(model)
+        for _ in range(1 + num_warmup):  # the first call compiles
+            step()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as profiler:
+            step()
+    trace_path = os.path.join(output_dir, "trace.json")
+    profiler.export_chrome_trace(trace_path)
 
     averages = profiler.key_averages()
     sort_key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
@@ -267,10 +308,9 @@ def main(
         f"torch {torch.__version__}, device {device}, mode {mode}, graph_break {graph_break}, "
         f"x {tuple(x.shape)} float32, {num_layers} layers"
     )
-    print(f"wrote {trace_path}\nwrote {log_path}")
     if not ok:
         raise SystemExit("self-time check failed: " + message)
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

@@ -816,7 +816,7 @@
     container.appendChild(box);
   }
   function noKernelReason(n, g) {
-    if (n.no_kernel_reason) return n.no_kernel_reason;  // given by the linker when it knows better
+    if (n.unlinked_reason) return n.unlinked_reason;  // the linker's reason (graph_viz/mapping.py)
     if (n.op === "placeholder" || n.op === "output") return "-";
     if (g.module === null) return "none: this graph has no output code in the log";
     if (n.op === "getitem") return "none: a getitem picks one output of the node it indexes (no kernel of its own)";

@@ -15,7 +15,7 @@ import pytest
 from graph_viz.benchmark import CHROMIUM, CHROMIUM_ARGS
 from graph_viz.main import convert, render_html
 from graph_viz.model import build_model
-from graph_viz.parser import parse_log_text
+from pytorch_scripts_common.inductor_log import parse_inductor_log_text as parse_log_text
 from tests.graph_viz.test_cli import PAYLOAD, hostile_log
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "graph_viz" / "fixtures"
@@ -491,6 +491,10 @@ def test_hostile_log_text_is_not_executed(browser, tmp_path):
 
 
 def test_empty_and_truncated_logs_load_without_errors(browser, tmp_path):
+    (tmp_path / "empty.log").write_text("")
+    with pytest.raises(ValueError, match="empty.log is empty"):  # no graphs: no page, a one-line error
+        convert(str(tmp_path / "empty.log"), str(tmp_path / "empty_out"))
+    assert not (tmp_path / "empty_out").exists()
     truncated = tmp_path / "truncated.log"
     truncated.write_text(
         "INFO:x:TRACED GRAPH\n ===== Forward graph 0 =====\n class G(torch.nn.Module):\n"

@@ -1,6 +1,7 @@
 """graph_viz/main.py as a user runs it (subprocess into tmp_path), overwrite rules, hostile logs."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -30,12 +31,14 @@ def hostile_log() -> str:
     return text + f"user output {PAYLOAD} <!-- & -->\n"
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(REPO / "graph_viz" / "main.py"), *args],
+        [sys.executable, "-m", "graph_viz.main", *args],
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=REPO,
+        env=env,
     )
 
 
@@ -44,6 +47,11 @@ def test_cli_writes_html_and_model(tmp_path):
     result = run_cli(str(FIXTURES / "logs" / "mlp_train.log"), str(out))
     assert result.returncode == 0, result.stderr
     assert "3 graphs, 61 nodes, 8 kernels" in result.stdout
+    assert (
+        "Forward graph 0                  forward   compile 0       11 nodes, link coverage 100.0% (3/3"
+        in (result.stdout)
+    )
+    assert "joint graph: kernels are linked in its forward / backward graphs" in result.stdout
     model = json.loads((out / "model.json").read_text())
     assert [g["title"] for g in model["graphs"]] == ["Joint graph 0", "Forward graph 0", "Backward graph 0"]
     html = (out / "index.html").read_text()
@@ -52,21 +60,77 @@ def test_cli_writes_html_and_model(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left behind
 
     again = run_cli(str(FIXTURES / "logs" / "mlp_train.log"), str(out))
-    assert again.returncode != 0 and "pass --overwrite" in again.stderr
+    assert again.returncode == 2 and "pass --overwrite" in again.stderr and again.stderr.count("\n") == 1
     forced = run_cli(str(FIXTURES / "logs" / "mlp_inference.log"), str(out), "--overwrite")
     assert forced.returncode == 0, forced.stderr
     assert json.loads((out / "model.json").read_text())["source"] == "mlp_inference.log"
 
 
-def test_cli_strict_fails_on_noise(tmp_path):
-    result = run_cli(str(FIXTURES / "logs" / "mlp_train.log"), str(tmp_path / "out"), "--strict")
-    assert result.returncode != 0 and "line 1: skipped unrecognised line" in result.stderr
-    assert not (tmp_path / "out").exists()
+def test_cli_strict_passes_real_logs_and_fails_on_unreadable_graph_text(tmp_path):
+    result = run_cli(str(FIXTURES / "logs" / "mlp_train.log"), str(tmp_path / "ok"), "--strict")
+    assert result.returncode == 0, result.stderr  # its UserWarning lines are not parse problems
+    log = tmp_path / "broken.log"
+    text = (FIXTURES / "logs" / "mlp_train.log").read_text()
+    log.write_text(text.replace("        relu: ", "        relu: f32 = = ", 1))
+    result = run_cli(str(log), str(tmp_path / "out"), "--strict")
+    assert result.returncode == 2 and "Joint graph 0: unreadable graph line" in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
 
 
 def test_missing_log_is_a_value_error(tmp_path):
-    with pytest.raises(ValueError, match="is not a file"):
+    with pytest.raises(ValueError, match="does not exist"):
         convert(str(tmp_path / "nope.log"), str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"", "is empty: capture stdout and stderr"),
+        # every byte value, 40 times: its \n and \r make 81 lines
+        (bytes(range(256)) * 40, "has no AOT graph (81 lines: 41 user output)"),
+        (b"step 0: loss 2.3\nstep 1: loss 2.1\n", "has no AOT graph (2 lines: 2 user output)"),
+    ],
+)
+def test_log_without_graphs_exits_with_a_one_line_hint(tmp_path, content, expected):
+    log = tmp_path / "prog.log"
+    log.write_bytes(content)
+    result = run_cli(str(log), str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert expected in result.stderr and "TORCH_LOGS=aot_graphs,output_code" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_rank_prefixed_log_is_read(tmp_path):
+    lines = (FIXTURES / "logs" / "mlp_train.log").read_text().splitlines()
+    log = tmp_path / "ranks.log"
+    log.write_text("".join(f"[rank0]:{line}\n" for line in lines))
+    result = run_cli(str(log), str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert "3 graphs, 61 nodes, 8 kernels (0 without a node), 0 warnings" in result.stdout
+
+
+def test_output_dir_may_not_hold_the_log(tmp_path):
+    logs = tmp_path / "home" / "logs"
+    logs.mkdir(parents=True)
+    log = logs / "mlp_train.log"
+    log.write_text((FIXTURES / "logs" / "mlp_train.log").read_text())
+    for output in (logs, tmp_path / "home", logs / "mlp_train.log"):
+        result = run_cli(str(log), str(output), "--overwrite")
+        assert result.returncode == 2 and "choose an output path outside the inputs" in result.stderr, output
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    result = run_cli(str(log), "~", "--overwrite", env=env)
+    assert result.returncode == 2 and "is a folder containing the input" in result.stderr
+    assert sorted(p.name for p in logs.iterdir()) == ["mlp_train.log"]
+
+
+def test_overwrite_replaces_only_an_earlier_graph_viz_output(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    result = run_cli(str(FIXTURES / "logs" / "mlp_inference.log"), str(other), "--overwrite")
+    assert result.returncode == 2 and "not an earlier output of graph_viz" in result.stderr
+    assert (other / "notes.txt").read_text() == "mine"
 
 
 def test_hostile_text_is_escaped_in_html(tmp_path):

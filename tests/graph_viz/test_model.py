@@ -4,8 +4,9 @@ import math
 
 import pytest
 
-from graph_viz.model import DTYPE_BYTES, source_groups, tensor_bytes
-from graph_viz.parser import parse_log_text
+from graph_viz.model import source_groups
+from pytorch_scripts_common.inductor_log import parse_inductor_log_text as parse_log_text
+from pytorch_scripts_common.inductor_log.structures import DTYPE_BYTES, tensor_bytes
 
 
 def test_dtype_bytes_cover_every_torch_dtype_abbreviation():

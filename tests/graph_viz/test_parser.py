@@ -6,7 +6,13 @@ import pytest
 
 from graph_viz.mapping import op_packet
 from graph_viz.model import build_model, chains, layout
-from graph_viz.parser import LogParseError, names_in, parse_log_file, parse_log_text, split_args
+from pytorch_scripts_common.inductor_log import (
+    LogParseError,
+    names_in,
+    parse_inductor_log_text,
+    read_inductor_log,
+    split_args,
+)
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "graph_viz" / "fixtures"
 CPU_LOGS = FIXTURES / "logs"
@@ -14,7 +20,7 @@ TRITON_LOG = FIXTURES / "triton_handwritten" / "mlp_train_triton_cuda.log"
 
 
 def model_of(path: pathlib.Path) -> dict:
-    return build_model(parse_log_file(str(path)), path.name)
+    return build_model(read_inductor_log(path), path.name)
 
 
 def graph_shape(model: dict) -> list[tuple[str, str, str, int]]:
@@ -105,10 +111,17 @@ def test_cache_hit_form_gets_compile_ids_from_its_modules():
     assert model["graphs"][4]["related"] == {"joint": 3, "backward": 5}
     assert kernel_nodes(model, "3:cpp_fused_sum_1") == ["sum_2", "view_1"]
     assert len(model["kernels"]) == 16
-    # The marker line printed between the two compiles is the only unknown line.
-    assert [message for _, message in model["warnings"]] == [
-        "skipped unrecognised line: 'graph_viz sample: second compile (cache hit expected)'"
+    # The marker line printed between the two compiles is user output; the second compile (after
+    # torch._dynamo.reset()) starts a second run with the same AOT id 0.
+    assert model["summary"]["skipped_lines"] == {"other log records": 1, "user output": 1}
+    assert model["warnings"] == [
+        [
+            399,
+            "Joint graph (from cache) (AOT id 0) appears again (first at line 2): a new run in the same log "
+            "(another program, or torch._dynamo.reset()); graphs and kernels are related only within a run",
+        ]
     ]
+    assert [g["run"] for g in model["graphs"]] == [0, 0, 0, 1, 1, 1]
 
 
 def test_graph_break_order_fw0_fw1_bw1_bw0():
@@ -128,9 +141,12 @@ def test_graph_break_order_fw0_fw1_bw1_bw0():
     assert kernel_nodes(model, "2:cpp_fused_sum_1") == ["sum_1", "view"]
     assert kernel_nodes(model, "3:cpp_fused_sum_1") == ["sum_1", "view"]
     assert kernel_nodes(model, "1:cpp_fused_sin_0") == ["sin"]
-    assert (178, "skipped unrecognised line: 'user print between graphs'") in [
-        tuple(w) for w in model["warnings"]
-    ]
+    assert model["warnings"] == []
+    assert model["summary"]["skipped_lines"] == {
+        "other log records": 2,
+        "user output": 1,  # the program's print between the graphs
+        "warnings and tracebacks": 2,
+    }
 
 
 def test_inference_graph():
@@ -206,33 +222,49 @@ def test_handwritten_triton_log():
     # sum_2 from the comment, view_1 from data flow (buf4 is returned as output 1 = view_1).
     assert triton["triton_per_fused_sum_1"]["nodes"] == [["sum_2", "comment"], ["view_1", "dataflow"]]
     assert node_kernels(model, 0, "addmm_1") == [[model["kernels"][2]["id"], "op"]]
-    # On CUDA addmm is split into mm + a fused bias add; the mm extern call matches no graph node.
-    assert model["summary"]["kernels_without_nodes"] == [model["kernels"][1]["id"]]
-    assert model["summary"]["num_warnings"] == 6  # 3 label lines, a 2-line warning, a user print
+    # On CUDA addmm is split into an mm extern call + the bias add fused into the Triton kernel: both
+    # compute the addmm node, the extern first.
+    assert node_kernels(model, 0, "addmm") == [
+        [model["kernels"][1]["id"], "op"],
+        ["0:triton_poi_fused_addmm_relu_0", "dataflow"],
+    ]
+    assert model["summary"]["kernels_without_nodes"] == [] and model["summary"]["num_unmapped_nodes"] == 0
+    assert model["summary"]["num_warnings"] == 0
+    # 3 label lines + a user print; a 2-line Python warning; the fw_metadata record.
+    assert model["summary"]["skipped_lines"] == {
+        "user output": 4,
+        "warnings and tracebacks": 2,
+        "other log records": 1,
+    }
 
 
-def test_strict_mode_turns_warnings_into_errors():
+def test_strict_mode_fails_only_on_graph_or_code_text_it_cannot_read():
     text = (CPU_LOGS / "mlp_train.log").read_text()
-    with pytest.raises(LogParseError, match="line 1: skipped unrecognised line"):
-        parse_log_text(text, strict=True)
-    clean = "\n".join(text.splitlines()[2:])  # without the two UserWarning lines
-    assert parse_log_text(clean, strict=True).num_warnings == 0
+    assert parse_inductor_log_text(text, strict=True).num_warnings == 0  # warnings and prints are skipped
+    lines = text.splitlines()
+    relu = next(i for i, line in enumerate(lines) if line.startswith("        relu: "))
+    lines[relu] = "        relu: f32 = = torch.ops.aten.relu.default(addmm)"
+    with pytest.raises(LogParseError, match=f"line {relu + 1}: Joint graph 0: unreadable graph line"):
+        parse_inductor_log_text("\n".join(lines), strict=True)
+    stray = ["user output", '        mm: "f32[4][1]cpu" = torch.ops.aten.mm.default(a, b)', "more output"]
+    with pytest.raises(LogParseError, match="line 2: graph or output-code text outside any graph or module"):
+        parse_inductor_log_text("\n".join(stray), strict=True)
 
 
 def test_truncated_graph_and_kernel_warn_with_line_numbers():
     lines = (CPU_LOGS / "mlp_train.log").read_text().splitlines()
-    parsed = parse_log_text("\n".join(lines[:20]))  # cut inside the joint graph
+    parsed = parse_inductor_log_text("\n".join(lines[:20]))  # cut inside the joint graph
     assert parsed.graphs[0].complete is False
     assert (4, "Joint graph 0: graph text ended before its return statement") in parsed.warnings
     cut = next(i for i, line in enumerate(lines) if "cpp_fused_relu_0 = async_compile" in line) + 5
-    parsed = parse_log_text("\n".join(lines[:cut]))
+    parsed = parse_inductor_log_text("\n".join(lines[:cut]))
     messages = [m for _, m in parsed.warnings]
-    assert "kernel 'cpp_fused_relu_0': code string is not terminated (truncated log?)" in messages
-    assert "output code '0_forward' has no call(args) body (truncated?)" in messages
+    assert "kernel 'cpp_fused_relu_0': source not terminated by ''' (truncated log?); kept" in messages
+    assert "output code '0_forward' has no 'def call(...)' body (truncated log?)" in messages
 
 
 def test_long_format_prefixes_and_fw_metadata_are_not_warnings():
-    parsed = parse_log_file(str(TRITON_LOG))
+    parsed = read_inductor_log(TRITON_LOG)
     assert all(line not in (6, 7) for line, _ in parsed.warnings)  # fw_metadata + TRACED GRAPH records
 
 
@@ -248,7 +280,7 @@ def test_split_args_and_names():
 
 
 def test_layout_layers_follow_data_flow_and_chains_are_linear():
-    parsed = parse_log_file(str(CPU_LOGS / "mlp_train.log"))
+    parsed = read_inductor_log(CPU_LOGS / "mlp_train.log")
     forward = parsed.graphs[1]
     xs, ys, levels = layout(forward)
     level = {n.name: levels[i] for i, n in enumerate(forward.nodes)}
@@ -270,3 +302,130 @@ def test_layout_layers_follow_data_flow_and_chains_are_linear():
     )
     # sum_1 -> view is only 2 long; where has three producers.
     assert chain[names.index("view")] == chain[names.index("where")] == -1
+
+
+TRAINING_FIXTURES = sorted(
+    p
+    for p in [*FIXTURES.rglob("*.log"), *FIXTURES.rglob("*_trace")]
+    if "inference" not in p.name and not p.parent.name.endswith("_trace")
+)
+
+
+@pytest.mark.parametrize("path", TRAINING_FIXTURES, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_every_training_fixture_links_every_compute_node_and_every_kernel(path):
+    model = model_of(path)
+    graphs_with_code = [g for g in model["graphs"] if g["module"] is not None]
+    assert {g["kind"] for g in graphs_with_code} == {"forward", "backward"}
+    for graph in graphs_with_code:
+        coverage = graph["link_coverage"]
+        assert coverage["compute_nodes"] > 0, graph["title"]
+        assert coverage["linked"] == coverage["compute_nodes"], graph["title"]
+    assert model["summary"]["num_unmapped_nodes"] == 0
+    # Kernels of output code whose graph the log does not print (torch 2.10's cache hit) have none.
+    graphless = {m["index"] for m in model["modules"] if m["graph"] is None}
+    unlinked = [k["id"] for k in model["kernels"] if not k["nodes"] and k["module"] not in graphless]
+    assert unlinked == []
+
+
+def test_training_fixture_list_covers_every_form():
+    names = {str(p.relative_to(FIXTURES)) for p in TRAINING_FIXTURES}
+    assert {
+        "logs/transformer_train.log",
+        "torch_2_10/default/transformer_train.log",
+        "torch_2_10/short/mlp_train_cache_hit.log",
+        "torch_2_10/trace/graph_break_train_trace",
+        "triton_handwritten/fp8_linear_train_triton_older_torch.log",
+        "triton_handwritten/two_runs_fused_addmm_triton.log",
+    } <= names
+    assert len(names) == 16
+
+
+FP8_LOG = FIXTURES / "triton_handwritten" / "fp8_linear_train_triton_older_torch.log"
+TWO_RUNS_LOG = FIXTURES / "triton_handwritten" / "two_runs_fused_addmm_triton.log"
+
+
+def test_backward_kernels_named_only_by_graph_fragment_lines():
+    model = model_of(FP8_LOG)
+    assert kernel_nodes(model, "1:triton_poi_fused_threshold_backward_0") == ["full_default", "le", "where"]
+    assert kernel_nodes(model, "1:triton_per_fused__to_copy_abs_amax_clamp_div_1") == [
+        "abs_2", "amax_1", "clamp_min_1", "convert_element_type_3", "div_2",
+    ]  # fmt: skip
+    backward = model["graphs"][1]
+    assert all(
+        evidence == "fragment"
+        for n in backward["nodes"]
+        for _, evidence in n["kernels"]
+        if n["name"] == "where"
+    )
+
+
+def test_scaled_mm_extern_aligns_four_tensor_arguments_with_seven_node_arguments():
+    model = model_of(FP8_LOG)
+    forward, backward = model["graphs"]
+    (scaled_mm,) = [n for n in forward["nodes"] if n["name"] == "_scaled_mm"]
+    (scaled_mm_1,) = [n for n in backward["nodes"] if n["name"] == "_scaled_mm_1"]
+    assert scaled_mm_1["kernels"][0][1] == "op" and scaled_mm_1["kernels"][0][0].startswith("1:L")
+    # The aligned arguments resolve the extern's inputs: the fp8 cast kernel's output is
+    # convert_element_type_2, so data flow links its fused region down to the inputs.
+    assert kernel_nodes(model, "0:triton_poi_fused__to_copy_div_1") == [
+        "convert_element_type_1", "convert_element_type_2", "div_1",
+    ]  # fmt: skip
+    assert scaled_mm["kernels"][0][1] == "op"
+
+
+def test_extern_outranks_a_pointwise_kernel_comment_that_over_reports_its_node():
+    model = model_of(FP8_LOG)
+    (scaled_mm,) = [n for n in model["graphs"][0]["nodes"] if n["name"] == "_scaled_mm"]
+    extern = next(
+        k["id"] for k in model["kernels"] if k["name"] == "extern_kernels._scaled_mm" and k["module"] == 0
+    )
+    assert scaled_mm["kernels"] == [[extern, "op"], ["0:triton_poi_fused__scaled_mm_relu_2", "comment"]]
+
+
+def test_deeper_indented_file_lines_give_every_node_a_source():
+    model = model_of(FP8_LOG)
+    for graph in model["graphs"]:
+        for node in graph["nodes"]:
+            if node["op"] == "call_function":
+                assert node["source"].startswith("File: /home/user/fp8_linear.py:"), node["name"]
+
+
+def test_fused_addmm_extern_covers_mm_and_add():
+    model = model_of(TWO_RUNS_LOG)
+    (addmm,) = [k for k in model["kernels"] if k["name"] == "extern_kernels.addmm"]
+    assert addmm["nodes"] == [["mm", "op"], ["add", "op"]]
+    assert kernel_nodes(model, "0:triton_poi_fused_relu_0") == ["relu"]
+
+
+def test_two_runs_with_the_same_compile_id_are_not_cross_linked():
+    model = model_of(TWO_RUNS_LOG)
+    assert [(g["title"], g["run"]) for g in model["graphs"]] == [
+        ("Forward graph 0", 0),
+        ("Backward graph 0", 0),
+        ("Forward graph 0", 1),
+        ("Backward graph 0", 1),
+    ]
+    assert [g["related"] for g in model["graphs"]] == [
+        {"backward": 1},
+        {"forward": 0},
+        {"backward": 3},
+        {"forward": 2},
+    ]
+    assert model["graphs"][0]["saved"] == ["relu", "primals_3"]
+    assert model["graphs"][2]["saved"] == ["tanh", "primals_2"]
+    assert [m["graph"] for m in model["modules"]] == [0, 1, 2, 3]
+    assert [line for line, _ in model["warnings"]] == [236]
+
+
+def test_unlinked_reasons():
+    model = model_of(CPU_LOGS / "mlp_train.log")
+    joint, forward, _ = model["graphs"]
+    reasons = {n["name"]: n["unlinked_reason"] for n in forward["nodes"]}
+    assert reasons["primals_1"] == "graph input" and reasons["output"] == "graph output"
+    assert reasons["permute"].startswith("view: ") and reasons["relu"] == ""
+    joint_reasons = {n["name"]: n["unlinked_reason"] for n in joint["nodes"]}
+    assert joint_reasons["alias"].startswith("joint graph: ")
+    text = (CPU_LOGS / "mlp_train.log").read_text()
+    graphs_only = build_model(parse_inductor_log_text(text[: text.index("Output code:")]), "graphs only")
+    (relu,) = [n for n in graphs_only["graphs"][1]["nodes"] if n["name"] == "relu"]
+    assert relu["unlinked_reason"] == "no output code for this graph in the log"

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from perf_traces.enrich import NoMatchError, enrich_trace
-from perf_traces.log_parser import parse_output_code_log_file
+from pytorch_scripts_common.inductor_log import read_inductor_log
 from tests.perf_traces.helpers import (
     CPU_FIXTURES,
     enclosing_kind,
@@ -21,7 +21,7 @@ _CPP_KERNEL_RE = re.compile(r"^graph_(\d+)_(cpp_\w+)$")
 
 
 def _enrich(tmp_path, name: str, log_name: str | None = None, **kwargs):
-    modules = parse_output_code_log_file(fixture(log_name or name, "output_code.log"), strict=True)
+    modules = read_inductor_log(fixture(log_name or name, "output_code.log"), strict=True).modules
     output = str(tmp_path / f"{name}_enriched.json")
     summary = enrich_trace(fixture(name, "trace.json"), modules, output, **kwargs)
     return summary, output, modules
@@ -159,7 +159,7 @@ def test_cuda_without_kernel_file_args_notes_ambiguity(tmp_path):
         event.get("args", {}).pop("kernel_hash", None)
     stripped = tmp_path / "trace.json"
     stripped.write_text(json.dumps(trace), encoding="utf-8")
-    modules = parse_output_code_log_file(fixture("cuda_handwritten", "output_code.log"))
+    modules = read_inductor_log(fixture("cuda_handwritten", "output_code.log")).modules
     summary = enrich_trace(str(stripped), modules, str(tmp_path / "out.json"))
     assert summary.num_ambiguous_spans == 4
     notes = [
@@ -176,7 +176,7 @@ def test_cuda_kernel_hash_without_kernel_file_still_disambiguates(tmp_path):
             event["args"]["kernel_file"] = ""  # kernel_hash ("cab0ln" ...) is left
     stripped = tmp_path / "trace.json"
     stripped.write_text(json.dumps(trace), encoding="utf-8")
-    modules = parse_output_code_log_file(fixture("cuda_handwritten", "output_code.log"))
+    modules = read_inductor_log(fixture("cuda_handwritten", "output_code.log")).modules
     summary = enrich_trace(str(stripped), modules, str(tmp_path / "out.json"))
     assert summary.num_ambiguous_spans == 0 and summary.num_matched == 28
     for event in load_events(str(tmp_path / "out.json")):
@@ -187,7 +187,7 @@ def test_cuda_kernel_hash_without_kernel_file_still_disambiguates(tmp_path):
 
 def test_streaming_equals_json_load_dump_and_unmatched_events_untouched(tmp_path):
     summary, output, _ = _enrich(tmp_path, "cuda_handwritten")
-    modules = parse_output_code_log_file(fixture("cuda_handwritten", "output_code.log"))
+    modules = read_inductor_log(fixture("cuda_handwritten", "output_code.log")).modules
     in_memory = str(tmp_path / "in_memory.json")
     enrich_trace(fixture("cuda_handwritten", "trace.json"), modules, in_memory, in_memory=True)
     assert validate_chrome_trace(output) == validate_chrome_trace(in_memory)
@@ -239,7 +239,7 @@ def test_hostile_events_are_skipped_not_fatal(tmp_path):
     ]
     path = tmp_path / "trace.json"
     path.write_text(json.dumps({"traceEvents": events + hostile}), encoding="utf-8")
-    modules = parse_output_code_log_file(fixture("cpu_train", "output_code.log"))
+    modules = read_inductor_log(fixture("cpu_train", "output_code.log")).modules
     summary = enrich_trace(str(path), modules, str(tmp_path / "out.json"))
     assert summary.num_matched == 12  # the real events still match; the hostile ones are left as they are
     assert load_events(str(tmp_path / "out.json"))[len(events) :] == hostile

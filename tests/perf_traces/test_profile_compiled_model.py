@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from perf_traces.enrich import enrich_trace
-from perf_traces.log_parser import parse_output_code_log_file
 from perf_traces.profile_compiled_model import check_self_times, main, self_times_from_trace
+from pytorch_scripts_common.inductor_log import read_inductor_log
 from tests.perf_traces.helpers import REPO_ROOT, enclosing_kind, load_events
 
 
@@ -55,11 +55,14 @@ def test_bad_arguments(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode, graph_break", [("train", True), ("inference", False)])
-def test_live_cpu_pair_every_kernel_matched(tmp_path, mode, graph_break):
+@pytest.mark.parametrize(
+    "mode, graph_break, log_format", [("train", True, "short"), ("inference", False, "trace")]
+)
+def test_live_cpu_pair_every_kernel_matched(tmp_path, mode, graph_break, log_format):
     """Run the tool in a subprocess (fresh compile), then enrich what it wrote: all kernels match."""
     out_dir = tmp_path / "pair"
     args = ["--output_dir", str(out_dir), "--hidden_dim", "16", "--batch_size", "4", "--mode", mode]
+    args += ["--log_format", log_format]
     result = subprocess.run(
         [
             sys.executable,
@@ -77,8 +80,11 @@ def test_live_cpu_pair_every_kernel_matched(tmp_path, mode, graph_break):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Self CPU time total" in result.stdout and "<= tolerance" in result.stdout
-    assert sorted(os.listdir(out_dir)) == ["output_code.log", "trace.json"]
-    modules = parse_output_code_log_file(str(out_dir / "output_code.log"), strict=True)
+    log_name = "torch_trace" if log_format == "trace" else "output_code.log"
+    assert sorted(os.listdir(out_dir)) == sorted([".pytorch_scripts_output", log_name, "trace.json"])
+    log = read_inductor_log(str(out_dir / log_name), strict=True)
+    assert log.format == log_format
+    modules = log.modules
     expected = {("train", True): 4, ("inference", False): 1}[(mode, graph_break)]
     assert len(modules) == expected
     summary = enrich_trace(str(out_dir / "trace.json"), modules, str(tmp_path / "enriched.json"))

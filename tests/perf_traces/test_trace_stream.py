@@ -119,10 +119,10 @@ def test_fuzz_corrupted_traces_through_enrichment(tmp_path):
     import random
 
     from perf_traces.enrich import enrich_trace
-    from perf_traces.log_parser import parse_output_code_log_file
+    from pytorch_scripts_common.inductor_log import read_inductor_log
 
     rng = random.Random(0)
-    modules = parse_output_code_log_file(fixture("cuda_handwritten", "output_code.log"))
+    modules = read_inductor_log(fixture("cuda_handwritten", "output_code.log")).modules
     with open(fixture("cuda_handwritten", "trace.json"), encoding="utf-8") as trace_file:
         text = trace_file.read()
     out_dir = tmp_path / "out"

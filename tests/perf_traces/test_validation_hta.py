@@ -5,14 +5,14 @@ from __future__ import annotations
 import shutil
 
 from perf_traces.enrich import enrich_trace
-from perf_traces.log_parser import parse_output_code_log_file
+from pytorch_scripts_common.inductor_log import read_inductor_log
 from tests.perf_traces.helpers import fixture, validate_chrome_trace
 
 
 def test_enriched_cpu_trace_loads_in_hta(tmp_path):
     from hta.trace_analysis import TraceAnalysis
 
-    modules = parse_output_code_log_file(fixture("cpu_train", "output_code.log"), strict=True)
+    modules = read_inductor_log(fixture("cpu_train", "output_code.log"), strict=True).modules
     trace_dir = tmp_path / "traces"
     trace_dir.mkdir()
     # HTA maps rank -> file from a '"rank": N' in the file (distributedInfo); without one it warns and
