@@ -67,6 +67,22 @@ quote_paths() {
     printf '%s' "$out"
 }
 
+# Refuses when the NUL-separated paths on stdin are not empty: "error: <what> (<paths>)<why>:
+# <fix>, then rerun", where each {} in the fix becomes the shell-quoted paths (the first
+# MAX_LISTED_PATHS; a rerun lists the rest).
+refuse_paths() { # what why fix
+    local listed paths
+    listed=$(quote_paths)
+    [[ -n "$listed" ]] || return 0
+    paths=${listed% (and * more)}
+    die "$1 ($listed)$2: ${3//\{\}/$paths}, then rerun"
+}
+
+command -v git >/dev/null || die "git not found: install git"
+setsid --wait true 2>/dev/null ||
+    die "no setsid with --wait (util-linux 2.31 or newer; it runs each build step and git command in its own session): install util-linux"
+[[ -r /proc/self/stat ]] ||
+    die "/proc is not mounted (the script finds a stopped build's processes there): run it on Linux with /proc mounted"
 # Every git command runs in its own session: a terminal's Ctrl-C (SIGINT to the whole foreground
 # process group) must not reach it, because git catches the signal to delete its lock files and,
 # when the signal is ignored (as it is while this script restores), carries on without them.
@@ -169,7 +185,7 @@ while IFS= read -r variable; do
     unset "$variable"
 done < <(git rev-parse --local-env-vars)
 
-vllm_dir=${vllm_dir:-.}
+vllm_dir=${vllm_dir:-$PWD}
 [[ -d "$vllm_dir" ]] || die "VLLM_DIR '$vllm_dir' is not a directory: pass the path of a vLLM git checkout"
 inside=$(git -C "$vllm_dir" rev-parse --is-inside-work-tree 2>/dev/null) || inside=false
 [[ "$inside" == true ]] ||
@@ -194,25 +210,23 @@ for state in MERGE_HEAD:merge rebase-merge:rebase rebase-apply:rebase CHERRY_PIC
 done
 [[ "$(git config --type=bool --get core.sparseCheckout || true)" != true ]] ||
     die "the checkout is a sparse checkout (core.sparseCheckout): the build needs every file: run 'git sparse-checkout disable', then rerun"
-unmerged=$(git ls-files -u -z | while IFS= read -r -d '' entry; do printf '%s\0' "${entry#*$'\t'}"; done | sort -zu | quote_paths)
-[[ -z "$unmerged" ]] ||
-    die "the index has unmerged paths ($unmerged), e.g. from a conflicting 'git stash pop': resolve the conflicts and mark them with 'git add -- $unmerged', or unstage them as they are with 'git restore --staged -- $unmerged', then rerun"
-intent_to_add=$(git diff --no-ext-diff --name-only -z --diff-filter=A | quote_paths)
-[[ -z "$intent_to_add" ]] ||
-    die "the index has intent-to-add entries ($intent_to_add) from 'git add -N', which git cannot save: stage them with 'git add -- $intent_to_add', or drop the intent with 'git rm --cached -q -- $intent_to_add' (the files stay), then rerun"
-skip_worktree=$(git ls-files -v -z | while IFS= read -r -d '' entry; do
+# "<stage data>\t<path>": a path appears once per conflict stage.
+git ls-files -u -z | while IFS= read -r -d '' entry; do printf '%s\0' "${entry#*$'\t'}"; done | sort -zu |
+    refuse_paths "the index has unmerged paths" ", e.g. from a conflicting 'git stash pop'" \
+        "resolve the conflicts and mark them with 'git add -- {}', or unstage them as they are with 'git restore --staged -- {}'"
+# Only intent-to-add entries show as added between the index and the work tree.
+git diff --no-ext-diff --name-only -z --diff-filter=A |
+    refuse_paths "the index has intent-to-add entries" " from 'git add -N', which git cannot save" \
+        "stage them with 'git add -- {}', or drop the intent with 'git rm --cached -q -- {}' (the files stay)"
+# "<tag> <path>": S/s is skip-worktree, a lower-case tag is assume-unchanged.
+git ls-files -v -z | while IFS= read -r -d '' entry; do
     if [[ "${entry:0:1}" == [Ss] ]]; then printf '%s\0' "${entry:2}"; fi
-done | quote_paths)
-[[ -z "$skip_worktree" ]] ||
-    die "files are marked skip-worktree ($skip_worktree): git does not see their edits, so they cannot be saved: clear the bit with 'git update-index --no-skip-worktree -- $skip_worktree', then rerun"
-assume_unchanged=$(git ls-files -v -z | while IFS= read -r -d '' entry; do
+done | refuse_paths "files are marked skip-worktree" ": git does not see their edits, so they cannot be saved" \
+    "clear the bit with 'git update-index --no-skip-worktree -- {}'"
+git ls-files -v -z | while IFS= read -r -d '' entry; do
     if [[ "${entry:0:1}" == [[:lower:]] ]]; then printf '%s\0' "${entry:2}"; fi
-done | quote_paths)
-[[ -z "$assume_unchanged" ]] ||
-    die "files are marked assume-unchanged ($assume_unchanged): git does not see their edits, so they cannot be saved: clear the bit with 'git update-index --no-assume-unchanged -- $assume_unchanged', then rerun"
-command -v setsid >/dev/null ||
-    die "setsid not found (it runs each build step in its own process group): install util-linux"
-
+done | refuse_paths "files are marked assume-unchanged" ": git does not see their edits, so they cannot be saved" \
+    "clear the bit with 'git update-index --no-assume-unchanged -- {}'"
 python_bin=${PYTHON:-python3}
 command -v "$python_bin" >/dev/null || die "python '$python_bin' not found: set PYTHON=/path/to/python"
 torch_info=$("$python_bin" -c 'import torch; print(torch.__version__, torch.cuda.is_available(), torch.version.cuda)' 2>/dev/null) ||
@@ -512,7 +526,11 @@ run_step() {
 print_recovery() {
     if [[ -n "$saved_stash" ]]; then
         log "your checkout as it was before the build is kept as stash entry $saved_stash ('$SAVED_MESSAGE', see 'git stash list');"
-        log "to get it back: git reset --hard $start_head, move away the untracked files it holds that are still there (git show --name-only --format= $saved_stash^3), then git stash apply --index $saved_stash"
+        local untracked_step=""
+        if git rev-parse -q --verify "$saved_stash^3" >/dev/null; then
+            untracked_step=", move away the untracked files it holds that are still there (git show --name-only --format= $saved_stash^3)"
+        fi
+        log "to get it back: git reset --hard $start_head (if HEAD moved, this moves your branch back too; later commits stay in 'git reflog')$untracked_step, then git stash apply --index $saved_stash"
     else
         log "the checkout had no local changes at $start_head before the build; 'git status' shows what changed since"
     fi
@@ -583,7 +601,6 @@ restore() {
     log "checkout restored: index, tracked and untracked files are as before the build"
 }
 
-
 # ---------------------------------------------------------------- save, build, always restore
 phase=save
 work_dir=$(mktemp -d "${TMPDIR:-/tmp}/build_vllm.XXXXXX")
@@ -591,9 +608,9 @@ read_state saved
 if ! cmp -s <(status_paths) <(tree_paths "$saved_index" "$saved_worktree" "$saved_untracked"); then
     die "the saved trees do not hold what 'git status' shows (a git setting this script does not handle; nothing was changed): commit or stash your changes yourself, then rerun"
 fi
-lossy=$(prepare_conversions | quote_paths)
-[[ -z "$lossy" ]] ||
-    die "git's line endings or filters (core.autocrlf, core.eol, .gitattributes) would not give back the exact bytes of $lossy: give them the line endings git checks out, or move them out of the checkout, then rerun"
+prepare_conversions >"$work_dir/lossy"
+refuse_paths "git's line endings or filters (core.autocrlf, core.eol, .gitattributes) would not give back the exact bytes of local changes or of files use_existing_torch.py rewrites" "" \
+    "give them the line endings git checks out, or move them out of the checkout" <"$work_dir/lossy"
 if [[ "$saved_index" != "$head_tree" || "$saved_worktree" != "$head_tree" || "$saved_untracked" != "$empty_tree" ]]; then
     store_stash saved_stash "$saved_index" "$saved_worktree" "$saved_untracked" "$SAVED_MESSAGE" || {
         [[ -z "$caught_signal" ]] || exit "$(signal_status)" # a signal killed a step of the save
