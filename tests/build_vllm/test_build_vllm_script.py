@@ -1,154 +1,26 @@
-"""build_vllm_with_existing_torch.sh against scratch git repos shaped like a vLLM checkout.
+"""build_vllm_with_existing_torch.sh end to end: real pip builds of a scratch checkout (helpers.py),
+arguments, refusals and the dry run. Hostile git states: test_git_states.py; signals: test_signals.py."""
 
-The scratch checkout has a fake ``use_existing_torch.py`` (drops torch lines, as vLLM's does) and a
-``setup.py`` whose build succeeds, fails, hangs or commits on demand (env ``FAKE_VLLM_BUILD``). The
-build is a real ``pip install --no-build-isolation -e .`` into a throwaway venv that sees this
-repo's venv (torch, pip, setuptools) through a .pth file, so nothing is installed into the shared
-environment.
-"""
-
-import hashlib
 import os
 import pathlib
 import signal
 import subprocess
 import sys
-import sysconfig
 import textwrap
-import time
 
 import pytest
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-SCRIPT = REPO_ROOT / "build_vllm_with_existing_torch.sh"
-
-FAKE_USE_EXISTING_TORCH = """\
-import glob
-
-for path in (*glob.glob("requirements/*.txt"), "pyproject.toml"):
-    try:
-        with open(path) as f:
-            lines = f.readlines()
-    except FileNotFoundError:
-        continue
-    with open(path, "w") as f:
-        f.writelines(line for line in lines if "torch" not in line.lower())
-"""
-
-FAKE_SETUP_PY = """\
-import os
-import pathlib
-import subprocess
-import sys
-import time
-
-from setuptools import setup
-
-mode = os.environ.get("FAKE_VLLM_BUILD", "ok")
-requirements = "".join(p.read_text() for p in sorted(pathlib.Path("requirements").glob("*.txt")))
-pathlib.Path("build_marker.txt").write_text(
-    f"target={os.environ.get('VLLM_TARGET_DEVICE')}\\n"
-    f"torch_in_requirements={'torch' in requirements}\\n"
-    f"feature={pathlib.Path('vllm_fake/feature.py').read_text()!r}\\n"
+from tests.build_vllm.helpers import (
+    SCRIPT,
+    assert_build_processes_gone,
+    assert_intact,
+    git,
+    make_local_work,
+    run_script,
+    script_env,
+    snapshot,
+    wait_for,
 )
-if mode == "fail":
-    sys.exit("fake vLLM build: failure requested")
-if mode == "hang":
-    pathlib.Path("build_started").write_text("1")
-    time.sleep(300)
-if mode == "commit":
-    pathlib.Path("README.md").write_text("committed during the build\\n")
-    subprocess.run(["git", "commit", "-qam", "commit during build"], check=True)
-setup(name="fake-vllm-checkout", version="0.0.1", packages=["vllm_fake"])
-"""
-
-
-def git(repo: pathlib.Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=repo, check=True, capture_output=True, text=True, timeout=60
-    ).stdout
-
-
-@pytest.fixture(scope="module")
-def build_python(tmp_path_factory) -> pathlib.Path:
-    """A throwaway venv whose site-packages also sees ours (torch, pip, setuptools) via a .pth."""
-    venv = tmp_path_factory.mktemp("build-venv")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    python = venv / "bin" / "python"
-    purelib = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    pathlib.Path(purelib, "outer_venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    return python
-
-
-@pytest.fixture
-def checkout(tmp_path) -> pathlib.Path:
-    repo = tmp_path / "vllm"
-    (repo / "requirements").mkdir(parents=True)
-    (repo / "vllm_fake").mkdir()
-    files = {
-        "use_existing_torch.py": FAKE_USE_EXISTING_TORCH,
-        "setup.py": FAKE_SETUP_PY,
-        ".gitignore": "build/\n*.egg-info/\n__pycache__/\nbuild_marker.txt\nbuild_started\n",
-        "README.md": "fake vLLM\n",
-        "requirements/build.txt": "setuptools>=40\ntorch==2.9.0\n",
-        "requirements/cpu-build.txt": "setuptools>=40\ntorch==2.9.0+cpu\n",
-        "requirements/common.txt": "packaging\n",
-        "pyproject.toml": (
-            '[build-system]\nrequires = [\n    "setuptools>=40",\n    "torch == 2.9.0",\n]\n'
-            'build-backend = "setuptools.build_meta"\n'
-        ),
-        "vllm_fake/__init__.py": "",
-        "vllm_fake/feature.py": "FEATURE = 1\n",
-        "vllm_fake/old.py": "OLD = 1\n",
-    }
-    for name, text in files.items():
-        (repo / name).write_text(text)
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "config", "user.email", "dev@example.com")
-    git(repo, "config", "user.name", "dev")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "initial")
-    return repo
-
-
-def make_local_work(repo: pathlib.Path) -> None:
-    """Tracked, staged (then edited again), deleted and untracked changes, like a developer's tree."""
-    (repo / "README.md").write_text("fake vLLM\nlocal unstaged edit\n")
-    (repo / "vllm_fake/feature.py").write_text("FEATURE = 2  # staged\n")
-    git(repo, "add", "vllm_fake/feature.py")
-    (repo / "vllm_fake/feature.py").write_text("FEATURE = 3  # staged, then edited again\n")
-    (repo / "requirements/common.txt").write_text("packaging\nmy-local-dep\n")
-    git(repo, "rm", "-q", "vllm_fake/old.py")
-    (repo / "notes.txt").write_text("untracked notes\n")
-    (repo / "scratch").mkdir()
-    (repo / "scratch/experiment.py").write_text("print('untracked dir')\n")
-
-
-def snapshot(repo: pathlib.Path) -> dict:
-    """Everything a developer cares about: porcelain status, the index, and every non-ignored file."""
-    files = {}
-    listed = git(repo, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
-    for name in filter(None, listed):
-        path = repo / name
-        files[name] = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-    return {
-        "status": git(repo, "status", "--porcelain", "--untracked-files=all"),
-        "index": git(repo, "ls-files", "--stage"),
-        "files": files,
-        "head": git(repo, "rev-parse", "HEAD"),
-    }
-
-
-def run_script(repo, python, *args, mode="ok", timeout=300):
-    env = {**os.environ, "PYTHON": str(python), "FAKE_VLLM_BUILD": mode, "PIP_NO_INDEX": "1"}
-    return subprocess.run(
-        ["bash", str(SCRIPT), str(repo), *args], capture_output=True, text=True, env=env, timeout=timeout
-    )
 
 
 def test_shellcheck_clean():
@@ -158,104 +30,112 @@ def test_shellcheck_clean():
     assert "set -euo pipefail" in SCRIPT.read_text()
 
 
-@pytest.mark.parametrize("local_work", [True, False], ids=["dirty", "clean"])
-def test_success_builds_with_local_changes_and_restores_everything(checkout, build_python, local_work):
+@pytest.mark.parametrize(
+    ("local_work", "interpreter"),
+    [(True, "build_python"), (False, "fake_python")],
+    ids=["dirty-real-pip", "clean-fake-python"],
+)
+def test_success_builds_with_local_work_and_restores_everything(request, checkout, local_work, interpreter):
+    python = request.getfixturevalue(interpreter)
     if local_work:
         make_local_work(checkout)
     before = snapshot(checkout)
-    result = run_script(checkout, build_python, "--target", "cpu")
+    result = run_script(checkout, python, "--target", "cpu")
     assert result.returncode == 0, result.stderr
     marker = (checkout / "build_marker.txt").read_text()
     # The build saw use_existing_torch.py's edits, the CPU target and the developer's own changes.
     assert "target=cpu" in marker
     assert "torch_in_requirements=False" in marker
     assert ("FEATURE = 3" if local_work else "FEATURE = 1") in marker
-    assert snapshot(checkout) == before
-    assert git(checkout, "stash", "list") == ""
-    # The editable install really happened, into the throwaway venv.
-    show = subprocess.run(
-        [str(build_python), "-m", "pip", "show", "fake-vllm-checkout"], capture_output=True, text=True
-    )
-    assert show.returncode == 0, show.stderr
+    assert_intact(checkout, before)
+    if interpreter == "build_python":
+        # The editable install really happened, into the throwaway venv.
+        show = subprocess.run([python, "-m", "pip", "show", "fake-vllm-checkout"], capture_output=True)
+        assert show.returncode == 0, show.stderr.decode()
 
 
-def test_build_failure_restores_and_exits_non_zero(checkout, build_python):
+def test_build_failure_restores_and_exits_non_zero(checkout, fake_python):
     make_local_work(checkout)
     before = snapshot(checkout)
-    result = run_script(checkout, build_python, "--target", "cpu", mode="fail")
+    result = run_script(checkout, fake_python, "--target", "cpu", mode="fail")
     assert result.returncode != 0
     assert "failure requested" in result.stderr
-    assert "local changes restored" in result.stderr
-    assert snapshot(checkout) == before
-    assert git(checkout, "stash", "list") == ""
+    assert "checkout restored" in result.stderr
+    assert_intact(checkout, before)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_mid_build_restores(checkout, build_python, sig):
+def test_signal_mid_build_stops_every_build_process_then_restores(checkout, build_python, sig):
+    """pip runs setup.py in a backend subprocess, which starts a grandchild that keeps writing into
+    the checkout: none of them may outlive the script."""
     make_local_work(checkout)
     before = snapshot(checkout)
-    env = {**os.environ, "PYTHON": str(build_python), "FAKE_VLLM_BUILD": "hang", "PIP_NO_INDEX": "1"}
     process = subprocess.Popen(
         ["bash", str(SCRIPT), str(checkout), "--target", "cpu"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env=script_env(build_python, "hang"),
     )
     try:
-        deadline = time.monotonic() + 120
-        while not (checkout / "build_started").exists():
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "the fake build never started"
-            time.sleep(0.2)
+        wait_for(checkout / "build_started", process)
         process.send_signal(sig)
         _, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
     assert process.returncode == (130 if sig == signal.SIGINT else 143), stderr
     assert f"caught SIG{sig.name[3:]}" in stderr
-    (checkout / "build_started").unlink()  # ignored file written by the fake build itself
-    assert snapshot(checkout) == before
-    assert git(checkout, "stash", "list") == ""
+    assert_build_processes_gone(checkout)
+    assert_intact(checkout, before)
 
 
-def test_head_moving_during_build_keeps_the_stash_and_explains(checkout, build_python):
-    make_local_work(checkout)
-    result = run_script(checkout, build_python, "--target", "cpu", mode="commit")
-    assert result.returncode == 3, result.stderr
-    assert "HEAD moved during the build" in result.stderr
-    assert "git stash pop --index" in result.stderr
-    stashes = git(checkout, "stash", "list")
-    assert "build_vllm_with_existing_torch: saved local changes" in stashes
-    # Following the printed recovery gets the developer's work back.
-    git(checkout, "reset", "--hard", "-q", "HEAD~1")
-    git(checkout, "clean", "-fdq")
-    git(checkout, "stash", "pop", "-q", "--index", "stash@{0}")
-    assert (checkout / "notes.txt").read_text() == "untracked notes\n"
-    assert "FEATURE = 3" in (checkout / "vllm_fake/feature.py").read_text()
-    assert "FEATURE = 2" in git(checkout, "show", ":vllm_fake/feature.py")
-
-
-def test_dry_run_prints_steps_and_changes_nothing(checkout, build_python):
+def test_head_moving_during_build_touches_nothing_keeps_the_stash_and_explains(checkout, fake_python):
     make_local_work(checkout)
     before = snapshot(checkout)
-    result = run_script(checkout, build_python, "--target", "cpu", "--dry-run", "--no-editable")
+    result = run_script(checkout, fake_python, "--target", "cpu", mode="commit")
+    assert result.returncode == 3, result.stderr
+    assert "HEAD moved during the build" in result.stderr
+    saved = git(checkout, "stash", "list", "--format=%H %gs").splitlines()
+    assert len(saved) == 1 and "the checkout before the build" in saved[0]
+    sha = saved[0].split()[0]
+    assert f"git stash apply --index {sha}" in result.stderr
+    # Nothing was written: the untracked files are untouched, the commit holds the tracked ones.
+    assert (checkout / "notes.txt").read_text() == "untracked notes\n"
+    assert (checkout / "empty_dir").is_dir()
+    # Following the printed recovery gets the developer's work back exactly.
+    git(checkout, "reset", "--hard", "-q", before["head"].strip())
+    for name in git(checkout, "show", "--name-only", "--format=", f"{sha}^3").splitlines():
+        (checkout / name).unlink()
+    git(checkout, "stash", "apply", "-q", "--index", sha)
+    git(checkout, "stash", "drop", "-q")
+    assert_intact(checkout, before)
+    assert (checkout / "notes.txt").read_text() == "untracked notes\n"
+
+
+def test_dry_run_prints_steps_and_changes_nothing(checkout, fake_python):
+    make_local_work(checkout)
+    before = snapshot(checkout)
+    result = run_script(checkout, fake_python, "--target", "cpu", "--dry-run", "--no-editable")
     assert result.returncode == 0, result.stderr
     steps = result.stdout
-    assert "git stash push --include-untracked" in steps
+    assert "git stash store" in steps
+    assert "setsid" in steps
     assert "use_existing_torch.py" in steps
     assert "pip install -r requirements/cpu-build.txt" in steps
     assert "VLLM_TARGET_DEVICE=cpu" in steps
     assert "pip install --no-build-isolation ." in steps and " -e " not in steps
-    assert "git stash pop --index" in steps
+    assert "git checkout-index" in steps and "git stash drop" in steps
     assert snapshot(checkout) == before
     assert not (checkout / "build_marker.txt").exists()
 
 
-def test_cuda_target_uses_build_txt_in_dry_run(checkout, build_python):
-    result = run_script(checkout, build_python, "--target", "cuda", "--dry-run")
+def test_cuda_target_with_the_real_torch(checkout, build_python):
+    """The real torch's version and CUDA availability are printed; a CPU build refuses --target cuda,
+    a CUDA build plans requirements/build.txt."""
     import torch
 
+    result = run_script(checkout, build_python, "--target", "cuda", "--dry-run")
+    assert f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}" in result.stderr
     if torch.version.cuda is None:
         assert result.returncode == 2
         assert "needs a CUDA build of torch" in result.stderr
@@ -267,7 +147,7 @@ def test_cuda_target_uses_build_txt_in_dry_run(checkout, build_python):
 @pytest.mark.parametrize(
     ("setup", "args", "message"),
     [
-        ("not_git", [], "is not a git checkout"),
+        ("not_git", [], "is not in a git checkout"),
         ("no_script", [], "has no use_existing_torch.py"),
         ("no_requirements", [], "has no requirements/ folder"),
         ("ok", ["--target", "tpu"], "--target must be cpu or cuda, got 'tpu'"),
@@ -275,7 +155,7 @@ def test_cuda_target_uses_build_txt_in_dry_run(checkout, build_python):
         ("missing_dir", [], "is not a directory"),
     ],
 )
-def test_refuses_bad_checkouts_and_arguments(tmp_path, checkout, build_python, setup, args, message):
+def test_refuses_bad_checkouts_and_arguments(tmp_path, checkout, fake_python, setup, args, message):
     repo = checkout
     if setup == "not_git":
         repo = tmp_path / "plain"
@@ -286,9 +166,9 @@ def test_refuses_bad_checkouts_and_arguments(tmp_path, checkout, build_python, s
         git(checkout, "rm", "-rq", "requirements")
     elif setup == "missing_dir":
         repo = tmp_path / "does-not-exist"
-    result = run_script(repo, build_python, *args)
+    result = run_script(repo, fake_python, *args)
     assert result.returncode == 2, result.stderr
-    assert message in result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr
 
 
 def test_refuses_a_python_without_torch(checkout, tmp_path):
@@ -297,13 +177,6 @@ def test_refuses_a_python_without_torch(checkout, tmp_path):
     result = run_script(checkout, bare / "bin" / "python", "--dry-run")
     assert result.returncode == 2
     assert "cannot import torch" in result.stderr
-
-
-def test_prints_torch_version_and_cuda_availability(checkout, build_python):
-    import torch
-
-    result = run_script(checkout, build_python, "--dry-run")
-    assert f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}" in result.stderr
 
 
 @pytest.mark.slow
