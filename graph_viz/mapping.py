@@ -76,7 +76,8 @@ TORCH_DTYPE_ABBREVIATIONS = {
 FUSED_EXTERNS = {"addmm": ("mm", "add"), "baddbmm": ("bmm", "add"), "addmv": ("mv", "add")}
 # extern op -> graph ops it computes under another name: `aten.randint.low_out(..., out=buf14)` makes
 # the seeds of `prims.inductor_seeds` (inductor's lowering of random ops).
-EXTERN_ALIASES = {"randint": ("inductor_seeds",)}
+# `scatter_add` runs as the in-place fallback `aten.scatter_reduce_.two(..., reduce='sum')`.
+EXTERN_ALIASES = {"randint": ("inductor_seeds",), "scatter_reduce_": ("scatter_add", "scatter_reduce")}
 # extern op -> graph ops it computes part of: `addmm` lowered to an `mm` call plus a bias add fused
 # into the following pointwise kernel.
 PARTIAL_EXTERNS = {"mm": ("addmm",), "bmm": ("baddbmm",), "mv": ("addmv",)}
@@ -158,7 +159,7 @@ def _node_tensor_args(node: Node, nodes: dict[str, Node]) -> list[str]:
 
 
 class _Value:
-    __slots__ = ("getitem_of", "node", "signature", "subgraph")
+    __slots__ = ("buffer", "getitem_of", "node", "signature", "subgraph")
 
     def __init__(
         self,
@@ -171,6 +172,7 @@ class _Value:
         self.getitem_of = getitem_of
         self.subgraph = subgraph  # the outputs of a subgraph function call (a higher-order op's node)
         self.signature = signature  # (dtype, shape) of the buffer's allocation: ("f32", ("2", "8"))
+        self.buffer = ""  # the buffer a kernel wrote it into (a graph input's name when it mutates it)
 
 
 class _Replay:
@@ -252,15 +254,18 @@ class _Replay:
             return
         func, arg_text = parts
         args = split_args(arg_text)
-        if func.startswith("extern_kernels."):
+        if func.startswith(("extern_kernels.", "aten.", "torch.ops.")):  # `aten.randint.low_out(..., out=buf14)`
             out_args = [a.split("=", 1)[1].strip() for a in args if re.match(r"^out\s*=", a)]
-            outputs = []
+            launch = self.extern_launch(statement, func, args, [])
+            if not out_args and op_packet(func).endswith("_") and _tensor_args(args):
+                # `aten.scatter_reduce_.two(buf2, 1, buf3, buf4, ...)`: an in-place op writes its first argument
+                out_args = _tensor_args(args)[:1]
             for out in out_args:
                 match = ARG_BUFFER_RE.match(out)
                 if match:
                     current[match.group(1)] = self.new_value()
-                    outputs.append(current[match.group(1)])
-            self.launches.append(self.extern_launch(statement, func, args, outputs))
+                    launch["outputs"].append(current[match.group(1)])
+            self.launches.append(launch)
             return
         kernel = self.kernels_by_name.get(func.removesuffix(".run"))
         if kernel is not None:
@@ -327,6 +332,7 @@ class _Replay:
                 previous = current.get(buffer)
                 signature = self.values[previous].signature if previous is not None else None
                 current[buffer] = self.new_value(signature=signature)
+                self.values[current[buffer]].buffer = buffer
             return current[buffer]
 
         for position, arg in enumerate(a for a in args if not re.match(r"^\w+\s*=", a)):
@@ -405,6 +411,12 @@ def map_module(graph: Graph, module: OutputCodeModule) -> list[dict[str, Any]]:
     for value_id, output_name in zip(replay.returned, graph.outputs, strict=False):
         if value_id is not None and output_name in nodes and values[value_id].node is None:
             values[value_id].node = output_name
+    # A kernel writing into a graph input's buffer computes the mutation `copy_ = copy_(primals_3, x)`
+    # (an in-place op, an optimizer step, BatchNorm's running stats) whose first argument is that input.
+    mutations = {n.args[0]: n.name for n in graph.nodes if op_packet(n.target) == "copy_" and n.args}
+    for value in values:
+        if value.node is None and value.buffer in mutations:
+            value.node = mutations[value.buffer]
     subgraph_nodes = {name: _subgraph_users(graph, name) for name in {launch["subgraph"] for launch in launches}}
     for value in values:
         if value.subgraph and value.node is None and subgraph_nodes.get(value.subgraph):
