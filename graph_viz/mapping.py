@@ -317,8 +317,13 @@ class _Replay:
             "nodes": [],
             "launch_lines": [statement.line_number],
         }
+        keywords = {}  # `attn_mask=buf20`: keyword tensor arguments (not out=)
+        for arg in args:
+            keyword = re.match(r"^(\w+)\s*=\s*(.*)$", arg)
+            if keyword and keyword.group(1) != "out" and self.value_of(keyword.group(2)) is not None:
+                keywords[keyword.group(1)] = self.value_of(keyword.group(2))
         launch = {"kernel": kernel, "inputs": inputs, "outputs": outputs, "statement": statement}
-        return {**launch, "extern": True, "subgraph": self.subgraph}
+        return {**launch, "keywords": keywords, "extern": True, "subgraph": self.subgraph}
 
     def kernel_launch(self, statement: Any, kernel: dict[str, Any], args: list[str]) -> None:
         current = self.current
@@ -562,6 +567,11 @@ def _match_externs(
             for value_id, arg in zip(launch["inputs"], node_args, strict=True):
                 if value_id is not None and values[value_id].node is None:
                     values[value_id].node = _view_root(nodes, arg)
+        for arg in nodes[chosen].args:  # `attn_mask = where` in the graph, `attn_mask=buf20` in the call
+            keyword, _, name = (part.strip() for part in arg.partition("="))
+            value_id = launch["keywords"].get(keyword)
+            if name in nodes and value_id is not None and values[value_id].node is None:
+                values[value_id].node = _view_root(nodes, name)
     return partial
 
 
