@@ -77,7 +77,12 @@ FUSED_EXTERNS = {"addmm": ("mm", "add"), "baddbmm": ("bmm", "add"), "addmv": ("m
 # extern op -> graph ops it computes under another name: `aten.randint.low_out(..., out=buf14)` makes
 # the seeds of `prims.inductor_seeds` (inductor's lowering of random ops).
 # `scatter_add` runs as the in-place fallback `aten.scatter_reduce_.two(..., reduce='sum')`.
-EXTERN_ALIASES = {"randint": ("inductor_seeds",), "scatter_reduce_": ("scatter_add", "scatter_reduce")}
+# max-autotune's extern choice `extern_kernels.bias_addmm` (torch/_inductor/kernel/mm.py) is torch.addmm.
+EXTERN_ALIASES = {
+    "randint": ("inductor_seeds",),
+    "scatter_reduce_": ("scatter_add", "scatter_reduce"),
+    "bias_addmm": ("addmm",),
+}
 # extern op -> graph ops it computes part of: `addmm` lowered to an `mm` call plus a bias add fused
 # into the following pointwise kernel.
 PARTIAL_EXTERNS = {"mm": ("addmm",), "bmm": ("baddbmm",), "mv": ("addmv",)}

@@ -71,6 +71,9 @@ KERNEL_CALL_RE = re.compile(r"^(\w+)(?:\.run)?\(")
 KERNEL_NAME_RE = re.compile(r"^(?:triton_(?:poi|red|per|tem|for|mm)_|cpp_)?(?:fused_)?(.*?)(?:_\d+)?$")
 GRAPH_PREFIX_RE = re.compile(r"^graph_(\d+)_")
 QUOTE = "'''"
+# Extern calls whose op the profiler records under another name: max-autotune's choice
+# `extern_kernels.bias_addmm` is a Python function calling torch.addmm (torch/_inductor/kernel/mm.py).
+PROFILER_OP_OF_EXTERN = {"bias_addmm": "addmm"}
 
 Warn = Callable[[int, str], None]
 
@@ -306,7 +309,7 @@ def _statement(
     extern = EXTERN_CALL_RE.match(stripped)
     aten = ATEN_CALL_RE.match(stripped) if not extern else None
     if extern or aten:
-        op = extern.group(1) if extern else aten.group(1)
+        op = PROFILER_OP_OF_EXTERN.get(extern.group(1), extern.group(1)) if extern else aten.group(1)
         return CallSite(
             "extern", f"aten::{op}", comments.source_nodes, comments.aten_ops, stripped, number, function
         )
