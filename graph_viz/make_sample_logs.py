@@ -100,7 +100,7 @@ def _train_step(model: torch.nn.Module, x: torch.Tensor, backend: str = "inducto
 
 
 def _tiny_llama():
-    """A randomly initialised 1-layer LlamaForCausalLM (no download): vocab 128, dim 32, 2 heads, 1 kv head."""
+    """A randomly initialised 1-layer LlamaForCausalLM (no download): vocab 128, dim 32, 2 heads, 1 kv."""
     import transformers
 
     config = transformers.LlamaConfig(
@@ -116,7 +116,7 @@ def _tiny_llama():
 
 
 def llama_train() -> None:
-    """Tiny Llama (transformers), loss forward + backward: embedding, RMSNorm, RoPE, SDPA, SwiGLU, cross entropy."""
+    """Tiny Llama (transformers), loss forward + backward: embedding, RMSNorm, RoPE, SDPA, SwiGLU, loss."""
     model = _tiny_llama()
     input_ids = torch.randint(0, 128, (2, 8))
     torch.compile(model)(input_ids=input_ids, labels=input_ids, use_cache=False).loss.backward()

@@ -259,11 +259,13 @@ class _Replay:
             return
         func, arg_text = parts
         args = split_args(arg_text)
-        if func.startswith(("extern_kernels.", "aten.", "torch.ops.")):  # `aten.randint.low_out(..., out=buf14)`
+        if func.startswith(
+            ("extern_kernels.", "aten.", "torch.ops.")
+        ):  # `aten.randint.low_out(..., out=buf14)`
             out_args = [a.split("=", 1)[1].strip() for a in args if re.match(r"^out\s*=", a)]
             launch = self.extern_launch(statement, func, args, [])
             if not out_args and op_packet(func).endswith("_") and _tensor_args(args):
-                # `aten.scatter_reduce_.two(buf2, 1, buf3, buf4, ...)`: an in-place op writes its first argument
+                # `aten.scatter_reduce_.two(buf2, 1, buf3, buf4, ...)`: in place, writes its first argument
                 out_args = _tensor_args(args)[:1]
             for out in out_args:
                 match = ARG_BUFFER_RE.match(out)
@@ -358,7 +360,13 @@ class _Replay:
             else:
                 inputs.append(value)
         self.launches.append(
-            {"kernel": kernel, "inputs": inputs, "outputs": outputs, "statement": statement, "subgraph": self.subgraph}
+            {
+                "kernel": kernel,
+                "inputs": inputs,
+                "outputs": outputs,
+                "statement": statement,
+                "subgraph": self.subgraph,
+            }
         )
 
 
@@ -427,7 +435,9 @@ def map_module(graph: Graph, module: OutputCodeModule) -> list[dict[str, Any]]:
     for value in values:
         if value.node is None and value.buffer in mutations:
             value.node = mutations[value.buffer]
-    subgraph_nodes = {name: _subgraph_users(graph, name) for name in {launch["subgraph"] for launch in launches}}
+    subgraph_nodes = {
+        name: _subgraph_users(graph, name) for name in {launch["subgraph"] for launch in launches}
+    }
     for value in values:
         if value.subgraph and value.node is None and subgraph_nodes.get(value.subgraph):
             value.node = subgraph_nodes[value.subgraph][0]

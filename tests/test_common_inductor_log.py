@@ -53,7 +53,10 @@ EXPECTED_WARNINGS = {
 
 EXTERN_ONLY_MODULES = {
     "torch_2_13/short/custom_op_train.log": ["0_forward (log line 76)"],
-    "torch_2_13/short/gpt2_graph_break_train.log": ["2_forward (log line 1918)", "2_backward (log line 2604)"],
+    "torch_2_13/short/gpt2_graph_break_train.log": [
+        "2_forward (log line 1918)",
+        "2_backward (log line 2604)",
+    ],
 }
 
 

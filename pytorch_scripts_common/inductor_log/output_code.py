@@ -314,7 +314,9 @@ def _statement(
             target = f"aten::{PROFILER_OP_OF_EXTERN.get(extern.group(1), extern.group(1))}"
         else:
             target = f"{aten.group(1) or aten.group(2)}::{aten.group(3)}"
-        return CallSite("extern", target, comments.source_nodes, comments.aten_ops, stripped, number, function)
+        return CallSite(
+            "extern", target, comments.source_nodes, comments.aten_ops, stripped, number, function
+        )
     kernel_call = KERNEL_CALL_RE.match(stripped)
     if kernel_call and kernel_call.group(1) in kernels:
         kernel = kernels[kernel_call.group(1)]

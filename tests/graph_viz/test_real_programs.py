@@ -37,7 +37,10 @@ EXPECTED = {
         [("joint", 61, 0), ("joint", 60, 0), ("forward", 27, 14), ("backward", 41, 22)],
         11,
     ),
-    "torch_2_13/short/checkpoint_train.log": ([("joint", 53, 0), ("forward", 19, 8), ("backward", 42, 23)], 15),
+    "torch_2_13/short/checkpoint_train.log": (
+        [("joint", 53, 0), ("forward", 19, 8), ("backward", 42, 23)],
+        15,
+    ),
     "torch_2_13/short/custom_op_train.log": ([("joint", 31, 0), ("forward", 11, 3), ("backward", 22, 10)], 8),
     # graph 0: the part before the hook (no parameters: an inference graph); the hook's print breaks
     # the graph after block 0 (graph 1), then the lm head (graph 2) and the loss (graph 3).
@@ -56,19 +59,34 @@ EXPECTED = {
         ],
         42,
     ),
-    "torch_2_13/short/indexing_train.log": ([("joint", 66, 0), ("forward", 24, 13), ("backward", 49, 30)], 11),
-    "torch_2_9/default/indexing_train.log": ([("joint", 66, 0), ("forward", 24, 13), ("backward", 47, 28)], 11),
+    "torch_2_13/short/indexing_train.log": (
+        [("joint", 66, 0), ("forward", 24, 13), ("backward", 49, 30)],
+        11,
+    ),
+    "torch_2_9/default/indexing_train.log": (
+        [("joint", 66, 0), ("forward", 24, 13), ("backward", 47, 28)],
+        11,
+    ),
     "torch_2_13/short/llama_inference_fullgraph.log": ([("inference", 155, 75)], 18),
-    "torch_2_13/short/llama_train.log": ([("joint", 385, 0), ("forward", 167, 88), ("backward", 266, 135)], 43),
+    "torch_2_13/short/llama_train.log": (
+        [("joint", 385, 0), ("forward", 167, 88), ("backward", 266, 135)],
+        43,
+    ),
     "torch_2_13/short/mutation_train.log": ([("joint", 86, 0), ("forward", 42, 26), ("backward", 47, 29)], 6),
-    "torch_2_9/default/mutation_train.log": ([("joint", 86, 0), ("forward", 42, 26), ("backward", 47, 29)], 6),
+    "torch_2_9/default/mutation_train.log": (
+        [("joint", 86, 0), ("forward", 42, 26), ("backward", 47, 29)],
+        6,
+    ),
     "torch_2_13/short/optimizer_step.log": ([("inference", 129, 108)], 1),
     "torch_2_9/default/optimizer_step.log": ([("inference", 165, 144)], 1),
-    "torch_2_9/default/max_autotune_train.log": ([("joint", 33, 0), ("forward", 11, 3), ("backward", 19, 8)], 8),
+    "torch_2_9/default/max_autotune_train.log": (
+        [("joint", 33, 0), ("forward", 11, 3), ("backward", 19, 8)],
+        8,
+    ),
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model_of(relative: str) -> dict:
     return build_model(read_inductor_log(FIXTURES / relative, strict=True), relative)
 
@@ -103,7 +121,9 @@ def test_graphs_kernels_and_full_link_coverage(relative):
     model = model_of(relative)  # strict: every graph / output-code line read
     graphs, num_kernels = EXPECTED[relative]
     assert model["warnings"] == []
-    assert [(g["kind"], len(g["nodes"]), g["link_coverage"]["compute_nodes"]) for g in model["graphs"]] == graphs
+    assert [
+        (g["kind"], len(g["nodes"]), g["link_coverage"]["compute_nodes"]) for g in model["graphs"]
+    ] == graphs
     assert model["summary"]["num_kernels"] == num_kernels
     for graph in model["graphs"]:
         assert (graph["module"] is None) == (graph["kind"] == "joint"), graph["title"]
@@ -113,7 +133,12 @@ def test_graphs_kernels_and_full_link_coverage(relative):
 
 
 @pytest.mark.parametrize(
-    "relative", ["torch_2_13/short/cond_train.log", "torch_2_9/default/cond_train.log", "torch_2_13/trace/cond_train_trace"]
+    "relative",
+    [
+        "torch_2_13/short/cond_train.log",
+        "torch_2_9/default/cond_train.log",
+        "torch_2_13/trace/cond_train_trace",
+    ],
 )
 def test_cond_branches_run_for_the_cond_node(relative):
     model = model_of(relative)
@@ -169,8 +194,15 @@ def test_layout_copy_for_the_attention_backward_fallback():
     # Llama backward: cpp_fused_..._4(view_10, mm_2, getitem_1, buf21, buf22, buf23) copies three
     # backward inputs into the strides _scaled_dot_product_flash_attention_for_cpu_backward needs.
     model = model_of("torch_2_13/short/llama_train.log")
-    name = "cpp_fused__scaled_dot_product_flash_attention_for_cpu_backward__unsafe_view_expand_transpose_unsqueeze_view_4"
-    assert kernel_named(model, name)["nodes"] == [["view_10", "copy"], ["mm_2", "copy"], ["getitem_1", "copy"]]
+    name = (
+        "cpp_fused__scaled_dot_product_flash_attention_for_cpu_backward"
+        "__unsafe_view_expand_transpose_unsqueeze_view_4"
+    )
+    assert kernel_named(model, name)["nodes"] == [
+        ["view_10", "copy"],
+        ["mm_2", "copy"],
+        ["getitem_1", "copy"],
+    ]
     backward = graph_of(model, "Backward graph 0")
     assert node_of(backward, "view_10")["op"] == "placeholder"
     (attention,) = node_of(backward, "_scaled_dot_product_flash_attention_for_cpu_backward")["kernels"]
@@ -188,7 +220,9 @@ def test_attention_mask_keyword_argument_links_the_mask_kernel():
     assert node_of(graph, "bitwise_and_1")["kernels"] == [[mask_kernel[0], "dataflow"]]
 
 
-@pytest.mark.parametrize("relative", ["torch_2_13/short/optimizer_step.log", "torch_2_9/default/optimizer_step.log"])
+@pytest.mark.parametrize(
+    "relative", ["torch_2_13/short/optimizer_step.log", "torch_2_9/default/optimizer_step.log"]
+)
 def test_optimizer_step_mutations_are_the_one_kernel(relative):
     # AdamW: the graph returns (); every result is a copy_ into a parameter / state input.
     model = model_of(relative)
@@ -207,12 +241,21 @@ def test_mutated_inputs_batch_norm_stats_and_index_put():
     # counter.add_(1): `cpp_fused_add_copy__0(primals_1, buf0, primals_1)` writes primals_1 back
     assert node_of(forward, "copy_")["args"] == ["primals_1", "add"]
     assert node_of(forward, "copy_")["kernels"] == [["0:cpp_fused_add_copy__0", "dataflow"]]
-    batch_norm = "0:cpp_fused__native_batch_norm_legit_functional_add_copy_copy__mul_relu_slice_threshold_backward_1"
-    for name in ("copy__1", "copy__2", "copy__3", "copy"):  # num_batches_tracked, running mean / var, index_put
+    batch_norm = (
+        "0:cpp_fused__native_batch_norm_legit_functional_add_copy_copy__mul_relu_slice_threshold_backward_1"
+    )
+    for name in (
+        "copy__1",
+        "copy__2",
+        "copy__3",
+        "copy",
+    ):  # num_batches_tracked, running mean / var, index_put
         assert node_of(forward, name)["kernels"] == [[batch_norm, "dataflow"]], name
 
 
-@pytest.mark.parametrize("relative", ["torch_2_13/short/indexing_train.log", "torch_2_9/default/indexing_train.log"])
+@pytest.mark.parametrize(
+    "relative", ["torch_2_13/short/indexing_train.log", "torch_2_9/default/indexing_train.log"]
+)
 def test_scatter_add_runs_as_the_in_place_scatter_reduce_fallback(relative):
     model = model_of(relative)
     forward = graph_of(model, "Forward graph 0")
