@@ -57,6 +57,7 @@ EXTERN_ONLY_MODULES = {
         "2_forward (log line 1918)",
         "2_backward (log line 2604)",
     ],
+    "torch_2_9/short/gpt2_graph_break_train.log": ["2_forward (log line 1812)", "2_backward (log line 2510)"],
 }
 
 

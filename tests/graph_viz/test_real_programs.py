@@ -59,6 +59,25 @@ EXPECTED = {
         ],
         42,
     ),
+    "torch_2_9/short/gpt2_graph_break_train.log": (
+        [
+            ("inference", 33, 17),
+            ("joint", 244, 0),
+            ("forward", 125, 67),
+            ("backward", 150, 90),
+            ("joint", 17, 0),
+            ("forward", 7, 1),
+            ("backward", 11, 2),
+            ("joint", 50, 0),
+            ("forward", 30, 21),
+            ("backward", 22, 12),
+        ],
+        42,
+    ),
+    "torch_2_9/short/llama_train.log": (
+        [("joint", 392, 0), ("forward", 168, 88), ("backward", 250, 123)],
+        43,
+    ),
     "torch_2_13/short/indexing_train.log": (
         [("joint", 66, 0), ("forward", 24, 13), ("backward", 49, 30)],
         11,
@@ -170,10 +189,13 @@ def test_cond_subgraph_statements_follow_their_call():
     ]
 
 
-def test_softmax_split_over_two_cpp_kernels():
+@pytest.mark.parametrize(
+    "relative", ["torch_2_13/short/gpt2_graph_break_train.log", "torch_2_9/short/gpt2_graph_break_train.log"]
+)
+def test_softmax_split_over_two_cpp_kernels(relative):
     # GPT-2's _safe_softmax: kernel _2 writes amax, any and exp (buf9, buf12, buf10); kernel _3 reads
     # exp and any and computes the sum, the division and the rest (dropout, the value copy).
-    model = model_of("torch_2_13/short/gpt2_graph_break_train.log")
+    model = model_of(relative)
     first = kernel_named(model, "cpp_fused__safe_softmax_add_scalar_tensor_view_where_2")
     assert sorted(name for name, _ in first["nodes"]) == [
         "add_2", "amax", "any_1", "eq", "exp", "full_default", "full_default_1", "logical_not",
@@ -190,10 +212,11 @@ def test_softmax_split_over_two_cpp_kernels():
     assert [k for k in model["kernels"] if k["id"] == seeds_kernel[0]][0]["name"] == "aten.randint.low_out"
 
 
-def test_layout_copy_for_the_attention_backward_fallback():
+@pytest.mark.parametrize("relative", ["torch_2_13/short/llama_train.log", "torch_2_9/short/llama_train.log"])
+def test_layout_copy_for_the_attention_backward_fallback(relative):
     # Llama backward: cpp_fused_..._4(view_10, mm_2, getitem_1, buf21, buf22, buf23) copies three
     # backward inputs into the strides _scaled_dot_product_flash_attention_for_cpu_backward needs.
-    model = model_of("torch_2_13/short/llama_train.log")
+    model = model_of(relative)
     name = (
         "cpp_fused__scaled_dot_product_flash_attention_for_cpu_backward"
         "__unsafe_view_expand_transpose_unsqueeze_view_4"
