@@ -10,6 +10,13 @@ torch version's venv writes that version's logs) with
 - ``trace``: ``TORCH_TRACE=<name>_trace/`` (the structured trace tlparse reads; its one file is
   renamed ``dedicated_log_torch_trace.log``), the program's own output is not kept.
 
+Programs: the six of ``fixtures/logs`` (``BASIC_SAMPLE_LOGS``: MLPs and a transformer block, the
+default), and programs of the kinds users compile (``USER_PROGRAMS``, chosen with ``--only``): a tiny
+Llama and GPT-2 built from transformers configs (no download), ``dynamic=True``, ``torch.cond``, a
+``torch.library.custom_op``, activation checkpointing, a compiled ``AdamW.step()``,
+``mode="max-autotune-no-cudagraphs"``, in-place mutations, int64 index ops and ``var_mean``, a
+``fullgraph=True`` Llama under ``torch.no_grad()``.
+
 ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1`` gives the cold-compile header form (``===== Forward graph 0
 =====``). The ``*_cache_hit`` logs compile the same program twice in one process into a fresh
 ``TORCHINDUCTOR_CACHE_DIR`` (after ``torch._dynamo.reset()``) with caches enabled; the second compile
@@ -359,10 +366,10 @@ def main(
     Args:
         output_dir: folder to create; it holds one log per sample program.
         overwrite: replace output_dir if it is an earlier output of this script.
-        only: comma-separated subset of sample names (default: all of them).
+        only: comma-separated sample names (default: the six of fixtures/logs; see SAMPLE_LOGS for all).
         log_format: short (TORCH_LOGS_FORMAT=short), default (glog prefix on each line), trace (TORCH_TRACE).
     """
-    names = parse_list(only, str, name="only") or list(SAMPLE_LOGS)
+    names = parse_list(only, str, name="only") or list(BASIC_SAMPLE_LOGS)
     unknown = [n for n in names if n not in SAMPLE_LOGS]
     if unknown:
         raise UsageError(f"unknown sample log(s) {unknown}: choose from {sorted(SAMPLE_LOGS)}")

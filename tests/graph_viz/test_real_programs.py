@@ -332,3 +332,26 @@ def test_custom_op_is_an_extern_fallback_call():
     (custom,) = node_of(forward, "scaled_tanh")["kernels"]
     assert custom[1] == "op"
     assert [k["kind"] for k in model["kernels"] if k["id"] == custom[0]] == ["fallback"]
+
+
+def test_fixture_readme_commands_name_the_files_of_each_folder():
+    """The `--only` list of each fixtures/README.md command is the folder's content."""
+    readme = (FIXTURES / "README.md").read_text()
+    commands = [line.split() for line in readme.splitlines() if "graph_viz.make_sample_logs" in line]
+    checked = set()
+    for words in commands:
+        folder = words[words.index("--output_dir") + 1].removeprefix("graph_viz/fixtures/")
+        if not folder.startswith(("torch_2_13/", "torch_2_9/")):
+            continue
+        suffix = "_trace" if words[words.index("--log_format") + 1] == "trace" else ".log"
+        names = {f"{name}{suffix}" for name in words[words.index("--only") + 1].split(",")}
+        on_disk = {p.name for p in (FIXTURES / folder).iterdir() if p.name != ".pytorch_scripts_output"}
+        assert names == on_disk, folder
+        checked.add(folder)
+    assert checked == {
+        "torch_2_13/short",
+        "torch_2_13/default",
+        "torch_2_13/trace",
+        "torch_2_9/default",
+        "torch_2_9/short",
+    }
