@@ -8,17 +8,28 @@ this order, and the first one colours it):
   already known to hold the node (``return`` / data flow), graph inputs passed at the same tensor
   argument positions (``None`` and literals dropped on both sides: ``_scaled_mm(buf0, buf1, buf2,
   buf3)`` aligns with ``_scaled_mm(a, b, sa, sb, None, None, torch.bfloat16)``), being named in the
-  call's source-node comment, then graph order. Inductor's rewrites are followed: ``addmm`` can cover
-  an ``mm`` node plus the ``add`` that consumes it, and an ``mm`` call can compute part of an
-  ``addmm`` node whose bias add went into a pointwise kernel. An extern's claim outranks comments.
+  call's source-node comment, then graph order; keyword tensors (``attn_mask=buf20``) align by name.
+  Inductor's rewrites are followed: ``addmm`` can cover an ``mm`` node plus the ``add`` that consumes
+  it, an ``mm`` call can compute part of an ``addmm`` node whose bias add went into a pointwise
+  kernel, and some externs compute an op of another name (``EXTERN_ALIASES``). An in-place fallback
+  (``aten.scatter_reduce_.two(buf2, ...)``) writes its first argument. An extern's claim outranks
+  comments.
 - ``comment``: ``# Source node to ATen node mapping:`` lines (``#   input_2 => relu``) and
   ``fragment``: ``# Graph fragment:`` lines (``#   %abs_3 : ... = call_function[...]``) above a
   kernel name graph nodes (backward kernels of some torch versions print only the fragment).
 - ``dataflow``: ``call()`` (with its ``partition_N`` bodies inlined) is replayed: ``bufN`` values are
   resolved to graph nodes from the ``return`` statement (position i is the graph's output i), from
   extern arguments aligned with their node's arguments, from ``bufB = bufA[i]`` (getitem) and from a
-  kernel's graph-fragment ``return``. A C++/Triton kernel then computes its output nodes and every
-  ancestor up to the nodes its inputs hold (the fused region), except nodes another kernel owns.
+  kernel's graph-fragment ``return``; a kernel writing a graph input's buffer computes that input's
+  ``copy_`` mutation. A C++/Triton kernel then computes its output nodes and every ancestor up to
+  the nodes its inputs hold (the fused region), except nodes another kernel owns. A buffer one
+  kernel writes and a later one reads, still unknown, is matched by dtype and shape in the reader's
+  region (``_resolve_intermediates``), and the regions are walked again.
+- ``subgraph``: kernels and externs in a higher-order op's subgraph function (``def
+  true_graph_0(args):``, called from ``call()``) compute the op's node (``cond``), never a
+  same-op node of the top graph.
+- ``copy``: a kernel whose outputs hold only graph inputs or other kernels' nodes (the strided
+  copies an extern call needs) is linked to those values.
 
 Names repeat across modules (``cpp_fused_sum_1`` in two backward graphs), so kernels are keyed by
 module index and name.
