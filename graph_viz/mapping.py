@@ -204,6 +204,8 @@ class _Replay:
         self.alias_base: dict[str, str] = {}
         self.launches: list[dict[str, Any]] = []
         self.subgraph = ""  # the subgraph function of the statement being replayed ("" in call())
+        self.active: set[str] = set()  # bodies being replayed (the call stack)
+        self.budget = 16 * len(module.statements) + 1000  # statements left to replay
         self.returned: list[int | None] = []
         self.bodies: dict[str, list] = {}
         for statement in module.statements:
@@ -224,14 +226,26 @@ class _Replay:
         return self.current[match.group(1)]
 
     def replay(self, function: str, depth: int, subgraph: str = "") -> None:
-        """Replay one body; ``subgraph``: the outermost higher-order-op subgraph function it runs in."""
+        """Replay one body; ``subgraph``: the outermost higher-order-op subgraph function it runs in.
+
+        Bodies on the call stack are not entered again, and the statements replayed in all are capped
+        (``budget``), so that a hostile log's calls cannot recurse or fan out without end."""
+        self.active.add(function)
         for statement in self.bodies.get(function, []):
+            self.budget -= 1
+            if self.budget < 0:
+                break
             partition = PARTITION_CALL_RE.search(statement.code)
-            if partition and depth < 4:
+            if partition and depth < 4 and f"partition_{partition.group(1)}" not in self.active:
                 self.replay(f"partition_{partition.group(1)}", depth + 1, subgraph)
                 continue
             called = SUBGRAPH_CALL_RE.match(statement.code)
-            if called and called.group(2) in self.bodies and called.group(2) != function and depth < 16:
+            if (
+                called
+                and called.group(2) in self.bodies
+                and called.group(2) not in self.active
+                and depth < 16
+            ):
                 # `buf3 = true_graph_0(true_graph_0_args)`: its kernels run for the higher-order op node
                 # (torch.cond, ...) that takes the subgraph; buf3 holds that node's outputs.
                 name = called.group(2)
@@ -241,6 +255,7 @@ class _Replay:
                 continue
             self.subgraph = subgraph
             self.statement(statement, in_call=function == "call")
+        self.active.discard(function)
 
     def statement(self, statement: Any, in_call: bool) -> None:
         current = self.current

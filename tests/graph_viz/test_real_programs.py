@@ -355,3 +355,32 @@ def test_fixture_readme_commands_name_the_files_of_each_folder():
         "torch_2_9/default",
         "torch_2_9/short",
     }
+
+
+def test_hostile_recursive_and_fanning_out_subgraph_calls_stay_bounded():
+    """A hostile module whose subgraph functions call themselves and each other twice over."""
+    import time
+
+    from pytorch_scripts_common.inductor_log import parse_inductor_log_text
+
+    functions = []
+    for i in range(20):
+        calls = "".join(f"    buf{j} = f{k}(f{k}_args)\n" for j, k in enumerate((i, i + 1, i + 1, 0)))
+        functions.append(f"def f{i}(args):\n{calls}    cpp_fused_k_0(buf0)\n    return (buf0, )\n")
+    text = (
+        "TRACED GRAPH\n ===== Forward graph 0 =====\n class GraphModule(torch.nn.Module):\n"
+        '    def forward(self, x: "f32[4][1]cpu"):\n'
+        "        f0 = self.f0\n"
+        "        cond = torch.ops.higher_order.cond(x, f0, f0, (x,))\n"
+        "        return (cond,)\n"
+        "Output code:\n# AOT ID: ['0_forward']\n"
+        "cpp_fused_k_0 = async_compile.cpp_pybinding(['float*'], r'''\n"
+        "void kernel(float* out_ptr0) {}\n''')\n"
+        + "".join(functions)
+        + "def call(args):\n    x, = args\n    buf9 = f0(f0_args)\n    return (buf9, )\n"
+    )
+    start = time.perf_counter()
+    model = build_model(parse_inductor_log_text(text), "hostile")
+    assert time.perf_counter() - start < 5  # unbounded, this fans out 2**20 times
+    (kernel,) = [k for k in model["kernels"] if k["name"] == "cpp_fused_k_0"]
+    assert kernel["nodes"] == [["cond", "subgraph"]]
