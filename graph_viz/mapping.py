@@ -285,9 +285,8 @@ class _Replay:
             return
         func, arg_text = parts
         args = split_args(arg_text)
-        if func.startswith(
-            ("extern_kernels.", "aten.", "torch.ops.")
-        ):  # `aten.randint.low_out(..., out=buf14)`
+        # `extern_kernels.mm(..., out=buf4)`, `aten.randint.low_out(..., out=buf14)`
+        if func.startswith(("extern_kernels.", "aten.", "torch.ops.")):
             out_args = [a.split("=", 1)[1].strip() for a in args if re.match(r"^out\s*=", a)]
             launch = self.extern_launch(statement, func, args, [])
             if not out_args and op_packet(func).endswith("_") and _tensor_args(args):
