@@ -139,7 +139,10 @@ def unlinked_reason(graph: Graph, node: Node) -> str:
     if node.op == "getitem":
         return "getitem: picks one output of the node it indexes, no kernel of its own"
     if node.op == "get_attr":
-        return "subgraph of a higher-order op: its kernels are linked to the op's node"
+        return (
+            "attribute of the graph module (a higher-order op's subgraph, whose kernels are linked "
+            "to the op's node, or a constant): no kernel of its own"
+        )
     if graph.kind == "joint":
         return "joint graph: kernels are linked in the forward and backward graphs"
     if graph.module is None:

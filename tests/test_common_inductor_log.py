@@ -186,6 +186,44 @@ def test_deeper_indented_file_comments_are_read():
     assert nodes["convert_element_type_2"].num_bytes == 16 * 32  # f8e4m3fn
 
 
+def test_module_attributes_are_get_attr_nodes():
+    text = (
+        "TRACED GRAPH\n ===== Forward graph 0 =====\n class GraphModule(torch.nn.Module):\n"
+        '    def forward(self, x: "f32[4][1]cpu"):\n'
+        "        _tensor_constant0 = self._tensor_constant0\n"
+        "        true_graph_0 = self.true_graph_0\n"
+        "        cond = torch.ops.higher_order.cond(x, true_graph_0, true_graph_0, (x, _tensor_constant0))\n"
+        "        return (cond,)\n"
+    )
+    log = parse_inductor_log_text(text, strict=True)
+    nodes = {n.name: n for n in log.graphs[0].nodes}
+    assert [(nodes[n].op, nodes[n].target) for n in ("_tensor_constant0", "true_graph_0")] == [
+        ("get_attr", "_tensor_constant0"),
+        ("get_attr", "true_graph_0"),
+    ]
+    assert nodes["cond"].inputs == ["x", "true_graph_0", "_tensor_constant0"]
+
+
+def test_subgraph_function_statements_follow_their_call():
+    text = (
+        "# AOT ID: ['0_forward']\n"
+        "def true_graph_0(args):\n    a, = args\n    extern_kernels.mm(a, a, out=buf0)\n    return (buf0, )\n"
+        "def call(args):\n    x, = args\n    buf1 = true_graph_0(true_graph_0_args)\n"
+        "    extern_kernels.addmm(x, x, x, out=buf2)\n    return (buf2, )\n"
+    )
+    (module,) = parse_inductor_log_text(text, strict=True).modules
+    assert [(s.function, s.code) for s in module.statements] == [
+        ("call", "x, = args"),
+        ("call", "buf1 = true_graph_0(true_graph_0_args)"),
+        ("true_graph_0", "a, = args"),
+        ("true_graph_0", "extern_kernels.mm(a, a, out=buf0)"),
+        ("true_graph_0", "return (buf0, )"),
+        ("call", "extern_kernels.addmm(x, x, x, out=buf2)"),
+        ("call", "return (buf2, )"),
+    ]
+    assert [c.target for c in module.calls] == ["aten::mm", "aten::addmm"]
+
+
 def interleave(*logs: list[str]) -> list[str]:
     merged = []
     for lines in zip(*logs, strict=False):

@@ -284,7 +284,9 @@ class GraphReader:
             target = target.removeprefix("torch.ops.")
             node = Node(name, "call_function", target, split_args(arg_text), [])
             node.inputs = [n for n in dict.fromkeys(names_in(arg_text)) if n in known]
-        elif ATTRIBUTE_RE.match(expr):  # `true_graph_0 = self.true_graph_0`: a higher-order op's subgraph
+        elif ATTRIBUTE_RE.match(
+            expr
+        ):  # `true_graph_0 = self.true_graph_0` (a subgraph), `self._tensor_constant0`
             node = Node(name, "get_attr", expr.removeprefix("self."), [], [])
         else:
             node = Node(name, "call_function", expr[:80], [expr], [])

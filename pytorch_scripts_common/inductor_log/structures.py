@@ -30,7 +30,7 @@ class Node:
     """One FX node of an AOT graph, as printed by ``GraphModule.print_readable``."""
 
     name: str
-    op: str  # "placeholder", "call_function", "getitem", "get_attr" (a higher-order op's subgraph), "output"
+    op: str  # "placeholder", "call_function", "getitem", "get_attr" (subgraph, constant), "output"
     target: str  # e.g. "aten.addmm.default"
     args: list[str]  # argument texts as written
     inputs: list[str]  # names of graph nodes used by this node
