@@ -1,8 +1,9 @@
 """pytorch_scripts_common.inductor_log on real logs of two torch versions in every form, and hostile input.
 
 Real logs: graph_viz/fixtures/logs (torch 2.13, TORCH_LOGS_FORMAT=short), graph_viz/fixtures/torch_2_10
-(torch 2.10 in default, short and TORCH_TRACE form), perf_traces/fixtures/cpu_train* (torch 2.13 output
-code in default, short and TORCH_TRACE form). Hand-written: graph_viz/fixtures/triton_handwritten.
+(torch 2.10 in default, short and TORCH_TRACE form), graph_viz/fixtures/torch_2_13 and torch_2_9 (user
+programs: transformers models, dynamic shapes, torch.cond, ...), perf_traces/fixtures/cpu_train* (torch
+2.13 output code in default, short and TORCH_TRACE form). Hand-written: graph_viz/fixtures/triton_handwritten.
 """
 
 from __future__ import annotations
@@ -50,6 +51,16 @@ EXPECTED_WARNINGS = {
 }
 
 
+EXTERN_ONLY_MODULES = {
+    "torch_2_13/short/custom_op_train.log": ["0_forward (log line 76)"],
+    "torch_2_13/short/gpt2_graph_break_train.log": [
+        "2_forward (log line 1918)",
+        "2_backward (log line 2604)",
+    ],
+    "torch_2_9/short/gpt2_graph_break_train.log": ["2_forward (log line 1812)", "2_backward (log line 2510)"],
+}
+
+
 def structure(log: InductorLog) -> tuple:
     """What every log form of one program must agree on (not line numbers, paths or prefixes)."""
     graphs = [
@@ -92,8 +103,10 @@ def test_every_fixture_parses_strictly_with_only_explained_warnings(path):
         # torch 2.10 prints no AOT graphs for a cache hit, only the output code
         cache_hit_2_10 = ["0_forward (log line 378)", "0_backward (log line 493)"]
         assert graphless == (cache_hit_2_10 if relative == "torch_2_10/short/mlp_train_cache_hit.log" else [])
+    # Modules whose every launch is an extern call (a custom op, a lone matmul) have no kernel.
+    assert [m.label for m in log.modules if not m.kernels] == EXTERN_ONLY_MODULES.get(relative, [])
     for module in log.modules:
-        assert module.kernels and module.calls, module.label
+        assert module.calls, module.label
 
 
 @pytest.mark.parametrize(
@@ -115,6 +128,20 @@ def test_torch_2_10_log_forms_read_alike(name, forms):
     default_or_trace = [log for form, log in logs.items() if form != "short"]
     for log in default_or_trace:  # both print dynamo's compile id
         assert all(g.dynamo_compile_id for g in log.graphs) and all(m.compile_id for m in log.modules)
+
+
+@pytest.mark.parametrize(
+    "name, forms", [("cond_train", ("default", "short", "trace")), ("dynamic_train", ("default", "short"))]
+)
+def test_torch_2_13_user_program_log_forms_read_alike(name, forms):
+    folder = GRAPH_FIXTURES / "torch_2_13"
+    logs = {
+        form: read_inductor_log(folder / form / (f"{name}_trace" if form == "trace" else f"{name}.log"))
+        for form in forms
+    }
+    reference = structure(logs[forms[0]])
+    for form in forms[1:]:
+        assert structure(logs[form]) == reference, form
 
 
 def test_perf_pairs_in_three_forms_have_the_same_output_code():
@@ -157,6 +184,44 @@ def test_deeper_indented_file_comments_are_read():
     assert [nodes[name].source_line for name in ("abs_1", "_scaled_mm", "relu")] == [21, 23, 24]
     assert nodes["_scaled_mm"].num_bytes == 16 * 32 * 2  # bf16
     assert nodes["convert_element_type_2"].num_bytes == 16 * 32  # f8e4m3fn
+
+
+def test_module_attributes_are_get_attr_nodes():
+    text = (
+        "TRACED GRAPH\n ===== Forward graph 0 =====\n class GraphModule(torch.nn.Module):\n"
+        '    def forward(self, x: "f32[4][1]cpu"):\n'
+        "        _tensor_constant0 = self._tensor_constant0\n"
+        "        true_graph_0 = self.true_graph_0\n"
+        "        cond = torch.ops.higher_order.cond(x, true_graph_0, true_graph_0, (x, _tensor_constant0))\n"
+        "        return (cond,)\n"
+    )
+    log = parse_inductor_log_text(text, strict=True)
+    nodes = {n.name: n for n in log.graphs[0].nodes}
+    assert [(nodes[n].op, nodes[n].target) for n in ("_tensor_constant0", "true_graph_0")] == [
+        ("get_attr", "_tensor_constant0"),
+        ("get_attr", "true_graph_0"),
+    ]
+    assert nodes["cond"].inputs == ["x", "true_graph_0", "_tensor_constant0"]
+
+
+def test_subgraph_function_statements_follow_their_call():
+    text = (
+        "# AOT ID: ['0_forward']\n"
+        "def true_graph_0(args):\n    a, = args\n    extern_kernels.mm(a, a, out=buf0)\n    return (buf0, )\n"
+        "def call(args):\n    x, = args\n    buf1 = true_graph_0(true_graph_0_args)\n"
+        "    extern_kernels.addmm(x, x, x, out=buf2)\n    return (buf2, )\n"
+    )
+    (module,) = parse_inductor_log_text(text, strict=True).modules
+    assert [(s.function, s.code) for s in module.statements] == [
+        ("call", "x, = args"),
+        ("call", "buf1 = true_graph_0(true_graph_0_args)"),
+        ("true_graph_0", "a, = args"),
+        ("true_graph_0", "extern_kernels.mm(a, a, out=buf0)"),
+        ("true_graph_0", "return (buf0, )"),
+        ("call", "extern_kernels.addmm(x, x, x, out=buf2)"),
+        ("call", "return (buf2, )"),
+    ]
+    assert [c.target for c in module.calls] == ["aten::mm", "aten::addmm"]
 
 
 def interleave(*logs: list[str]) -> list[str]:

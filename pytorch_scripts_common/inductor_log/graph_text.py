@@ -38,6 +38,7 @@ IDENT_RE = re.compile(r"^[A-Za-z_]\w*$")
 # `primals_1: "f32[64, 64][64, 1]cpu"; primals_2: "f32[64][1]cpu"; ` (joint-graph input declarations)
 DECLARATION_RE = re.compile(r'^\w+: "[^"]*"(;|\s*$)')
 GETITEM_RE = re.compile(r"^(\w+)\[(\d+)\]$")
+ATTRIBUTE_RE = re.compile(r"^self\.[A-Za-z_][\w.]*$")
 NAME_TOKEN_RE = re.compile(r"(?<![\w.'\"])[A-Za-z_]\w*(?![\w.(])")
 SPECIAL_CHARS_RE = re.compile(r"[()\[\]{}'\",\\]")
 GRAPH_KINDS = ("joint", "forward", "backward", "inference")
@@ -283,6 +284,10 @@ class GraphReader:
             target = target.removeprefix("torch.ops.")
             node = Node(name, "call_function", target, split_args(arg_text), [])
             node.inputs = [n for n in dict.fromkeys(names_in(arg_text)) if n in known]
+        elif ATTRIBUTE_RE.match(
+            expr
+        ):  # `true_graph_0 = self.true_graph_0` (a subgraph), `self._tensor_constant0`
+            node = Node(name, "get_attr", expr.removeprefix("self."), [], [])
         else:
             node = Node(name, "call_function", expr[:80], [expr], [])
             node.inputs = [n for n in dict.fromkeys(names_in(expr)) if n in known]

@@ -56,17 +56,26 @@ ATEN_MAPPING_RE = re.compile(r"^#\s{2,}(\w+) => ([\w, ]*)$")
 # "#   %buf0 : Tensor "f32[16][1]cuda:0" = PlaceHolder[target=buf0]"
 FRAGMENT_NODE_RE = re.compile(r"^#\s+%(\w+) : .*?= (call_function|PlaceHolder|placeholder)\[target=")
 FRAGMENT_RETURN_RE = re.compile(r"^#\s+return (.*)$")
-# "    def call(self, args):" (torch >= 2.8), "def call(args):", "    def partition_0(self, args):"
-FUNCTION_DEF_RE = re.compile(r"^(\s*)def (call|partition_\d+)\((?:self, )?args\):")
+# "    def call(self, args):" (torch >= 2.8), "def call(args):", "    def partition_0(self, args):", and
+# the subgraphs of higher-order ops (torch.cond, while_loop, invoke_subgraph): "def true_graph_0(args):"
+FUNCTION_DEF_RE = re.compile(r"^(\s*)def (\w+)\((?:self, )?args\):")
+# "            buf3 = true_graph_0(true_graph_0_args)": a call of a subgraph function
+SUBGRAPH_CALL_RE = re.compile(r"^(?:\w+ = )?(\w+)\(\1_args\)")
+MAIN_FUNCTION_RE = re.compile(r"^(?:call|partition_\d+)$")
 # "        extern_kernels.addmm(primals_5, buf4, ..., out=buf5)"
 EXTERN_CALL_RE = re.compile(r"^(?:\w+ = )?extern_kernels\.(\w+)\(")
-# "        buf3 = torch.ops.aten.convolution_backward.default(...)" / "aten._foo.default(...)"
+# "        buf3 = torch.ops.aten.convolution_backward.default(...)" / "aten._foo.default(...)". Custom ops
+# ("torch.ops.my_lib.scaled_tanh.default(buf0, 0.5)") stay "other" statements: perf_traces matches
+# extern calls to the trace's aten:: events only.
 ATEN_CALL_RE = re.compile(r"^(?:[\w, ]+ = )?(?:torch\.ops\.)?aten\.(\w+)\.(\w+)\(")
 # "        cpp_fused_relu_1(buf0, buf1)" / "        triton_poi_fused_relu_0.run(buf0, 16, stream=stream0)"
 KERNEL_CALL_RE = re.compile(r"^(\w+)(?:\.run)?\(")
 KERNEL_NAME_RE = re.compile(r"^(?:triton_(?:poi|red|per|tem|for|mm)_|cpp_)?(?:fused_)?(.*?)(?:_\d+)?$")
 GRAPH_PREFIX_RE = re.compile(r"^graph_(\d+)_")
 QUOTE = "'''"
+# Extern calls whose op the profiler records under another name: max-autotune's choice
+# `extern_kernels.bias_addmm` is a Python function calling torch.addmm (torch/_inductor/kernel/mm.py).
+PROFILER_OP_OF_EXTERN = {"bias_addmm": "addmm"}
 
 Warn = Callable[[int, str], None]
 
@@ -143,7 +152,7 @@ def read_module(
     kernels: dict[str, KernelDefinition] = {}
     statements: list[CallSite] = []
     comments = _Comments()
-    function: str | None = None  # the call()/partition_N() body being read
+    function: str | None = None  # the call()/partition_N()/subgraph body being read
     function_indent = 0
     saw_call = False
     position = 0
@@ -202,10 +211,41 @@ def read_module(
         compile_id=None,
         output_code_path=None,
         kernels=kernels,
-        statements=statements,
+        statements=_in_execution_order(statements),
         line_number=line_number,
     )
     return module, ended_at
+
+
+def _in_execution_order(statements: list[CallSite]) -> list[CallSite]:
+    """Subgraph functions (defined before ``call()``) moved to just after the statement that calls them.
+
+    ``call()`` and ``partition_N()`` bodies keep their order; a subgraph called twice (both branches
+    of one ``torch.cond`` call different ones) is placed at its first call; one never called stays last.
+    """
+    bodies: dict[str, list[CallSite]] = {}
+    for statement in statements:
+        bodies.setdefault(statement.function, []).append(statement)
+    if all(MAIN_FUNCTION_RE.match(function) for function in bodies):
+        return statements
+    ordered: list[CallSite] = []
+    placed: set[str] = set()
+
+    def emit(function: str, depth: int) -> None:
+        placed.add(function)
+        for statement in bodies[function]:
+            ordered.append(statement)
+            called = SUBGRAPH_CALL_RE.match(statement.code)
+            if called and called.group(1) in bodies and called.group(1) not in placed and depth < 16:
+                emit(called.group(1), depth + 1)
+
+    for function in bodies:
+        if MAIN_FUNCTION_RE.match(function) and function not in placed:
+            emit(function, 0)
+    for function in bodies:
+        if function not in placed:
+            emit(function, 0)
+    return ordered
 
 
 def _read_kernel(
@@ -271,7 +311,7 @@ def _statement(
     extern = EXTERN_CALL_RE.match(stripped)
     aten = ATEN_CALL_RE.match(stripped) if not extern else None
     if extern or aten:
-        op = extern.group(1) if extern else aten.group(1)
+        op = PROFILER_OP_OF_EXTERN.get(extern.group(1), extern.group(1)) if extern else aten.group(1)
         return CallSite(
             "extern", f"aten::{op}", comments.source_nodes, comments.aten_ops, stripped, number, function
         )

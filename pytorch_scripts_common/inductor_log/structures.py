@@ -30,7 +30,7 @@ class Node:
     """One FX node of an AOT graph, as printed by ``GraphModule.print_readable``."""
 
     name: str
-    op: str  # "placeholder", "call_function", "getitem", "output"
+    op: str  # "placeholder", "call_function", "getitem", "get_attr" (subgraph, constant), "output"
     target: str  # e.g. "aten.addmm.default"
     args: list[str]  # argument texts as written
     inputs: list[str]  # names of graph nodes used by this node
@@ -99,7 +99,10 @@ class KernelDefinition:
 
 @dataclasses.dataclass
 class CallSite:
-    """One statement of a module's ``call()`` (or ``partition_N()``) body, in execution order."""
+    """One statement of a module's ``call()`` (``partition_N()``, subgraph function) body, in execution order.
+
+    The body of a higher-order op's subgraph function (``def true_graph_0(args):``) follows the
+    statement that calls it."""
 
     kind: str  # "kernel" (a kernel of this module), "extern" (extern_kernels.X / aten op), "other"
     target: str  # kernel name, or the ATen op as the profiler shows it ("aten::addmm"); "" for other
@@ -107,7 +110,7 @@ class CallSite:
     aten_ops: list[str]
     code: str  # the stripped statement, trailing comment kept (`buf1 = buf0; del buf0  # reuse`)
     line_number: int
-    function: str = "call"  # "call" or "partition_0", ...
+    function: str = "call"  # "call", "partition_0", ..., or a subgraph function ("true_graph_0")
 
 
 @dataclasses.dataclass

@@ -304,9 +304,12 @@ def test_layout_layers_follow_data_flow_and_chains_are_linear():
     assert chain[names.index("view")] == chain[names.index("where")] == -1
 
 
+# The user-program fixtures (torch_2_13/, torch_2_9/: inference graphs inside training programs, an
+# optimizer step) have their exact graph kinds and link coverage in test_real_programs.py.
 TRAINING_FIXTURES = sorted(
     p
-    for p in [*FIXTURES.rglob("*.log"), *FIXTURES.rglob("*_trace")]
+    for folder in ("logs", "torch_2_10", "triton_handwritten")
+    for p in [*(FIXTURES / folder).rglob("*.log"), *(FIXTURES / folder).rglob("*_trace")]
     if "inference" not in p.name and not p.parent.name.endswith("_trace")
 )
 
