@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from perf_traces.enrich import enrich_trace
-from perf_traces.log_parser import parse_output_code_log_file
+from perf_traces.log_kernels import read_compiled_graphs
 from perf_traces.profile_compiled_model import check_self_times, main, self_times_from_trace
-from tests.perf_traces.helpers import REPO_ROOT, enclosing_kind, load_events
+from tests.perf_traces.helpers import REPO_ROOT, enclosing_kind, kernel_table, load_events
 
 
 def _op(name, ts, dur, tid=1):
@@ -78,17 +78,19 @@ def test_live_cpu_pair_every_kernel_matched(tmp_path, mode, graph_break):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Self CPU time total" in result.stdout and "<= tolerance" in result.stdout
     assert sorted(os.listdir(out_dir)) == ["output_code.log", "trace.json"]
-    modules = parse_output_code_log_file(str(out_dir / "output_code.log"), strict=True)
+    modules = read_compiled_graphs(str(out_dir / "output_code.log"), strict=True)
     expected = {("train", True): 4, ("inference", False): 1}[(mode, graph_break)]
     assert len(modules) == expected
     summary = enrich_trace(str(out_dir / "trace.json"), modules, str(tmp_path / "enriched.json"))
     assert summary.unmatched_by_name == {} and summary.log_kernels_not_in_trace == []
     events = load_events(str(tmp_path / "enriched.json"))
+    table = kernel_table(events)
     kernels = [e for e in events if re.match(r"^graph_\d+_cpp_", e["name"])]
     assert len(kernels) == sum(len(m.kernels) for m in modules)
     for event in kernels:
         graph_id = event["name"].split("_")[1]
-        assert event["args"]["inductor_aot_id"] == f"{graph_id}_{enclosing_kind(events, event)}"
+        entry = table[event["args"]["inductor_kernel_id"]]
+        assert entry["inductor_aot_id"] == f"{graph_id}_{enclosing_kind(events, event)}"
 
 
 def test_device_table_on_hand_written_cuda_trace():
