@@ -441,3 +441,26 @@ def test_hostile_events_are_skipped_not_fatal(tmp_path):
     summary = enrich_trace(str(path), graphs, str(tmp_path / "out.json"))
     assert summary.num_matched == 12  # the real events still match; the hostile ones are left as they are
     assert load_events(str(tmp_path / "out.json"))[len(events) : len(events) + len(hostile)] == hostile
+
+
+def test_two_readers_give_the_records_of_one(tmp_path):
+    """The forked first-half reader (traces of 64 MB+) against the one-pass read, on 4 MB traces
+    split by force, with small windows so that each half has many pieces."""
+    from perf_traces.log_index import LogIndex
+    from perf_traces.make_synthetic_trace import make_synthetic_trace
+    from perf_traces.trace_records import collect_records
+
+    for name in ("cuda_handwritten", "cpu_graph_break"):
+        trace = str(tmp_path / f"{name}.json")
+        make_synthetic_trace(fixture(name, "trace.json"), trace, 4_000_000)
+        log = LogIndex.build(read_compiled_graphs(fixture(name, "output_code.log")))
+        (one, one_layout), (two, two_layout) = (
+            collect_records(trace, log, 65536, workers=workers) for workers in (1, 2)
+        )
+        assert two.peak_rss_mb > 0  # the second reader ran
+        assert one_layout == two_layout and one.num_events == two.num_events and len(one) > 1000
+        for column in ("is_gpu", "thread", "ts", "end", "index", "start_offset", "end_offset", "external_id"):
+            assert getattr(one, column) == getattr(two, column), column
+        assert one.insert_at == two.insert_at and one.insert_mode == two.insert_mode
+        assert [one.names[i] for i in one.name_id] == [two.names[i] for i in two.name_id]
+        assert one.kernel_file == two.kernel_file and one.spans == two.spans
