@@ -90,8 +90,7 @@ def main(
         )
     stats = plan.kernel_stats()
     with staged_file(trace_target) as trace_staging, staged_file(summary_target) as summary_staging:
-        with open(trace_staging, "wb") as target:
-            plan.write(target)
+        plan.write(str(trace_staging))
         summary_staging.write_text(
             render_html(stats, top, trace_name=os.path.basename(perf_trace_file)), encoding="utf-8"
         )

@@ -20,15 +20,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from collections.abc import Iterator
+from typing import Any
 
 from perf_traces.kernel_summary import KernelStats
 from perf_traces.kernel_table import KernelTable, event_args
 from perf_traces.log_index import KERNEL_TABLE_CATEGORY, LogIndex
 from perf_traces.log_kernels import CompiledGraph
 from perf_traces.matching import KernelMatch, Matcher
-from perf_traces.trace_records import APPEND, FIRST, KEEP, NEW_ARGS, TraceRecords, collect_records
+from perf_traces.trace_records import KEEP, REENCODE, TraceRecords, collect_records
 from perf_traces.trace_stream import TraceLayout, write_spliced
 
 __all__ = ["EnrichPlan", "EnrichSummary", "NoMatchError", "enrich_trace", "match_trace"]
@@ -123,11 +123,12 @@ class EnrichPlan:
                 stats[self.table.id_of(match)].add(duration, on_device=bool(records.is_gpu[row]))
         return sorted(stats.values(), key=KernelStats.sort_key)
 
-    def _edits(self) -> list[tuple[int, int, bytes | Callable[[bytes], bytes]]]:
+    def _edits(self) -> list[tuple[int, int, bytes]]:
         """(start, end, replacement) per changed event, in file order, then the table events."""
         records, summary = self.records, self.summary
-        fragments: dict[tuple[int, str | None], bytes] = {}
-        edits: list[tuple[int, int, bytes | Callable[[bytes], bytes]]] = []
+        fragments: dict[tuple[int, str | None], tuple[bytes, ...]] = {}
+        edits: list[tuple[int, int, bytes]] = []
+        reencoded: list[tuple[int, int, dict[str, Any]]] = []
         insert_at, insert_mode = records.insert_at, records.insert_mode
         for row, match, launch_op in self._matched_rows():
             mode = insert_mode[row]
@@ -135,44 +136,47 @@ class EnrichPlan:
                 summary.not_annotated_by_name[records.name(row)] += 1
                 continue
             key = (id(match), launch_op)
-            fragment = fragments.get(key)
-            if fragment is None:
+            texts = fragments.get(key)
+            if texts is None:  # the text inserted, indexed by mode: APPEND, FIRST, NEW_ARGS, REENCODE
                 args = event_args(self.table, match, launch_op)
-                fragment = fragments[key] = json.dumps(args, ensure_ascii=False)[1:-1].encode()
-            at = insert_at[row]
-            if mode == APPEND:
-                edits.append((at, at, b", " + fragment))
-            elif mode == FIRST:
-                edits.append((at, at, fragment))
-            elif mode == NEW_ARGS:
-                edits.append((at, at, b', "args": {' + fragment + b"}"))
+                fragment = json.dumps(args, ensure_ascii=False)[1:-1].encode()
+                texts = fragments[key] = (
+                    b", " + fragment,
+                    fragment,
+                    b', "args": {' + fragment + b"}",
+                    fragment,
+                )
+            if mode == REENCODE:
+                added = json.loads(b"{" + texts[3] + b"}")
+                reencoded.append((records.start_offset[row], records.end_offset[row], added))
             else:
-                added = json.loads(b"{" + fragment + b"}")
-                edits.append((records.start_offset[row], records.end_offset[row], _reencoder(added)))
+                at = insert_at[row]
+                edits.append((at, at, texts[mode]))
+        if reencoded:
+            with open(self.trace_path, "rb") as trace_file:
+                for start, end, added in reencoded:
+                    trace_file.seek(start)
+                    edits.append((start, end, _reencoded(trace_file.read(end - start), added)))
         edits.sort(key=lambda edit: edit[0])
         table_events = b",\n".join(self.table.events_json())
         separator = b",\n" if self.layout.num_events else b"\n"
         edits.append((self.layout.events_end, self.layout.events_end, separator + table_events + b"\n"))
         return edits
 
-    def write(self, target: BinaryIO) -> None:
+    def write(self, target_path: str) -> None:
         """Pass 2: the trace as bytes, with the matched events' args and the kernel table added."""
-        write_spliced(self.trace_path, target, self._edits())
+        write_spliced(self.trace_path, target_path, self._edits())
 
 
-def _reencoder(added: dict[str, Any]) -> Callable[[bytes], bytes]:
-    """For the rare event whose args cannot take an insertion (not last, null, inductor_* already)."""
-
-    def reencode(original: bytes) -> bytes:
-        event = json.loads(original)
-        args = event.get("args")
-        event["args"] = {**(args if isinstance(args, dict) else {}), **added}
-        try:
-            return json.dumps(event, ensure_ascii=False, allow_nan=False).encode()
-        except ValueError:  # a non-finite number (1e999) has no JSON spelling: leave the event as it is
-            return original
-
-    return reencode
+def _reencoded(original: bytes, added: dict[str, Any]) -> bytes:
+    """The rare event whose args cannot take an insertion (not last, null, inductor_* already)."""
+    event = json.loads(original)
+    args = event.get("args")
+    event["args"] = {**(args if isinstance(args, dict) else {}), **added}
+    try:
+        return json.dumps(event, ensure_ascii=False, allow_nan=False).encode()
+    except ValueError:  # a non-finite number (1e999) has no JSON spelling: leave the event as it is
+        return original
 
 
 def match_trace(
@@ -228,6 +232,6 @@ def enrich_trace(
     if plan.summary.num_matched == 0 and not allow_no_match:
         raise NoMatchError(plan.summary)
     if output_path is not None:
-        with staged_file(output_path) as staging, open(staging, "wb") as target:
-            plan.write(target)
+        with staged_file(output_path) as staging:
+            plan.write(str(staging))
     return plan.summary

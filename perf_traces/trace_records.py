@@ -102,10 +102,9 @@ class TraceRecords:
         self.external_id = array("q")  # -1: none
         self.insert_at = array("q")  # where its args are added (see insertion)
         self.insert_mode = array("b")
-        self.names: list[str] = []
-        self.name_ids: dict[str, int] = {}
+        self.names: list[str] = []  # by name id
+        self.name_info: dict[str, tuple[int, int]] = {}  # name -> (NameKind, name id)
         self.threads: dict[Any, int] = {}
-        self.name_kinds: dict[str, int] = {}
         self.kernel_file: dict[int, str] = {}  # row -> args["kernel_file"] (Triton launches)
         self.spans: list[Span] = []
         self.num_events = 0
@@ -120,10 +119,10 @@ class TraceRecords:
         first_row, first_event = len(self), self.num_events
         name_map = np.empty(len(later.names), np.int64)
         for local, name in enumerate(later.names):
-            if name not in self.name_ids:
-                self.name_ids[name] = len(self.names)
+            if name not in self.name_info:
+                self.name_info[name] = (later.name_info[name][0], len(self.names))
                 self.names.append(name)
-            name_map[local] = self.name_ids[name]
+            name_map[local] = self.name_info[name][1]
         thread_map = np.full(len(later.threads) + 1, -1, np.int64)  # the last entry: GPU rows (-1)
         for key, local in later.threads.items():
             thread_map[local] = self.threads.setdefault(key, len(self.threads))
@@ -168,50 +167,41 @@ class TraceRecords:
         events named like a kernel or an extern op of the log, with numeric ts / dur. The
         forward / backward / Call spans go to ``spans``; a kernel-table event marks the trace enriched.
         """
-        columns: tuple[list, ...] = tuple([] for _ in range(11))
-        (
-            is_gpu_column,
-            thread_column,
-            ts_column,
-            end_column,
-            index_column,
-            start_column,
-            end_offset_column,
-            name_id_column,
-            external_id_column,
-            insert_at_column,
-            insert_mode_column,
-        ) = columns
+        rows: list[tuple] = []  # one tuple per row, in the order of _COLUMNS
         kernel_files: list[tuple[int, str]] = []
         first_row = len(self)
+        name_info = self.name_info
         for event, event_args_bytes, args, index, offset, raw in zip(
             events, args_bytes, all_args, batch.indexes, batch.offsets, batch.raws, strict=True
         ):
-            if event.__class__ is not _Event or event.name.__class__ is not str:
+            if event.__class__ is not _Event:
                 continue
             name, category = event.name, event.cat
-            if category == KERNEL_TABLE_CATEGORY:
-                self.has_kernel_table = True
+            if name.__class__ is not str or event.ph != "X":
+                if category == KERNEL_TABLE_CATEGORY:
+                    self.has_kernel_table = True
                 continue
-            if event.ph != "X":
-                continue
+            ts, dur = event.ts, event.dur
+            if ts.__class__ is float and dur.__class__ is float:  # the usual case: both written with decimals
+                times = (ts, ts + dur)
+            else:
+                times = _start_end(ts, dur)
+            info = name_info.get(name)
+            if info is None:
+                info = name_info[name] = (log.name_kind(name), len(name_info))
+                self.names.append(name)
+            kind, name_id = info
             external_id = args.external_id if args is not None else None
-            if not (isinstance(external_id, int) and -(1 << 63) <= external_id < 1 << 63):
+            if external_id.__class__ is not int or not -(1 << 63) <= external_id < 1 << 63:
                 external_id = None
-            times = _start_end(event.ts, event.dur)
             if category == "kernel":
                 if external_id is None:
                     continue
                 start, end = times or (float("nan"), float("nan"))
                 thread = -1
             else:
-                if (category != "cpu_op" and category != "user_annotation") or times is None:
-                    continue
-                kind = self.name_kinds.get(name)
-                if kind is None:
-                    kind = self.name_kinds[name] = log.name_kind(name)
-                if kind == NameKind.OTHER:
-                    continue
+                if (category != "cpu_op" and category != "user_annotation") or times is None or not kind:
+                    continue  # kind 0: NameKind.OTHER
                 try:
                     thread = self.threads.setdefault((event.pid, event.tid), len(self.threads))
                 except TypeError:  # unhashable pid/tid (a list or object): not a profiler event
@@ -222,50 +212,49 @@ class TraceRecords:
                     continue
                 if kind == NameKind.KERNEL and args is not None:
                     if isinstance(args.kernel_file, str) and args.kernel_file:
-                        kernel_files.append((first_row + len(index_column), args.kernel_file))
+                        kernel_files.append((first_row + len(rows), args.kernel_file))
                     elif isinstance(args.kernel_hash, str) and args.kernel_hash in log.kernel_path_by_hash:
                         # a launch with kernel_hash only: the hash is the stem of the log's "# kernel path:"
-                        kernel_files.append(
-                            (first_row + len(index_column), log.kernel_path_by_hash[args.kernel_hash])
-                        )
+                        path = log.kernel_path_by_hash[args.kernel_hash]
+                        kernel_files.append((first_row + len(rows), path))
                 if external_id is not None and external_id < 0:
                     external_id = None
-            name_id = self.name_ids.get(name)
-            if name_id is None:
-                name_id = self.name_ids[name] = len(self.names)
-                self.names.append(name)
             event_bytes = bytes(raw)
             at, mode = insertion(event_bytes, event_args_bytes)
-            is_gpu_column.append(category == "kernel")
-            thread_column.append(thread)
-            ts_column.append(start)
-            end_column.append(end)
-            index_column.append(index)
-            start_column.append(offset)
-            end_offset_column.append(offset + len(event_bytes))
-            name_id_column.append(name_id)
-            external_id_column.append(-1 if external_id is None else external_id)
-            insert_at_column.append(offset + at)
-            insert_mode_column.append(mode)
-        for store, column in zip(
-            (
-                self.is_gpu,
-                self.thread,
-                self.ts,
-                self.end,
-                self.index,
-                self.start_offset,
-                self.end_offset,
-                self.name_id,
-                self.external_id,
-                self.insert_at,
-                self.insert_mode,
-            ),
-            columns,
-            strict=True,
-        ):
-            store.extend(column)
+            rows.append(
+                (
+                    category == "kernel",
+                    thread,
+                    start,
+                    end,
+                    index,
+                    offset,
+                    offset + len(event_bytes),
+                    name_id,
+                    -1 if external_id is None else external_id,
+                    offset + at,
+                    mode,
+                )
+            )
+        if rows:
+            for store, column in zip(self._columns(), zip(*rows, strict=True), strict=True):
+                store.extend(column)
         self.kernel_file.update(kernel_files)
+
+    def _columns(self) -> tuple[array, ...]:
+        return (
+            self.is_gpu,
+            self.thread,
+            self.ts,
+            self.end,
+            self.index,
+            self.start_offset,
+            self.end_offset,
+            self.name_id,
+            self.external_id,
+            self.insert_at,
+            self.insert_mode,
+        )
 
 
 def _start_end(ts: Any, dur: Any) -> tuple[float, float] | None:

@@ -159,25 +159,41 @@ def test_every_truncation_of_a_real_trace_raises_trace_format_error(tmp_path):
             _scan(path, 4096)
 
 
-def test_write_spliced_replaces_and_inserts(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_write_spliced_replaces_and_inserts(tmp_path, processes):
+    """Small blocks, one or two writers (each half at its own offset): the exact expected bytes."""
     source = _write(tmp_path, '{"x": 1,\n "traceEvents": [ {"a": 1},\n  {"b": 2} , {"c": 3}]\n, "y": "é"}\n')
     items, _ = _scan(source)
     (_, first, _), (_, second, raw), (_, third, _) = items
     target = tmp_path / "out.json"
-    with open(target, "wb") as out:
-        write_spliced(
-            source,
-            out,
-            [
-                (first + 1, first + 1, b'"z": 0, '),
-                (second, second + len(raw), lambda text: text.upper()),
-                (third, third, b""),
-            ],
-            chunk_bytes=4,
-        )
+    edits = [
+        (first + 1, first + 1, b'"z": 0, '),
+        (second, second + len(raw), b'{"B": 22}'),
+        (third, third, b""),
+    ]
+    write_spliced(source, str(target), edits, chunk_bytes=4, processes=processes)
     assert target.read_text(encoding="utf-8") == (
-        '{"x": 1,\n "traceEvents": [ {"z": 0, "a": 1},\n  {"B": 2} , {"c": 3}]\n, "y": "é"}\n'
+        '{"x": 1,\n "traceEvents": [ {"z": 0, "a": 1},\n  {"B": 22} , {"c": 3}]\n, "y": "é"}\n'
     )
+
+
+def test_write_spliced_two_writers_on_a_large_trace(tmp_path):
+    """Two writers against one, on 2 MB with 20k insertions of varying lengths."""
+    rng = random.Random(3)
+    data = json.dumps({"traceEvents": [{"name": f"e{i}", "args": {"i": i}} for i in range(60_000)]}).encode()
+    source = _write(tmp_path, data)
+    positions = sorted(rng.sample(range(len(data)), 20_000))
+    edits = [(at, at, b"x" * rng.randint(0, 40)) for at in positions]
+    outputs = []
+    for processes in (1, 2):
+        target = tmp_path / f"out{processes}.json"
+        write_spliced(source, str(target), edits, chunk_bytes=1 << 16, processes=processes)
+        outputs.append(target.read_bytes())
+    expected, copied = [], 0
+    for at, _, text in edits:
+        expected += [data[copied:at], text]
+        copied = at
+    assert outputs[0] == outputs[1] == b"".join(expected) + data[copied:]
 
 
 _MUTATIONS = [
