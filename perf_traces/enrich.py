@@ -20,14 +20,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-from collections.abc import Iterator
 from typing import Any
+
+import numpy as np
 
 from perf_traces.kernel_summary import KernelStats
 from perf_traces.kernel_table import KernelTable, event_args
 from perf_traces.log_index import KERNEL_TABLE_CATEGORY, LogIndex
 from perf_traces.log_kernels import CompiledGraph
-from perf_traces.matching import KernelMatch, Matcher
+from perf_traces.matching import Matcher
 from perf_traces.trace_records import KEEP, REENCODE, TraceRecords, collect_records
 from perf_traces.trace_stream import TraceLayout, write_spliced
 
@@ -105,60 +106,69 @@ class EnrichPlan:
     matcher: Matcher
     table: KernelTable
 
-    def _matched_rows(self) -> Iterator[tuple[int, KernelMatch, str | None]]:
-        """(row, match, launch op name for GPU kernels) of every matched event."""
-        matches = self.matcher.matches
-        for row, match in matches.items():
-            yield row, match, None
-        for row, launch in self.matcher.launch_of_gpu_row.items():
-            yield row, matches[launch], self.records.name(launch)
-
     def kernel_stats(self) -> list[KernelStats]:
         """Per kernel id: count and total duration of its CPU events and of its GPU kernels (µs)."""
-        stats = {kernel_id: KernelStats.of(kernel_id, match) for kernel_id, match, _ in self.table.entries}
-        records = self.records
-        for row, match, _ in self._matched_rows():
-            duration = records.end[row] - records.ts[row]
-            if duration == duration:  # nan: a GPU kernel without ts / dur
-                stats[self.table.id_of(match)].add(duration, on_device=bool(records.is_gpu[row]))
-        return sorted(stats.values(), key=KernelStats.sort_key)
+        records, table = self.records, self.table
+        stats = [KernelStats.of(kernel_id, match) for kernel_id, match, _ in table.entries]
+        entries = table.key_of_code[table.codes]
+        durations = np.frombuffer(records.end)[table.rows] - np.frombuffer(records.ts)[table.rows]
+        on_device = np.frombuffer(records.is_gpu, np.int8)[table.rows] == 1
+        timed = ~np.isnan(durations)  # a GPU kernel without ts / dur counts for nothing
+        for device in (False, True):
+            chosen = timed & (on_device == device)
+            counts = np.bincount(entries[chosen], minlength=len(stats)).tolist()
+            totals = np.bincount(entries[chosen], weights=durations[chosen], minlength=len(stats)).tolist()
+            for row, count, total in zip(stats, counts, totals, strict=True):
+                row.add_many(count, total, on_device=device)
+        return sorted(stats, key=KernelStats.sort_key)
 
     def _edits(self) -> list[tuple[int, int, bytes]]:
         """(start, end, replacement) per changed event, in file order, then the table events."""
-        records, summary = self.records, self.summary
-        fragments: dict[tuple[int, str | None], tuple[bytes, ...]] = {}
-        edits: list[tuple[int, int, bytes]] = []
-        reencoded: list[tuple[int, int, dict[str, Any]]] = []
-        insert_at, insert_mode = records.insert_at, records.insert_mode
-        for row, match, launch_op in self._matched_rows():
-            mode = insert_mode[row]
-            if mode == KEEP:
-                summary.not_annotated_by_name[records.name(row)] += 1
-                continue
-            key = (id(match), launch_op)
-            texts = fragments.get(key)
-            if texts is None:  # the text inserted, indexed by mode: APPEND, FIRST, NEW_ARGS, REENCODE
-                args = event_args(self.table, match, launch_op)
-                fragment = json.dumps(args, ensure_ascii=False)[1:-1].encode()
-                texts = fragments[key] = (
-                    b", " + fragment,
-                    fragment,
-                    b', "args": {' + fragment + b"}",
-                    fragment,
-                )
-            if mode == REENCODE:
-                added = json.loads(b"{" + texts[3] + b"}")
-                reencoded.append((records.start_offset[row], records.end_offset[row], added))
-            else:
-                at = insert_at[row]
-                edits.append((at, at, texts[mode]))
-        if reencoded:
+        records, table = self.records, self.table
+        modes = np.frombuffer(records.insert_mode, np.int8)[table.rows]
+        kept = modes == KEEP
+        if kept.any():
+            name_ids = np.frombuffer(records.name_id, np.int64)[table.rows[kept]]
+            for name_id, count in enumerate(np.bincount(name_ids).tolist()):
+                if count:
+                    self.summary.not_annotated_by_name[records.names[name_id]] += count
+        # one text per (match, launch op): the fragment, indexed by mode (APPEND, FIRST, NEW_ARGS, REENCODE)
+        launch_names = np.where(
+            table.launch_rows >= 0,
+            np.frombuffer(records.name_id, np.int64)[np.maximum(table.launch_rows, 0)],
+            -1,
+        )
+        pairs, pair_of_row = np.unique(
+            table.codes * (len(records.names) + 1) + launch_names + 1, return_inverse=True
+        )
+        texts = []
+        for pair in pairs.tolist():
+            code, launch_name = divmod(pair, len(records.names) + 1)
+            launch_op = records.names[launch_name - 1] if launch_name else None
+            args = event_args(table, table.objects[code], launch_op)
+            fragment = json.dumps(args, ensure_ascii=False)[1:-1].encode()
+            texts.append((b", " + fragment, fragment, b', "args": {' + fragment + b"}", fragment))
+        inserted = ~kept & (modes != REENCODE)
+        at = np.frombuffer(records.insert_at, np.int64)[table.rows[inserted]]
+        order = np.argsort(at, kind="stable")
+        at_list = at[order].tolist()
+        edits = [
+            (position, position, texts[pair][mode])
+            for position, pair, mode in zip(
+                at_list, pair_of_row[inserted][order].tolist(), modes[inserted][order].tolist(), strict=True
+            )
+        ]
+        reencoded = np.flatnonzero(modes == REENCODE)
+        if reencoded.size:
             with open(self.trace_path, "rb") as trace_file:
-                for start, end, added in reencoded:
+                for position in reencoded.tolist():
+                    row = int(table.rows[position])
+                    start, end = records.start_offset[row], records.end_offset[row]
                     trace_file.seek(start)
+                    added = json.loads(b"{" + texts[pair_of_row[position]][3] + b"}")
                     edits.append((start, end, _reencoded(trace_file.read(end - start), added)))
-        edits.sort(key=lambda edit: edit[0])
-        table_events = b",\n".join(self.table.events_json())
+            edits.sort(key=lambda edit: edit[0])
+        table_events = b",\n".join(table.events_json())
         separator = b",\n" if self.layout.num_events else b"\n"
         edits.append((self.layout.events_end, self.layout.events_end, separator + table_events + b"\n"))
         return edits

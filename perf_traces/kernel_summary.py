@@ -55,13 +55,13 @@ class KernelStats:
             aten_ops=list(dict.fromkeys(ops)),
         )
 
-    def add(self, duration_us: float, *, on_device: bool) -> None:
+    def add_many(self, count: int, total_us: float, *, on_device: bool) -> None:
         if on_device:
-            self.device_count += 1
-            self.device_total_us += duration_us
+            self.device_count += count
+            self.device_total_us += total_us
         else:
-            self.cpu_count += 1
-            self.cpu_total_us += duration_us
+            self.cpu_count += count
+            self.cpu_total_us += total_us
 
     @property
     def cpu_mean_us(self) -> float:

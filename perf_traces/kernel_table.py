@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
+
 from perf_traces.log_index import KERNEL_TABLE_CATEGORY, KERNEL_TABLE_EVENT_PREFIX, LogIndex
 from perf_traces.matching import KernelMatch, Matcher
 
@@ -35,23 +37,38 @@ def _key(match: KernelMatch) -> tuple:
 
 
 class KernelTable:
-    """Short ids for the matched kernels and extern calls, in the order the trace first shows them."""
+    """Short ids for the matched kernels and extern calls, in the order the trace first shows them;
+    and the matched rows as arrays (``rows``, ``codes`` into ``objects``, ``launch_rows``, and
+    ``key_of_code``: the entry of each code)."""
 
     def __init__(self, matcher: Matcher) -> None:
         self.log: LogIndex = matcher.log
         records = matcher.records
+        self.rows, self.codes, self.launch_rows, self.objects = matcher.matched_arrays()
+        # the first event of each match object, then of each key (kernel or extern call)
+        indexes = np.frombuffer(records.index, np.int64)[self.rows]
+        first_row = np.full(len(self.objects), -1, np.int64)
+        order = np.lexsort((indexes, self.codes))
+        group_starts = np.flatnonzero(np.r_[True, np.diff(self.codes[order]) != 0]) if order.size else order
+        first_row[self.codes[order[group_starts]]] = self.rows[order[group_starts]]
+        first_by_key: dict[tuple, tuple[int, int]] = {}  # key -> (event index, code)
+        for code, row in enumerate(first_row.tolist()):
+            if row >= 0:
+                key = _key(self.objects[code])
+                first_by_key[key] = min(
+                    first_by_key.get(key, (records.index[row], code)), (records.index[row], code)
+                )
         self.ids: dict[tuple, str] = {}
         self.entries: list[tuple[str, KernelMatch, float]] = []  # (id, a match of it, ts of its first use)
-        rows = sorted([*matcher.matches, *matcher.launch_of_gpu_row], key=lambda row: records.index[row])
-        for row in rows:
-            match = matcher.matches.get(row) or matcher.matches[matcher.launch_of_gpu_row[row]]
-            key = _key(match)
-            if key not in self.ids:
-                self.ids[key] = f"k{len(self.ids)}"
-                ts = (
-                    records.ts[row] if records.ts[row] == records.ts[row] else 0.0
-                )  # nan: a GPU row without ts
-                self.entries.append((self.ids[key], match, ts))
+        for key, (_, code) in sorted(first_by_key.items(), key=lambda item: item[1]):
+            self.ids[key] = f"k{len(self.ids)}"
+            row = int(first_row[code])
+            ts = records.ts[row] if records.ts[row] == records.ts[row] else 0.0  # nan: a GPU row without ts
+            self.entries.append((self.ids[key], self.objects[code], ts))
+        entry_of_key = {key: position for position, key in enumerate(self.ids)}
+        self.key_of_code = np.array(
+            [entry_of_key.get(_key(match), -1) for match in self.objects] or [-1], np.int64
+        )
 
     def __len__(self) -> int:
         return len(self.entries)

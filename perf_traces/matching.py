@@ -321,6 +321,30 @@ class Matcher:
             if name in self.log.by_trace_name or INDUCTOR_KERNEL_NAME_RE.match(name):
                 self.unmatched_by_name[name] += int(counts[name_id])
 
+    def matched_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[KernelMatch]]:
+        """Every matched row as arrays: (rows, codes, launch rows, matches by code).
+
+        ``codes[i]`` indexes the (few, shared) ``KernelMatch`` objects; ``launch_rows[i]`` is the launch
+        op row a GPU kernel inherited its match from, -1 for CPU rows.
+        """
+        objects: list[KernelMatch] = []
+        code_of: dict[int, int] = {}
+        for match in self._match_cache.values():
+            code_of[id(match)] = len(objects)
+            objects.append(match)
+        cpu_rows = np.fromiter(self.matches, np.int64, len(self.matches))
+        cpu_codes = np.fromiter(
+            (code_of[id(match)] for match in self.matches.values()), np.int64, len(self.matches)
+        )
+        row_code = np.full(len(self.records), -1, np.int64)
+        row_code[cpu_rows] = cpu_codes
+        gpu_rows = np.fromiter(self.launch_of_gpu_row, np.int64, len(self.launch_of_gpu_row))
+        launches = np.fromiter(self.launch_of_gpu_row.values(), np.int64, len(self.launch_of_gpu_row))
+        rows = np.concatenate([cpu_rows, gpu_rows])
+        codes = np.concatenate([cpu_codes, row_code[launches]])
+        launch_rows = np.concatenate([np.full(cpu_rows.size, -1, np.int64), launches])
+        return rows, codes, launch_rows, objects
+
     def log_kernels_not_in_trace(self) -> list[str]:
         return [
             f"{kernel.trace_name} [{graph.label}]"
