@@ -30,7 +30,7 @@ from perf_traces.log_index import KERNEL_TABLE_CATEGORY, LogIndex
 from perf_traces.log_kernels import CompiledGraph
 from perf_traces.matching import Matcher
 from perf_traces.trace_records import KEEP, REENCODE, TraceRecords, collect_records
-from perf_traces.trace_stream import TraceLayout, write_spliced
+from perf_traces.trace_stream import Edits, TraceLayout, write_spliced
 
 __all__ = ["EnrichPlan", "EnrichSummary", "NoMatchError", "enrich_trace", "match_trace"]
 
@@ -122,8 +122,9 @@ class EnrichPlan:
                 row.add_many(count, total, on_device=device)
         return sorted(stats, key=KernelStats.sort_key)
 
-    def _edits(self) -> list[tuple[int, int, bytes]]:
-        """(start, end, replacement) per changed event, in file order, then the table events."""
+    def _edits(self) -> Edits:
+        """The insertions into the matched events (and the rare re-encoded events), in file order, then
+        the kernel-table events before the end of traceEvents."""
         records, table = self.records, self.table
         modes = np.frombuffer(records.insert_mode, np.int8)[table.rows]
         kept = modes == KEEP
@@ -149,29 +150,36 @@ class EnrichPlan:
             fragment = json.dumps(args, ensure_ascii=False)[1:-1].encode()
             texts.append((b", " + fragment, fragment, b', "args": {' + fragment + b"}", fragment))
         inserted = ~kept & (modes != REENCODE)
-        at = np.frombuffer(records.insert_at, np.int64)[table.rows[inserted]]
-        order = np.argsort(at, kind="stable")
-        at_list = at[order].tolist()
-        edits = [
-            (position, position, texts[pair][mode])
-            for position, pair, mode in zip(
-                at_list, pair_of_row[inserted][order].tolist(), modes[inserted][order].tolist(), strict=True
-            )
-        ]
+        starts = np.frombuffer(records.insert_at, np.int64)[table.rows[inserted]]
+        ends = starts
+        replacement_ids = pair_of_row[inserted] * 4 + modes[inserted]
+        replacements = [text for pair_texts in texts for text in pair_texts]
         reencoded = np.flatnonzero(modes == REENCODE)
         if reencoded.size:
+            extra_starts, extra_ends, extra_ids = [], [], []
             with open(self.trace_path, "rb") as trace_file:
                 for position in reencoded.tolist():
                     row = int(table.rows[position])
                     start, end = records.start_offset[row], records.end_offset[row]
                     trace_file.seek(start)
                     added = json.loads(b"{" + texts[pair_of_row[position]][3] + b"}")
-                    edits.append((start, end, _reencoded(trace_file.read(end - start), added)))
-            edits.sort(key=lambda edit: edit[0])
+                    extra_starts.append(start)
+                    extra_ends.append(end)
+                    extra_ids.append(len(replacements))
+                    replacements.append(_reencoded(trace_file.read(end - start), added))
+            starts = np.concatenate([starts, extra_starts])
+            ends = np.concatenate([ends, extra_ends])
+            replacement_ids = np.concatenate([replacement_ids, extra_ids])
         table_events = b",\n".join(table.events_json())
         separator = b",\n" if self.layout.num_events else b"\n"
-        edits.append((self.layout.events_end, self.layout.events_end, separator + table_events + b"\n"))
-        return edits
+        replacements.append(separator + table_events + b"\n")
+        order = np.argsort(starts, kind="stable")
+        return Edits(
+            starts=np.append(starts[order], self.layout.events_end).astype(np.int64),
+            ends=np.append(ends[order], self.layout.events_end).astype(np.int64),
+            replacement_ids=np.append(replacement_ids[order], len(replacements) - 1).astype(np.int64),
+            replacements=replacements,
+        )
 
     def write(self, target_path: str) -> None:
         """Pass 2: the trace as bytes, with the matched events' args and the kernel table added."""

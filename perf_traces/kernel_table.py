@@ -44,7 +44,8 @@ class KernelTable:
     def __init__(self, matcher: Matcher) -> None:
         self.log: LogIndex = matcher.log
         records = matcher.records
-        self.rows, self.codes, self.launch_rows, self.objects = matcher.matched_arrays()
+        self.rows, self.codes, self.launch_rows = matcher.matched_arrays()
+        self.objects = matcher.objects
         # the first event of each match object, then of each key (kernel or extern call)
         indexes = np.frombuffer(records.index, np.int64)[self.rows]
         first_row = np.full(len(self.objects), -1, np.int64)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
+from array import array
 
 import numpy as np
 
@@ -102,42 +103,45 @@ class _SpanIndex:
 
 @dataclasses.dataclass
 class _SpanResult:
-    """How one kind of Call span matched: per direct child, its match (or None)."""
+    """How one kind of Call span matched: per direct child, the code of its match (or -1)."""
 
-    matches: list[KernelMatch | None]
+    codes: list[int]
     counts: collections.Counter
     ambiguous: bool
 
 
 class Matcher:
-    """Assigns a ``KernelMatch`` to candidate rows (``run``); keeps the summary counts."""
+    """Assigns a ``KernelMatch`` to candidate rows (``run``); keeps the summary counts.
+
+    Per row, ``row_code`` is the index of its match in ``objects`` (few, shared: one per kernel /
+    extern call / note), -1 if none; ``launch_of`` is, for a GPU kernel row, the launch op row it
+    inherited its match from, else -1. Arrays, not dicts: a 1 GB trace has ~900k rows.
+    """
 
     def __init__(self, records: TraceRecords, log: LogIndex) -> None:
         self.records = records
         self.log = log
         self.spans = _SpanIndex(records.spans)
-        self.matches: dict[int, KernelMatch] = {}  # CPU row -> (shared objects, one per kernel / call / note)
-        self.launch_of_gpu_row: dict[int, int] = {}  # GPU kernel row -> the launch op row it inherits from
+        self.objects: list[KernelMatch] = []
+        self.row_code = array("q", [-1]) * len(records)
+        self.launch_of = array("q", [-1]) * len(records)
+        self.num_matched = 0
         self.matched_by_kind: collections.Counter = collections.Counter()
         self.unmatched_by_name: collections.Counter = collections.Counter()
         self.num_ambiguous_spans = 0
         self.seen_kernels: set[tuple[int, str]] = set()  # (id(graph), kernel name)
-        self._match_cache: dict[tuple, KernelMatch] = {}
+        self._code_of: dict[tuple, int] = {}
         self._span_results: dict[tuple, _SpanResult] = {}
 
-    @property
-    def num_matched(self) -> int:
-        return len(self.matches) + len(self.launch_of_gpu_row)
-
-    def _match(
-        self, graph: CompiledGraph, kernel: Kernel | None, call: Call | None, note: str | None
-    ) -> KernelMatch:
+    def _match(self, graph: CompiledGraph, kernel: Kernel | None, call: Call | None, note: str | None) -> int:
         key = (id(graph), id(kernel), id(call), note)
-        if key not in self._match_cache:
-            self._match_cache[key] = KernelMatch(graph, kernel, call, note)
+        code = self._code_of.get(key)
+        if code is None:
+            code = self._code_of[key] = len(self.objects)
+            self.objects.append(KernelMatch(graph, kernel, call, note))
             if kernel is not None:
                 self.seen_kernels.add((id(graph), kernel.name))
-        return self._match_cache[key]
+        return code
 
     def run(self) -> None:
         outside_rows = []
@@ -208,9 +212,10 @@ class Matcher:
             result = self._span_results[key] = self._resolve_span(
                 kind, [records.names[i] for i in name_ids], files
             )
-        for row, match in zip(direct, result.matches, strict=True):
-            if match is not None:
-                self.matches[row] = match
+        row_code = self.row_code
+        for row, code in zip(direct, result.codes, strict=True):
+            if code >= 0:
+                row_code[row] = code
         self.matched_by_kind.update(result.counts)
         self.num_ambiguous_spans += result.ambiguous
 
@@ -245,11 +250,11 @@ class Matcher:
         return best_graphs
 
     def _resolve_span(self, kind: str, child_names: list[str], files: frozenset[str]) -> _SpanResult:
-        matches: list[KernelMatch | None] = [None] * len(child_names)
+        codes = [-1] * len(child_names)
         counts: collections.Counter = collections.Counter()
         best_graphs = self._best_graphs(kind, child_names, files)
         if not best_graphs:
-            return _SpanResult(matches, counts, ambiguous=False)
+            return _SpanResult(codes, counts, ambiguous=False)
         graph = best_graphs[0]
         note = None
         if len(best_graphs) > 1:
@@ -266,17 +271,17 @@ class Matcher:
                 calls = lookup.kernel_calls.get(kernel.name, [])
                 call = calls[min(kernel_call_counts[kernel.name], len(calls) - 1)] if calls else None
                 kernel_call_counts[kernel.name] += 1
-                matches[child] = self._match(graph, kernel, call, note)
+                codes[child] = self._match(graph, kernel, call, note)
             elif name.startswith("aten::"):
                 # n-th aten::<op> child <-> the next extern call of the same op (skips ops call() ran
                 # that are not extern kernels, e.g. an aten::empty from a fallback allocation).
                 for offset in range(extern_position, len(lookup.extern_calls)):
                     if lookup.extern_calls[offset].target == name:
-                        matches[child] = self._match(graph, None, lookup.extern_calls[offset], note)
+                        codes[child] = self._match(graph, None, lookup.extern_calls[offset], note)
                         extern_position = offset + 1
                         break
-        counts.update(match.kind for match in matches if match is not None)
-        return _SpanResult(matches, counts, ambiguous=len(best_graphs) > 1)
+        counts.update(self.objects[code].kind for code in codes if code >= 0)
+        return _SpanResult(codes, counts, ambiguous=len(best_graphs) > 1)
 
     def _match_outside_spans(self, outside_rows: list[int]) -> None:
         """Kernel-named events outside any Call span (e.g. CUDA graphs, a trace window cutting a call):
@@ -293,57 +298,48 @@ class Matcher:
             options = [option for option in options if option[0].graph_kind in (kind, "unknown")] or options
             if len(options) == 1:
                 graph, kernel = options[0]
-                self.matches[row] = match = self._match(graph, kernel, None, OUTSIDE_SPAN_NOTE)
-                self.matched_by_kind[match.kind] += 1
+                self.row_code[row] = code = self._match(graph, kernel, None, OUTSIDE_SPAN_NOTE)
+                self.matched_by_kind[self.objects[code].kind] += 1
 
     def _link_gpu_kernels(self) -> None:
         """GPU kernels inherit the match of their launch op or extern aten op (same External id)."""
         records = self.records
-        launch_by_external_id = {
-            records.external_id[row]: row for row in self.matches if records.external_id[row] >= 0
-        }
+        row_code = np.frombuffer(self.row_code, np.int64)
+        external_ids = np.frombuffer(records.external_id, np.int64)
+        launches = np.flatnonzero((row_code >= 0) & (external_ids >= 0))
+        launch_by_external_id = dict(zip(external_ids[launches].tolist(), launches.tolist(), strict=True))
         for row in np.flatnonzero(np.frombuffer(records.is_gpu, np.int8)).tolist():
             launch = launch_by_external_id.get(records.external_id[row])
             if launch is not None:
-                self.launch_of_gpu_row[row] = launch
-                kind = "gpu kernel" if self.matches[launch].kernel is not None else "gpu kernel of extern op"
-                self.matched_by_kind[kind] += 1
+                self.launch_of[row] = launch
+                launched = self.objects[self.row_code[launch]]
+                self.matched_by_kind[
+                    "gpu kernel" if launched.kernel is not None else "gpu kernel of extern op"
+                ] += 1
 
     def _count_unmatched(self) -> None:
         """Unmatched rows named like a kernel (of the log, or like Inductor names them), by name."""
         records = self.records
-        matched = np.zeros(len(records), bool)
-        matched[list(self.matches)] = True
-        matched[list(self.launch_of_gpu_row)] = True
+        matched = (np.frombuffer(self.row_code, np.int64) >= 0) | (
+            np.frombuffer(self.launch_of, np.int64) >= 0
+        )
+        self.num_matched = int(matched.sum())
         counts = np.bincount(np.frombuffer(records.name_id, np.int64)[~matched], minlength=len(records.names))
         for name_id in np.flatnonzero(counts).tolist():
             name = records.names[name_id]
             if name in self.log.by_trace_name or INDUCTOR_KERNEL_NAME_RE.match(name):
                 self.unmatched_by_name[name] += int(counts[name_id])
 
-    def matched_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[KernelMatch]]:
-        """Every matched row as arrays: (rows, codes, launch rows, matches by code).
-
-        ``codes[i]`` indexes the (few, shared) ``KernelMatch`` objects; ``launch_rows[i]`` is the launch
-        op row a GPU kernel inherited its match from, -1 for CPU rows.
-        """
-        objects: list[KernelMatch] = []
-        code_of: dict[int, int] = {}
-        for match in self._match_cache.values():
-            code_of[id(match)] = len(objects)
-            objects.append(match)
-        cpu_rows = np.fromiter(self.matches, np.int64, len(self.matches))
-        cpu_codes = np.fromiter(
-            (code_of[id(match)] for match in self.matches.values()), np.int64, len(self.matches)
-        )
-        row_code = np.full(len(self.records), -1, np.int64)
-        row_code[cpu_rows] = cpu_codes
-        gpu_rows = np.fromiter(self.launch_of_gpu_row, np.int64, len(self.launch_of_gpu_row))
-        launches = np.fromiter(self.launch_of_gpu_row.values(), np.int64, len(self.launch_of_gpu_row))
+    def matched_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every matched row as arrays: (rows, codes into ``objects``, launch rows: -1 for CPU rows)."""
+        row_code = np.frombuffer(self.row_code, np.int64)
+        launch_of = np.frombuffer(self.launch_of, np.int64)
+        cpu_rows = np.flatnonzero(row_code >= 0)
+        gpu_rows = np.flatnonzero(launch_of >= 0)
         rows = np.concatenate([cpu_rows, gpu_rows])
-        codes = np.concatenate([cpu_codes, row_code[launches]])
-        launch_rows = np.concatenate([np.full(cpu_rows.size, -1, np.int64), launches])
-        return rows, codes, launch_rows, objects
+        codes = np.concatenate([row_code[cpu_rows], row_code[launch_of[gpu_rows]]])
+        launch_rows = np.concatenate([np.full(cpu_rows.size, -1, np.int64), launch_of[gpu_rows]])
+        return rows, codes, launch_rows
 
     def log_kernels_not_in_trace(self) -> list[str]:
         return [

@@ -78,7 +78,7 @@ _EVENTS = msgspec.json.Decoder(list[_Event | _NON_OBJECTS])
 _ARGS_LIST = msgspec.json.Decoder(list[_Args])
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Span:
     thread: int
     ts: float

@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 import msgspec
 import numpy as np
 
-__all__ = ["CandidateBatch", "TraceFormatError", "TraceLayout", "TraceScanner", "write_spliced"]
+__all__ = ["CandidateBatch", "Edits", "TraceFormatError", "TraceLayout", "TraceScanner", "write_spliced"]
 
 CHUNK_BYTES = 16 << 20  # per read: large enough to amortise per-piece costs, small next to the RSS budget
 _WHITESPACE = b" \t\n\r"
@@ -481,32 +481,65 @@ class TraceScanner:
         )
 
 
+@dataclasses.dataclass
+class Edits:
+    """Byte ranges of a file to replace, sorted and disjoint: ``source[starts[i]:ends[i]]`` (empty
+    for an insertion) becomes ``replacements[replacement_ids[i]]``. Arrays, because a 1 GB trace has
+    ~700k of them, most sharing a few replacement texts."""
+
+    starts: np.ndarray  # int64
+    ends: np.ndarray  # int64
+    replacement_ids: np.ndarray  # int64
+    replacements: list[bytes]
+
+    @classmethod
+    def of(cls, edits: list[tuple[int, int, bytes]]) -> Edits:
+        """From (start, end, replacement) tuples (each replacement its own text)."""
+        return cls(
+            starts=np.array([edit[0] for edit in edits], np.int64),
+            ends=np.array([edit[1] for edit in edits], np.int64),
+            replacement_ids=np.arange(len(edits), dtype=np.int64),
+            replacements=[edit[2] for edit in edits],
+        )
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def grown_bytes(self) -> int:
+        """How much longer the output is than the source."""
+        lengths = np.array([len(text) for text in self.replacements] or [0], np.int64)
+        return int(lengths[self.replacement_ids].sum() - (self.ends - self.starts).sum())
+
+    def part(self, begin: int, end: int) -> Edits:
+        return Edits(
+            self.starts[begin:end], self.ends[begin:end], self.replacement_ids[begin:end], self.replacements
+        )
+
+
 _PARALLEL_WRITE_MIN_BYTES = 64 << 20  # below this, forking costs more than the second core saves
 
 
 def write_spliced(
     source_path: str,
     target_path: str,
-    edits: list[tuple[int, int, bytes]],
+    edits: Edits,
     *,
     chunk_bytes: int = CHUNK_BYTES,
     processes: int | None = None,
 ) -> None:
-    """Write ``source_path`` to ``target_path`` with byte ranges replaced.
+    """Write ``source_path`` to ``target_path`` with the byte ranges of ``edits`` replaced.
 
-    ``edits`` holds ``(start, end, replacement)`` in increasing, non-overlapping order;
-    ``source[start:end]`` (empty for an insertion) is replaced by ``replacement``. The source is
-    memory-mapped; the output is assembled from views of it and written about ``chunk_bytes`` at a
-    time at its final offset, and the pages already written are dropped from memory. With
-    ``processes=2`` (the default for files of 64 MB and more on 2+ cores) a forked process writes
-    the first half while this one writes the second, each at its own offset of the output.
+    The source is memory-mapped; the output is assembled from views of it and written about
+    ``chunk_bytes`` at a time at its final offset, and the pages already written are dropped from
+    memory. With ``processes=2`` (the default for files of 64 MB and more on 2+ cores) a forked
+    process writes the first half while this one writes the second, each at its own output offset.
     """
     size = os.path.getsize(source_path)
     if processes is None:
         processes = 2 if (os.cpu_count() or 1) > 1 and size >= _PARALLEL_WRITE_MIN_BYTES else 1
     with open(source_path, "rb") as source, open(target_path, "wb") as target:
         if size == 0:
-            assert not edits, "no edits in an empty file"
+            assert not len(edits), "no edits in an empty file"
             return
         data = mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ)
         view = memoryview(data)
@@ -516,22 +549,21 @@ def write_spliced(
             if processes < 2 or split == 0:
                 _write_range(data, view, target.fileno(), 0, size, edits, 0, chunk_bytes)
                 return
-            # no edit straddles the start of edits[split]; the second half's output offset follows
-            # from the first half's edits
-            middle = edits[split][0]
-            second_offset = middle + sum(len(text) - (end - start) for start, end, text in edits[:split])
+            # no edit straddles the start of edit number `split`; the second half's output offset
+            # follows from the first half's edits
+            first, second = edits.part(0, split), edits.part(split, len(edits))
+            middle = int(edits.starts[split])
+            second_offset = middle + first.grown_bytes()
             pid = os.fork()
             if pid == 0:  # the first half, in a child that leaves through os._exit only
                 status = 1
                 try:
-                    _write_range(data, view, target.fileno(), 0, middle, edits[:split], 0, chunk_bytes)
+                    _write_range(data, view, target.fileno(), 0, middle, first, 0, chunk_bytes)
                     status = 0
                 finally:
                     os._exit(status)
             try:
-                _write_range(
-                    data, view, target.fileno(), middle, size, edits[split:], second_offset, chunk_bytes
-                )
+                _write_range(data, view, target.fileno(), middle, size, second, second_offset, chunk_bytes)
             except BaseException:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
@@ -550,13 +582,14 @@ def _write_range(
     fd: int,
     start: int,
     stop: int,
-    edits: list[tuple[int, int, bytes]],
+    edits: Edits,
     out_offset: int,
     chunk_bytes: int,
 ) -> None:
     """Write ``view[start:stop]`` with ``edits`` (all inside it) at ``out_offset`` of ``fd``."""
     parts: list[bytes | memoryview] = []
     copied = flushed = start  # source offsets: assembled, written
+    replacements = edits.replacements
 
     def flush() -> None:
         nonlocal out_offset, flushed
@@ -570,13 +603,20 @@ def _write_range(
         flushed = copied
         data.madvise(mmap.MADV_DONTNEED, released, flushed // mmap.PAGESIZE * mmap.PAGESIZE - released)
 
-    for edit_start, edit_end, replacement in edits:
-        assert edit_start >= copied and edit_end >= edit_start, "edits must be sorted and disjoint"
-        parts.append(view[copied:edit_start])
-        parts.append(replacement)
-        copied = edit_end
-        if copied - flushed >= chunk_bytes:
-            flush()
+    for batch in range(0, len(edits), 1 << 16):  # lists of 64k edits at a time, not ~700k
+        batch_edits = edits.part(batch, batch + (1 << 16))
+        for edit_start, edit_end, replacement_id in zip(
+            batch_edits.starts.tolist(),
+            batch_edits.ends.tolist(),
+            batch_edits.replacement_ids.tolist(),
+            strict=True,
+        ):
+            assert edit_start >= copied and edit_end >= edit_start, "edits must be sorted and disjoint"
+            parts.append(view[copied:edit_start])
+            parts.append(replacements[replacement_id])
+            copied = edit_end
+            if copied - flushed >= chunk_bytes:
+                flush()
     parts.append(view[copied:stop])
     copied = stop
     flush()
