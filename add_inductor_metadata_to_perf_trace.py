@@ -52,6 +52,7 @@ def main(
     from perf_traces.enrich import match_trace
     from perf_traces.kernel_summary import print_table, render_html
     from perf_traces.log_kernels import read_compiled_graphs
+    from perf_traces.trace_stream import helper_process, wants_helper
     from pytorch_scripts_common.outputs import check_output, staged_file
 
     for flag, path in (("perf_trace_file", perf_trace_file), ("torch_logs_file", torch_logs_file)):
@@ -78,22 +79,24 @@ def main(
         flag="kernel_summary_file",
     )
 
-    graphs = read_compiled_graphs(torch_logs_file, strict=strict)
-    if not graphs:
-        print(f"warning: {torch_logs_file} has no output code (capture it with TORCH_LOGS=output_code)")
-    plan = match_trace(perf_trace_file, graphs)
-    if plan.summary.num_matched == 0 and not allow_no_match:
-        print("\n".join(plan.summary.lines()))
-        raise UsageError(
-            f"0 events matched: {plan.summary.zero_match_reason}: nothing written to "
-            f"{modified_perf_trace_file}; pass --allow_no_match to write an unchanged copy anyway"
-        )
-    stats = plan.kernel_stats()
-    with staged_file(trace_target) as trace_staging, staged_file(summary_target) as summary_staging:
-        plan.write(str(trace_staging))
-        summary_staging.write_text(
-            render_html(stats, top, trace_name=os.path.basename(perf_trace_file)), encoding="utf-8"
-        )
+    # a second process for the halves of a large trace: forked now, while this one is small
+    with helper_process(wants_helper(perf_trace_file)) as helper:
+        graphs = read_compiled_graphs(torch_logs_file, strict=strict)
+        if not graphs:
+            print(f"warning: {torch_logs_file} has no output code (capture it with TORCH_LOGS=output_code)")
+        plan = match_trace(perf_trace_file, graphs, helper=helper)
+        if plan.summary.num_matched == 0 and not allow_no_match:
+            print("\n".join(plan.summary.lines()))
+            raise UsageError(
+                f"0 events matched: {plan.summary.zero_match_reason}: nothing written to "
+                f"{modified_perf_trace_file}; pass --allow_no_match to write an unchanged copy anyway"
+            )
+        stats = plan.kernel_stats()
+        with staged_file(trace_target) as trace_staging, staged_file(summary_target) as summary_staging:
+            plan.write(str(trace_staging), helper=helper)
+            summary_staging.write_text(
+                render_html(stats, top, trace_name=os.path.basename(perf_trace_file)), encoding="utf-8"
+            )
     for line in plan.summary.lines():
         print(line)
     if stats:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import multiprocessing.pool
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from perf_traces.log_index import KERNEL_TABLE_CATEGORY, LogIndex
 from perf_traces.log_kernels import CompiledGraph
 from perf_traces.matching import Matcher
 from perf_traces.trace_records import KEEP, REENCODE, TraceRecords, collect_records
-from perf_traces.trace_stream import Edits, TraceLayout, write_spliced
+from perf_traces.trace_stream import Edits, TraceLayout, helper_process, wants_helper, write_spliced
 
 __all__ = ["EnrichPlan", "EnrichSummary", "NoMatchError", "enrich_trace", "match_trace"]
 
@@ -181,9 +182,10 @@ class EnrichPlan:
             replacements=replacements,
         )
 
-    def write(self, target_path: str) -> None:
-        """Pass 2: the trace as bytes, with the matched events' args and the kernel table added."""
-        write_spliced(self.trace_path, target_path, self._edits())
+    def write(self, target_path: str, *, helper: multiprocessing.pool.Pool | None = None) -> None:
+        """Pass 2: the trace as bytes, with the matched events' args and the kernel table added
+        (half of it by ``helper``, if given: see ``trace_stream.helper_process``)."""
+        write_spliced(self.trace_path, target_path, self._edits(), helper=helper)
 
 
 def _reencoded(original: bytes, added: dict[str, Any]) -> bytes:
@@ -198,14 +200,18 @@ def _reencoded(original: bytes, added: dict[str, Any]) -> bytes:
 
 
 def match_trace(
-    trace_path: str, graphs: list[CompiledGraph], *, chunk_bytes: int | None = None
+    trace_path: str,
+    graphs: list[CompiledGraph],
+    *,
+    chunk_bytes: int | None = None,
+    helper: multiprocessing.pool.Pool | None = None,
 ) -> EnrichPlan:
     """Pass 1 and the matching: what ``EnrichPlan.write`` will add to the trace.
 
     Raises ``TraceFormatError`` for malformed traces and ``ValueError`` for an already enriched one.
     """
     log = LogIndex.build(graphs)
-    records, layout = collect_records(trace_path, log, chunk_bytes)
+    records, layout = collect_records(trace_path, log, chunk_bytes, helper=helper)
     if records.has_kernel_table:
         raise ValueError(
             f"{trace_path} is already enriched (it has '{KERNEL_TABLE_CATEGORY}' events): pass the original "
@@ -246,10 +252,11 @@ def enrich_trace(
     """
     from pytorch_scripts_common.outputs import staged_file
 
-    plan = match_trace(trace_path, graphs, chunk_bytes=chunk_bytes)
-    if plan.summary.num_matched == 0 and not allow_no_match:
-        raise NoMatchError(plan.summary)
-    if output_path is not None:
-        with staged_file(output_path) as staging:
-            plan.write(str(staging))
+    with helper_process(wants_helper(trace_path)) as helper:
+        plan = match_trace(trace_path, graphs, chunk_bytes=chunk_bytes, helper=helper)
+        if plan.summary.num_matched == 0 and not allow_no_match:
+            raise NoMatchError(plan.summary)
+        if output_path is not None:
+            with staged_file(output_path) as staging:
+                plan.write(str(staging), helper=helper)
     return plan.summary

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
-import os
+import multiprocessing.pool
 import resource
 from array import array
 from collections.abc import Iterator
@@ -343,27 +342,24 @@ def _decode_one(raw: bytes, offset: int, trace_path: str) -> tuple[Any, _Args | 
     return event, members
 
 
-# what a forked worker of collect_records reads (set just before the fork; nothing is pickled)
-_FORKED: tuple[str, LogIndex, int] | None = None
-_PARALLEL_MIN_BYTES = 64 << 20  # below this, forking costs more than the second core saves
-
-
 def collect_records(
-    trace_path: str, log: LogIndex, chunk_bytes: int | None = None, *, workers: int | None = None
+    trace_path: str,
+    log: LogIndex,
+    chunk_bytes: int | None = None,
+    *,
+    helper: multiprocessing.pool.Pool | None = None,
 ) -> tuple[TraceRecords, TraceLayout]:
     """Pass 1: the compact records of the candidate events and the layout of the file.
 
-    With ``workers=2`` (the default for traces of 64 MB and more on a machine with 2+ cores) a forked
-    process reads the first half of the events while this one reads the rest; the halves meet at a
-    guessed boundary that the first half's parse confirms. If it does not (or anything fails), the
-    trace is read again in one pass, which also reports the error of a malformed trace.
+    With a ``helper`` process (``trace_stream.helper_process``) it reads the first half of the
+    events while this one reads the rest; the halves meet at a guessed boundary that the first
+    half's parse confirms. If it does not (or anything fails), the trace is read again in one pass,
+    which also reports the error of a malformed trace.
     """
     chunk_bytes = chunk_bytes or CHUNK_BYTES
-    if workers is None:
-        workers = 2 if (os.cpu_count() or 1) > 1 and os.path.getsize(trace_path) >= _PARALLEL_MIN_BYTES else 1
-    if workers > 1:
+    if helper is not None:
         try:
-            return _collect_in_two(trace_path, log, chunk_bytes)
+            return _collect_in_two(trace_path, log, chunk_bytes, helper)
         except (TraceFormatError, _NoSplit):
             pass
     scanner = TraceScanner(trace_path, log.candidate_patterns, chunk_bytes=chunk_bytes)
@@ -393,31 +389,25 @@ def _records_of(
         records.add_batch(batch, *_decode_candidates(batch, scanner.path), log)
 
 
-def _first_half(start: int, stop: int) -> TraceRecords:
-    """In the forked worker: the records of the events in [start, stop)."""
-    assert _FORKED is not None
-    trace_path, log, chunk_bytes = _FORKED
+def _first_half(trace_path: str, log: LogIndex, chunk_bytes: int, start: int, stop: int) -> TraceRecords:
+    """In the helper process: the records of the events in [start, stop)."""
     with TraceScanner(trace_path, log.candidate_patterns, chunk_bytes=chunk_bytes) as scanner:
         records, _ = _records_of(scanner, scanner.scan(start, stop), log)
     records.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return records
 
 
-def _collect_in_two(trace_path: str, log: LogIndex, chunk_bytes: int) -> tuple[TraceRecords, TraceLayout]:
-    global _FORKED
+def _collect_in_two(
+    trace_path: str, log: LogIndex, chunk_bytes: int, helper: multiprocessing.pool.Pool
+) -> tuple[TraceRecords, TraceLayout]:
     with TraceScanner(trace_path, log.candidate_patterns, chunk_bytes=chunk_bytes) as scanner:
         start = scanner.prologue()
         split = scanner.split_point(start, 0.5)
         if split is None:
             raise _NoSplit
-        _FORKED = (trace_path, log, chunk_bytes)
-        try:
-            with multiprocessing.get_context("fork").Pool(1) as pool:
-                first = pool.apply_async(_first_half, (start, split))
-                second, events_end = _records_of(scanner, scanner.scan(split + 1), log)
-                first_records = first.get()
-        finally:
-            _FORKED = None
+        first = helper.apply_async(_first_half, (trace_path, log, chunk_bytes, start, split))
+        second, events_end = _records_of(scanner, scanner.scan(split + 1), log)
+        first_records = first.get()
         other_keys = scanner.epilogue(events_end)
         layout = TraceLayout(
             events_start=scanner.events_start,

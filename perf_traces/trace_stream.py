@@ -11,7 +11,8 @@ and is replaced by an exact one from ``_exact_cut`` (a vectorised scan of string
 Memory is a few chunks, whatever the file size.
 
 Writing (``write_spliced``): copies the file in large blocks, replacing the given byte ranges
-(or inserting at an offset); on files of 64 MB and more, two processes write one half each.
+(or inserting at an offset). With a ``helper_process`` (files of 64 MB and more on 2+ cores), a
+second process reads or writes one half while this one does the other.
 
 Malformed input (not JSON, truncated, not UTF-8, no ``traceEvents`` list) raises
 ``TraceFormatError`` (a ``ValueError``) naming the line and byte offset.
@@ -23,16 +24,26 @@ import codecs
 import contextlib
 import dataclasses
 import mmap
+import multiprocessing
+import multiprocessing.pool
 import os
 import re
-import signal
 from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn
 
 import msgspec
 import numpy as np
 
-__all__ = ["CandidateBatch", "Edits", "TraceFormatError", "TraceLayout", "TraceScanner", "write_spliced"]
+__all__ = [
+    "CandidateBatch",
+    "Edits",
+    "TraceFormatError",
+    "TraceLayout",
+    "TraceScanner",
+    "helper_process",
+    "wants_helper",
+    "write_spliced",
+]
 
 CHUNK_BYTES = 16 << 20  # per read: large enough to amortise per-piece costs, small next to the RSS budget
 _WHITESPACE = b" \t\n\r"
@@ -516,7 +527,31 @@ class Edits:
         )
 
 
-_PARALLEL_WRITE_MIN_BYTES = 64 << 20  # below this, forking costs more than the second core saves
+_HELPER_MIN_BYTES = 64 << 20  # below this, a second process costs more than the second core saves
+
+
+def wants_helper(path: str) -> bool:
+    """Whether reading / writing ``path`` in two halves pays: 2+ cores and a file of 64 MB or more."""
+    return (os.cpu_count() or 1) > 1 and os.path.getsize(path) >= _HELPER_MIN_BYTES
+
+
+@contextlib.contextmanager
+def helper_process(enabled: bool = True) -> Iterator[multiprocessing.pool.Pool | None]:
+    """A second process that reads or writes one half of a large trace while this one does the other.
+
+    Fork it first thing, while this process is small: it gets its work (and returns its results)
+    pickled, so its memory is its own half's. Yields None when ``enabled`` is False. Ended on exit.
+    """
+    if not enabled:
+        yield None
+        return
+    pool = multiprocessing.get_context("fork").Pool(1)
+    try:
+        yield pool
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 def write_spliced(
@@ -525,52 +560,44 @@ def write_spliced(
     edits: Edits,
     *,
     chunk_bytes: int = CHUNK_BYTES,
-    processes: int | None = None,
+    helper: multiprocessing.pool.Pool | None = None,
 ) -> None:
     """Write ``source_path`` to ``target_path`` with the byte ranges of ``edits`` replaced.
 
     The source is memory-mapped; the output is assembled from views of it and written about
     ``chunk_bytes`` at a time at its final offset, and the pages already written are dropped from
-    memory. With ``processes=2`` (the default for files of 64 MB and more on 2+ cores) a forked
-    process writes the first half while this one writes the second, each at its own output offset.
+    memory. With a ``helper`` process (``helper_process``), it writes the first half while this one
+    writes the second, each at its own offset of the output.
     """
     size = os.path.getsize(source_path)
-    if processes is None:
-        processes = 2 if (os.cpu_count() or 1) > 1 and size >= _PARALLEL_WRITE_MIN_BYTES else 1
-    with open(source_path, "rb") as source, open(target_path, "wb") as target:
-        if size == 0:
-            assert not len(edits), "no edits in an empty file"
-            return
+    with open(target_path, "wb"):  # created (or emptied) here; the halves are written at offsets
+        pass
+    if size == 0:
+        assert not len(edits), "no edits in an empty file"
+        return
+    split = len(edits) // 2
+    if helper is None or split == 0:
+        _write_part(source_path, target_path, edits, 0, size, 0, chunk_bytes)
+        return
+    # no edit straddles the start of edit number `split`; the second half's output offset follows
+    # from the first half's edits
+    first, second = edits.part(0, split), edits.part(split, len(edits))
+    middle = int(edits.starts[split])
+    first_done = helper.apply_async(_write_part, (source_path, target_path, first, 0, middle, 0, chunk_bytes))
+    _write_part(source_path, target_path, second, middle, size, middle + first.grown_bytes(), chunk_bytes)
+    first_done.get()
+
+
+def _write_part(
+    source_path: str, target_path: str, edits: Edits, start: int, stop: int, out_offset: int, chunk_bytes: int
+) -> None:
+    """Write ``source[start:stop]`` with ``edits`` (all inside it) at ``out_offset`` of the target."""
+    with open(source_path, "rb") as source, open(target_path, "r+b") as target:
         data = mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ)
         view = memoryview(data)
         try:
             data.madvise(mmap.MADV_SEQUENTIAL)
-            split = len(edits) // 2
-            if processes < 2 or split == 0:
-                _write_range(data, view, target.fileno(), 0, size, edits, 0, chunk_bytes)
-                return
-            # no edit straddles the start of edit number `split`; the second half's output offset
-            # follows from the first half's edits
-            first, second = edits.part(0, split), edits.part(split, len(edits))
-            middle = int(edits.starts[split])
-            second_offset = middle + first.grown_bytes()
-            pid = os.fork()
-            if pid == 0:  # the first half, in a child that leaves through os._exit only
-                status = 1
-                try:
-                    _write_range(data, view, target.fileno(), 0, middle, first, 0, chunk_bytes)
-                    status = 0
-                finally:
-                    os._exit(status)
-            try:
-                _write_range(data, view, target.fileno(), middle, size, second, second_offset, chunk_bytes)
-            except BaseException:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise
-            _, status = os.waitpid(pid, 0)
-            if os.waitstatus_to_exitcode(status) != 0:
-                raise OSError(f"writing the first half of {target_path} failed (status {status})")
+            _write_range(data, view, target.fileno(), start, stop, edits, out_offset, chunk_bytes)
         finally:
             view.release()
             data.close()

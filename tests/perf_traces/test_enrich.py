@@ -449,14 +449,15 @@ def test_two_readers_give_the_records_of_one(tmp_path):
     from perf_traces.log_index import LogIndex
     from perf_traces.make_synthetic_trace import make_synthetic_trace
     from perf_traces.trace_records import collect_records
+    from perf_traces.trace_stream import helper_process
 
     for name in ("cuda_handwritten", "cpu_graph_break"):
         trace = str(tmp_path / f"{name}.json")
         make_synthetic_trace(fixture(name, "trace.json"), trace, 4_000_000)
         log = LogIndex.build(read_compiled_graphs(fixture(name, "output_code.log")))
-        (one, one_layout), (two, two_layout) = (
-            collect_records(trace, log, 65536, workers=workers) for workers in (1, 2)
-        )
+        one, one_layout = collect_records(trace, log, 65536)
+        with helper_process() as helper:
+            two, two_layout = collect_records(trace, log, 65536, helper=helper)
         assert two.peak_rss_mb > 0  # the second reader ran
         assert one_layout == two_layout and one.num_events == two.num_events and len(one) > 1000
         for column in ("is_gpu", "thread", "ts", "end", "index", "start_offset", "end_offset", "external_id"):

@@ -11,7 +11,7 @@ import re
 import pytest
 
 from perf_traces.log_kernels import read_compiled_graphs
-from perf_traces.trace_stream import Edits, TraceFormatError, TraceScanner, write_spliced
+from perf_traces.trace_stream import Edits, TraceFormatError, TraceScanner, helper_process, write_spliced
 from tests.perf_traces.helpers import fixture
 
 _EVERY_ITEM = [re.compile(rb'["\[\]{}0-9a-z]')]  # some byte of any JSON value: every item is a candidate
@@ -171,7 +171,8 @@ def test_write_spliced_replaces_and_inserts(tmp_path, processes):
         (second, second + len(raw), b'{"B": 22}'),
         (third, third, b""),
     ]
-    write_spliced(source, str(target), Edits.of(edits), chunk_bytes=4, processes=processes)
+    with helper_process(enabled=processes == 2) as helper:
+        write_spliced(source, str(target), Edits.of(edits), chunk_bytes=4, helper=helper)
     assert target.read_text(encoding="utf-8") == (
         '{"x": 1,\n "traceEvents": [ {"z": 0, "a": 1},\n  {"B": 22} , {"c": 3}]\n, "y": "é"}\n'
     )
@@ -187,7 +188,8 @@ def test_write_spliced_two_writers_on_a_large_trace(tmp_path):
     outputs = []
     for processes in (1, 2):
         target = tmp_path / f"out{processes}.json"
-        write_spliced(source, str(target), Edits.of(edits), chunk_bytes=1 << 16, processes=processes)
+        with helper_process(enabled=processes == 2) as helper:
+            write_spliced(source, str(target), Edits.of(edits), chunk_bytes=1 << 16, helper=helper)
         outputs.append(target.read_bytes())
     expected, copied = [], 0
     for at, _, text in edits:
