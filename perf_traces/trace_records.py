@@ -4,7 +4,7 @@
 ``LogIndex.candidate_patterns`` picks, decodes each batch of them with msgspec (only the members
 matching reads), and keeps per row: GPU or CPU, thread, start / end time, event index, byte span,
 name, ``External id``, and where the enrichment's args will go (``insertion``). The forward /
-backward / ``## Call CompiledFxGraph`` spans are kept apart. About 90 bytes per row.
+backward / ``## Call CompiledFxGraph`` spans are kept apart. About 75 bytes per row.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class Span:
 
 
 class TraceRecords:
-    """Column store of the candidate events: ~90 bytes each (CPU ops named like kernels or extern
+    """Column store of the candidate events: ~75 bytes each (CPU ops named like kernels or extern
     ops, and GPU kernels); the spans and the per-row extras are few."""
 
     def __init__(self) -> None:
@@ -402,7 +402,7 @@ def _collect_in_two(
 ) -> tuple[TraceRecords, TraceLayout]:
     with TraceScanner(trace_path, log.candidate_patterns, chunk_bytes=chunk_bytes) as scanner:
         start = scanner.prologue()
-        split = scanner.split_point(start, 0.5)
+        split = scanner.split_point(start, 0.53)  # the main process has the merge and the matching after it
         if split is None:
             raise _NoSplit
         first = helper.apply_async(_first_half, (trace_path, log, chunk_bytes, start, split))
