@@ -28,6 +28,7 @@ import multiprocessing
 import multiprocessing.pool
 import os
 import re
+import signal
 from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn
 
@@ -479,7 +480,7 @@ class TraceScanner:
                     positions.append(found - base)
                     found = self._data.find(pattern, found + 1, base + len(document))
             else:
-                positions.extend(match.start() for match in pattern.finditer(document))
+                positions += [match.start() for match in pattern.finditer(document)]
         if not positions:
             return CandidateBatch([], [], [])
         offsets = _event_offsets(document, raws)
@@ -545,13 +546,20 @@ def helper_process(enabled: bool = True) -> Iterator[multiprocessing.pool.Pool |
     if not enabled:
         yield None
         return
-    pool = multiprocessing.get_context("fork").Pool(1)
+    pool = multiprocessing.get_context("fork").Pool(1, initializer=_quiet_helper)
     try:
         yield pool
         pool.close()
     finally:
         pool.terminate()
         pool.join()
+
+
+def _quiet_helper() -> None:
+    """In the helper: the main process handles Ctrl-C and ends the helper with SIGTERM, which
+    therefore just ends it (no handler inherited from the main process, no traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def write_spliced(
