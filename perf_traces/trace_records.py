@@ -165,6 +165,7 @@ class TraceRecords:
         Rows: GPU ``kernel`` events with an integer ``External id``; ``cpu_op`` / ``user_annotation``
         events named like a kernel or an extern op of the log, with numeric ts / dur. The
         forward / backward / Call spans go to ``spans``; a kernel-table event marks the trace enriched.
+        One loop with its checks inlined: it runs once per candidate, ~900k times for a 1 GB trace.
         """
         rows: list[tuple] = []  # one tuple per row, in the order of _COLUMNS
         kernel_files: list[tuple[int, str]] = []
