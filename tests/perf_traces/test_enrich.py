@@ -465,3 +465,19 @@ def test_two_readers_give_the_records_of_one(tmp_path):
         assert one.insert_at == two.insert_at and one.insert_mode == two.insert_mode
         assert [one.names[i] for i in one.name_id] == [two.names[i] for i in two.name_id]
         assert one.kernel_file == two.kernel_file and one.spans == two.spans
+
+
+@pytest.mark.parametrize("name", ["cpu_train", "cuda_handwritten"])
+def test_output_is_the_input_with_insertions_only(tmp_path, name):
+    """Byte level: every byte of the input is in the output, in order; only insertions were made
+    (profilers write args last, so no event here needs re-encoding)."""
+    output = tmp_path / "out.json"
+    enrich_trace(
+        fixture(name, "trace.json"), read_compiled_graphs(fixture(name, "output_code.log")), str(output)
+    )
+    with open(fixture(name, "trace.json"), "rb") as trace_file:
+        source = trace_file.read()
+    enriched = output.read_bytes()
+    remaining = iter(enriched)
+    assert all(byte in remaining for byte in source)  # a subsequence: 'in' consumes the iterator
+    assert len(enriched) > len(source)
