@@ -30,6 +30,7 @@ __all__ = ["OUTSIDE_SPAN_NOTE", "KernelMatch", "Matcher"]
 _TIME_EPSILON_US = 1e-3  # Chrome traces round ts/dur to 1 ns; containment tests allow that slack
 _MAX_MODE_SPAN_LOOKBACK = 16
 _OP_SUMMARY_CHARS = 60
+_NO_FILES: frozenset[str] = frozenset()
 OUTSIDE_SPAN_NOTE = "matched by name outside a Call span"
 
 
@@ -108,6 +109,7 @@ class _SpanResult:
     codes: list[int]
     counts: collections.Counter
     ambiguous: bool
+    uses: int = 0
 
 
 class Matcher:
@@ -147,6 +149,10 @@ class Matcher:
         outside_rows = []
         for span, rows in self._children_of_call_spans(outside_rows):
             self._match_call_span(span, rows)
+        for result in self._span_results.values():
+            for kind, count in result.counts.items():
+                self.matched_by_kind[kind] += count * result.uses
+            self.num_ambiguous_spans += result.ambiguous * result.uses
         self._match_outside_spans(outside_rows)
         self._link_gpu_kernels()
         self._count_unmatched()
@@ -203,21 +209,26 @@ class Matcher:
     def _match_call_span(self, span: Span, rows: list[int]) -> None:
         records = self.records
         direct = self._direct_children(rows)
-        name_ids = tuple(records.name_id[row] for row in direct)
+        name_id = records.name_id
+        name_ids = tuple([name_id[row] for row in direct])
         kind = self.spans.enclosing_mode(span.thread, span.ts, span.end)
-        files = frozenset(records.kernel_file[row] for row in direct if row in records.kernel_file)
+        kernel_file = records.kernel_file
+        files = (
+            frozenset([kernel_file[row] for row in direct if row in kernel_file])
+            if kernel_file
+            else _NO_FILES
+        )
         key = (kind, name_ids, files)
         result = self._span_results.get(key)
         if result is None:
             result = self._span_results[key] = self._resolve_span(
                 kind, [records.names[i] for i in name_ids], files
             )
+        result.uses += 1  # its counts are added once per use at the end of run()
         row_code = self.row_code
         for row, code in zip(direct, result.codes, strict=True):
             if code >= 0:
                 row_code[row] = code
-        self.matched_by_kind.update(result.counts)
-        self.num_ambiguous_spans += result.ambiguous
 
     def _best_graphs(self, kind: str, child_names: list[str], files: frozenset[str]) -> list[CompiledGraph]:
         """The graphs of the span's kind that best cover its children (files, then names, then externs)."""
