@@ -1,25 +1,38 @@
-"""Add Inductor kernel metadata (source code, output-code module, graph nodes) to a profiler trace.
+"""Add Inductor kernel metadata (source code, graph, nodes, ATen ops) to a profiler trace.
 
 Input: a Chrome trace from ``torch.profiler`` of a ``torch.compile``d program and the
 ``TORCH_LOGS=output_code`` log of the same run (``perf_traces/profile_compiled_model.py`` writes such
-a pair). Output: the same trace with, on every kernel event that could be matched, ``args`` entries
-``inductor_kernel_source``, ``inductor_aot_id``, ``inductor_graph_kind`` (forward / backward /
-inference), ``inductor_source_nodes``, ``inductor_aten_ops``, ``inductor_kernel_path`` … The trace is
-streamed (never loaded whole) and the output written atomically. See ``perf_traces/README.md``.
+a pair). Output: the same trace where every kernel event that could be matched carries
+``inductor_kernel_id``, ``inductor_graph_kind``, ``inductor_source_nodes`` and
+``inductor_op_summary`` in its args, and one ``inductor kernel <id>`` event per kernel (on the
+"Inductor kernels" track) holds its source code, graph and call() lines; next to it, an HTML chart
+of the time per kernel (``<output>.kernels.html``). A table of the top kernels is printed.
+See ``perf_traces/README.md``.
 
     python add_inductor_metadata_to_perf_trace.py --perf_trace_file trace.json \
         --torch_logs_file output_code.log --modified_perf_trace_file trace_enriched.json
 """
 
+from __future__ import annotations
+
 import os
 
-import fire
+from pytorch_scripts_common.cli import UsageError, run
+
+TOOL = "add_inductor_metadata_to_perf_trace"
+
+
+def _default_summary_file(modified_perf_trace_file: str) -> str:
+    stem = modified_perf_trace_file.removesuffix(".json")
+    return f"{stem}.kernels.html"
 
 
 def main(
     perf_trace_file: str,
     torch_logs_file: str,
     modified_perf_trace_file: str,
+    kernel_summary_file: str | None = None,
+    top: int = 20,
     overwrite: bool = False,
     strict: bool = False,
     allow_no_match: bool = False,
@@ -27,59 +40,81 @@ def main(
     """Enrich a torch.profiler Chrome trace with the Inductor output code of the same run.
 
     Args:
-        perf_trace_file: Chrome trace JSON written by torch.profiler (export_chrome_trace); streamed.
+        perf_trace_file: Chrome trace JSON written by torch.profiler (export_chrome_trace).
         torch_logs_file: TORCH_LOGS=output_code log of the same run (any format), or its TORCH_TRACE folder.
-        modified_perf_trace_file: where to write the enriched trace (atomically: temp file, then rename).
-        overwrite: replace modified_perf_trace_file if it exists.
-        strict: fail on output-code text the parser cannot read (malformed, truncated) instead of warning.
+        modified_perf_trace_file: where to write the enriched trace (appears only when complete).
+        kernel_summary_file: HTML chart of time per kernel (default: <modified_perf_trace_file>.kernels.html).
+        top: number of kernels in the printed table and the chart, the most time first.
+        overwrite: replace earlier outputs at these paths.
+        strict: turn log-parser warnings (malformed or truncated output code) into errors.
         allow_no_match: write an unchanged copy when no event matched (default: exit with an error).
     """
-    from perf_traces.enrich import NoMatchError, enrich_trace
+    from perf_traces.enrich import match_trace
+    from perf_traces.kernel_summary import print_table, render_html
+    from perf_traces.log_kernels import compiled_graphs
+    from perf_traces.trace_stream import helper_process, wants_helper
     from pytorch_scripts_common.inductor_log import read_inductor_log
+    from pytorch_scripts_common.outputs import check_output, staged_file
 
     if not os.path.isfile(perf_trace_file):
-        raise ValueError(f"perf_trace_file={perf_trace_file!r} is not a file; pass an existing path")
+        raise UsageError(f"--perf_trace_file {perf_trace_file} is not a file: pass an existing path")
     if not os.path.exists(torch_logs_file):
-        raise ValueError(
-            f"torch_logs_file={torch_logs_file!r} does not exist; pass a log file or TORCH_TRACE folder"
+        raise UsageError(
+            f"--torch_logs_file {torch_logs_file} does not exist: pass a log file or a TORCH_TRACE folder"
         )
-    if os.path.abspath(modified_perf_trace_file) == os.path.abspath(perf_trace_file):
-        raise ValueError(
-            f"modified_perf_trace_file={modified_perf_trace_file!r} is the input trace; choose another path"
-        )
-    if os.path.exists(modified_perf_trace_file) and not overwrite:
-        raise ValueError(
-            f"modified_perf_trace_file={modified_perf_trace_file!r} exists; pass --overwrite to replace it"
-        )
-    target_dir = os.path.dirname(os.path.abspath(modified_perf_trace_file))
-    if not os.path.isdir(target_dir):
-        raise ValueError(f"directory of modified_perf_trace_file={modified_perf_trace_file!r} does not exist")
+    if top < 1:
+        raise UsageError(f"--top is {top}: pass a number of kernels >= 1")
+    inputs = [perf_trace_file, torch_logs_file]
+    summary_file = kernel_summary_file or _default_summary_file(modified_perf_trace_file)
+    trace_target = check_output(
+        modified_perf_trace_file,
+        inputs=inputs,
+        overwrite=overwrite,
+        tool=TOOL,
+        kind="file",
+        flag="modified_perf_trace_file",
+    )
+    summary_target = check_output(
+        summary_file,
+        inputs=[*inputs, modified_perf_trace_file],
+        overwrite=overwrite,
+        tool=TOOL,
+        kind="file",
+        flag="kernel_summary_file",
+    )
 
-    log = read_inductor_log(torch_logs_file, strict=strict)
-    for line, message in log.warnings[:20]:
-        print(f"warning: {torch_logs_file}:{line}: {message}")
-    if log.num_warnings > 20:
-        print(f"... {log.num_warnings - 20} more warnings")
-    modules = log.modules
-    if not modules:
-        print(
-            f"warning: {torch_logs_file} has no output code "
-            "(capture it with TORCH_LOGS=output_code, or TORCH_TRACE=<folder>)"
-        )
-    try:
-        summary = enrich_trace(
-            perf_trace_file, modules, modified_perf_trace_file, allow_no_match=allow_no_match
-        )
-    except NoMatchError as error:
-        print("\n".join(error.summary.lines()))
-        raise ValueError(
-            f"{error} -- nothing written to {modified_perf_trace_file!r}; pass --allow_no_match to write an "
-            "unchanged copy anyway"
-        ) from None
-    for line in summary.lines():
+    # a second process for the halves of a large trace: forked now, while this one is small
+    with helper_process(wants_helper(perf_trace_file)) as helper:
+        log = read_inductor_log(torch_logs_file, strict=strict)
+        for line, message in log.warnings[:20]:
+            print(f"warning: {torch_logs_file}:{line}: {message}")
+        if log.num_warnings > 20:
+            print(f"... {log.num_warnings - 20} more warnings")
+        graphs = compiled_graphs(log)
+        if not graphs:
+            print(
+                f"warning: {torch_logs_file} has no output code "
+                "(capture it with TORCH_LOGS=output_code, or TORCH_TRACE=<folder>)"
+            )
+        plan = match_trace(perf_trace_file, graphs, helper=helper)
+        if plan.summary.num_matched == 0 and not allow_no_match:
+            print("\n".join(plan.summary.lines()))
+            raise UsageError(
+                f"0 events matched: {plan.summary.zero_match_reason}: nothing written to "
+                f"{modified_perf_trace_file}; pass --allow_no_match to write an unchanged copy anyway"
+            )
+        stats = plan.kernel_stats()
+        with staged_file(trace_target) as trace_staging, staged_file(summary_target) as summary_staging:
+            plan.write(str(trace_staging), helper=helper)
+            summary_staging.write_text(
+                render_html(stats, top, trace_name=os.path.basename(perf_trace_file)), encoding="utf-8"
+            )
+    for line in plan.summary.lines():
         print(line)
-    print(f"wrote {modified_perf_trace_file}")
+    if stats:
+        print_table(stats, top)
+    print(f"wrote {modified_perf_trace_file} and {summary_file}")
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

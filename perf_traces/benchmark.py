@@ -1,17 +1,22 @@
-"""Benchmark: streaming enrichment vs a plain json.load/json.dump implementation on synthetic traces.
+"""Benchmark: the enrichment CLI against a plain copy of the same file, on synthetic traces.
 
 For each size, a synthetic trace is generated (``make_synthetic_trace``, from a real fixture pair) in
-a temporary directory (never the repository), then each implementation runs ``num_repeats`` times in
-a fresh subprocess; wall time and CPU time (user + sys of that subprocess, from ``wait4``; medians)
-and peak RSS (``ru_maxrss``, max over repeats) are reported, with the ratio baseline / streaming from
-the same run. On a shared machine the wall time includes waiting for a core; the CPU time of these
-single-threaded programs is what their wall time would be on an idle machine (minus I/O waits).
-A third row reports a decode-only pass of ijson's C backend (``ijson.items(f, "traceEvents.item")``)
-as a reference for what JSON streaming costs on this machine. The baseline is skipped above
-``baseline_max_mb`` (its RSS is several times the file size); skipped cells say so.
+a temporary directory (never the repository). Then, alternately ``num_repeats`` times, each
+implementation runs in a fresh subprocess:
 
-    python -m perf_traces.benchmark                       # 16 MB x 3 repeats: about a minute
-    python -m perf_traces.benchmark --sizes_mb 1024 --num_repeats 1 --baseline_max_mb 1024
+- ``copy``: ``shutil.copyfile`` of the trace (what ``cp`` does: the kernel copies the bytes), the
+  baseline: reading and writing the file at I/O speed;
+- ``enrich``: ``add_inductor_metadata_to_perf_trace.py``'s ``main`` with the fixture's log (the trace
+  with the kernel table, the HTML chart, the printed table).
+
+Reported per implementation: median wall time with its min-max, CPU time (user + sys of the process
+and of its forked reader, from ``wait4``), MB of input per wall second and per CPU second, peak RSS
+(main process + forked reader, each from ``getrusage``), output MB and output / input, and the wall
+time as a multiple of the copy's in the same run, with the 1-minute load average before each run.
+On a shared machine the wall time includes waiting for a core; compare the CPU time too.
+
+    python -m perf_traces.benchmark                       # 16 MB x 3 repeats: well under a minute
+    python -m perf_traces.benchmark --sizes_mb 1024 --num_repeats 3
 """
 
 from __future__ import annotations
@@ -22,40 +27,32 @@ import sys
 import tempfile
 import time
 
-import fire
+from pytorch_scripts_common.cli import UsageError, parse_list, run
 
-IMPLEMENTATIONS = ("streaming", "json_load_dump", "ijson_decode_only")
+IMPLEMENTATIONS = ("copy", "enrich")
 _DEFAULT_FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "cpu_train")
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Child programs: argv = [trace, log, output]. Each prints nothing on success.
+# Child programs: argv = [trace, log, output]. Their last stdout line: "<peak RSS KB> <reader's peak RSS KB>".
+_RSS_LINE = (
+    "from resource import RUSAGE_CHILDREN, RUSAGE_SELF, getrusage\n"
+    "print(getrusage(RUSAGE_SELF).ru_maxrss, getrusage(RUSAGE_CHILDREN).ru_maxrss)\n"
+)
 _CHILD_CODE = {
-    "streaming": (
-        "import sys\n"
-        "from perf_traces.enrich import enrich_trace\n"
-        "from pytorch_scripts_common.inductor_log import read_inductor_log\n"
-        "summary = enrich_trace(sys.argv[1], read_inductor_log(sys.argv[2]).modules, sys.argv[3])\n"
-        "print(summary.num_matched)\n"
-    ),
-    "json_load_dump": (
-        "import sys\n"
-        "from perf_traces.enrich import enrich_trace\n"
-        "from pytorch_scripts_common.inductor_log import read_inductor_log\n"
-        "modules = read_inductor_log(sys.argv[2]).modules\n"
-        "summary = enrich_trace(sys.argv[1], modules, sys.argv[3], in_memory=True)\n"
-        "print(summary.num_matched)\n"
-    ),
-    "ijson_decode_only": (
-        "import sys\n"
-        "import ijson\n"
-        "with open(sys.argv[1], 'rb') as f:\n"
-        "    count = sum(1 for _ in ijson.items(f, 'traceEvents.item', use_float=True))\n"
-        "print(count, ijson.backend)\n"
+    "copy": "import shutil, sys\nshutil.copyfile(sys.argv[1], sys.argv[3])\n" + _RSS_LINE,
+    "enrich": (
+        "import runpy, sys\n"
+        f"script = {os.path.join(_REPO_ROOT, 'add_inductor_metadata_to_perf_trace.py')!r}\n"
+        "sys.argv = [script, '--perf_trace_file', sys.argv[1], '--torch_logs_file', sys.argv[2],\n"
+        "            '--modified_perf_trace_file', sys.argv[3], '--top', '5']\n"
+        "runpy.run_path(script, run_name='__main__')\n" + _RSS_LINE
     ),
 }
 
 
-def _measure(implementation: str, trace: str, log: str, output: str) -> tuple[float, float, float, str]:
-    """Fork a child that execs the implementation; use wait4 for its own peak RSS (KB on Linux)."""
+def _measure(implementation: str, trace: str, log: str, output: str) -> dict[str, float]:
+    """Fork a child that execs the implementation; wall time, CPU time (wait4) and peak RSS."""
+    load_average = os.getloadavg()[0]
     read_fd, write_fd = os.pipe()
     start = time.perf_counter()
     pid = os.fork()
@@ -72,49 +69,60 @@ def _measure(implementation: str, trace: str, log: str, output: str) -> tuple[fl
     elapsed = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{implementation} failed with exit status {os.waitstatus_to_exitcode(status)}")
-    cpu_s = usage.ru_utime + usage.ru_stime
-    return elapsed, cpu_s, usage.ru_maxrss / 1024.0, stdout.strip()
+    main_kb, reader_kb = (float(value) for value in stdout.strip().splitlines()[-1].split())
+    output_mb = os.path.getsize(output) / 1e6
+    for path in (output, output.removesuffix(".json") + ".kernels.html"):
+        if os.path.exists(path):
+            os.unlink(path)
+    return {
+        "wall_s": elapsed,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "rss_mb": (main_kb + reader_kb) / 1024,
+        "output_mb": output_mb,
+        "load": load_average,
+    }
+
+
+def _row(name: str, input_mb: float, runs: list[dict[str, float]], copy_wall_s: float) -> str:
+    walls = [run_["wall_s"] for run_ in runs]
+    wall = statistics.median(walls)
+    cpu = statistics.median(run_["cpu_s"] for run_ in runs)
+    output_mb = runs[-1]["output_mb"]
+    return (
+        f"| {name} | {wall:.2f} ({min(walls):.2f}-{max(walls):.2f}) | {cpu:.2f} | {input_mb / wall:.0f} | "
+        f"{input_mb / cpu:.0f} | {max(run_['rss_mb'] for run_ in runs):.0f} | {output_mb:.1f} | "
+        f"{output_mb / input_mb:.3f} | {wall / copy_wall_s:.1f} | "
+        f"{min(run_['load'] for run_ in runs):.1f}-{max(run_['load'] for run_ in runs):.1f} |"
+    )
 
 
 def main(
     sizes_mb: str = "16",
     num_repeats: int = 3,
-    baseline_max_mb: float = 256.0,
     fixture_dir: str = _DEFAULT_FIXTURE,
     work_dir: str | None = None,
-    implementations: str = ",".join(IMPLEMENTATIONS),
 ) -> None:
-    """Time streaming enrichment against json.load/json.dump on synthetic traces; print a table.
+    """Time the enrichment CLI against a plain copy of the same synthetic trace; print a table.
 
     Args:
-        sizes_mb: comma-separated synthetic trace sizes in MB (10**6 bytes), e.g. "64,256,1024".
-        num_repeats: runs per implementation and size (median time reported).
-        baseline_max_mb: skip the json.load/json.dump baseline above this size (its RSS is many x the file).
+        sizes_mb: comma-separated synthetic trace sizes in MB (10**6 bytes), e.g. 64,256,1024.
+        num_repeats: runs per implementation and size (median, min-max reported); the two alternate.
         fixture_dir: directory with the real trace.json + output_code.log the synthetic trace is made from.
         work_dir: where to write the temporary traces (default: a new temp dir, deleted afterwards).
-        implementations: comma-separated subset of IMPLEMENTATIONS; must include streaming.
     """
-    sizes = [float(size) for size in str(sizes_mb).split(",") if str(size).strip()]
+    sizes = parse_list(sizes_mb, float, name="sizes_mb")
     if not sizes or any(size <= 0 for size in sizes):
-        raise ValueError(f"sizes_mb={sizes_mb!r} must be positive numbers separated by commas")
-    chosen = [name.strip() for name in str(implementations).split(",") if name.strip()]
-    if "streaming" not in chosen or any(name not in IMPLEMENTATIONS for name in chosen):
-        raise ValueError(
-            f"implementations={implementations!r} must include 'streaming', from {IMPLEMENTATIONS}"
-        )
+        raise UsageError(f"--sizes_mb is {sizes_mb!r}: pass sizes > 0 separated by commas, e.g. 64,256")
     if num_repeats < 1:
-        raise ValueError(f"num_repeats={num_repeats} must be >= 1")
+        raise UsageError(f"--num_repeats is {num_repeats}: pass a number >= 1")
     source_trace = os.path.join(fixture_dir, "trace.json")
     source_log = os.path.join(fixture_dir, "output_code.log")
     for path in (source_trace, source_log):
         if not os.path.isfile(path):
-            raise ValueError(f"{path} is missing; fixture_dir must hold trace.json and output_code.log")
-    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if work_dir is not None and os.path.commonpath([os.path.abspath(work_dir), repo_root]) == repo_root:
-        raise ValueError(f"work_dir={work_dir!r} is inside the repository; use a temp directory")
+            raise UsageError(f"{path} is missing: --fixture_dir must hold trace.json and output_code.log")
+    if work_dir is not None and os.path.commonpath([os.path.abspath(work_dir), _REPO_ROOT]) == _REPO_ROOT:
+        raise UsageError(f"--work_dir {work_dir} is inside the repository: use a temp directory")
     import importlib.metadata
-
-    import ijson
 
     from perf_traces.make_synthetic_trace import make_synthetic_trace
 
@@ -124,65 +132,38 @@ def main(
             trace = os.path.join(tmp, f"synthetic_{size:g}mb.json")
             start = time.perf_counter()
             copies, num_events = make_synthetic_trace(source_trace, trace, int(size * 1e6))
-            generation_s = time.perf_counter() - start
-            actual_mb = os.path.getsize(trace) / 1e6
+            input_mb = os.path.getsize(trace) / 1e6
             print(
-                f"generated {actual_mb:.1f} MB ({num_events} events, {copies} copies) in {generation_s:.1f} s"
+                f"generated {input_mb:.1f} MB ({num_events} events, {copies} copies) in "
+                f"{time.perf_counter() - start:.1f} s"
             )
-            results = {}
-            for implementation in chosen:
-                if implementation == "json_load_dump" and size > baseline_max_mb:
-                    results[implementation] = None
-                    continue
-                times, cpu_times, rss, outputs = [], [], [], []
-                for _ in range(num_repeats):
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name in IMPLEMENTATIONS}
+            for repeat in range(num_repeats):
+                for implementation in IMPLEMENTATIONS:
                     output = os.path.join(tmp, f"out_{implementation}.json")
-                    elapsed, cpu_s, peak_mb, stdout = _measure(implementation, trace, source_log, output)
-                    times.append(elapsed)
-                    cpu_times.append(cpu_s)
-                    rss.append(peak_mb)
-                    outputs.append(stdout)
-                    if os.path.exists(output):
-                        output_mb = os.path.getsize(output) / 1e6
-                        os.unlink(output)
-                    else:
-                        output_mb = 0.0
-                results[implementation] = (
-                    statistics.median(times),
-                    statistics.median(cpu_times),
-                    max(rss),
-                    outputs[-1],
-                    output_mb,
-                )
-                print(f"  {implementation}: {results[implementation]}")
-            rows.append((actual_mb, num_events, results))
+                    runs[implementation].append(_measure(implementation, trace, source_log, output))
+                    print(f"  {implementation} #{repeat + 1}: {runs[implementation][-1]}")
+            rows.append((input_mb, num_events, runs))
             os.unlink(trace)
 
     print()
     print(
-        f"torch {importlib.metadata.version('torch')}, ijson backend {ijson.backend}, "
-        f"python {sys.version.split()[0]}, "
-        f"{os.cpu_count()} CPUs; median of {num_repeats} run(s), each in a fresh subprocess"
+        f"msgspec {importlib.metadata.version('msgspec')}, python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} CPUs; median (min-max) of {num_repeats} run(s), each in a fresh subprocess"
     )
-    header = (
-        f"{'trace MB':>9} {'events':>10} {'implementation':<18} {'wall s':>8} {'CPU s':>8} {'MB/CPU s':>9} "
-        f"{'peak RSS MB':>12} {'output MB':>10} {'x vs streaming (CPU s)':>23}"
-    )
-    print(header)
-    for actual_mb, num_events, results in rows:
-        streaming_cpu_s = results["streaming"][1]
-        for implementation in chosen:
-            result = results[implementation]
-            if result is None:
-                print(f"{actual_mb:>9.1f} {num_events:>10d} {implementation:<18} skipped (> baseline_max_mb)")
-                continue
-            elapsed, cpu_s, peak_mb, _, output_mb = result
-            print(
-                f"{actual_mb:>9.1f} {num_events:>10d} {implementation:<18} {elapsed:>8.2f} {cpu_s:>8.2f} "
-                f"{actual_mb / cpu_s:>9.1f} {peak_mb:>12.1f} {output_mb:>10.1f} "
-                f"{cpu_s / streaming_cpu_s:>23.2f}"
-            )
+    for input_mb, num_events, runs in rows:
+        copy_wall_s = statistics.median(run_["wall_s"] for run_ in runs["copy"])
+        print()
+        print(f"{input_mb:.1f} MB trace, {num_events} events:")
+        print()
+        print(
+            "| implementation | wall s | CPU s | MB/s (wall) | MB per CPU s | peak RSS MB | output MB "
+            "| output / input | wall x copy | load avg |"
+        )
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for name in IMPLEMENTATIONS:
+            print(_row(name, input_mb, runs[name], copy_wall_s))
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

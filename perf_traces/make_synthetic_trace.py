@@ -4,7 +4,7 @@ Copy ``k`` of the source's non-metadata events is shifted by ``k`` x (the source
 ``ts`` and by ``k`` x (largest id + 1) in ``External id`` / ``correlation`` / flow ``id``, so the result
 looks like many profiled steps of the same compiled program: every kernel event in it can be matched
 against the source's output-code log. Metadata (``ph: "M"``) events and the other top-level keys are
-written once. Written incrementally (one event at a time) and atomically.
+written once. Written incrementally (one copy at a time); the file appears only when complete.
 
     python -m perf_traces.make_synthetic_trace --source_trace perf_traces/fixtures/cpu_train/trace.json \
         --output_file /tmp/big_trace.json --target_mb 1024
@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 
-import fire
+from pytorch_scripts_common.cli import UsageError, run
+from pytorch_scripts_common.outputs import check_output, staged_file
 
 _ID_ARG_KEYS = ("External id", "correlation")
 _TS_PLACEHOLDER = "\x00TS\x00"
@@ -82,45 +82,37 @@ def make_synthetic_trace(source_trace: str, output_file: str, target_bytes: int)
     templates = [_template(event) for event in repeated]
     others = {key: value for key, value in source.items() if key != "traceEvents"}
 
-    target_dir = os.path.dirname(os.path.abspath(output_file))
-    handle, tmp_path = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(output_file), dir=target_dir)
     num_events = 0
     copies = 0
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write("{\n")
-            for key, value in others.items():
-                out.write(f"  {json.dumps(key)}: {json.dumps(value)},\n")
-            out.write('  "traceEvents": [\n')
-            separator = ""
-            for event in metadata:
-                out.write(separator + json.dumps(event))
+    with staged_file(output_file) as staging, open(staging, "w", encoding="utf-8") as out:
+        out.write("{\n")
+        for key, value in others.items():
+            out.write(f"  {json.dumps(key)}: {json.dumps(value)},\n")
+        out.write('  "traceEvents": [\n')
+        separator = ""
+        for event in metadata:
+            out.write(separator + json.dumps(event))
+            separator = ",\n"
+            num_events += 1
+        while out.tell() < target_bytes or copies == 0:
+            ts_offset = copies * period_us
+            id_offset = copies * id_period
+            pieces = []
+            for parts in templates:
+                text = [separator]
+                for part in parts:
+                    if isinstance(part, str):
+                        text.append(part)
+                    elif part[0] == "ts":
+                        text.append(f"{part[1] + ts_offset:.3f}")
+                    else:
+                        text.append(str(part[1] + id_offset))
+                pieces.append("".join(text))
                 separator = ",\n"
-                num_events += 1
-            while out.tell() < target_bytes or copies == 0:
-                ts_offset = copies * period_us
-                id_offset = copies * id_period
-                pieces = []
-                for parts in templates:
-                    text = [separator]
-                    for part in parts:
-                        if isinstance(part, str):
-                            text.append(part)
-                        elif part[0] == "ts":
-                            text.append(f"{part[1] + ts_offset:.3f}")
-                        else:
-                            text.append(str(part[1] + id_offset))
-                    pieces.append("".join(text))
-                    separator = ",\n"
-                out.write("".join(pieces))
-                num_events += len(templates)
-                copies += 1
-            out.write("\n  ]\n}\n")
-        os.replace(tmp_path, output_file)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-        raise
+            out.write("".join(pieces))
+            num_events += len(templates)
+            copies += 1
+        out.write("\n  ]\n}\n")
     return copies, num_events
 
 
@@ -129,20 +121,26 @@ def main(source_trace: str, output_file: str, target_mb: float = 64.0, overwrite
 
     Args:
         source_trace: a real (small) Chrome trace, e.g. perf_traces/fixtures/cpu_train/trace.json.
-        output_file: where to write the synthetic trace (atomically).
+        output_file: where to write the synthetic trace (appears only when complete).
         target_mb: approximate size in MB (10**6 bytes); at least one copy is written.
-        overwrite: replace output_file if it exists.
+        overwrite: replace an earlier output_file.
     """
     if not os.path.isfile(source_trace):
-        raise ValueError(f"source_trace={source_trace!r} is not a file")
+        raise UsageError(f"--source_trace {source_trace} is not a file: pass an existing trace")
     if target_mb <= 0:
-        raise ValueError(f"target_mb={target_mb!r} must be > 0")
-    if os.path.exists(output_file) and not overwrite:
-        raise ValueError(f"output_file={output_file!r} exists; pass --overwrite to replace it")
+        raise UsageError(f"--target_mb is {target_mb}: pass a size > 0")
+    check_output(
+        output_file,
+        inputs=[source_trace],
+        overwrite=overwrite,
+        tool="make_synthetic_trace",
+        kind="file",
+        flag="output_file",
+    )
     copies, num_events = make_synthetic_trace(source_trace, output_file, int(target_mb * 1e6))
     size_mb = os.path.getsize(output_file) / 1e6
     print(f"wrote {output_file}: {size_mb:.1f} MB, {num_events} events ({copies} copies of {source_trace})")
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

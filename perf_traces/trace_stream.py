@@ -1,235 +1,657 @@
-"""Stream a Chrome trace's ``traceEvents`` without loading the file, and rewrite selected events.
+"""Read a Chrome trace at I/O speed and write a copy with a few byte ranges edited.
 
-Reading: ``iter_trace`` walks the top-level JSON object with the C-accelerated
-``json.JSONDecoder.raw_decode`` one value at a time from a bounded text buffer (a few MB), so memory
-does not grow with the trace. It yields each event with its character span in the file; the other
-top-level keys (``deviceProperties`` …) are decoded whole (they are small).
+Reading (``TraceScanner``): the file is read in chunks of ``chunk_bytes``. The ``traceEvents`` array
+is cut into pieces at a ``},`` near the end of each chunk, and each piece is parsed by msgspec as a
+list of ``msgspec.Raw`` values: a validating skip parser (~1 GB/s) that returns each event's exact
+bytes without decoding it. The events' byte offsets follow from their lengths and the separators
+between them. A caller-supplied regex, run over the piece, picks the candidate events (e.g. those
+whose ``"name"`` starts like a kernel name); only those are handed out, with their offsets, to be
+decoded. A cut that lands inside an event (a ``},`` in a string or a nested object) fails to parse
+and is replaced by an exact one from ``_exact_cut`` (a vectorised scan of strings and nesting).
+Memory is a few chunks, whatever the file size.
 
-Writing: ``rewrite_events`` copies the file text verbatim and replaces only the given events' spans
-by re-encoded JSON, into a temporary file next to the target that is renamed over it at the end, so
-a failure never leaves a partial output. Unchanged events keep their exact bytes.
+Writing (``write_spliced``): copies the file in large blocks, replacing the given byte ranges
+(or inserting at an offset). With a ``helper_process`` (files of 64 MB and more on 2+ cores), a
+second process reads or writes one half while this one does the other.
 
-Malformed input (not JSON, truncated, no ``traceEvents`` list) raises ``TraceFormatError`` (a
-``ValueError``) naming the character offset.
+Malformed input (not JSON, truncated, not UTF-8, no ``traceEvents`` list) raises
+``TraceFormatError`` (a ``ValueError``) naming the line and byte offset.
 """
 
 from __future__ import annotations
 
-import json
+import codecs
+import contextlib
+import dataclasses
+import mmap
+import multiprocessing
+import multiprocessing.pool
 import os
 import re
-import tempfile
-from collections.abc import Callable, Iterator
-from typing import Any
+import signal
+from collections.abc import Iterable, Iterator
+from typing import Any, NoReturn
 
-__all__ = ["TraceEvent", "TraceFormatError", "iter_trace", "rewrite_events"]
+import msgspec
+import numpy as np
 
-_CHUNK_CHARS = 1 << 22  # 4 Mi characters per read: large enough to amortise, small next to the RSS budget
-_WHITESPACE_RE = re.compile(r"[ \t\n\r]*")
+__all__ = [
+    "CandidateBatch",
+    "Edits",
+    "TraceFormatError",
+    "TraceLayout",
+    "TraceScanner",
+    "helper_process",
+    "wants_helper",
+    "write_spliced",
+]
+
+CHUNK_BYTES = 16 << 20  # per read: large enough to amortise per-piece costs, small next to the RSS budget
+_WHITESPACE = b" \t\n\r"
+_WHITESPACE_RE = re.compile(rb"[ \t\n\r]*")
+_SEPARATOR_RE = re.compile(rb"[ \t\n\r]*,[ \t\n\r]*")
+# the last item's '}' and the ']' after it, near the end of a well-formed trace ('  }\n  ],"traceName": ...}')
+# between two events of a profiler trace: '},' + newline + '{' (a raw newline is never inside a string)
+_LIKELY_SEPARATOR_RE = re.compile(rb"\}[ \t\r]*,[ \t\r]*\n[ \t\n\r]*\{")
+_ARRAY_END_RE = re.compile(rb"\}[ \t\n\r]*\][ \t\n\r]*(?:,[^\]]*)?\}[ \t\n\r]*\Z")
+# '"traceEvents": [' as a key; whether it is a top-level key is checked by parsing what precedes it
+_TRACE_EVENTS_KEY_RE = re.compile(rb'"traceEvents"[ \t\n\r]*:[ \t\n\r]*')
+_BYTE_POSITION_RE = re.compile(r"\(byte (\d+)\)")
+_RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
+_ANY = msgspec.json.Decoder()
+
+# _exact_cut's byte classes: +1 opens a level, -1 closes one, 2 is a comma
+_STRUCTURE_DELTA = np.zeros(256, np.int8)
+_STRUCTURE_DELTA[[ord("{"), ord("[")]] = 1
+_STRUCTURE_DELTA[[ord("}"), ord("]")]] = -1
+_STRUCTURE_DELTA[ord(",")] = 2
+_IS_WHITESPACE = np.zeros(256, bool)
+_IS_WHITESPACE[list(_WHITESPACE)] = True
 
 
 class TraceFormatError(ValueError):
     """The trace file is not a Chrome trace JSON object with a ``traceEvents`` list."""
 
 
-# (event index, event, start char offset, end char offset) or (None, key, value, None) for other keys
-TraceEvent = tuple[int | None, Any, Any, int | None]
+@dataclasses.dataclass
+class TraceLayout:
+    """Where the parts of the trace file are (byte offsets), known once the scan has finished."""
+
+    events_start: int  # just after the '[' of traceEvents
+    events_end: int  # the ']' closing traceEvents
+    num_events: int
+    other_keys: dict[str, Any]  # the top-level keys other than traceEvents, decoded
 
 
-class _Reader:
-    def __init__(self, path: str, chunk_chars: int) -> None:
+@dataclasses.dataclass
+class CandidateBatch:
+    """The candidate events of one piece: event indexes, byte offsets in the file, raw JSON bytes."""
+
+    indexes: list[int]
+    offsets: list[int]
+    raws: list[msgspec.Raw]
+
+
+def _line_of(path: str, offset: int) -> int:
+    """1-based line number of byte ``offset`` (for error messages only: reads the file up to it)."""
+    newlines = 0
+    with open(path, "rb") as trace_file:
+        remaining = offset
+        while remaining > 0:
+            block = trace_file.read(min(CHUNK_BYTES, remaining))
+            if not block:
+                break
+            newlines += block.count(b"\n")
+            remaining -= len(block)
+    return newlines + 1
+
+
+def format_error(path: str, offset: int, message: str) -> TraceFormatError:
+    return TraceFormatError(
+        f"{path}: {message} at line {_line_of(path, offset)} (byte {offset}); expected a Chrome trace JSON "
+        "object with a 'traceEvents' list (is the file complete? re-export it with torch.profiler's "
+        "export_chrome_trace)"
+    )
+
+
+def _decode_error_offset(error: Exception, default: int) -> int:
+    """The byte position msgspec names in its message ('... (byte 57)'), else ``default``."""
+    match = _BYTE_POSITION_RE.search(str(error))
+    return int(match.group(1)) if match else default
+
+
+def _describe(error: Exception) -> str:
+    text = _BYTE_POSITION_RE.sub("", str(error)).strip()
+    text = text.removeprefix("JSON is malformed: ")
+    return text.replace("Input data was truncated", "truncated JSON")
+
+
+def _check_utf8(path: str, data: bytes | memoryview, base: int) -> None:
+    if not len(data) or np.frombuffer(data, np.uint8).max() < 0x80:  # ASCII, the usual case
+        return
+    try:
+        codecs.utf_8_decode(data, "strict", True)
+    except UnicodeDecodeError as error:
+        raise format_error(path, base + error.start, f"not UTF-8 text ({error.reason})") from None
+
+
+def _structure(data: bytes, start: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The structural characters of ``data[start:end]`` outside strings: (positions, kinds, depths).
+
+    ``data[start]`` must be outside any string. Kinds: +1 for '{' '[', -1 for '}' ']', 2 for ','.
+    Depths: the nesting depth after each character, relative to ``start``. Vectorised (numpy), so a
+    chunk costs a few passes over its bytes.
+    """
+    view = np.frombuffer(data, np.uint8, end - start, start)
+    backslashes = np.flatnonzero(view == 0x5C)
+    quotes = np.flatnonzero(view == 0x22)
+    if backslashes.size:
+        # in a run of backslashes, the 1st, 3rd, ... escape the character after them
+        run_start = np.ones(backslashes.size, bool)
+        run_start[1:] = backslashes[1:] != backslashes[:-1] + 1
+        first_of_run = np.maximum.accumulate(np.where(run_start, backslashes, 0))
+        escaped = backslashes[(backslashes - first_of_run) % 2 == 0] + 1
+        quotes = np.setdiff1d(quotes, escaped, assume_unique=True)
+    delta = _STRUCTURE_DELTA[view]
+    structural = np.flatnonzero(delta)
+    positions = structural[np.searchsorted(quotes, structural) % 2 == 0]
+    kinds = delta[positions].astype(np.int64)
+    depths = np.cumsum(np.where(kinds == 2, 0, kinds))
+    return positions + start, kinds, depths
+
+
+def _exact_cut(data: bytes, start: int, end: int) -> tuple[str, int]:
+    """Where the array items in ``data[start:end]`` can be cut (``data[start]`` at depth 0 of the array).
+
+    Returns ``("end", i)`` when ``data[i]`` is the ']' closing the array, ``("comma", i)`` for the
+    last comma at depth 0, or ``("more", end)`` when the range lies inside one item. For malformed
+    JSON the answer may be wrong; the parse of the piece it delimits then reports the error.
+    """
+    positions, kinds, depths = _structure(data, start, end)
+    closing = np.flatnonzero(depths < 0)
+    if closing.size:
+        return "end", int(positions[closing[0]])
+    commas = np.flatnonzero((kinds == 2) & (depths == 0))
+    if commas.size:
+        return "comma", int(positions[commas[-1]])
+    return "more", end
+
+
+def _deepest(data: bytes, start: int, end: int) -> tuple[int, int]:
+    """(depth, index) of the first deepest point of ``data[start:end]``, for the too-deep error."""
+    positions, _, depths = _structure(data, start, end)
+    deepest = int(np.argmax(depths))
+    return int(depths[deepest]), int(positions[deepest])
+
+
+def _event_offsets(document: bytes, raws: list[msgspec.Raw]) -> np.ndarray:
+    """Offsets in ``document`` ('[' + items + ']') of each raw item, exact.
+
+    Items are separated by whitespace, one comma, whitespace. The separator after the first item is
+    assumed for all and checked in bulk (every separator equal, every item starting on a non-space);
+    if that fails, the separators are measured one by one.
+    """
+    lengths = np.fromiter(map(len, raws), np.int64, len(raws))
+    first = _WHITESPACE_RE.match(document, 1).end()
+    if len(raws) == 1:
+        return np.array([first], np.int64)
+    separator = _SEPARATOR_RE.match(document, first + int(lengths[0]))
+    assert separator is not None, "the parse guarantees a separator after each item"
+    separator_bytes = separator.group()
+    offsets = np.empty(len(raws), np.int64)
+    offsets[0] = first
+    np.cumsum(lengths[:-1] + len(separator_bytes), out=offsets[1:])
+    offsets[1:] += first
+    ends = offsets + lengths
+    if ends[-1] <= len(document) - 1:
+        view = np.frombuffer(document, np.uint8)
+        uniform = not _IS_WHITESPACE[view[offsets[1:]]].any()
+        for position, byte in enumerate(separator_bytes):
+            uniform = uniform and bool((view[ends[:-1] + position] == byte).all())
+        if uniform and _WHITESPACE_RE.match(document, int(ends[-1])).end() == len(document) - 1:
+            return offsets
+    offset = first
+    for item, length in enumerate(lengths[:-1].tolist()):
+        offsets[item] = offset
+        offset = _SEPARATOR_RE.match(document, offset + length).end()
+    offsets[-1] = offset
+    return offsets
+
+
+class TraceScanner:
+    """Iterate over the candidate events of a trace (see the module doc); ``layout`` is set at the end.
+
+    An item of ``traceEvents`` is a candidate when one of ``candidate_patterns`` occurs in its raw
+    bytes: a compiled regex, or a bytes literal (found with ``find``: faster when it is rare); the
+    caller decodes the candidates and decides. The file is memory-mapped copy-on-write (the scanner
+    writes the '[' / ']' that make a piece a list; the file is not changed) and the pages behind the
+    scan are dropped from memory as it goes. A batch's ``raws`` are views of the mapping: use them
+    before asking for the next batch.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        candidate_patterns: Iterable[re.Pattern[bytes] | bytes],
+        *,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
         self.path = path
-        self.file = open(path, encoding="utf-8", newline="")  # noqa: SIM115 (closed in close())
-        self.chunk_chars = chunk_chars
-        self.text = ""
-        self.pos = 0
-        self.base = 0  # file offset (characters) of self.text[0]
-        self.eof = False
-        self.decoder = json.JSONDecoder()
+        self.candidate_patterns = list(candidate_patterns)
+        self.chunk_bytes = chunk_bytes
+        self.layout: TraceLayout | None = None
+        self._data: Any = b""
+        self._released = 0  # the pages before this offset were dropped
 
-    def close(self) -> None:
-        self.file.close()
-
-    def error(self, message: str) -> TraceFormatError:
-        return TraceFormatError(
-            f"{self.path}: {message} at character {self.base + self.pos}; expected a Chrome trace "
-            "JSON object with a 'traceEvents' list (is the file complete? re-export it with "
-            "torch.profiler's export_chrome_trace)"
+    def __iter__(self) -> Iterator[CandidateBatch]:
+        """The whole trace, in one pass; sets ``layout``."""
+        with self:
+            start = self.prologue()
+            num_events, events_end = yield from self.scan(start)
+            other_keys = self.epilogue(events_end)
+        self.layout = TraceLayout(
+            events_start=self.events_start,
+            events_end=events_end,
+            num_events=num_events,
+            other_keys={**self.keys_before, **other_keys},
         )
 
-    def _read_more(self) -> None:
-        """Drop the consumed text and append one chunk, or as much as the unconsumed tail (so an item
-        longer than a chunk is re-decoded only O(log) times and the buffer stays ~2x the item)."""
-        if self.pos:
-            self.base += self.pos
-            self.text = self.text[self.pos :]
-            self.pos = 0
-        try:
-            chunk = self.file.read(max(self.chunk_chars, len(self.text)))
-        except UnicodeDecodeError as exc:
-            raise TraceFormatError(f"{self.path}: not UTF-8 text ({exc})") from exc
-        if not chunk:
-            self.eof = True
-        self.text += chunk
+    def __enter__(self) -> TraceScanner:
+        with open(self.path, "rb") as trace_file:
+            if os.fstat(trace_file.fileno()).st_size == 0:
+                raise format_error(self.path, 0, "empty file")
+            self._data = mmap.mmap(trace_file.fileno(), 0, access=mmap.ACCESS_COPY)
+        self._data.madvise(mmap.MADV_SEQUENTIAL)
+        return self
 
-    def peek(self) -> str:
-        """The next non-whitespace character ('' at end of file)."""
-        while True:
-            pos = _WHITESPACE_RE.match(self.text, self.pos).end()
-            self.pos = pos
-            if pos < len(self.text):
-                return self.text[pos]
-            if self.eof:
-                return ""
-            self._read_more()
+    def __exit__(self, *exc_info: object) -> None:
+        data, self._data = self._data, b""
+        with contextlib.suppress(BufferError):  # raws still held by the caller: closed when they are freed
+            data.close()
 
-    def expect(self, chars: str) -> str:
-        char = self.peek()
-        if char == "" or char not in chars:
-            found = repr(char) if char else "end of file"
-            raise self.error(f"expected one of {list(chars)}, found {found}")
-        self.pos += 1
-        return char
+    def split_point(self, start: int, fraction: float) -> int | None:
+        """A likely item boundary about ``fraction`` into the events after ``start``: the ',' of a
+        '},' followed by a newline and '{' (a raw newline cannot be inside a JSON string); None if
+        none is near. Only a guess: ``scan(start, stop)`` parses up to it and fails if it is not one."""
+        size = len(self._data)
+        target = start + int((size - start) * fraction)
+        match = _LIKELY_SEPARATOR_RE.search(self._data, target, min(size, target + (1 << 20)))
+        return None if match is None else match.start() + match.group().index(b",")
 
-    def array_items(self) -> Iterator[tuple[Any, int, int]]:
-        """Decode the items of the array whose '[' was consumed, through its ']' (the hot loop)."""
-        raw_decode = self.decoder.raw_decode
-        separator = _SEPARATOR_RE.match
-        self.peek()
-        while True:
-            text, pos = self.text, self.pos
-            try:
-                value, end = raw_decode(text, pos)
-            except json.JSONDecodeError as exc:
-                if self.eof:
-                    raise self.error(f"invalid or truncated JSON value ({exc.msg})") from None
-                self._read_more()
-                continue
-            match = separator(text, end)
-            if match is None or match.end() == len(text):  # separator or what follows may be cut off
-                if not self.eof:
-                    self._read_more()
-                    continue
-                if match is None:
-                    self.pos = end
-                    raise self.error("expected ',' or ']' after an array item")
-            yield value, self.base + pos, self.base + end
-            self.pos = match.end()
-            if match.group(1) == "]":
-                return
+    def _release(self, offset: int) -> None:
+        """Drop the mapped pages before ``offset`` from memory (they are not read again)."""
+        page_end = offset // mmap.PAGESIZE * mmap.PAGESIZE
+        if page_end - self._released >= self.chunk_bytes:
+            self._data.madvise(mmap.MADV_DONTNEED, self._released, page_end - self._released)
+            self._released = page_end
 
-    def value(self) -> tuple[Any, int, int]:
-        """Decode the next JSON value; return it with its file character span."""
-        self.peek()
-        while True:
-            try:
-                value, end = self.decoder.raw_decode(self.text, self.pos)
-            except json.JSONDecodeError as exc:
-                if self.eof:
-                    raise self.error(f"invalid or truncated JSON value ({exc.msg})") from None
-                self._read_more()
-                continue
-            if end == len(self.text) and not self.eof:  # a number cut at the buffer end decodes too
-                self._read_more()
-                continue
-            start = self.base + self.pos
-            self.pos = end
-            return value, start, self.base + end
+    # ---- the top-level object around the array
 
-
-_SEPARATOR_RE = re.compile(r"[ \t\n\r]*([,\]])[ \t\n\r]*")
-
-
-def iter_trace(path: str, *, chunk_chars: int = _CHUNK_CHARS) -> Iterator[TraceEvent]:
-    """Yield ``(index, event, start, end)`` per trace event and ``(None, key, value, None)`` per other key.
-
-    Events are yielded in file order; ``start``/``end`` are character offsets usable by
-    ``rewrite_events``. Raises ``TraceFormatError`` on malformed or truncated input (possibly after
-    yielding earlier events: consumers must not write output before the iteration completes).
-    """
-    reader = _Reader(path, chunk_chars)
-    try:
-        reader.expect("{")
-        saw_events = False
-        if reader.peek() == "}":
-            reader.pos += 1
-        else:
-            while True:
-                key, _, _ = reader.value()
-                if not isinstance(key, str):
-                    raise reader.error("object key is not a string")
-                reader.expect(":")
-                if key == "traceEvents":
-                    if reader.peek() != "[":
-                        raise reader.error("'traceEvents' is not a list")
-                    reader.pos += 1
-                    saw_events = True
-                    index = 0
-                    if reader.peek() == "]":
-                        reader.pos += 1
-                    else:
-                        for index, (event, start, end) in enumerate(reader.array_items()):
-                            yield index, event, start, end
-                else:
-                    value, _, _ = reader.value()
-                    yield None, key, value, None
-                if reader.expect(",}") == "}":
-                    break
-        if reader.peek() != "":
-            raise reader.error("trailing data after the top-level object")
-        if not saw_events:
-            raise TraceFormatError(
-                f"{path}: no 'traceEvents' key; expected a Chrome trace JSON object such as "
-                "torch.profiler's export_chrome_trace writes"
+    def prologue(self) -> int:
+        """Find the top-level '"traceEvents": [' and decode the keys before it; return the index after '['."""
+        data = self._data
+        opening = _WHITESPACE_RE.match(data).end()
+        if opening == len(data) or data[opening] != ord("{"):
+            found = data[opening : opening + 1].decode("utf-8", "replace")
+            raise format_error(
+                self.path, opening, f"expected '{{', found {found!r}" if found else "empty file"
             )
+        search_from = opening
+        while True:
+            match = _TRACE_EVENTS_KEY_RE.search(data, search_from)
+            if match is None:
+                self._raise_for_object(opening)
+            try:
+                before = _ANY.decode(data[opening : match.end()] + b"null}")
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                before = None
+            if (
+                isinstance(before, dict)
+                and list(before)[-1:] == ["traceEvents"]
+                and before["traceEvents"] is None
+            ):
+                break  # a top-level key: what precedes it is a complete object prefix
+            search_from = match.start() + 1
+        _check_utf8(self.path, data[: match.end()], 0)
+        if data[match.end() : match.end() + 1] != b"[":
+            raise format_error(self.path, match.end(), "'traceEvents' is not a list")
+        del before["traceEvents"]
+        self.keys_before: dict[str, Any] = before
+        self.events_start = match.end() + 1
+        return match.end() + 1
+
+    def _raise_for_object(self, opening: int) -> NoReturn:
+        """No top-level traceEvents key in the file: say what is wrong with it."""
+        try:
+            value = _ANY.decode(memoryview(self._data)[opening:])
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as error:
+            offset = opening + _decode_error_offset(error, len(self._data) - opening)
+            raise format_error(self.path, offset, f"invalid JSON ({_describe(error)})") from None
+        assert isinstance(value, dict)
+        raise TraceFormatError(
+            f"{self.path}: no 'traceEvents' key; expected a Chrome trace JSON object such as "
+            "torch.profiler's export_chrome_trace writes"
+        )
+
+    def epilogue(self, events_end: int) -> dict[str, Any]:
+        """Decode what follows the array: ', "key": value ... }' and nothing but whitespace after it."""
+        base = events_end + 1
+        rest = self._data[base:]  # a few bytes in profiler traces
+        position = _WHITESPACE_RE.match(rest).end()
+        if rest[position : position + 1] == b"}":
+            after = _WHITESPACE_RE.match(rest, position + 1).end()
+            if after != len(rest):
+                raise format_error(self.path, base + after, "trailing data after the top-level object")
+            return {}
+        if rest[position : position + 1] != b",":
+            found = (
+                repr(rest[position : position + 1].decode("utf-8", "replace"))
+                if position < len(rest)
+                else "end of file"
+            )
+            raise format_error(
+                self.path, base + position, f"expected ',' or '}}' after the events, found {found}"
+            )
+        try:
+            keys = _ANY.decode(b"{" + rest[position + 1 :])
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as error:
+            offset = position + _decode_error_offset(error, len(rest) - position)
+            message = _describe(error)
+            if message.startswith("trailing characters"):
+                message = "trailing data after the top-level object"
+            raise format_error(self.path, base + offset, message) from None
+        if not keys:
+            raise format_error(self.path, base + position, "a ',' after the events but no key")
+        if "traceEvents" in keys:
+            raise format_error(self.path, base + position, "a second 'traceEvents' key")
+        return keys
+
+    # ---- the events
+
+    def scan(self, start: int, stop: int | None = None) -> Iterator[CandidateBatch]:
+        """Yield the candidates of the items from ``start`` (an item's first byte, or whitespace before
+        it) to the array's end, or to the ',' at ``stop``; return (number of items, where it ended).
+
+        A piece is ``data[start:cut]``, the next ``chunk_bytes`` or so; the byte before it (the '['
+        or the separating ',') and the one after it are overwritten with '[' and ']' so that msgspec
+        parses it in place as a list.
+        """
+        data, size = self._data, len(self._data)
+        limit = size if stop is None else stop
+        num_events = 0
+        window = self.chunk_bytes
+        while True:
+            end = min(limit, start + window)
+            if end == stop:  # a segment's last piece: it must end exactly there
+                raws = self._parse_exact(start, stop, first=False, last=False)
+                cut, last = stop, True
+            else:
+                piece = self._fast_piece(start, end)
+                if piece is None:
+                    kind, cut = _exact_cut(data, start, end)
+                    if kind == "more":
+                        if end == size:
+                            raise format_error(
+                                self.path, size, "truncated JSON: the events array is not closed"
+                            )
+                        window *= 2  # one item longer than the window: look further
+                        continue
+                    if kind == "end" and stop is not None:
+                        raise format_error(self.path, cut, "the events array ends before the segment does")
+                    last = kind == "end"
+                    raws = self._parse_exact(start, cut, first=num_events == 0, last=last)
+                else:
+                    raws, cut, last = piece
+            window = self.chunk_bytes
+            document = memoryview(data)[start - 1 : cut + 1]
+            _check_utf8(self.path, document, start - 1)
+            if raws:
+                yield self._candidates(document, raws, num_events, start - 1)
+            document.release()
+            num_events += len(raws)
+            if last:
+                return num_events, cut
+            start = cut + 1
+            self._release(start)
+
+    def _fast_piece(self, start: int, end: int) -> tuple[list[msgspec.Raw], int, bool] | None:
+        """Parse ``data[start:]`` up to a guessed cut near ``end``: (raws, index of the ',' or ']' after
+        them, whether it is the array's ']'), or None when there is no guess or it was wrong."""
+        data = self._data
+        brace, closing = self._fast_cut(start, end)
+        if brace < 0:
+            return None
+        saved = data[brace + 1]
+        data[start - 1], data[brace + 1] = ord("["), ord("]")
+        try:
+            raws = _RAW_LIST.decode(memoryview(data)[start - 1 : brace + 2])
+        except (msgspec.DecodeError, RecursionError):
+            data[brace + 1] = saved
+            return None
+        # a piece that parses ends at the top level, so the ',' or ']' after it is the array's
+        cut = brace + 1 if saved in b",]" else _WHITESPACE_RE.match(data, brace + 2).end()
+        data[cut] = ord("]")  # the document of the piece ends there
+        if saved not in b",]":
+            data[brace + 1] = saved
+        return raws, cut, closing
+
+    def _parse_exact(self, start: int, cut: int, *, first: bool, last: bool) -> list[msgspec.Raw]:
+        data = self._data
+        if not data[start:cut].strip(_WHITESPACE) and not (last and first):
+            raise format_error(self.path, cut, "expected a value before this ',' or ']'")
+        data[start - 1], data[cut] = ord("["), ord("]")
+        try:
+            return _RAW_LIST.decode(memoryview(data)[start - 1 : cut + 1])
+        except RecursionError:
+            depth, offset = _deepest(data, start, cut)
+            raise format_error(
+                self.path, offset, f"JSON nested {depth} levels deep (the decoder allows ~1000)"
+            ) from None
+        except msgspec.DecodeError as error:
+            offset = start + _decode_error_offset(error, cut - start + 1) - 1
+            raise format_error(self.path, offset, f"invalid JSON ({_describe(error)})") from None
+
+    def _fast_cut(self, start: int, end: int) -> tuple[int, bool]:
+        """(index of a '}' followed by ',' near the end of ``data[start:end]``, False), or, where the
+        array ends in that range, (the last '}' before the ']', True); (-1, False) if none in a few tries."""
+        data = self._data
+        closing = _ARRAY_END_RE.search(data, max(start, end - 4096), end) if end == len(data) else None
+        if closing is not None:
+            return closing.start(), True
+        brace = end
+        for _ in range(4):
+            brace = data.rfind(b"}", start, brace)
+            if brace < 0:
+                return -1, False
+            after = _WHITESPACE_RE.match(data, brace + 1, end).end()
+            if after < end and data[after] == ord(","):
+                return brace, False
+        return -1, False
+
+    def _candidates(
+        self, document: memoryview, raws: list[msgspec.Raw], first_index: int, base: int
+    ) -> CandidateBatch:
+        """The items of ``document`` (a piece, at file offset ``base``) that the patterns occur in."""
+        positions: list[int] = []
+        for pattern in self.candidate_patterns:
+            if isinstance(pattern, bytes):
+                found = self._data.find(pattern, base, base + len(document))
+                while found >= 0:
+                    positions.append(found - base)
+                    found = self._data.find(pattern, found + 1, base + len(document))
+            else:
+                positions += [match.start() for match in pattern.finditer(document)]
+        if not positions:
+            return CandidateBatch([], [], [])
+        offsets = _event_offsets(document, raws)
+        items = np.unique(np.searchsorted(offsets, positions, side="right") - 1)
+        items = items[items >= 0].tolist()
+        return CandidateBatch(
+            indexes=[first_index + item for item in items],
+            offsets=(offsets[items] + base).tolist(),
+            raws=[raws[item] for item in items],
+        )
+
+
+@dataclasses.dataclass
+class Edits:
+    """Byte ranges of a file to replace, sorted and disjoint: ``source[starts[i]:ends[i]]`` (empty
+    for an insertion) becomes ``replacements[replacement_ids[i]]``. Arrays, because a 1 GB trace has
+    ~700k of them, most sharing a few replacement texts."""
+
+    starts: np.ndarray  # int64
+    ends: np.ndarray  # int64
+    replacement_ids: np.ndarray  # int64
+    replacements: list[bytes]
+
+    @classmethod
+    def of(cls, edits: list[tuple[int, int, bytes]]) -> Edits:
+        """From (start, end, replacement) tuples (each replacement its own text)."""
+        return cls(
+            starts=np.array([edit[0] for edit in edits], np.int64),
+            ends=np.array([edit[1] for edit in edits], np.int64),
+            replacement_ids=np.arange(len(edits), dtype=np.int64),
+            replacements=[edit[2] for edit in edits],
+        )
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def grown_bytes(self) -> int:
+        """How much longer the output is than the source."""
+        lengths = np.array([len(text) for text in self.replacements] or [0], np.int64)
+        return int(lengths[self.replacement_ids].sum() - (self.ends - self.starts).sum())
+
+    def part(self, begin: int, end: int) -> Edits:
+        return Edits(
+            self.starts[begin:end], self.ends[begin:end], self.replacement_ids[begin:end], self.replacements
+        )
+
+
+_HELPER_MIN_BYTES = 64 << 20  # below this, a second process costs more than the second core saves
+
+
+def wants_helper(path: str) -> bool:
+    """Whether reading / writing ``path`` in two halves pays: 2+ cores and a file of 64 MB or more."""
+    return (os.cpu_count() or 1) > 1 and os.path.getsize(path) >= _HELPER_MIN_BYTES
+
+
+@contextlib.contextmanager
+def helper_process(enabled: bool = True) -> Iterator[multiprocessing.pool.Pool | None]:
+    """A second process that reads or writes one half of a large trace while this one does the other.
+
+    Fork it first thing, while this process is small: it gets its work (and returns its results)
+    pickled, so its memory is its own half's. Yields None when ``enabled`` is False. Ended on exit.
+    """
+    if not enabled:
+        yield None
+        return
+    pool = multiprocessing.get_context("fork").Pool(1, initializer=_quiet_helper)
+    try:
+        yield pool
+        pool.close()
     finally:
-        reader.close()
+        pool.terminate()
+        pool.join()
 
 
-def rewrite_events(
+def _quiet_helper() -> None:
+    """In the helper: the main process handles Ctrl-C and ends the helper with SIGTERM, which
+    therefore just ends it (no handler inherited from the main process, no traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def write_spliced(
     source_path: str,
     target_path: str,
-    replacements: Iterator[tuple[int, int, Callable[[str], str]]],
+    edits: Edits,
     *,
-    chunk_chars: int = _CHUNK_CHARS,
+    chunk_bytes: int = CHUNK_BYTES,
+    helper: multiprocessing.pool.Pool | None = None,
 ) -> None:
-    """Copy ``source_path`` to ``target_path`` atomically, replacing character spans.
+    """Write ``source_path`` to ``target_path`` with the byte ranges of ``edits`` replaced.
 
-    ``replacements`` yields ``(start, end, fn)`` in increasing, non-overlapping order; the text
-    ``source[start:end]`` is replaced by ``fn(source[start:end])``. The output is written to a
-    temporary file in the target's directory and renamed onto ``target_path`` only after
-    everything was written and flushed.
+    The source is memory-mapped; the output is assembled from views of it and written about
+    ``chunk_bytes`` at a time at its final offset, and the pages already written are dropped from
+    memory. With a ``helper`` process (``helper_process``), it writes the first half while this one
+    writes the second, each at its own offset of the output.
     """
-    target_dir = os.path.dirname(os.path.abspath(target_path))
-    handle, tmp_path = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(target_path), dir=target_dir)
-    try:
-        with (
-            open(source_path, encoding="utf-8", newline="") as source,
-            os.fdopen(handle, "w", encoding="utf-8", newline="") as target,
+    size = os.path.getsize(source_path)
+    with open(target_path, "wb"):  # created (or emptied) here; the halves are written at offsets
+        pass
+    if size == 0:
+        assert not len(edits), "no edits in an empty file"
+        return
+    split = len(edits) // 2
+    if helper is None or split == 0:
+        _write_part(source_path, target_path, edits, 0, size, 0, chunk_bytes)
+        return
+    # no edit straddles the start of edit number `split`; the second half's output offset follows
+    # from the first half's edits
+    first, second = edits.part(0, split), edits.part(split, len(edits))
+    middle = int(edits.starts[split])
+    first_done = helper.apply_async(_write_part, (source_path, target_path, first, 0, middle, 0, chunk_bytes))
+    _write_part(source_path, target_path, second, middle, size, middle + first.grown_bytes(), chunk_bytes)
+    first_done.get()
+
+
+def _write_part(
+    source_path: str, target_path: str, edits: Edits, start: int, stop: int, out_offset: int, chunk_bytes: int
+) -> None:
+    """Write ``source[start:stop]`` with ``edits`` (all inside it) at ``out_offset`` of the target."""
+    with open(source_path, "rb") as source, open(target_path, "r+b") as target:
+        data = mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ)
+        view = memoryview(data)
+        try:
+            data.madvise(mmap.MADV_SEQUENTIAL)
+            _write_range(data, view, target.fileno(), start, stop, edits, out_offset, chunk_bytes)
+        finally:
+            view.release()
+            data.close()
+
+
+def _write_range(
+    data: mmap.mmap,
+    view: memoryview,
+    fd: int,
+    start: int,
+    stop: int,
+    edits: Edits,
+    out_offset: int,
+    chunk_bytes: int,
+) -> None:
+    """Write ``view[start:stop]`` with ``edits`` (all inside it) at ``out_offset`` of ``fd``."""
+    parts: list[bytes | memoryview] = []
+    copied = flushed = start  # source offsets: assembled, written
+    replacements = edits.replacements
+
+    def flush() -> None:
+        nonlocal out_offset, flushed
+        block = memoryview(b"".join(parts))
+        parts.clear()
+        while block:
+            written = os.pwrite(fd, block, out_offset)
+            out_offset += written
+            block = block[written:]
+        released = flushed // mmap.PAGESIZE * mmap.PAGESIZE
+        flushed = copied
+        data.madvise(mmap.MADV_DONTNEED, released, flushed // mmap.PAGESIZE * mmap.PAGESIZE - released)
+
+    for batch in range(0, len(edits), 1 << 16):  # lists of 64k edits at a time, not ~700k
+        batch_edits = edits.part(batch, batch + (1 << 16))
+        for edit_start, edit_end, replacement_id in zip(
+            batch_edits.starts.tolist(),
+            batch_edits.ends.tolist(),
+            batch_edits.replacement_ids.tolist(),
+            strict=True,
         ):
-            position = 0  # characters of source consumed so far
-
-            def copy_until(offset: int) -> None:
-                nonlocal position
-                while position < offset:
-                    chunk = source.read(min(chunk_chars, offset - position))
-                    if not chunk:
-                        raise TraceFormatError(f"{source_path} changed while it was being rewritten")
-                    target.write(chunk)
-                    position += len(chunk)
-
-            for start, end, fn in replacements:
-                assert start >= position and end > start, "replacements must be sorted and disjoint"
-                copy_until(start)
-                original = source.read(end - start)
-                position += len(original)
-                target.write(fn(original))
-            while chunk := source.read(chunk_chars):
-                target.write(chunk)
-            target.flush()
-            os.fsync(target.fileno())
-        os.replace(tmp_path, target_path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-        raise
+            assert edit_start >= copied and edit_end >= edit_start, "edits must be sorted and disjoint"
+            parts.append(view[copied:edit_start])
+            parts.append(replacements[replacement_id])
+            copied = edit_end
+            if copied - flushed >= chunk_bytes:
+                flush()
+    parts.append(view[copied:stop])
+    copied = stop
+    flush()

@@ -233,7 +233,9 @@ def test_downstream_steps_and_collectors_on_committed_fixtures(tmp_path):
     enrich = results["perf_traces_enrich_train"]
     assert enrich["status"] == "ok", enrich["log_tail"]
     events = json.loads((tmp_path / "perf_traces/train/trace_enriched.json").read_text())["traceEvents"]
-    matched = sum(1 for e in events if any(k.startswith("inductor_") for k in e.get("args", {})))
+    matched = sum(
+        1 for e in events if e.get("ph") == "X" and any(k.startswith("inductor_") for k in e.get("args", {}))
+    )  # complete events only: the kernel table's instant events carry inductor_* args too
     assert sum(c["matched"] for c in enrich["metrics"]["matched_by_category"].values()) == matched > 0
     assert any(line.startswith("events matched: ") for line in enrich["metrics"]["printed_summary"])
 
@@ -324,8 +326,9 @@ def test_script_without_output_folder_is_a_one_line_error():
 
 @pytest.mark.slow
 def test_script_hard_limit_interrupts_the_driver_which_still_packs(tmp_path):
+    # 15 s: the environment step takes ~6 s, profiling (a torch.compile) ~20 s even on an idle machine
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHON=sys.executable, WHEEL_DIR=str(tmp_path), HARD_LIMIT_S="40")
+    env = dict(os.environ, PYTHON=sys.executable, WHEEL_DIR=str(tmp_path), HARD_LIMIT_S="15")
     result = subprocess.run(
         ["bash", "gpu/run_checks.sh", str(out), "--cpu=True", "--steps=perf_traces_profile_train"],
         capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=300, check=False,

@@ -218,21 +218,24 @@ def test_fuzz_log_parser_never_crashes():
 def test_pairs_in_short_and_trace_form_are_matched_like_the_default_form(tmp_path, log_format):
     """Real pairs written by profile_compiled_model.py --log_format short / trace (torch 2.13, CPU)."""
     from perf_traces.enrich import enrich_trace
-    from tests.perf_traces.helpers import enclosing_kind, load_events
+    from perf_traces.log_kernels import compiled_graphs
+    from tests.perf_traces.helpers import enclosing_kind, kernel_table, load_events
 
     name = f"cpu_train_{log_format}"
     log_path = fixture(name, "torch_trace" if log_format == "trace" else "output_code.log")
     log = read_inductor_log(log_path, strict=True)
     assert log.format == log_format and [m.aot_id for m in log.modules] == ["0_forward", "0_backward"]
     output = str(tmp_path / "enriched.json")
-    summary = enrich_trace(fixture(name, "trace.json"), log.modules, output)
+    summary = enrich_trace(fixture(name, "trace.json"), compiled_graphs(log), output)
     events = load_events(output)
+    table = kernel_table(events)
     kernel_events = [e for e in events if re.match(r"^graph_\d+_cpp_", e["name"])]
     assert len(kernel_events) == sum(len(m.kernels) for m in log.modules)
     for event in kernel_events:
         graph_id = event["name"].split("_")[1]
-        assert event["args"]["inductor_aot_id"] == f"{graph_id}_{enclosing_kind(events, event)}"
-        assert event["args"]["inductor_output_code_path"].endswith(".py")
+        entry = table[event["args"]["inductor_kernel_id"]]
+        assert entry["inductor_aot_id"] == f"{graph_id}_{enclosing_kind(events, event)}"
+        assert entry["inductor_output_code_path"].endswith(".py")
     assert summary.unmatched_by_name == {} and summary.log_kernels_not_in_trace == []
     assert summary.matched_by_kind["extern aten op"] == sum(
         1 for module in log.modules for call in module.calls if call.kind == "extern"

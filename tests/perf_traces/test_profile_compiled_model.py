@@ -10,9 +10,10 @@ import sys
 import pytest
 
 from perf_traces.enrich import enrich_trace
+from perf_traces.log_kernels import compiled_graphs
 from perf_traces.profile_compiled_model import check_self_times, main, self_times_from_trace
 from pytorch_scripts_common.inductor_log import read_inductor_log
-from tests.perf_traces.helpers import REPO_ROOT, enclosing_kind, load_events
+from tests.perf_traces.helpers import REPO_ROOT, enclosing_kind, kernel_table, load_events
 
 
 def _op(name, ts, dur, tid=1):
@@ -84,17 +85,19 @@ def test_live_cpu_pair_every_kernel_matched(tmp_path, mode, graph_break, log_for
     assert sorted(os.listdir(out_dir)) == sorted([".pytorch_scripts_output", log_name, "trace.json"])
     log = read_inductor_log(str(out_dir / log_name), strict=True)
     assert log.format == log_format
-    modules = log.modules
+    modules = compiled_graphs(log)
     expected = {("train", True): 4, ("inference", False): 1}[(mode, graph_break)]
     assert len(modules) == expected
     summary = enrich_trace(str(out_dir / "trace.json"), modules, str(tmp_path / "enriched.json"))
     assert summary.unmatched_by_name == {} and summary.log_kernels_not_in_trace == []
     events = load_events(str(tmp_path / "enriched.json"))
+    table = kernel_table(events)
     kernels = [e for e in events if re.match(r"^graph_\d+_cpp_", e["name"])]
     assert len(kernels) == sum(len(m.kernels) for m in modules)
     for event in kernels:
         graph_id = event["name"].split("_")[1]
-        assert event["args"]["inductor_aot_id"] == f"{graph_id}_{enclosing_kind(events, event)}"
+        entry = table[event["args"]["inductor_kernel_id"]]
+        assert entry["inductor_aot_id"] == f"{graph_id}_{enclosing_kind(events, event)}"
 
 
 def test_device_table_on_hand_written_cuda_trace():

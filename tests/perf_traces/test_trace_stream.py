@@ -1,157 +1,289 @@
-"""Streaming trace reader and atomic rewriter: exact spans, tiny buffers, truncated and hostile traces."""
+"""Byte-level trace reader and splicer: exact spans, tiny windows, odd layouts, truncated, hostile and
+fuzzed traces (a clean ``TraceFormatError`` naming line and byte, never a traceback)."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import re
 
 import pytest
 
-from perf_traces.trace_stream import TraceFormatError, iter_trace, rewrite_events
+from perf_traces.log_kernels import read_compiled_graphs
+from perf_traces.trace_stream import Edits, TraceFormatError, TraceScanner, helper_process, write_spliced
 from tests.perf_traces.helpers import fixture
 
+_EVERY_ITEM = [re.compile(rb'["\[\]{}0-9a-z]')]  # some byte of any JSON value: every item is a candidate
 
-def _write(tmp_path, text: str, name: str = "trace.json") -> str:
+
+def _write(tmp_path, text: str | bytes, name: str = "trace.json") -> str:
     path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
+    path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
     return str(path)
 
 
+def _scan(path: str, chunk_bytes: int = 1 << 20) -> tuple[list[tuple[int, int, bytes]], TraceScanner]:
+    scanner = TraceScanner(path, _EVERY_ITEM, chunk_bytes=chunk_bytes)
+    items = []
+    for batch in scanner:
+        items.extend(zip(batch.indexes, batch.offsets, (bytes(raw) for raw in batch.raws), strict=True))
+    return items, scanner
+
+
 @pytest.mark.parametrize("name", ["cpu_train", "cuda_handwritten"])
-def test_events_and_spans_match_json_load(name):
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 64, 4096, 1 << 24])
+def test_events_and_offsets_match_json_load(name, chunk_bytes):
+    """Windows of 1 byte to 16 MB: every event, at its exact byte offset; the other keys."""
     path = fixture(name, "trace.json")
-    with open(path, encoding="utf-8", newline="") as trace_file:
-        text = trace_file.read()
-    loaded = json.loads(text)
-    events, others = [], {}
-    for index, item, start, end in iter_trace(path):
-        if index is None:
-            others[item] = start
-        else:
-            assert index == len(events)
-            assert json.loads(text[start:end]) == item  # the span is exactly the event's text
-            events.append(item)
-    assert events == loaded["traceEvents"]
-    assert others == {key: value for key, value in loaded.items() if key != "traceEvents"}
+    with open(path, "rb") as trace_file:
+        data = trace_file.read()
+    loaded = json.loads(data)
+    items, scanner = _scan(path, chunk_bytes)
+    assert [index for index, _, _ in items] == list(range(len(loaded["traceEvents"])))
+    for _, offset, raw in items:
+        assert data[offset : offset + len(raw)] == raw
+    assert [json.loads(raw) for _, _, raw in items] == loaded["traceEvents"]
+    assert scanner.layout.num_events == len(loaded["traceEvents"])
+    assert data[scanner.layout.events_end : scanner.layout.events_end + 1] == b"]"
+    assert scanner.layout.other_keys == {key: value for key, value in loaded.items() if key != "traceEvents"}
 
 
-@pytest.mark.parametrize("chunk_chars", [1, 3, 7, 64])
-def test_tiny_buffers_give_identical_results(chunk_chars):
-    """Refills in the middle of events, separators and top-level numbers (e.g. baseTimeNanoseconds)."""
-    path = fixture("cpu_train", "trace.json")
-    assert list(iter_trace(path, chunk_chars=chunk_chars)) == list(iter_trace(path))
+def test_any_whitespace_and_nesting_around_events(tmp_path):
+    """Separators with spaces, tabs, CR, newlines before or after the comma; '},{' and ']' inside
+    strings and nested objects; keys after the array: seeded layouts, all read exactly."""
+    rng = random.Random(1)
+    events = [
+        {"name": f"e{i}", "args": {"x": [{"a": "},{"}, {"b": "]"}]}} if i % 3 else {"name": "s}, ]", "n": i}
+        for i in range(200)
+    ]
+    spaces = [" ", "\n", "\t", "\r\n  ", ""]
+    for trial in range(20):
+        text = (
+            "{"
+            + rng.choice(spaces)
+            + '"a": 1,"traceEvents"'
+            + rng.choice(spaces)
+            + ":"
+            + rng.choice(spaces)
+            + "["
+        )
+        for i, event in enumerate(events):
+            text += rng.choice(spaces) + json.dumps(event, indent=rng.choice([None, 1])) + rng.choice(spaces)
+            text += "," if i < len(events) - 1 else ""
+        text += (
+            rng.choice(spaces) + "]" + rng.choice(spaces) + rng.choice(["", ', "z": [1, {"q": "]}"}]']) + "}"
+        )
+        path = _write(tmp_path, text)
+        data = text.encode()
+        for chunk_bytes in (5, 50, 1000, 1 << 20):
+            items, scanner = _scan(path, chunk_bytes)
+            assert [json.loads(raw) for _, _, raw in items] == events, (trial, chunk_bytes)
+            assert all(data[offset : offset + len(raw)] == raw for _, offset, raw in items)
+            assert scanner.layout.other_keys == {
+                k: v for k, v in json.loads(text).items() if k != "traceEvents"
+            }
 
 
-def test_number_cut_at_buffer_end_is_not_shortened(tmp_path):
-    path = _write(tmp_path, '{"a": 1234567890, "traceEvents": [{"ts": 12345.678}], "b": 98765}')
-    items = list(iter_trace(path, chunk_chars=2))
-    assert (None, "a", 1234567890, None) in items and (None, "b", 98765, None) in items
-    assert items[1][1] == {"ts": 12345.678}
+def test_only_candidates_are_returned(tmp_path):
+    path = _write(
+        tmp_path, '{"traceEvents": [{"name": "a"}, {"name": "kernel_x"}, 3, {"name": "b", "k": "kernel"}]}'
+    )
+    scanner = TraceScanner(path, [re.compile(rb'"name": "kernel'), b'"kernel"'])
+    found = [
+        (index, bytes(raw)) for batch in scanner for index, raw in zip(batch.indexes, batch.raws, strict=True)
+    ]
+    assert found == [(1, b'{"name": "kernel_x"}'), (3, b'{"name": "b", "k": "kernel"}')]
+    assert scanner.layout.num_events == 4
 
 
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("", "expected one of"),
-        ("not json", "expected one of"),
-        ("[1, 2]", "expected one of"),
-        ('{"traceEvents": {}}', "not a list"),
+        ("", "empty file"),
+        ("not json", "expected '{', found 'n' at line 1 (byte 0)"),
+        ("[1, 2]", "expected '{'"),
+        ('{"traceEvents": {}}', "'traceEvents' is not a list at line 1 (byte 16)"),
         ('{"other": 1}', "no 'traceEvents' key"),
         ("{}", "no 'traceEvents' key"),
-        ('{"traceEvents": [{"a": 1},]}', "invalid or truncated"),
+        ('{"traceEvents": [{"a": 1},]}', "at line 1"),
         ('{"traceEvents": [{"a": 1} {"b": 2}]}', "expected ',' or ']'"),
-        ('{"traceEvents": []} trailing', "trailing data"),
-        ('{"traceEvents": [], }', "invalid or truncated"),
-        ('{1: 2, "traceEvents": []}', "key is not a string"),
+        ('{"traceEvents": []} trailing', "trailing data after the top-level object"),
+        ('{"traceEvents": [], }', "a ',' after the events but no key"),
+        ('{1: 2, "traceEvents": []}', "object keys must be strings"),
+        ('{"traceEvents": [', "truncated JSON"),
+        ('{"traceEvents": [{"a": 1}', "truncated JSON"),
+        ('{"traceEvents": [{"a": 1}]', "found end of file"),
+        ('{"traceEvents": [1], "traceEvents": [2]}', "a second 'traceEvents' key"),
+        ('{"traceEvents": [{"a": NaN}]}', "invalid JSON"),
+        ('{\n"traceEvents": [\n{"a": 1},\n{"b": }\n]}', "at line 4"),
     ],
 )
-def test_malformed_traces_raise_trace_format_error(tmp_path, text, message):
+@pytest.mark.parametrize("chunk_bytes", [3, 1 << 20])
+def test_malformed_traces_raise_trace_format_error(tmp_path, text, message, chunk_bytes):
     path = _write(tmp_path, text)
-    with pytest.raises(TraceFormatError, match=message):
-        list(iter_trace(path, chunk_chars=5))
+    with pytest.raises(TraceFormatError, match=re.escape(message)) as error:
+        _scan(path, chunk_bytes)
+    assert "\n" not in str(error.value)
 
 
-def test_non_utf8_trace(tmp_path):
-    path = tmp_path / "trace.json"
-    path.write_bytes(b'{"traceEvents": [{"name": "\xff\xfe"}]}')
-    with pytest.raises(TraceFormatError, match="not UTF-8"):
-        list(iter_trace(str(path)))
+def test_not_utf8(tmp_path):
+    path = _write(tmp_path, b'{"traceEvents": [{"name": "\xff\xfe"}]}')
+    with pytest.raises(TraceFormatError, match=r"not UTF-8 .* at line 1 \(byte 27\)"):
+        _scan(path)
+
+
+def test_200k_deep_nesting_is_a_one_line_error(tmp_path):
+    """The 200,000-deep array of issue 14 (a RecursionError before): one line, with line and byte."""
+    depth = 200_000
+    path = _write(tmp_path, '{"traceEvents": [\n' + "[" * depth + "]" * depth + "]}")
+    with pytest.raises(TraceFormatError, match=r"nested 200000 levels deep .* at line 2 \(byte \d+\)"):
+        _scan(path)
+
+
+def test_keys_ending_like_trace_events_are_not_it(tmp_path):
+    path = _write(tmp_path, '{"a\\"traceEvents": [9], "x": {"traceEvents": [8]}, "traceEvents": [{"y": 1}]}')
+    items, scanner = _scan(path)
+    assert [json.loads(raw) for _, _, raw in items] == [{"y": 1}]
+    assert scanner.layout.other_keys == {'a"traceEvents': [9], "x": {"traceEvents": [8]}}
 
 
 def test_every_truncation_of_a_real_trace_raises_trace_format_error(tmp_path):
-    """Cut the real trace at 300 places (and at every one of its last 50 characters): always a clean error."""
-    with open(fixture("cpu_train", "trace.json"), encoding="utf-8") as trace_file:
-        text = trace_file.read().rstrip()
-    cuts = sorted(set(range(0, len(text), max(1, len(text) // 300))) | set(range(len(text) - 50, len(text))))
-    path = str(tmp_path / "cut.json")
+    """Cut the real trace at 300 places (and at every one of its last 50 bytes): always a clean error."""
+    with open(fixture("cpu_train", "trace.json"), "rb") as trace_file:
+        data = trace_file.read().rstrip()
+    cuts = sorted(set(range(0, len(data), max(1, len(data) // 300))) | set(range(len(data) - 50, len(data))))
     for cut in cuts:
-        with open(path, "w", encoding="utf-8") as cut_file:
-            cut_file.write(text[:cut])
+        path = _write(tmp_path, data[:cut])
         with pytest.raises(TraceFormatError):
-            list(iter_trace(path, chunk_chars=4096))
+            _scan(path, 4096)
 
 
-def test_rewrite_events_replaces_only_given_spans_atomically(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_write_spliced_replaces_and_inserts(tmp_path, processes):
+    """Small blocks, one or two writers (each half at its own offset): the exact expected bytes."""
     source = _write(tmp_path, '{"x": 1,\n "traceEvents": [ {"a": 1},\n  {"b": 2} , {"c": 3}]\n, "y": "é"}\n')
-    items = [item for item in iter_trace(source) if item[0] is not None]
-    target = str(tmp_path / "out.json")
-    rewrite_events(source, target, iter([(items[1][2], items[1][3], lambda text: text.upper())]))
-    with open(target, encoding="utf-8") as out:
-        assert out.read() == '{"x": 1,\n "traceEvents": [ {"a": 1},\n  {"B": 2} , {"c": 3}]\n, "y": "é"}\n'
-    assert sorted(os.listdir(tmp_path)) == ["out.json", "trace.json"]
+    items, _ = _scan(source)
+    (_, first, _), (_, second, raw), (_, third, _) = items
+    target = tmp_path / "out.json"
+    edits = [
+        (first + 1, first + 1, b'"z": 0, '),
+        (second, second + len(raw), b'{"B": 22}'),
+        (third, third, b""),
+    ]
+    with helper_process(enabled=processes == 2) as helper:
+        write_spliced(source, str(target), Edits.of(edits), chunk_bytes=4, helper=helper)
+    assert target.read_text(encoding="utf-8") == (
+        '{"x": 1,\n "traceEvents": [ {"z": 0, "a": 1},\n  {"B": 22} , {"c": 3}]\n, "y": "é"}\n'
+    )
 
 
-def test_rewrite_events_failure_leaves_no_output(tmp_path):
-    source = _write(tmp_path, '{"traceEvents": [{"a": 1}]}')
-    items = [item for item in iter_trace(source) if item[0] is not None]
+def test_write_spliced_two_writers_on_a_large_trace(tmp_path):
+    """Two writers against one, on 2 MB with 20k insertions of varying lengths."""
+    rng = random.Random(3)
+    data = json.dumps({"traceEvents": [{"name": f"e{i}", "args": {"i": i}} for i in range(60_000)]}).encode()
+    source = _write(tmp_path, data)
+    positions = sorted(rng.sample(range(len(data)), 20_000))
+    edits = [(at, at, b"x" * rng.randint(0, 40)) for at in positions]
+    outputs = []
+    for processes in (1, 2):
+        target = tmp_path / f"out{processes}.json"
+        with helper_process(enabled=processes == 2) as helper:
+            write_spliced(source, str(target), Edits.of(edits), chunk_bytes=1 << 16, helper=helper)
+        outputs.append(target.read_bytes())
+    expected, copied = [], 0
+    for at, _, text in edits:
+        expected += [data[copied:at], text]
+        copied = at
+    assert outputs[0] == outputs[1] == b"".join(expected) + data[copied:]
 
-    def explode(_: str) -> str:
-        raise RuntimeError("boom")
 
-    target = str(tmp_path / "out.json")
-    with pytest.raises(RuntimeError, match="boom"):
-        rewrite_events(source, target, iter([(items[0][2], items[0][3], explode)]))
-    assert sorted(os.listdir(tmp_path)) == ["trace.json"]
+_MUTATIONS = [
+    "truncate",
+    "flip byte",
+    "delete run",
+    "insert token",
+    "deep nesting",
+    "odd args",
+    "odd event",
+]
 
 
-def test_fuzz_corrupted_traces_through_enrichment(tmp_path):
-    """Seeded random cuts, deletions, garbage in a real trace: TraceFormatError or success, never partial."""
-    import random
+def _mutate(rng: random.Random, data: bytes, events: list) -> bytes:
+    operation = rng.choice(_MUTATIONS)
+    position = rng.randrange(len(data))
+    if operation == "truncate":
+        return data[:position]
+    if operation == "flip byte":
+        return data[:position] + bytes([data[position] ^ (1 << rng.randrange(8))]) + data[position + 1 :]
+    if operation == "delete run":
+        return data[:position] + data[position + rng.randint(1, 200) :]
+    if operation == "insert token":
+        token = rng.choice(
+            [b'{"', b"]", b",", b'"x":', b"\\", b"1e999", b"-", b"\xff", b"\x00", b"}", b"null"]
+        )
+        return data[:position] + token + data[position:]
+    mutated = [dict(event) if isinstance(event, dict) else event for event in events]
+    target = rng.randrange(len(mutated))
+    if operation == "deep nesting":
+        depth = rng.choice([50, 1500, 20_000])
+        nested = "[" * depth + "]" * depth
+        text = json.dumps({**mutated[target], "args": "NESTED"}) if isinstance(mutated[target], dict) else "0"
+        mutated[target] = "REPLACE"
+        return (
+            json.dumps({"traceEvents": mutated})
+            .replace('"REPLACE"', text.replace('"NESTED"', nested))
+            .encode()
+        )
+    if operation == "odd args" and isinstance(mutated[target], dict):
+        mutated[target]["args"] = rng.choice(
+            [[1, 2], "s", 3, None, True, {"inductor_x": 1}, {"External id": [1]}, {}]
+        )
+    elif operation == "odd event":
+        mutated[target] = rng.choice(
+            [None, "event", [1, 2], 12, {"ph": "X", "name": 5}, {"name": "triton_x"}]
+        )
+    return json.dumps({"traceEvents": mutated}).encode()
 
+
+def test_fuzz_mutated_traces_through_enrichment(tmp_path):
+    """Seeded mutations of a real trace (truncation, byte flips, deleted runs, stray tokens, deep
+    nesting, odd args and events): the enrichment either succeeds with complete JSON (and the events
+    it did not match unchanged) or raises a one-line TraceFormatError / ValueError, never anything
+    else, and leaves no partial output."""
     from perf_traces.enrich import enrich_trace
-    from pytorch_scripts_common.inductor_log import read_inductor_log
 
-    rng = random.Random(0)
-    modules = read_inductor_log(fixture("cuda_handwritten", "output_code.log")).modules
-    with open(fixture("cuda_handwritten", "trace.json"), encoding="utf-8") as trace_file:
-        text = trace_file.read()
+    rng = random.Random(14)
+    graphs = read_compiled_graphs(fixture("cuda_handwritten", "output_code.log"))
+    with open(fixture("cuda_handwritten", "trace.json"), "rb") as trace_file:
+        original = trace_file.read()
+    events = json.loads(original)["traceEvents"]
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    trace_path = str(tmp_path / "trace.json")
-    for _ in range(60):
-        mutated = text
-        for _ in range(rng.randint(1, 4)):
-            position = rng.randrange(len(mutated))
-            operation = rng.randrange(3)
-            if operation == 0:
-                mutated = mutated[:position]
-            elif operation == 1:
-                mutated = mutated[:position] + mutated[position + rng.randint(1, 200) :]
-            else:
-                mutated = (
-                    mutated[:position]
-                    + rng.choice(['{"', "]", ",", '"x":', "\\", "1e999"])
-                    + mutated[position:]
-                )
-        with open(trace_path, "w", encoding="utf-8") as trace_file:
-            trace_file.write(mutated)
+    outcomes = {"ok": 0, "error": 0}
+    for _ in range(150):
+        data = original
+        for _ in range(rng.randint(1, 3)):
+            data = _mutate(rng, data, events) if data else data
+        trace_path = _write(tmp_path, data)
         output = str(out_dir / "enriched.json")
         try:
-            enrich_trace(trace_path, modules, output, allow_no_match=True)
-        except TraceFormatError:
+            enrich_trace(
+                trace_path, graphs, output, allow_no_match=True, chunk_bytes=rng.choice([64, 4096, 1 << 20])
+            )
+        except ValueError as error:  # TraceFormatError, or an already enriched trace
+            assert "\n" not in str(error)
             assert not os.path.exists(output)
+            outcomes["error"] += 1
         else:
             with open(output, encoding="utf-8") as enriched:
-                json.load(enriched)  # what was written is complete JSON
+                written = json.load(enriched)["traceEvents"]
+            source = json.loads(data)["traceEvents"]
+            for before, after in zip(source, written, strict=False):
+                args = after.get("args") if isinstance(after, dict) else None
+                if not (isinstance(args, dict) and any(key.startswith("inductor_") for key in args)):
+                    assert after == before  # events it did not annotate are unchanged
             os.unlink(output)
+            outcomes["ok"] += 1
         assert os.listdir(out_dir) == []
+    assert outcomes["ok"] > 10 and outcomes["error"] > 10, outcomes  # the fuzz reaches both outcomes
