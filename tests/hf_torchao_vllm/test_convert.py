@@ -16,6 +16,7 @@ from hf_torchao_vllm import ct_quantize, ct_tiny_models, recipes
 from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
 from hf_torchao_vllm.ct_quantize import quantize_and_save
 from hf_torchao_vllm.validate_compressed_tensors_checkpoint import compare_in_transformers, validate_weights
+from pytorch_scripts_common.outputs import MARKER
 
 # KL(torchao in transformers || compressed-tensors in transformers), nats/token, measured on the
 # embedded models, with a ~3x margin. Weight-only schemes run the same bf16 weights (0 measured),
@@ -324,6 +325,103 @@ def test_target_regexes_match_exactly_the_group():
 
 
 # ---------------------------------------------------------------------------------------------
+# The shard reader and writer against the safetensors library
+# ---------------------------------------------------------------------------------------------
+
+
+def write_unaligned_safetensors(path, tensors):
+    """A valid safetensors file whose header length and tensor offsets are not multiples of the
+    dtype size (the format allows it; safetensors' own writer pads, other writers need not)."""
+    header, data = {}, b""
+    for name, t in tensors.items():
+        raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        dtype = ctc._SAFETENSORS_DTYPES[t.dtype]
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(t.shape),
+            "data_offsets": [len(data), len(data) + len(raw)],
+        }
+        data += raw
+    text = json.dumps(header).encode()
+    text += b" " * ((8 - len(text) % 8) % 8 + 1)  # header length = 1 mod 8
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + data)
+
+
+def test_shard_reader_matches_safetensors_on_unaligned_and_empty_tensors(tmp_path):
+    torch.manual_seed(0)
+    tensors = {
+        "a_byte": torch.randint(0, 255, (3,), dtype=torch.uint8),  # shifts everything after it
+        "b_f32": torch.randn(5, 7),
+        "c_bf16": torch.randn(4, 4).to(torch.bfloat16),
+        "d_empty": torch.empty(0, 3),
+        "e_scalar": torch.tensor(2.5, dtype=torch.float64),
+        "f_fp8": torch.randn(8, 8).to(torch.float8_e4m3fn),
+        "g_i64": torch.tensor([1, -2], dtype=torch.int64),
+    }
+    path = str(tmp_path / "unaligned.safetensors")
+    write_unaligned_safetensors(path, tensors)
+    reader = ctc.ShardReader(path)
+    with safe_open(path, framework="pt") as f:
+        for name, expected in tensors.items():
+            got = reader.get_tensor(name)
+            assert got.dtype == expected.dtype and got.shape == expected.shape, name
+            as_bytes = got.reshape(-1).view(torch.uint8)
+            assert torch.equal(as_bytes, f.get_tensor(name).reshape(-1).view(torch.uint8)), name
+            assert torch.equal(as_bytes, expected.reshape(-1).view(torch.uint8)), name
+
+
+def test_writer_sends_source_views_file_to_file_with_the_same_bytes(tmp_path):
+    torch.manual_seed(0)
+    source = str(tmp_path / "source.safetensors")
+    ctc.write_safetensors(source, {"w": torch.randn(64, 32), "s": torch.randn(64, 1)}, {"k": "v"})
+    reader = ctc.ShardReader(source)
+    views = {
+        "w_copy": reader.get_tensor("w"),
+        "s_copy": reader.get_tensor("s").reshape(64),
+        "new": torch.ones(3),
+    }
+    assert (
+        reader.source_offset(views["w_copy"]) == reader.header.data_start + reader.header.tensors["w"].begin
+    )
+    assert reader.source_offset(views["new"]) is None
+    assert reader.source_offset(views["w_copy"][:, :3]) is None  # not contiguous: written from memory
+    sent, written = str(tmp_path / "sent.safetensors"), str(tmp_path / "written.safetensors")
+    ctc.write_safetensors(sent, views, {"format": "pt"}, sources=[reader])
+    ctc.write_safetensors(written, {k: v.clone() for k, v in views.items()}, {"format": "pt"})
+    with open(sent, "rb") as a, open(written, "rb") as b:
+        assert a.read() == b.read()
+    with safe_open(sent, framework="pt") as f:
+        assert f.metadata() == {"format": "pt"}
+        for name, value in views.items():
+            assert torch.equal(f.get_tensor(name), value), name
+
+
+def test_repack_buffer_reuses_its_memory_after_reset():
+    buffer = ctc.RepackBuffer()
+    with ctc.repack_into(buffer):
+        a = ctc.repacked_bytes(1000)
+        b = ctc.repacked_bytes(10)
+        assert b.data_ptr() - a.data_ptr() == 1024  # 1000 rounded up to ALIGN (64)
+        buffer.reset()
+        assert ctc.repacked_bytes(1000).data_ptr() == a.data_ptr()
+        big = ctc.repacked_bytes(buffer.MIN_BLOCK_BYTES + 1)  # does not fit: a second block
+        assert big.numel() == buffer.MIN_BLOCK_BYTES + 1
+    assert ctc.repacked_bytes(8).data_ptr() not in (a.data_ptr(), big.data_ptr())  # outside: fresh
+
+
+def test_int8_packing_leaves_the_source_untouched_and_matches_compressed_tensors():
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
+    torch.manual_seed(0)
+    values = torch.randint(-128, 128, (16, 64), dtype=torch.int8)
+    before = values.clone()
+    packed = ctc._pack_int32(values, 8)
+    assert torch.equal(values, before)
+    assert torch.equal(packed, pack_to_int32(values, 8, packed_dim=1))
+
+
+# ---------------------------------------------------------------------------------------------
 # Bad input: clear errors and no partial output
 # ---------------------------------------------------------------------------------------------
 
@@ -406,7 +504,9 @@ def test_corrupt_safetensors_header(int8_source, tmp_path):
     src = copy_dir(int8_source, tmp_path / "src")
     with open(os.path.join(src, "model.safetensors"), "r+b") as f:
         f.write(b"\xff" * 16)
-    assert_fails_cleanly(src, tmp_path, "cannot read safetensors header")
+    assert_fails_cleanly(
+        src, tmp_path, r"model\.safetensors is not a valid safetensors file: .*: re-download"
+    )
 
 
 def test_index_pointing_to_missing_shard(dense_dir, tmp_path):
@@ -415,17 +515,6 @@ def test_index_pointing_to_missing_shard(dense_dir, tmp_path):
     shard = sorted(set(index["weight_map"].values()))[1]
     os.remove(os.path.join(src, shard))
     assert_fails_cleanly(src, tmp_path, f"shard '{shard}'.*missing")
-
-
-def test_target_exists_without_overwrite(int8_source, tmp_path):
-    target = tmp_path / "ct"
-    target.mkdir()
-    (target / "keep.txt").write_text("mine")
-    with pytest.raises(ValueError, match="--overwrite"):
-        convert_checkpoint(int8_source, str(target))
-    assert (target / "keep.txt").read_text() == "mine"
-    convert_checkpoint(int8_source, str(target), overwrite=True)
-    assert not (target / "keep.txt").exists() and (target / "config.json").exists()
 
 
 def test_failure_midway_leaves_no_target(int8_source, tmp_path, monkeypatch):
@@ -463,7 +552,8 @@ def test_convert_cli_sharded_with_validation(dense_dir, tmp_path):
         f"--dir_target={target}",
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "validation passed" in proc.stdout
+    # Validated before it was published: the validation report comes before "wrote".
+    assert proc.stdout.index("validation passed") < proc.stdout.index(f"wrote {target}")
     source_shards = sorted(set(load_json(os.path.join(src, ctc.INDEX_FILE))["weight_map"].values()))
     assert len(source_shards) > 1
     index = load_json(target / ctc.INDEX_FILE)
@@ -471,8 +561,13 @@ def test_convert_cli_sharded_with_validation(dense_dir, tmp_path):
     stored = read_all(str(target))
     assert set(index["weight_map"]) == set(stored)
     assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in stored.values())
+    source = read_all(src)
+    for name in ("model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"):
+        assert torch.equal(stored[name], source[name]), name  # copied file to file, bit for bit
     assert (target / "notes.txt").read_text() == "copied as is"
     assert (target / "generation_config.json").exists()
+    assert (target / MARKER).read_text().strip() == "convert_torchao_checkpoint_to_compressed_tensors"
+    assert sorted(os.listdir(tmp_path)) == ["ct", "src"]  # no temp folders left next to it
 
 
 def test_validate_cli_fails_on_a_corrupted_tensor(int8_source, tmp_path):
