@@ -4,7 +4,8 @@
    (random bf16 weights quantized by torchao's own ``quantize_`` and tensor subclasses, saved the
    way transformers saves them: flattened subclasses, torchao metadata in every shard, an index),
    then ``convert_checkpoint`` and a plain copy of the same files (``shutil.copyfile``, i.e.
-   ``sendfile``, what ``cp`` does) run alternately ``--num_runs`` times after a warm-up of each.
+   ``sendfile``, what ``cp`` does) run alternately ``--num_runs`` times after a warm-up of each,
+   each into a new folder deleted after it was timed.
    The table gives the median wall time with its min-max spread, MB/s of input, the converter's
    speed as a fraction of the copy's, CPU time (user + system) of each, and the converter's peak RSS
    (growth during the shard loop against the largest shard, and the whole process's), with the load
@@ -211,34 +212,40 @@ class Timing:
 
 
 def benchmark_conversion(dir_source: str, num_runs: int, work_dir: str) -> dict:
-    """Time conversion and a plain copy of ``dir_source`` alternately, after a warm-up of each."""
+    """Time conversion and a plain copy of ``dir_source`` alternately, after a warm-up of each.
+
+    Each run writes a new folder (the converter without ``--overwrite``, the copy into an empty
+    folder) that is deleted after it was timed, so neither pays for deleting an earlier output, and
+    starts after ``sync`` (untimed), so neither pays for writing back the other's dirty pages.
+    """
     from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
 
     files = _dir_files(dir_source)
     shards = [f for f in files if f.endswith(".safetensors")]
     total = sum(os.path.getsize(os.path.join(dir_source, s)) for s in shards)
-    copy_dir = os.path.join(work_dir, "copy")
-    os.makedirs(copy_dir)
-    target = os.path.join(work_dir, "ct")
+    os.makedirs(work_dir)
+    copy_dir, target = os.path.join(work_dir, "copy"), os.path.join(work_dir, "ct")
 
     def copy():
+        os.mkdir(copy_dir)
         for name in files:
             shutil.copyfile(os.path.join(dir_source, name), os.path.join(copy_dir, name))
 
     summaries = []
 
     def convert():
-        summaries.append(convert_checkpoint(dir_source, target, overwrite=True))
+        summaries.append(convert_checkpoint(dir_source, target))
 
     copies, conversions = Timing(), Timing()
-    copy()
-    convert()
-    summaries.clear()
-    for _ in range(num_runs):
-        copies.add(copy)
-        conversions.add(convert)
-    shutil.rmtree(copy_dir)
-    shutil.rmtree(target)
+    for index in range(num_runs + 1):  # run 0 is the warm-up
+        for timing, fn, output in ((copies, copy, copy_dir), (conversions, convert, target)):
+            os.sync()  # every run starts without a backlog of dirty pages to write back
+            if index == 0:
+                fn()
+            else:
+                timing.add(fn)
+            shutil.rmtree(output)
+    summaries = summaries[1:]
     return {
         "bytes": total,
         "shards": len(shards),

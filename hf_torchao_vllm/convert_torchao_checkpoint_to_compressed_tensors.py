@@ -209,13 +209,13 @@ class _ShardLoopResult:
 
 
 def _convert_shards(ckpt: ctc.TorchaoCheckpoint, out_dir: str) -> _ShardLoopResult:
-    """Convert and write each shard in turn: one shard's repacked tensors in memory at a time.
+    """Convert and write each shard in turn, at about the speed of copying it.
 
     Source tensors are read-only views of the memory-mapped shards; those that pass through
     unchanged (fp8 / int8 weights, scales, plain tensors) are copied file to file by the kernel,
-    repacked ones (8-bit offset into int32 words) are computed into a ``RepackBuffer`` reused from
-    shard to shard. Mapped pages are dropped after each parameter, so RSS holds about the repacked
-    tensors of one shard.
+    8-bit weights offset into int32 words are computed chunk by chunk as they are written
+    (``RepackPlan``). Mapped pages are dropped after each parameter and each written tensor, so RSS
+    holds only what other schemes compute (int4 packing, expert splits) for one shard.
     """
     from rich.progress import Progress
 
@@ -223,7 +223,7 @@ def _convert_shards(ckpt: ctc.TorchaoCheckpoint, out_dir: str) -> _ShardLoopResu
     rss_before = _current_rss_bytes()
     _reset_peak_rss()
     result = _ShardLoopResult({}, {}, 0, 0, 0, rss_before, rss_before)
-    repack = ctc.RepackBuffer()
+    repack = ctc.RepackPlan()
     with Progress(transient=True) as progress, ctc.repack_into(repack):
         shard_task = progress.add_task("shards", total=len(ckpt.shard_files))
         for shard in ckpt.shard_files:
@@ -231,18 +231,19 @@ def _convert_shards(ckpt: ctc.TorchaoCheckpoint, out_dir: str) -> _ShardLoopResu
             tensor_task = progress.add_task(f"  {shard}", total=len(params))
             handles: dict[str, ctc.ShardReader] = {}
             out: dict[str, Any] = {}
+            shard_path = os.path.join(ckpt.directory, shard)
             for param in params:
                 meta = ckpt.params[param]
                 parts = ctc.load_param_parts(ckpt, param, handles)
                 if meta["_type"] == "Tensor":
-                    out[param] = parts["tensor"]
+                    _add_output(out, result.weight_map, param, parts["tensor"], shard_path)
                 else:
-                    with ctc.input_errors_of(os.path.join(ckpt.directory, shard), param, meta, parts):
+                    with ctc.input_errors_of(shard_path, param, meta, parts):
                         conversions = ctc.convert_parameter(param, meta, parts)
                     for conv in conversions:
                         result.module_schemes[conv.module] = conv.scheme
                         for leaf, tensor in conv.tensors.items():
-                            out[f"{conv.module}.{leaf}"] = tensor
+                            _add_output(out, result.weight_map, f"{conv.module}.{leaf}", tensor, shard_path)
                 del parts
                 for handle in handles.values():
                     handle.drop_pages()
@@ -251,7 +252,7 @@ def _convert_shards(ckpt: ctc.TorchaoCheckpoint, out_dir: str) -> _ShardLoopResu
             result.source_bytes += shard_source_bytes
             result.largest_shard_bytes = max(result.largest_shard_bytes, shard_source_bytes)
             result.target_bytes += ctc.write_safetensors(
-                os.path.join(out_dir, shard), out, {"format": "pt"}, sources=handles.values()
+                os.path.join(out_dir, shard), out, {"format": "pt"}, sources=[repack, *handles.values()]
             )
             result.weight_map.update(dict.fromkeys(out, shard))
             del out
@@ -264,6 +265,18 @@ def _convert_shards(ckpt: ctc.TorchaoCheckpoint, out_dir: str) -> _ShardLoopResu
             progress.advance(shard_task)
     result.peak_rss_bytes = _peak_rss_bytes()
     return result
+
+
+def _add_output(
+    out: dict[str, Any], written: dict[str, str], name: str, tensor: Any, shard_path: str
+) -> None:
+    """Add one output tensor; two source tensors that map to the same name would lose one of them."""
+    if name in out or name in written:
+        raise ValueError(
+            f"{shard_path}: two tensors of the checkpoint become {name!r} in compressed-tensors (e.g. a "
+            "plain tensor next to a quantized one of the same name): re-save the checkpoint"
+        )
+    out[name] = tensor
 
 
 def _write_config_and_index(

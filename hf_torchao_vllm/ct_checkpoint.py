@@ -296,6 +296,8 @@ def _parse_params(
         claimed.update(parts)
         params[name] = meta
     for stored in stored_to_shard:
+        if stored in params:
+            raise bad(f"{stored!r} is stored as a plain tensor and described as a {params[stored]['_type']}")
         if stored not in claimed:
             params[stored] = {"_type": "Tensor"}
     return params
@@ -473,8 +475,11 @@ class ShardReader:
             return start
         return None
 
-    def fileno(self) -> int:
-        return self._fd
+    def write(self, fd: int, tensor: torch.Tensor) -> bool:
+        """Copy ``tensor`` to ``fd`` file to file (``sendfile``) if it is an unchanged view of this
+        file; False otherwise (or where the platform's sendfile cannot write to a file)."""
+        start = self.source_offset(tensor)
+        return start is not None and _send_all(fd, self._fd, start, tensor.numel() * tensor.element_size())
 
     def drop_pages(self) -> None:
         """Unmap the pages touched so far (they stay in the page cache); views stay valid."""
@@ -715,10 +720,10 @@ def _pack_int32(values: torch.Tensor, num_bits: int, packed_dim: int = 1) -> tor
     along ``packed_dim`` sits in bits ``[i * num_bits, (i + 1) * num_bits)``, offset by
     ``2 ** (num_bits - 1)`` to unsigned. For 8 and 4 bits along rows that is, on a little-endian
     machine, the offset bytes (or nibble pairs, low nibble first) viewed as int32: one uint8 copy
-    (8 bits: into ``repacked_bytes``) instead of compressed-tensors' int32 intermediates (4-5x the
-    tensor), which matters for the streaming memory bound. ``values`` is never modified. Other
-    cases use compressed-tensors' own function. Validation unpacks with compressed-tensors, so both
-    paths are checked bit for bit.
+    (8 bits: none while a ``RepackPlan`` is active, the writer computes it) instead of
+    compressed-tensors' int32 intermediates (4-5x the tensor), which matters for the streaming memory
+    bound. ``values`` is never modified. Other cases use compressed-tensors' own function.
+    Validation unpacks with compressed-tensors, so both paths are checked bit for bit.
     """
     import sys
 
@@ -727,12 +732,12 @@ def _pack_int32(values: torch.Tensor, num_bits: int, packed_dim: int = 1) -> tor
         # v + 2**(n-1) of a two's-complement n-bit value is its low n bits with the top one flipped.
         as_bytes = values.contiguous().view(torch.uint8)
         if num_bits == 8:
-            # One pass from the (read-only, memory-mapped) qdata into the repack buffer. NumPy runs
-            # it on one thread: torch's two-thread kernel was 3x slower on a loaded 2-core machine
-            # (its threads wait for each other at every call).
-            packed = repacked_bytes(as_bytes.numel()).view(as_bytes.shape)
-            np.bitwise_xor(as_bytes.numpy(), 0x80, out=packed.numpy())
-            return packed.view(torch.int32)
+            plan = _REPACK_PLAN.get()
+            if plan is not None:  # computed while the shard is written, see RepackPlan
+                return plan.defer_xor(as_bytes, 0x80).view(torch.int32)
+            # NumPy runs it on one thread: torch's two-thread kernel was 3x slower on a loaded
+            # 2-core machine (its threads wait for each other at every call).
+            return torch.from_numpy(np.bitwise_xor(as_bytes.numpy(), 0x80)).view(torch.int32)
         if num_bits == 4:
             low = (as_bytes[:, 0::2] ^ 0x08) & 0x0F
             high = ((as_bytes[:, 1::2] ^ 0x08) & 0x0F) << 4
@@ -1084,7 +1089,7 @@ def write_safetensors(
     path: str,
     tensors: dict[str, torch.Tensor],
     metadata: dict[str, str] | None = None,
-    sources: Iterable[ShardReader] = (),
+    sources: Iterable[ShardReader | RepackPlan] = (),
 ) -> int:
     """Write ``tensors`` as a safetensors file, streaming each tensor's bytes (no full-file buffer).
 
@@ -1092,8 +1097,9 @@ def write_safetensors(
     the peak memory of a shard; this writer emits the same format (8-byte little-endian header
     length, JSON header padded to 8 bytes, then the raw little-endian data) tensor by tensor. A
     tensor that is an unchanged byte range of one of the ``sources`` (a view ``ShardReader`` returned)
-    is copied file to file by the kernel (``sendfile``), as ``cp`` does, without touching its pages.
-    Returns the number of data bytes written.
+    is copied file to file by the kernel (``sendfile``), as ``cp`` does, without touching its pages;
+    a ``RepackPlan`` placeholder is computed from its source as it is written. Mapped source pages
+    are dropped after each tensor. Returns the number of data bytes written.
     """
     header: dict[str, Any] = {}
     if metadata:
@@ -1132,76 +1138,91 @@ def write_safetensors(
     return offset
 
 
-def _write_tensor(fd: int, tensor: torch.Tensor, sources: list[ShardReader]) -> None:
-    nbytes = tensor.numel() * tensor.element_size()
-    if not nbytes:
+def _write_tensor(fd: int, tensor: torch.Tensor, sources: list[Any]) -> None:
+    if not tensor.numel():
         return
     for source in sources:
-        start = source.source_offset(tensor)
-        if start is not None and _send_all(fd, source.fileno(), start, nbytes):
-            return
-    flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
-    _write_all(fd, memoryview(flat.numpy()))
+        if source.write(fd, tensor):
+            break
+    else:
+        flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+        _write_all(fd, memoryview(flat.numpy()))
+    for source in sources:
+        source.drop_pages()
 
 
 # --------------------------------------------------------------------------------------------
-# Memory for repacked tensors
+# Repacking while writing
 # --------------------------------------------------------------------------------------------
 
 
-class RepackBuffer:
-    """Reusable memory for the tensors a conversion computes (e.g. 8-bit weights offset into int32
-    words), handed out by ``repacked_bytes`` while ``repack_into(buffer)`` is active.
+class RepackPlan:
+    """Repacked tensors computed while they are written: one pass from the source to the file.
 
-    Fresh allocations for each tensor cost a page fault per 4 KiB page touched (more time than the
-    repacking itself); this buffer keeps its blocks between shards, so the pages are faulted in once
-    per conversion. ``reset()`` makes all of it reusable: call it only once no tensor handed out
-    since the last reset is used any more (the converter calls it after writing each shard).
-    Blocks come from NumPy, which asks for transparent huge pages on large allocations.
+    Within ``repack_into(plan)``, ``_pack_int32``'s 8-bit path does not compute its result: it
+    returns a placeholder of the right shape and dtype and records the source bytes and the byte
+    XOR to apply. ``write_safetensors(..., sources=[plan, ...])`` writes each placeholder by XOR-ing
+    its source in chunks through one cache-sized buffer: the source is read once (from the page
+    cache, through the memory map), the file written once, and no tensor-sized memory is allocated
+    (fresh memory costs a page fault per page, and under memory pressure reclaim: more than the
+    XOR). A placeholder's memory is reserved but inaccessible (``PROT_NONE``): code that read it
+    before it was written would crash the process instead of using garbage. ``reset()`` once the
+    shard is written (the converter does it after each shard).
     """
 
-    MIN_BLOCK_BYTES = 64 << 20
-    ALIGN = 64
+    CHUNK_BYTES = 4 << 20
 
     def __init__(self) -> None:
-        self._blocks: list[torch.Tensor] = []
-        self._block = 0
-        self._offset = 0
+        self._entries: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # placeholder, source, xor
+        self._scratch: np.ndarray | None = None
 
-    def take(self, nbytes: int) -> torch.Tensor:
-        """``nbytes`` of uninitialized uint8 memory, valid until the next ``reset``."""
-        while self._block < len(self._blocks):
-            block = self._blocks[self._block]
-            if self._offset + nbytes <= block.numel():
-                out = block[self._offset : self._offset + nbytes]
-                self._offset += -(-nbytes // self.ALIGN) * self.ALIGN
-                return out
-            self._block += 1
-            self._offset = 0
-        self._blocks.append(torch.from_numpy(np.empty(max(nbytes, self.MIN_BLOCK_BYTES), dtype=np.uint8)))
-        return self.take(nbytes)
+    def defer_xor(self, source: torch.Tensor, value: int) -> torch.Tensor:
+        """A placeholder for ``source ^ value`` (uint8, any shape), written by ``write``."""
+        if source.numel() == 0:
+            return torch.empty(source.shape, dtype=torch.uint8)
+        reserved = mmap.mmap(-1, source.numel(), prot=0)
+        with warnings.catch_warnings():  # "not writable": it is not even readable, see above
+            warnings.simplefilter("ignore", UserWarning)
+            placeholder = torch.frombuffer(reserved, dtype=torch.uint8)
+        self._entries.append((placeholder, source.reshape(-1), value))
+        return placeholder.view(source.shape)
+
+    def write(self, fd: int, tensor: torch.Tensor) -> bool:
+        """Write ``tensor`` if it is (a contiguous view of) a placeholder; False otherwise."""
+        if tensor.device.type != "cpu" or not tensor.is_contiguous():
+            return False
+        nbytes = tensor.numel() * tensor.element_size()
+        for placeholder, source, value in self._entries:
+            start = tensor.data_ptr() - placeholder.data_ptr()
+            if start >= 0 and start + nbytes <= placeholder.numel():
+                self._write_xor(fd, source[start : start + nbytes].numpy(), value)
+                return True
+        return False
+
+    def _write_xor(self, fd: int, source: np.ndarray, value: int) -> None:
+        if self._scratch is None:
+            self._scratch = np.empty(self.CHUNK_BYTES, dtype=np.uint8)
+        for begin in range(0, source.size, self.CHUNK_BYTES):
+            chunk = source[begin : begin + self.CHUNK_BYTES]
+            out = self._scratch[: chunk.size]
+            np.bitwise_xor(chunk, value, out=out)
+            _write_all(fd, memoryview(out))
+
+    def drop_pages(self) -> None:
+        """Nothing is mapped here (for the writer's ``sources`` interface)."""
 
     def reset(self) -> None:
-        self._block = 0
-        self._offset = 0
+        self._entries.clear()
 
 
-_REPACK_BUFFER: contextvars.ContextVar[RepackBuffer | None] = contextvars.ContextVar(
-    "repack_buffer", default=None
-)
+_REPACK_PLAN: contextvars.ContextVar[RepackPlan | None] = contextvars.ContextVar("repack_plan", default=None)
 
 
 @contextlib.contextmanager
-def repack_into(buffer: RepackBuffer) -> Iterator[RepackBuffer]:
-    """Within the block, ``convert_parameter`` takes the memory of repacked tensors from ``buffer``."""
-    token = _REPACK_BUFFER.set(buffer)
+def repack_into(plan: RepackPlan) -> Iterator[RepackPlan]:
+    """Within the block, ``convert_parameter`` defers 8-bit repacking to ``plan`` (see ``RepackPlan``)."""
+    token = _REPACK_PLAN.set(plan)
     try:
-        yield buffer
+        yield plan
     finally:
-        _REPACK_BUFFER.reset(token)
-
-
-def repacked_bytes(nbytes: int) -> torch.Tensor:
-    """Uninitialized uint8 memory for a repacked tensor: from the active ``RepackBuffer``, if any."""
-    buffer = _REPACK_BUFFER.get()
-    return torch.empty(nbytes, dtype=torch.uint8) if buffer is None else buffer.take(nbytes)
+        _REPACK_PLAN.reset(token)

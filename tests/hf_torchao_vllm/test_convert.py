@@ -4,6 +4,7 @@ transformers load, hostile inputs, atomicity and the CLIs (subprocess smoke test
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -397,17 +398,40 @@ def test_writer_sends_source_views_file_to_file_with_the_same_bytes(tmp_path):
             assert torch.equal(f.get_tensor(name), value), name
 
 
-def test_repack_buffer_reuses_its_memory_after_reset():
-    buffer = ctc.RepackBuffer()
-    with ctc.repack_into(buffer):
-        a = ctc.repacked_bytes(1000)
-        b = ctc.repacked_bytes(10)
-        assert b.data_ptr() - a.data_ptr() == 1024  # 1000 rounded up to ALIGN (64)
-        buffer.reset()
-        assert ctc.repacked_bytes(1000).data_ptr() == a.data_ptr()
-        big = ctc.repacked_bytes(buffer.MIN_BLOCK_BYTES + 1)  # does not fit: a second block
-        assert big.numel() == buffer.MIN_BLOCK_BYTES + 1
-    assert ctc.repacked_bytes(8).data_ptr() not in (a.data_ptr(), big.data_ptr())  # outside: fresh
+def test_deferred_8bit_repacking_writes_what_eager_packing_computes(tmp_path):
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
+    torch.manual_seed(0)
+    source = str(tmp_path / "source.safetensors")
+    # More than one chunk, so that chunk boundaries are crossed.
+    qdata = torch.randint(-128, 128, (ctc.RepackPlan.CHUNK_BYTES // 256 + 3, 256), dtype=torch.int8)
+    ctc.write_safetensors(source, {"q": qdata, "s": torch.randn(qdata.shape[0], 1)})
+    reader = ctc.ShardReader(source)
+    plan = ctc.RepackPlan()
+    with ctc.repack_into(plan):
+        packed = ctc._pack_int32(reader.get_tensor("q"), 8)
+    assert packed.dtype == torch.int32 and packed.shape == (qdata.shape[0], 64)
+    tensors = {"packed": packed, "packed_rows": packed[2:5], "scale": reader.get_tensor("s")}
+    target = str(tmp_path / "target.safetensors")
+    ctc.write_safetensors(target, tensors, sources=[plan, reader])
+    expected = pack_to_int32(qdata, 8, packed_dim=1)
+    with safe_open(target, framework="pt") as f:
+        assert torch.equal(f.get_tensor("packed"), expected)
+        assert torch.equal(f.get_tensor("packed_rows"), expected[2:5])
+        assert torch.equal(f.get_tensor("scale"), reader.get_tensor("s"))
+
+
+def test_reading_a_deferred_placeholder_crashes_instead_of_returning_garbage(tmp_path):
+    code = (
+        "import torch\n"
+        "from hf_torchao_vllm import ct_checkpoint as ctc\n"
+        "with ctc.repack_into(ctc.RepackPlan()):\n"
+        "    packed = ctc._pack_int32(torch.zeros(4, 8, dtype=torch.int8), 8)\n"
+        "print(int(packed.sum()))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGSEGV, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    assert proc.stdout == ""
 
 
 def test_int8_packing_leaves_the_source_untouched_and_matches_compressed_tensors():

@@ -173,6 +173,11 @@ def _duplicate_across_shards(src):
     write_with_header(second, header, data)
 
 
+def _rename_lm_head(header, suffix):
+    """Rename the plain ``lm_head.weight`` to a quantized weight's name + ``suffix``."""
+    header[first_quantized_param(header) + suffix] = header.pop("lm_head.weight")
+
+
 def _duplicate_key_in_header(path):
     header, data = read_header(path)
     text = json.dumps(header, separators=(",", ":"))
@@ -385,6 +390,16 @@ CORRUPTIONS = {
         "sharded_int8",
         _duplicate_across_shards,
         r"tensor '.*' is stored in both model-00001-of-\d+\.safetensors and model-00002",
+    ),
+    "plain_and_quantized_same_name": (
+        "single_fp8",
+        lambda s: edit_header(_shard(s), lambda h: _rename_lm_head(h, "")),
+        r"'.*\.weight' is stored as a plain tensor and described as a Float8Tensor",
+    ),
+    "plain_tensor_named_like_an_output": (
+        "single_fp8",
+        lambda s: edit_header(_shard(s), lambda h: _rename_lm_head(h, "_scale")),
+        r"model\.safetensors: two tensors of the checkpoint become '.*\.weight_scale' in compressed-tensors",
     ),
     "metadata_not_strings": (
         "single_fp8",
@@ -633,12 +648,12 @@ def test_overwrite_replaces_only_an_earlier_output_of_the_converter(sharded_int8
 
 
 def test_failed_validation_publishes_nothing(sharded_int8, tmp_path, monkeypatch, capsys):
-    original = ctc._pack_int32
+    original = ctc.RepackPlan.defer_xor
 
-    def off_by_one(values, num_bits, packed_dim=1):  # a packing bug the validation must catch
-        return original(values, num_bits, packed_dim) + 1
+    def wrong_offset(self, source, value):  # a packing bug (128 ^ 1 instead of 128) to be caught
+        return original(self, source, value ^ 1)
 
-    monkeypatch.setattr(ctc, "_pack_int32", off_by_one)
+    monkeypatch.setattr(ctc.RepackPlan, "defer_xor", wrong_offset)
     target = tmp_path / "out" / "ct"
     with pytest.raises(SystemExit) as exited:
         main(sharded_int8, str(target))
