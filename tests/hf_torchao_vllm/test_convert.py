@@ -372,30 +372,36 @@ def test_shard_reader_matches_safetensors_on_unaligned_and_empty_tensors(tmp_pat
             assert torch.equal(as_bytes, expected.reshape(-1).view(torch.uint8)), name
 
 
-def test_writer_sends_source_views_file_to_file_with_the_same_bytes(tmp_path):
+def test_writer_copies_source_views_file_to_file_aligned_as_in_the_source(tmp_path):
     torch.manual_seed(0)
     source = str(tmp_path / "source.safetensors")
     ctc.write_safetensors(source, {"w": torch.randn(64, 32), "s": torch.randn(64, 1)}, {"k": "v"})
     reader = ctc.ShardReader(source)
     views = {
-        "w_copy": reader.get_tensor("w"),
+        "a_new": torch.ones(3),
         "s_copy": reader.get_tensor("s").reshape(64),
-        "new": torch.ones(3),
+        "w_copy": reader.get_tensor("w"),
     }
-    assert (
-        reader.source_offset(views["w_copy"]) == reader.header.data_start + reader.header.tensors["w"].begin
-    )
-    assert reader.source_offset(views["new"]) is None
+    source_offsets = {name: reader.source_offset(views[name]) for name in ("s_copy", "w_copy")}
+    assert source_offsets["w_copy"] == reader.header.data_start + reader.header.tensors["w"].begin
+    assert reader.source_offset(views["a_new"]) is None
     assert reader.source_offset(views["w_copy"][:, :3]) is None  # not contiguous: written from memory
     sent, written = str(tmp_path / "sent.safetensors"), str(tmp_path / "written.safetensors")
     ctc.write_safetensors(sent, views, {"format": "pt"}, sources=[reader])
     ctc.write_safetensors(written, {k: v.clone() for k, v in views.items()}, {"format": "pt"})
-    with open(sent, "rb") as a, open(written, "rb") as b:
-        assert a.read() == b.read()
-    with safe_open(sent, framework="pt") as f:
-        assert f.metadata() == {"format": "pt"}
-        for name, value in views.items():
-            assert torch.equal(f.get_tensor(name), value), name
+    for path in (sent, written):
+        with safe_open(path, framework="pt") as f:
+            assert f.metadata() == {"format": "pt"}
+            for name, value in views.items():
+                assert torch.equal(f.get_tensor(name), value), (path, name)
+    # The copied tensors keep their source order and sit at their source's in-page offset, in the
+    # first page of a 64 KiB block; the tensor computed in memory comes after them.
+    header = ctc.read_safetensors_header(sent)
+    first = min(source_offsets, key=source_offsets.get)
+    target_offset = header.data_start + header.tensors[first].begin
+    assert target_offset % (16 * 4096) == source_offsets[first] % 4096
+    assert header.tensors["a_new"].begin == max(e.end for n, e in header.tensors.items() if n != "a_new")
+    assert header.data_start % 8 == 0
 
 
 def test_deferred_8bit_repacking_writes_what_eager_packing_computes(tmp_path):
