@@ -15,7 +15,7 @@
    scheme (converted from torchao), eager and ``torch.compile``d; each configuration runs in its
    own process (one engine per process), median of repeated ``generate`` calls after warm-up.
 
-    python -m hf_torchao_vllm.benchmark_conversion                 # 1.1 GB int8 and fp8 (~2 min)
+    python -m hf_torchao_vllm.benchmark_conversion                 # 1.1 GB int8 and fp8 (~70 s)
     python -m hf_torchao_vllm.benchmark_conversion --vllm          # + vLLM table (several minutes)
 """
 

@@ -399,7 +399,7 @@ def read_safetensors_header(path: str) -> SafetensorsHeader:
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
             raise bad(f"tensor {name!r} has data_offsets {offsets!r}, not [begin, end]")
         begin, end = offsets
-        nbytes = math.prod(shape) * _dtype_size(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
         if end - begin != nbytes:
             raise bad(
                 f"tensor {name!r} ({dtype_name} {shape}) needs {nbytes} bytes but its data_offsets "
@@ -420,10 +420,6 @@ def read_safetensors_header(path: str) -> SafetensorsHeader:
     if position < data_len:
         raise bad(f"{data_len - position} bytes follow the last tensor's data")
     return SafetensorsHeader(path, tensors, metadata, 8 + header_len)
-
-
-def _dtype_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
 
 
 class ShardReader:
@@ -461,7 +457,7 @@ class ShardReader:
             return torch.empty(entry.shape, dtype=entry.dtype)
         start = self.header.data_start + entry.begin
         flat = self._bytes[start : start + entry.end - entry.begin]
-        if start % _dtype_size(entry.dtype):
+        if start % entry.dtype.itemsize:
             flat = flat.clone()  # torch views need dtype-aligned offsets; other writers may not align
         return flat.view(entry.dtype).reshape(entry.shape)
 

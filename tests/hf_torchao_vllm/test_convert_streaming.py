@@ -87,3 +87,29 @@ def test_benchmark_prints_the_ratio_to_copy_and_cleans_up(tmp_path):
         assert re.fullmatch(r"\d+ MB in [3-9] shards", cells[1]), cells
         assert float(cells[6]) > 0  # convert / copy speed
     assert os.listdir(work_dir) == []
+
+
+def test_readme_converter_commands_use_real_arguments():
+    """The README's part-2 commands of the converter, validator and benchmark name real arguments."""
+    import importlib
+    import inspect
+    import pathlib
+
+    from tests.readme_commands import bash_block_commands
+
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "hf_torchao_vllm" / "README.md").read_text()
+    modules = {
+        "hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors",
+        "hf_torchao_vllm.validate_compressed_tensors_checkpoint",
+        "hf_torchao_vllm.benchmark_conversion",
+    }
+    seen = set()
+    for command in bash_block_commands(readme, ".venv/bin/python -m hf_torchao_vllm."):
+        if command[2] not in modules:
+            continue
+        seen.add(command[2])
+        parameters = inspect.signature(importlib.import_module(command[2]).main).parameters
+        for flag in (word for word in command[3:] if word.startswith("--")):
+            name = flag.removeprefix("--").split("=")[0]
+            assert name in parameters, f"README: {command[2]} has no --{name}"
+    assert seen == modules
