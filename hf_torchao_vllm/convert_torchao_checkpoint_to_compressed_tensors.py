@@ -5,8 +5,15 @@ maps every torchao tensor subclass to the compressed-tensors tensors vLLM loads 
 ``ct_checkpoint`` for the table), writes ``model*.safetensors`` (+ index when sharded), a
 config.json whose ``quantization_config`` is a compressed-tensors config (one config group per
 distinct scheme, an ``ignore`` list of the Linear modules left in high precision), and copies every
-other file. Output goes to a temporary directory next to the target that is renamed at the end.
-With ``validate=True`` (default) the result is checked by ``validate_compressed_tensors_checkpoint``.
+other file. Shards are memory-mapped; tensors that pass through unchanged are copied file to file
+by the kernel and repacked ones go through one reused buffer, so memory stays near one shard.
+
+Output safety: ``dir_target`` may not be ``dir_source``, a folder containing it, or a path inside
+it; an existing ``dir_target`` is replaced only with ``--overwrite`` and only if this tool wrote it;
+its location must be writable (all checked before any work). The output is written to a temp folder
+next to ``dir_target`` and moved there only after it passed validation (``--validate``, default on:
+``validate_compressed_tensors_checkpoint``). SIGINT / SIGTERM remove the temp folder; a later run
+removes one left by SIGKILL. Corrupted input is reported as one line naming the file.
 
     python -m hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors \\
         --dir_source=outputs/quantized --dir_target=outputs/quantized_ct
@@ -19,13 +26,17 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
-import fire
-
 from hf_torchao_vllm import ct_checkpoint as ctc
+from pytorch_scripts_common.cli import run
+from pytorch_scripts_common.outputs import MARKER, check_output, staged_dir
+
+TOOL = "convert_torchao_checkpoint_to_compressed_tensors"
 
 
 @dataclasses.dataclass
@@ -101,16 +112,6 @@ def _release_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
-def prepare_target(dir_target: str, overwrite: bool) -> str:
-    """Check the target and return a fresh temporary directory next to it."""
-    dir_target = os.path.abspath(dir_target)
-    if os.path.exists(dir_target) and not overwrite:
-        raise ValueError(f"target {dir_target!r} exists; pass --overwrite to replace it")
-    parent = os.path.dirname(dir_target)
-    os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f".{os.path.basename(dir_target)}.tmp-", dir=parent)
-
-
 def publish(tmp_dir: str, dir_target: str) -> None:
     """Atomically replace ``dir_target`` by ``tmp_dir`` (the old target is removed after the swap)."""
     dir_target = os.path.abspath(dir_target)
@@ -140,97 +141,174 @@ def _ignore_list(ckpt: ctc.TorchaoCheckpoint, quantized_modules: set[str]) -> li
     return sorted(m for m in plain_weights if not re.search(r"(norm|embed)", m))
 
 
-def convert_checkpoint(dir_source: str, dir_target: str, overwrite: bool = False) -> ConversionSummary:
-    """Convert ``dir_source`` to ``dir_target`` shard by shard (no validation); see module docstring."""
-    # Import everything the shard loop uses up front, so the loop's memory is the tensors' alone.
-    import compressed_tensors.compressors.pack_quantized.helpers  # noqa: F401
-    import safetensors.torch  # noqa: F401
-    import torchao.prototype.mx_formats.utils  # noqa: F401
-    from compressed_tensors import __version__ as ct_version
-    from rich.progress import Progress
+def convert_checkpoint(
+    dir_source: str,
+    dir_target: str,
+    overwrite: bool = False,
+    validate: bool = False,
+    report: Callable[[ConversionSummary], None] | None = None,
+) -> ConversionSummary:
+    """Convert ``dir_source`` to ``dir_target`` shard by shard; see the module docstring.
 
+    The output is written to a temp folder next to ``dir_target`` and moved there only when
+    everything succeeded, including validation (``validate=True``: compressed-tensors'
+    decompression vs torchao, and transformers' logits). ``report`` is called with the summary
+    once the conversion is written, before validation.
+    """
     start = time.perf_counter()
     ckpt = ctc.open_torchao_checkpoint(dir_source)
-    tmp_dir = prepare_target(dir_target, overwrite)
-    try:
-        _map_large_allocations()
-        rss_before = _current_rss_bytes()
-        _reset_peak_rss()
-        module_schemes: dict[str, ctc.CtScheme] = {}
-        weight_map: dict[str, str] = {}
-        source_bytes = target_bytes = largest = 0
-        with Progress(transient=True) as progress:
-            shard_task = progress.add_task("shards", total=len(ckpt.shard_files))
-            for shard in ckpt.shard_files:
-                params = ckpt.params_in_shard(shard)
-                tensor_task = progress.add_task(f"  {shard}", total=len(params))
-                handles: dict[str, Any] = {}
-                out: dict = {}
-                for param in params:
-                    meta = ckpt.params[param]
-                    parts = ctc.load_param_parts(ckpt, param, handles)
-                    if meta["_type"] == "Tensor":
-                        out[param] = parts["tensor"]
-                    else:
-                        for conv in ctc.convert_parameter(param, meta, parts):
-                            module_schemes[conv.module] = conv.scheme
-                            for leaf, tensor in conv.tensors.items():
-                                out[f"{conv.module}.{leaf}"] = tensor
-                    del parts
-                    progress.advance(tensor_task)
-                handles.clear()
-                shard_source_bytes = os.path.getsize(os.path.join(ckpt.directory, shard))
-                source_bytes += shard_source_bytes
-                largest = max(largest, shard_source_bytes)
-                target_bytes += ctc.write_safetensors(os.path.join(tmp_dir, shard), out, {"format": "pt"})
-                weight_map.update(dict.fromkeys(out, shard))
-                del out
-                _release_freed_memory()
-                progress.remove_task(tensor_task)
-                progress.advance(shard_task)
-        peak_rss = _peak_rss_bytes()
+    target = check_output(dir_target, inputs=[dir_source], overwrite=overwrite, tool=TOOL, flag="dir_target")
+    # Import everything the shard loop uses up front, so the loop's memory is the tensors' alone.
+    import compressed_tensors.compressors.pack_quantized.helpers  # noqa: F401
+    import torchao.prototype.mx_formats.utils  # noqa: F401
+    from compressed_tensors import __version__ as ct_version
 
-        ignore = _ignore_list(ckpt, set(module_schemes))
-        quant_config = ctc.build_quantization_config(module_schemes, ignore, ct_version)
-        config = dict(ckpt.config)
-        config["quantization_config"] = quant_config
-        with open(os.path.join(tmp_dir, ctc.CONFIG_FILE), "w") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-        if ckpt.is_sharded:
-            index = {"metadata": {"total_size": target_bytes}, "weight_map": dict(sorted(weight_map.items()))}
-            with open(os.path.join(tmp_dir, ctc.INDEX_FILE), "w") as f:
-                json.dump(index, f, indent=2)
-        written = set(ckpt.shard_files) | {ctc.CONFIG_FILE, ctc.INDEX_FILE}
-        for name in sorted(os.listdir(ckpt.directory)):
-            src = os.path.join(ckpt.directory, name)
-            if name not in written and os.path.isfile(src):
-                shutil.copyfile(src, os.path.join(tmp_dir, name))
-        publish(tmp_dir, dir_target)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    counts: dict[str, int] = {}
-    for scheme in module_schemes.values():
-        counts[scheme.label] = counts.get(scheme.label, 0) + 1
-    return ConversionSummary(
-        dir_target=os.path.abspath(dir_target),
-        num_shards=len(ckpt.shard_files),
-        source_bytes=source_bytes,
-        target_bytes=target_bytes,
-        largest_shard_bytes=largest,
-        seconds=time.perf_counter() - start,
-        rss_before_bytes=rss_before,
-        peak_rss_bytes=peak_rss,
-        modules_per_scheme=counts,
-        ignore=ignore,
-    )
+    with staged_dir(target, tool=TOOL) as staging:
+        shards = _convert_shards(ckpt, str(staging))
+        ignore = _ignore_list(ckpt, set(shards.module_schemes))
+        quant_config = ctc.build_quantization_config(shards.module_schemes, ignore, ct_version)
+        _write_config_and_index(ckpt, str(staging), quant_config, shards)
+        _copy_other_files(ckpt, str(staging))
+        counts: dict[str, int] = {}
+        for scheme in shards.module_schemes.values():
+            counts[scheme.label] = counts.get(scheme.label, 0) + 1
+        summary = ConversionSummary(
+            dir_target=str(target),
+            num_shards=len(ckpt.shard_files),
+            source_bytes=shards.source_bytes,
+            target_bytes=shards.target_bytes,
+            largest_shard_bytes=shards.largest_shard_bytes,
+            seconds=time.perf_counter() - start,
+            rss_before_bytes=shards.rss_before_bytes,
+            peak_rss_bytes=shards.peak_rss_bytes,
+            modules_per_scheme=counts,
+            ignore=ignore,
+        )
+        if report is not None:
+            report(summary)
+        if validate:
+            from hf_torchao_vllm.validate_compressed_tensors_checkpoint import run_validation
+
+            try:
+                run_validation(dir_source, str(staging))
+            except SystemExit:
+                print(f"error: the conversion failed validation: {target} was not written", file=sys.stderr)
+                raise
+    return summary
+
+
+@dataclasses.dataclass
+class _ShardLoopResult:
+    module_schemes: dict[str, ctc.CtScheme]
+    weight_map: dict[str, str]
+    source_bytes: int
+    target_bytes: int
+    largest_shard_bytes: int
+    rss_before_bytes: int
+    peak_rss_bytes: int
+
+
+def _convert_shards(ckpt: ctc.TorchaoCheckpoint, out_dir: str) -> _ShardLoopResult:
+    """Convert and write each shard in turn, at about the speed of copying it.
+
+    Source tensors are read-only views of the memory-mapped shards; those that pass through
+    unchanged (fp8 / int8 weights, scales, plain tensors) are copied file to file by the kernel,
+    8-bit weights offset into int32 words are computed chunk by chunk as they are written
+    (``RepackPlan``). Mapped pages are dropped after each parameter and each written tensor, so RSS
+    holds only what other schemes compute (int4 packing, expert splits) for one shard.
+    """
+    from rich.progress import Progress
+
+    _map_large_allocations()
+    rss_before = _current_rss_bytes()
+    _reset_peak_rss()
+    result = _ShardLoopResult({}, {}, 0, 0, 0, rss_before, rss_before)
+    repack = ctc.RepackPlan()
+    with Progress(transient=True) as progress, ctc.repack_into(repack):
+        shard_task = progress.add_task("shards", total=len(ckpt.shard_files))
+        for shard in ckpt.shard_files:
+            params = ckpt.params_in_shard(shard)
+            tensor_task = progress.add_task(f"  {shard}", total=len(params))
+            handles: dict[str, ctc.ShardReader] = {}
+            out: dict[str, Any] = {}
+            shard_path = os.path.join(ckpt.directory, shard)
+            for param in params:
+                meta = ckpt.params[param]
+                parts = ctc.load_param_parts(ckpt, param, handles)
+                if meta["_type"] == "Tensor":
+                    _add_output(out, result.weight_map, param, parts["tensor"], shard_path)
+                else:
+                    with ctc.input_errors_of(shard_path, param, meta, parts):
+                        conversions = ctc.convert_parameter(param, meta, parts)
+                    for conv in conversions:
+                        result.module_schemes[conv.module] = conv.scheme
+                        for leaf, tensor in conv.tensors.items():
+                            _add_output(out, result.weight_map, f"{conv.module}.{leaf}", tensor, shard_path)
+                del parts
+                for handle in handles.values():
+                    handle.drop_pages()
+                progress.advance(tensor_task)
+            shard_source_bytes = os.path.getsize(os.path.join(ckpt.directory, shard))
+            result.source_bytes += shard_source_bytes
+            result.largest_shard_bytes = max(result.largest_shard_bytes, shard_source_bytes)
+            result.target_bytes += ctc.write_safetensors(
+                os.path.join(out_dir, shard), out, {"format": "pt"}, sources=[repack, *handles.values()]
+            )
+            result.weight_map.update(dict.fromkeys(out, shard))
+            del out
+            for handle in handles.values():
+                handle.close()
+            handles.clear()
+            repack.reset()
+            _release_freed_memory()
+            progress.remove_task(tensor_task)
+            progress.advance(shard_task)
+    result.peak_rss_bytes = _peak_rss_bytes()
+    return result
+
+
+def _add_output(
+    out: dict[str, Any], written: dict[str, str], name: str, tensor: Any, shard_path: str
+) -> None:
+    """Add one output tensor; two source tensors that map to the same name would lose one of them."""
+    if name in out or name in written:
+        raise ValueError(
+            f"{shard_path}: two tensors of the checkpoint become {name!r} in compressed-tensors (e.g. a "
+            "plain tensor next to a quantized one of the same name): re-save the checkpoint"
+        )
+    out[name] = tensor
+
+
+def _write_config_and_index(
+    ckpt: ctc.TorchaoCheckpoint, out_dir: str, quant_config: dict[str, Any], shards: _ShardLoopResult
+) -> None:
+    config = dict(ckpt.config)
+    config["quantization_config"] = quant_config
+    with open(os.path.join(out_dir, ctc.CONFIG_FILE), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+    if ckpt.is_sharded:
+        index = {
+            "metadata": {"total_size": shards.target_bytes},
+            "weight_map": dict(sorted(shards.weight_map.items())),
+        }
+        with open(os.path.join(out_dir, ctc.INDEX_FILE), "w") as f:
+            json.dump(index, f, indent=2)
+
+
+def _copy_other_files(ckpt: ctc.TorchaoCheckpoint, out_dir: str) -> None:
+    """Copy the files that are not weights, config or index (tokenizer, generation config, ...)."""
+    written = set(ckpt.shard_files) | {ctc.CONFIG_FILE, ctc.INDEX_FILE, MARKER}
+    for name in sorted(os.listdir(ckpt.directory)):
+        src = os.path.join(ckpt.directory, name)
+        if name not in written and os.path.isfile(src):
+            shutil.copyfile(src, os.path.join(out_dir, name))
 
 
 def print_summary(summary: ConversionSummary) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"compressed-tensors checkpoint written to {summary.dir_target}")
+    table = Table(title=f"compressed-tensors checkpoint for {summary.dir_target}")
     table.add_column("scheme")
     table.add_column("modules", justify="right")
     for label, count in sorted(summary.modules_per_scheme.items()):
@@ -252,19 +330,17 @@ def main(dir_source: str, dir_target: str, overwrite: bool = False, validate: bo
 
     Args:
         dir_source: torchao checkpoint directory (config.json with quant_method torchao, safetensors).
-        dir_target: directory to write the compressed-tensors checkpoint to (created atomically).
-        overwrite: replace dir_target if it exists.
-        validate: after writing, compare every decompressed weight with torchao's dequantization
-            and check that transformers loads the result (exits non-zero on a mismatch).
+        dir_target: directory to write the compressed-tensors checkpoint to (published only when complete).
+        overwrite: replace dir_target if an earlier run of this tool wrote it.
+        validate: before publishing, compare every decompressed weight with torchao's dequantization
+            and check that transformers loads the result (exits 1 on a mismatch, writing nothing).
     """
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
-    summary = convert_checkpoint(dir_source, dir_target, overwrite=overwrite)
-    print_summary(summary)
-    if validate:
-        from hf_torchao_vllm.validate_compressed_tensors_checkpoint import run_validation
-
-        run_validation(dir_source, dir_target)
+    summary = convert_checkpoint(
+        dir_source, dir_target, overwrite=overwrite, validate=validate, report=print_summary
+    )
+    print(f"wrote {summary.dir_target}")
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

@@ -17,15 +17,13 @@ Any mismatch prints the offending tensors and exits non-zero.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
 from typing import Any
 
-import fire
-
 from hf_torchao_vllm import ct_checkpoint as ctc
+from pytorch_scripts_common.cli import run
 
 # NVFP4: compressed-tensors divides by weight_global_scale = 1 / per_tensor_scale (float32) while
 # torchao multiplies by per_tensor_scale, so the float32 scales can differ by an ulp and a bf16
@@ -83,6 +81,21 @@ def _tolerance_problem(type_name: str, ref, got) -> str | None:
     return None
 
 
+def check_compressed_tensors_config(directory: str) -> None:
+    """``directory``'s config.json is a JSON object with a compressed-tensors quantization_config."""
+    config_path = os.path.join(directory, ctc.CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{directory} has no {ctc.CONFIG_FILE}: pass the converter's output directory")
+    config = ctc.read_json_object(config_path, "config")
+    qconfig = config.get("quantization_config")
+    found = qconfig.get("quant_method") if isinstance(qconfig, dict) else None
+    if found != "compressed-tensors":
+        raise ValueError(
+            f"{config_path} has quant_method {found!r}, expected 'compressed-tensors': pass the "
+            "converter's output directory as --dir_target"
+        )
+
+
 def _source_dtype(ckpt: ctc.TorchaoCheckpoint):
     import torch
 
@@ -98,18 +111,13 @@ def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
     """Compare compressed-tensors' decompression of every target shard with torchao's dequantization."""
     import torch
     from compressed_tensors.entrypoints.convert.converters.ct_dequantizer import CompressedTensorsDequantizer
-    from safetensors import safe_open
 
     from pytorch_scripts_common import compute_sqnr
 
     ckpt = ctc.open_torchao_checkpoint(dir_source)
+    check_compressed_tensors_config(dir_target)
     dequantizer = CompressedTensorsDequantizer(dir_target, dtype=_source_dtype(ckpt))
-    target_index = os.path.join(dir_target, ctc.INDEX_FILE)
-    if os.path.isfile(target_index):
-        with open(target_index) as f:
-            target_shards = list(dict.fromkeys(json.load(f)["weight_map"].values()))
-    else:
-        target_shards = ["model.safetensors"]
+    target_shards, _ = ctc.read_shard_index(dir_target)
     if sorted(target_shards) != sorted(ckpt.shard_files):
         return ValidationReport(0, 0, [Mismatch("<shards>", f"{target_shards} != {ckpt.shard_files}")], {})
 
@@ -117,9 +125,16 @@ def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
     min_sqnr: dict[str, float] = {}
     compared = exact = 0
     for shard in ckpt.shard_files:
-        with safe_open(os.path.join(dir_target, shard), framework="pt") as f:
-            stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-        got = dequantizer.process(stored)
+        target_path = os.path.join(dir_target, shard)
+        reader = ctc.ShardReader(target_path)
+        stored = {k: reader.get_tensor(k) for k in reader.header.tensors}
+        try:
+            got = dequantizer.process(stored)
+        except (KeyError, IndexError, TypeError, RuntimeError) as e:
+            raise ValueError(
+                f"{target_path}: compressed-tensors cannot decompress it ({type(e).__name__}: {e}): "
+                "its tensors do not match the quantization_config of its config.json; convert again"
+            ) from e
         del stored
         handles: dict[str, Any] = {}
         expected: dict[str, tuple[str, torch.Tensor]] = {}
@@ -129,7 +144,9 @@ def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
             if meta["_type"] == "Tensor":
                 expected[param] = ("Tensor", parts["tensor"])
             else:
-                for module, dense in ctc.torchao_reference_per_module(param, meta, parts).items():
+                with ctc.input_errors_of(os.path.join(dir_source, shard), param, meta, parts):
+                    per_module = ctc.torchao_reference_per_module(param, meta, parts)
+                for module, dense in per_module.items():
                     expected[f"{module}.weight"] = (meta["_type"], dense)
         handles.clear()
         for name in sorted(set(expected) - set(got)):
@@ -276,9 +293,13 @@ def main(
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
     for d, what in ((dir_source, "dir_source"), (dir_target, "dir_target")):
         if not os.path.isdir(d):
-            raise ValueError(f"{what} {d!r} does not exist")
+            raise ValueError(f"--{what} {d} is not a directory: pass a checkpoint directory")
+    if not kl_threshold >= 0:
+        raise ValueError(f"--kl_threshold is {kl_threshold}: pass a non-negative number of nats")
+    ctc.open_torchao_checkpoint(dir_source)
+    check_compressed_tensors_config(dir_target)
     run_validation(dir_source, dir_target, check_transformers=check_transformers, kl_threshold=kl_threshold)
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

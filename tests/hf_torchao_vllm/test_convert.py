@@ -4,6 +4,7 @@ transformers load, hostile inputs, atomicity and the CLIs (subprocess smoke test
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from hf_torchao_vllm import ct_quantize, ct_tiny_models, recipes
 from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
 from hf_torchao_vllm.ct_quantize import quantize_and_save
 from hf_torchao_vllm.validate_compressed_tensors_checkpoint import compare_in_transformers, validate_weights
+from pytorch_scripts_common.outputs import MARKER
 
 # KL(torchao in transformers || compressed-tensors in transformers), nats/token, measured on the
 # embedded models, with a ~3x margin. Weight-only schemes run the same bf16 weights (0 measured),
@@ -324,6 +326,132 @@ def test_target_regexes_match_exactly_the_group():
 
 
 # ---------------------------------------------------------------------------------------------
+# The shard reader and writer against the safetensors library
+# ---------------------------------------------------------------------------------------------
+
+
+def write_unaligned_safetensors(path, tensors):
+    """A valid safetensors file whose header length and tensor offsets are not multiples of the
+    dtype size (the format allows it; safetensors' own writer pads, other writers need not)."""
+    header, data = {}, b""
+    for name, t in tensors.items():
+        raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        dtype = ctc._SAFETENSORS_DTYPES[t.dtype]
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(t.shape),
+            "data_offsets": [len(data), len(data) + len(raw)],
+        }
+        data += raw
+    text = json.dumps(header).encode()
+    text += b" " * ((8 - len(text) % 8) % 8 + 1)  # header length = 1 mod 8
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + data)
+
+
+def test_shard_reader_matches_safetensors_on_unaligned_and_empty_tensors(tmp_path):
+    torch.manual_seed(0)
+    tensors = {
+        "a_byte": torch.randint(0, 255, (3,), dtype=torch.uint8),  # shifts everything after it
+        "b_f32": torch.randn(5, 7),
+        "c_bf16": torch.randn(4, 4).to(torch.bfloat16),
+        "d_empty": torch.empty(0, 3),
+        "e_scalar": torch.tensor(2.5, dtype=torch.float64),
+        "f_fp8": torch.randn(8, 8).to(torch.float8_e4m3fn),
+        "g_i64": torch.tensor([1, -2], dtype=torch.int64),
+    }
+    path = str(tmp_path / "unaligned.safetensors")
+    write_unaligned_safetensors(path, tensors)
+    reader = ctc.ShardReader(path)
+    with safe_open(path, framework="pt") as f:
+        for name, expected in tensors.items():
+            got = reader.get_tensor(name)
+            assert got.dtype == expected.dtype and got.shape == expected.shape, name
+            as_bytes = got.reshape(-1).view(torch.uint8)
+            assert torch.equal(as_bytes, f.get_tensor(name).reshape(-1).view(torch.uint8)), name
+            assert torch.equal(as_bytes, expected.reshape(-1).view(torch.uint8)), name
+
+
+def test_writer_copies_source_views_file_to_file_aligned_as_in_the_source(tmp_path):
+    torch.manual_seed(0)
+    source = str(tmp_path / "source.safetensors")
+    ctc.write_safetensors(source, {"w": torch.randn(64, 32), "s": torch.randn(64, 1)}, {"k": "v"})
+    reader = ctc.ShardReader(source)
+    views = {
+        "a_new": torch.ones(3),
+        "s_copy": reader.get_tensor("s").reshape(64),
+        "w_copy": reader.get_tensor("w"),
+    }
+    source_offsets = {name: reader.source_offset(views[name]) for name in ("s_copy", "w_copy")}
+    assert source_offsets["w_copy"] == reader.header.data_start + reader.header.tensors["w"].begin
+    assert reader.source_offset(views["a_new"]) is None
+    assert reader.source_offset(views["w_copy"][:, :3]) is None  # not contiguous: written from memory
+    sent, written = str(tmp_path / "sent.safetensors"), str(tmp_path / "written.safetensors")
+    ctc.write_safetensors(sent, views, {"format": "pt"}, sources=[reader])
+    ctc.write_safetensors(written, {k: v.clone() for k, v in views.items()}, {"format": "pt"})
+    for path in (sent, written):
+        with safe_open(path, framework="pt") as f:
+            assert f.metadata() == {"format": "pt"}
+            for name, value in views.items():
+                assert torch.equal(f.get_tensor(name), value), (path, name)
+    # The copied tensors keep their source order and sit at their source's in-page offset, in the
+    # first page of a 64 KiB block; the tensor computed in memory comes after them.
+    header = ctc.read_safetensors_header(sent)
+    first = min(source_offsets, key=source_offsets.get)
+    target_offset = header.data_start + header.tensors[first].begin
+    assert target_offset % (16 * 4096) == source_offsets[first] % 4096
+    assert header.tensors["a_new"].begin == max(e.end for n, e in header.tensors.items() if n != "a_new")
+    assert header.data_start % 8 == 0
+
+
+def test_deferred_8bit_repacking_writes_what_eager_packing_computes(tmp_path):
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
+    torch.manual_seed(0)
+    source = str(tmp_path / "source.safetensors")
+    # More than one chunk, so that chunk boundaries are crossed.
+    qdata = torch.randint(-128, 128, (ctc.RepackPlan.CHUNK_BYTES // 256 + 3, 256), dtype=torch.int8)
+    ctc.write_safetensors(source, {"q": qdata, "s": torch.randn(qdata.shape[0], 1)})
+    reader = ctc.ShardReader(source)
+    plan = ctc.RepackPlan()
+    with ctc.repack_into(plan):
+        packed = ctc._pack_int32(reader.get_tensor("q"), 8)
+    assert packed.dtype == torch.int32 and packed.shape == (qdata.shape[0], 64)
+    tensors = {"packed": packed, "packed_rows": packed[2:5], "scale": reader.get_tensor("s")}
+    target = str(tmp_path / "target.safetensors")
+    ctc.write_safetensors(target, tensors, sources=[plan, reader])
+    expected = pack_to_int32(qdata, 8, packed_dim=1)
+    with safe_open(target, framework="pt") as f:
+        assert torch.equal(f.get_tensor("packed"), expected)
+        assert torch.equal(f.get_tensor("packed_rows"), expected[2:5])
+        assert torch.equal(f.get_tensor("scale"), reader.get_tensor("s"))
+
+
+def test_reading_a_deferred_placeholder_crashes_instead_of_returning_garbage(tmp_path):
+    code = (
+        "import torch\n"
+        "from hf_torchao_vllm import ct_checkpoint as ctc\n"
+        "with ctc.repack_into(ctc.RepackPlan()):\n"
+        "    packed = ctc._pack_int32(torch.zeros(4, 8, dtype=torch.int8), 8)\n"
+        "print(int(packed.sum()))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGSEGV, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    assert proc.stdout == ""
+
+
+def test_int8_packing_leaves_the_source_untouched_and_matches_compressed_tensors():
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
+    torch.manual_seed(0)
+    values = torch.randint(-128, 128, (16, 64), dtype=torch.int8)
+    before = values.clone()
+    packed = ctc._pack_int32(values, 8)
+    assert torch.equal(values, before)
+    assert torch.equal(packed, pack_to_int32(values, 8, packed_dim=1))
+
+
+# ---------------------------------------------------------------------------------------------
 # Bad input: clear errors and no partial output
 # ---------------------------------------------------------------------------------------------
 
@@ -406,7 +534,9 @@ def test_corrupt_safetensors_header(int8_source, tmp_path):
     src = copy_dir(int8_source, tmp_path / "src")
     with open(os.path.join(src, "model.safetensors"), "r+b") as f:
         f.write(b"\xff" * 16)
-    assert_fails_cleanly(src, tmp_path, "cannot read safetensors header")
+    assert_fails_cleanly(
+        src, tmp_path, r"model\.safetensors is not a valid safetensors file: .*: re-download"
+    )
 
 
 def test_index_pointing_to_missing_shard(dense_dir, tmp_path):
@@ -415,17 +545,6 @@ def test_index_pointing_to_missing_shard(dense_dir, tmp_path):
     shard = sorted(set(index["weight_map"].values()))[1]
     os.remove(os.path.join(src, shard))
     assert_fails_cleanly(src, tmp_path, f"shard '{shard}'.*missing")
-
-
-def test_target_exists_without_overwrite(int8_source, tmp_path):
-    target = tmp_path / "ct"
-    target.mkdir()
-    (target / "keep.txt").write_text("mine")
-    with pytest.raises(ValueError, match="--overwrite"):
-        convert_checkpoint(int8_source, str(target))
-    assert (target / "keep.txt").read_text() == "mine"
-    convert_checkpoint(int8_source, str(target), overwrite=True)
-    assert not (target / "keep.txt").exists() and (target / "config.json").exists()
 
 
 def test_failure_midway_leaves_no_target(int8_source, tmp_path, monkeypatch):
@@ -463,7 +582,8 @@ def test_convert_cli_sharded_with_validation(dense_dir, tmp_path):
         f"--dir_target={target}",
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "validation passed" in proc.stdout
+    # Validated before it was published: the validation report comes before "wrote".
+    assert proc.stdout.index("validation passed") < proc.stdout.index(f"wrote {target}")
     source_shards = sorted(set(load_json(os.path.join(src, ctc.INDEX_FILE))["weight_map"].values()))
     assert len(source_shards) > 1
     index = load_json(target / ctc.INDEX_FILE)
@@ -471,8 +591,13 @@ def test_convert_cli_sharded_with_validation(dense_dir, tmp_path):
     stored = read_all(str(target))
     assert set(index["weight_map"]) == set(stored)
     assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in stored.values())
+    source = read_all(src)
+    for name in ("model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"):
+        assert torch.equal(stored[name], source[name]), name  # copied file to file, bit for bit
     assert (target / "notes.txt").read_text() == "copied as is"
     assert (target / "generation_config.json").exists()
+    assert (target / MARKER).read_text().strip() == "convert_torchao_checkpoint_to_compressed_tensors"
+    assert sorted(os.listdir(tmp_path)) == ["ct", "src"]  # no temp folders left next to it
 
 
 def test_validate_cli_fails_on_a_corrupted_tensor(int8_source, tmp_path):
