@@ -146,18 +146,20 @@ def _candidate_patterns(exact_names: set[str]) -> list[re.Pattern[bytes] | bytes
     kernels (a literal: rare in CPU traces, and found faster than by a regex). Names written with JSON escapes
     in them are not found (profilers do not write those for these ASCII names).
     """
+    kernel_prefixes = [rb"graph_\d", rb"cpp_", rb"triton_"]
     generic = [
-        rb"graph_\d",
-        rb"cpp_",
-        rb"triton_",
+        *kernel_prefixes,
         rb"CompiledFunction",
         re.escape(CALL_SPAN_PREFIX.encode()),
         re.escape(KERNEL_TABLE_EVENT_PREFIX.encode()),
     ]
+    # names the kernel prefixes already find are left out; others are not, even when they start
+    # alike (a custom op "graph_viz_sample::scaled_tanh")
+    covered = re.compile(b"|".join(kernel_prefixes))
     exact = [
         re.escape(json.dumps(name)[1:].encode())
         for name in sorted(exact_names)
-        if not name.startswith(_KERNEL_NAME_PREFIXES)
+        if not covered.match(name.encode())
     ]
     names = re.compile(rb'"name"[ \t\n\r]*:[ \t\n\r]*"(?:' + b"|".join(generic + exact) + rb")")
     return [names, b'"kernel"']

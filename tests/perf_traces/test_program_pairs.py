@@ -118,6 +118,21 @@ def test_custom_op_events_carry_their_torch_ops_call(tmp_path):
     assert summary.matched_by_kind["extern aten op"] == 6
 
 
+def test_custom_op_namespace_that_starts_like_a_kernel_name(tmp_path):
+    """A custom op named "graph_viz_sample::scaled_tanh" (the graph_viz sample program's): its events
+    start like a C++ kernel's ("graph_"), are no kernel, and are still picked and matched."""
+    for file_name in ("trace.json", "output_code.log"):
+        with open(fixture("cpu_custom_op", file_name), encoding="utf-8") as source:
+            text = source.read().replace("perf_traces_sample", "graph_viz_sample")
+        (tmp_path / file_name).write_text(text, encoding="utf-8")
+    graphs = read_compiled_graphs(str(tmp_path / "output_code.log"), strict=True)
+    summary = enrich_trace(str(tmp_path / "trace.json"), graphs, str(tmp_path / "enriched.json"))
+    events = load_events(str(tmp_path / "enriched.json"))
+    custom = [e for e in events if e["name"] == "graph_viz_sample::scaled_tanh"]
+    assert len(custom) == 2 and all(e["args"]["inductor_graph_kind"] == "forward" for e in custom)
+    assert summary.matched_by_kind["extern custom op"] == 2 and summary.unmatched_by_name == {}
+
+
 def test_custom_op_module_matched_by_its_op_sequence_without_kernel_events(tmp_path):
     """Without C++ kernel profiling (no kernel events), a module is found by its extern-op sequence;
     a custom op is one of those ops, so the forward (addmm, scaled_tanh, addmm, scaled_tanh) matches."""
