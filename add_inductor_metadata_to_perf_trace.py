@@ -16,6 +16,7 @@ See ``perf_traces/README.md``.
 from __future__ import annotations
 
 import os
+import pathlib
 
 from pytorch_scripts_common.cli import UsageError, run
 
@@ -25,6 +26,31 @@ TOOL = "add_inductor_metadata_to_perf_trace"
 def _default_summary_file(modified_perf_trace_file: str) -> str:
     stem = modified_perf_trace_file.removesuffix(".json")
     return f"{stem}.kernels.html"
+
+
+def _check_outputs(
+    inputs: list[str], modified_perf_trace_file: str, summary_file: str, overwrite: bool
+) -> tuple[pathlib.Path, pathlib.Path]:
+    """Both output paths checked before any work (not an input, not a folder, --overwrite); resolved."""
+    from pytorch_scripts_common.outputs import check_output
+
+    trace_target = check_output(
+        modified_perf_trace_file,
+        inputs=inputs,
+        overwrite=overwrite,
+        tool=TOOL,
+        kind="file",
+        flag="modified_perf_trace_file",
+    )
+    summary_target = check_output(
+        summary_file,
+        inputs=[*inputs, modified_perf_trace_file],
+        overwrite=overwrite,
+        tool=TOOL,
+        kind="file",
+        flag="kernel_summary_file",
+    )
+    return trace_target, summary_target
 
 
 def main(
@@ -54,7 +80,7 @@ def main(
     from perf_traces.log_kernels import compiled_graphs
     from perf_traces.trace_stream import helper_process, wants_helper
     from pytorch_scripts_common.inductor_log import read_inductor_log
-    from pytorch_scripts_common.outputs import check_output, staged_file
+    from pytorch_scripts_common.outputs import staged_file
 
     if not os.path.isfile(perf_trace_file):
         raise UsageError(f"--perf_trace_file {perf_trace_file} is not a file: pass an existing path")
@@ -64,23 +90,9 @@ def main(
         )
     if top < 1:
         raise UsageError(f"--top is {top}: pass a number of kernels >= 1")
-    inputs = [perf_trace_file, torch_logs_file]
     summary_file = kernel_summary_file or _default_summary_file(modified_perf_trace_file)
-    trace_target = check_output(
-        modified_perf_trace_file,
-        inputs=inputs,
-        overwrite=overwrite,
-        tool=TOOL,
-        kind="file",
-        flag="modified_perf_trace_file",
-    )
-    summary_target = check_output(
-        summary_file,
-        inputs=[*inputs, modified_perf_trace_file],
-        overwrite=overwrite,
-        tool=TOOL,
-        kind="file",
-        flag="kernel_summary_file",
+    trace_target, summary_target = _check_outputs(
+        [perf_trace_file, torch_logs_file], modified_perf_trace_file, summary_file, overwrite
     )
 
     # a second process for the halves of a large trace: forked now, while this one is small

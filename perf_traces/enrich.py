@@ -45,6 +45,8 @@ class EnrichSummary:
     matched_by_kind: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     unmatched_by_name: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     log_kernels_not_in_trace: list[str] = dataclasses.field(default_factory=list)
+    # kernels called only in subgraph functions (a torch.cond branch) that did not run in this trace
+    log_kernels_in_branches_not_run: list[str] = dataclasses.field(default_factory=list)
     num_ambiguous_spans: int = 0
     num_modules: int = 0
     num_log_kernels: int = 0
@@ -79,13 +81,24 @@ class EnrichSummary:
         if len(self.unmatched_by_name) > 20:
             out.append(f"  ... and {len(self.unmatched_by_name) - 20} more names")
         out.append(f"kernels in the log never seen in the trace: {len(self.log_kernels_not_in_trace)}")
-        for label in self.log_kernels_not_in_trace[:20]:
-            out.append(f"  {label}")
-        if len(self.log_kernels_not_in_trace) > 20:
-            out.append(f"  ... and {len(self.log_kernels_not_in_trace) - 20} more")
+        out.extend(_first_lines(self.log_kernels_not_in_trace))
+        if self.log_kernels_in_branches_not_run:
+            out.append(
+                "kernels of subgraph branches that did not run (e.g. the torch.cond branch not taken): "
+                f"{len(self.log_kernels_in_branches_not_run)}"
+            )
+            out.extend(_first_lines(self.log_kernels_in_branches_not_run))
         if self.zero_match_reason:
             out.append(f"0 events matched: {self.zero_match_reason}")
         return out
+
+
+def _first_lines(labels: list[str], limit: int = 20) -> list[str]:
+    """The first ``limit`` labels, indented, and how many more there are."""
+    lines = [f"  {label}" for label in labels[:limit]]
+    if len(labels) > limit:
+        lines.append(f"  ... and {len(labels) - limit} more")
+    return lines
 
 
 class NoMatchError(ValueError):
@@ -220,12 +233,14 @@ def match_trace(
     matcher = Matcher(records, log)
     matcher.run()
     table = KernelTable(matcher)
+    never_seen, in_branches_not_run = matcher.log_kernels_not_in_trace()
     summary = EnrichSummary(
         num_events=layout.num_events,
         num_matched=matcher.num_matched,
         matched_by_kind=matcher.matched_by_kind,
         unmatched_by_name=matcher.unmatched_by_name,
-        log_kernels_not_in_trace=matcher.log_kernels_not_in_trace(),
+        log_kernels_not_in_trace=never_seen,
+        log_kernels_in_branches_not_run=in_branches_not_run,
         num_ambiguous_spans=matcher.num_ambiguous_spans,
         num_modules=len(graphs),
         num_log_kernels=sum(len(graph.kernels) for graph in graphs),

@@ -2,7 +2,7 @@
 
 ``KernelStats`` holds, per kernel id of the enrichment's kernel table, the number and total duration
 (µs, from the events' ``dur``) of its matched CPU events (C++ kernel ops, Triton launch ops, extern
-``aten::`` ops) and of its GPU kernels (linked through ``External id``). Rows are sorted by device
+``aten::`` and custom ops) and of its GPU kernels (linked through ``External id``). Rows are sorted by device
 time, then CPU time. The HTML page is rendered by an autoescaping jinja2 template and loads nothing
 from the network (inline CSS, no scripts).
 """
@@ -26,7 +26,7 @@ class KernelStats:
     """Times of one kernel (or extern call) over the trace, in µs."""
 
     kernel_id: str
-    name: str  # the kernel's name in the output code, or the extern call's ATen op
+    name: str  # the kernel's name in the output code, or the extern call's op ("aten::mm")
     graph: str  # the graph's AOT id, e.g. "0_forward"
     graph_kind: str
     source_nodes: list[str]

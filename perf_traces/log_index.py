@@ -56,6 +56,7 @@ class GraphIndex:
     kernel_calls: dict[str, list[Call]]  # kernel name -> its call sites, in order
     extern_calls: list[Call]
     extern_names: tuple[str, ...]
+    call_positions: dict[str, list[int]]  # kernel name / extern op -> its positions in graph.calls
 
     @classmethod
     def of(cls, graph: CompiledGraph) -> GraphIndex:
@@ -65,6 +66,9 @@ class GraphIndex:
             if call.kind == "kernel":
                 kernel_calls[call.target].append(call)
         extern_calls = [call for call in graph.calls if call.kind == "extern"]
+        call_positions: dict[str, list[int]] = collections.defaultdict(list)
+        for position, call in enumerate(graph.calls):
+            call_positions[call.target].append(position)
         return cls(
             kernels=kernels,
             trace_names=set(kernels),
@@ -72,6 +76,7 @@ class GraphIndex:
             kernel_calls=dict(kernel_calls),
             extern_calls=extern_calls,
             extern_names=tuple(call.target for call in extern_calls),
+            call_positions=dict(call_positions),
         )
 
 
@@ -81,8 +86,8 @@ class LogIndex:
     by_trace_name: dict[str, list[tuple[CompiledGraph, Kernel]]]
     by_kernel_path: dict[str, list[tuple[CompiledGraph, Kernel]]]
     kernel_path_by_hash: dict[str, str]  # stem of a "# kernel path:" -> the path (Triton kernel_hash)
-    # Only the aten:: ops that some call() runs as an extern kernel (e.g. aten::mm, not the
-    # aten::resolve_conj inside it): fewer records, and nested ops cannot shadow the real call.
+    # Only the ops that some call() runs as an extern call (e.g. aten::mm, not the aten::resolve_conj
+    # inside it; a custom op's my_lib::scaled_tanh): fewer records, and nested ops cannot shadow the call.
     extern_targets: set[str]
     graph_index: dict[int, GraphIndex]  # id(graph) ->
     graphs_by_externs: dict[tuple[str, ...], list[CompiledGraph]]
@@ -141,18 +146,20 @@ def _candidate_patterns(exact_names: set[str]) -> list[re.Pattern[bytes] | bytes
     kernels (a literal: rare in CPU traces, and found faster than by a regex). Names written with JSON escapes
     in them are not found (profilers do not write those for these ASCII names).
     """
+    kernel_prefixes = [rb"graph_\d", rb"cpp_", rb"triton_"]
     generic = [
-        rb"graph_\d",
-        rb"cpp_",
-        rb"triton_",
+        *kernel_prefixes,
         rb"CompiledFunction",
         re.escape(CALL_SPAN_PREFIX.encode()),
         re.escape(KERNEL_TABLE_EVENT_PREFIX.encode()),
     ]
+    # names the kernel prefixes already find are left out; others are not, even when they start
+    # alike (a custom op "graph_viz_sample::scaled_tanh")
+    covered = re.compile(b"|".join(kernel_prefixes))
     exact = [
         re.escape(json.dumps(name)[1:].encode())
         for name in sorted(exact_names)
-        if not name.startswith(_KERNEL_NAME_PREFIXES)
+        if not covered.match(name.encode())
     ]
     names = re.compile(rb'"name"[ \t\n\r]*:[ \t\n\r]*"(?:' + b"|".join(generic + exact) + rb")")
     return [names, b'"kernel"']

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from pytorch_scripts_common.inductor_log import InductorLog, OutputCodeModule, ops_from_kernel_name
+from pytorch_scripts_common.inductor_log.output_code import MAIN_FUNCTION_RE
 
 __all__ = ["Call", "CompiledGraph", "Kernel", "compiled_graphs", "read_compiled_graphs"]
 
@@ -33,12 +34,15 @@ class Kernel:
 class Call:
     """One line of a graph's ``call()``, in execution order."""
 
-    kind: str  # "kernel" (a kernel of this graph) or "extern" (an ATen op / extern kernel)
-    target: str  # kernel name, or the ATen op as the profiler shows it ("aten::addmm")
+    kind: str  # "kernel" (a kernel of this graph) or "extern" (an extern kernel, ATen op or custom op)
+    target: str  # kernel name, or the op as the profiler shows it ("aten::addmm", "my_lib::scaled_tanh")
     source_nodes: list[str]
     aten_ops: list[str]
     code: str  # the stripped line
     line_number: int
+    subgraph: str | None = (
+        None  # the subgraph function it is in ("true_graph_0"); None in call() / partition_N()
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -91,7 +95,13 @@ def _from_parsed(module: OutputCodeModule) -> CompiledGraph:
     }
     calls = [
         Call(
-            call.kind, call.target, list(call.source_nodes), list(call.aten_ops), call.code, call.line_number
+            call.kind,
+            call.target,
+            list(call.source_nodes),
+            list(call.aten_ops),
+            call.code,
+            call.line_number,
+            None if MAIN_FUNCTION_RE.match(call.function) else call.function,
         )
         for call in module.calls
     ]

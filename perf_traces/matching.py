@@ -4,9 +4,12 @@
   The span's graph is the one of the right kind (forward / backward / inference, from the enclosing
   ``CompiledFunction`` / ``CompiledFunctionBackward`` span) whose kernels (``kernel_file`` paths
   first, then names, then the extern-op sequence) best cover the children; a tie that remains is
-  noted. Kernel children match by name; ``aten::*`` children match the graph's ``extern_kernels.*``
-  calls in order (n-th to n-th). Spans with the same children, kind and kernel files (every step of
-  a training loop) are matched once and the result reused.
+  noted. Kernel children match by name; op children (``aten::addmm``, a custom op's
+  ``my_lib::scaled_tanh``) match the graph's extern calls (``extern_kernels.*``, ``torch.ops.*``) of
+  that op. Each child takes a call() line of its kernel / op in execution order (``_CallAligner``:
+  the call sites of a ``torch.cond`` branch that did not run are skipped). Spans with the same
+  children, kind and kernel files (every step of a training loop) are matched once and the result
+  reused.
 - Kernel events outside any Call span match by name when exactly one kernel of the enclosing kind
   has it.
 - GPU ``kernel`` events inherit their launch op's match through ``External id``.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
+import itertools
 from array import array
 
 import numpy as np
@@ -68,7 +72,7 @@ class KernelMatch:
     def kind(self) -> str:
         """How the summary counts it."""
         if self.kernel is None:
-            return "extern aten op"
+            return "extern aten op" if self.call.target.startswith("aten::") else "extern custom op"
         return "cpu kernel op" if self.kernel.backend.startswith("cpp") else "kernel launch op"
 
 
@@ -112,6 +116,33 @@ class _SpanResult:
     uses: int = 0
 
 
+class _CallAligner:
+    """Which call() line each child of a Call span ran: the children, in time order, against the graph's
+    call sites in execution order (subgraph bodies after the statement that calls them).
+
+    A child takes the first untaken call site of its kernel / op at or after the position of the last
+    one taken, so that the call sites of a ``torch.cond`` branch that did not run are skipped; failing
+    that, the first untaken one before it (bodies whose order in the log is not their execution order).
+    """
+
+    def __init__(self, calls: list[Call], positions: dict[str, list[int]]) -> None:
+        self.calls = calls
+        self.positions = positions
+        self.position = 0
+        self.taken: set[int] = set()
+
+    def take(self, target: str) -> Call | None:
+        """The call site the next child named ``target`` ran, or None when every one is taken."""
+        positions = self.positions.get(target, ())
+        start = bisect.bisect_left(positions, self.position)
+        for position in itertools.chain(positions[start:], positions[:start]):
+            if position not in self.taken:
+                self.taken.add(position)
+                self.position = max(self.position, position + 1)
+                return self.calls[position]
+        return None
+
+
 class Matcher:
     """Assigns a ``KernelMatch`` to candidate rows (``run``); keeps the summary counts.
 
@@ -132,6 +163,7 @@ class Matcher:
         self.unmatched_by_name: collections.Counter = collections.Counter()
         self.num_ambiguous_spans = 0
         self.seen_kernels: set[tuple[int, str]] = set()  # (id(graph), kernel name)
+        self.seen_graphs: set[int] = set()  # id(graph) of every graph with a matched event
         self._code_of: dict[tuple, int] = {}
         self._span_results: dict[tuple, _SpanResult] = {}
 
@@ -141,6 +173,7 @@ class Matcher:
         if code is None:
             code = self._code_of[key] = len(self.objects)
             self.objects.append(KernelMatch(graph, kernel, call, note))
+            self.seen_graphs.add(id(graph))
             if kernel is not None:
                 self.seen_kernels.add((id(graph), kernel.name))
         return code
@@ -234,7 +267,7 @@ class Matcher:
         """The graphs of the span's kind that best cover its children (files, then names, then externs)."""
         log = self.log
         kernel_children = {name for name in child_names if name in log.by_trace_name}
-        extern_children = tuple(name for name in child_names if name.startswith("aten::"))
+        extern_children = tuple(name for name in child_names if name in log.extern_targets)
         # only graphs sharing a kernel name / kernel file with the children, or their extern sequence
         options = {id(graph) for name in kernel_children for graph, _ in log.by_trace_name[name]}
         options.update(id(graph) for path in files for graph, _ in log.by_kernel_path.get(path, ()))
@@ -275,22 +308,22 @@ class Matcher:
             )
         lookup = self.log.graph_index[id(graph)]
         kernel_call_counts: collections.Counter = collections.Counter()
-        extern_position = 0
+        aligner = _CallAligner(graph.calls, lookup.call_positions)
         for child, name in enumerate(child_names):
             if name in lookup.kernels:
                 kernel = lookup.kernels[name]
-                calls = lookup.kernel_calls.get(kernel.name, [])
-                call = calls[min(kernel_call_counts[kernel.name], len(calls) - 1)] if calls else None
+                call = aligner.take(kernel.name)
+                if call is None:  # each call site taken (a loop body run again): the n-th call, or the last
+                    calls = lookup.kernel_calls.get(kernel.name, [])
+                    call = calls[min(kernel_call_counts[kernel.name], len(calls) - 1)] if calls else None
                 kernel_call_counts[kernel.name] += 1
                 codes[child] = self._match(graph, kernel, call, note)
-            elif name.startswith("aten::"):
-                # n-th aten::<op> child <-> the next extern call of the same op (skips ops call() ran
-                # that are not extern kernels, e.g. an aten::empty from a fallback allocation).
-                for offset in range(extern_position, len(lookup.extern_calls)):
-                    if lookup.extern_calls[offset].target == name:
-                        codes[child] = self._match(graph, None, lookup.extern_calls[offset], note)
-                        extern_position = offset + 1
-                        break
+            elif name in self.log.extern_targets:
+                # an op child without a call site left stays unmatched (e.g. an aten::empty from a
+                # fallback allocation when the graph also calls aten::empty as an extern)
+                call = aligner.take(name)
+                if call is not None:
+                    codes[child] = self._match(graph, None, call, note)
         counts.update(self.objects[code].kind for code in codes if code >= 0)
         return _SpanResult(codes, counts, ambiguous=len(best_graphs) > 1)
 
@@ -352,13 +385,27 @@ class Matcher:
         launch_rows = np.concatenate([np.full(cpu_rows.size, -1, np.int64), launch_of[gpu_rows]])
         return rows, codes, launch_rows
 
-    def log_kernels_not_in_trace(self) -> list[str]:
-        return [
-            f"{kernel.trace_name} [{graph.label}]"
-            for graph in self.log.graphs
-            for kernel in graph.kernels.values()
-            if (id(graph), kernel.name) not in self.seen_kernels
-        ]
+    def log_kernels_not_in_trace(self) -> tuple[list[str], list[str]]:
+        """The log's kernels no event matched, as labels: (never seen, in subgraph branches that did not run).
+
+        A kernel goes to the second list when its graph ran (some event matched it) and every call
+        site of the kernel is in a subgraph function (``true_graph_0``: a ``torch.cond`` branch, a loop
+        body) — expected, not a failure to match.
+        """
+        never_seen: list[str] = []
+        in_branches_not_run: list[str] = []
+        for graph in self.log.graphs:
+            calls = self.log.graph_index[id(graph)].kernel_calls
+            for kernel in graph.kernels.values():
+                if (id(graph), kernel.name) in self.seen_kernels:
+                    continue
+                label = f"{kernel.trace_name} [{graph.label}]"
+                subgraphs = [call.subgraph for call in calls.get(kernel.name, [])]
+                if id(graph) in self.seen_graphs and subgraphs and all(subgraphs):
+                    in_branches_not_run.append(f"{label} in {', '.join(dict.fromkeys(subgraphs))}")
+                else:
+                    never_seen.append(label)
+        return never_seen, in_branches_not_run
 
     def zero_match_reason(self) -> str:
         graphs, records = self.log.graphs, self.records

@@ -1,11 +1,13 @@
 """Profile a torch.compile'd toy model and write the (Chrome trace, output-code log) pair.
 
 The pair is exactly the input of ``add_inductor_metadata_to_perf_trace.py``. The model is
-``num_layers`` x (LayerNorm -> Linear -> ReLU); ``mode="train"`` profiles forward + backward,
-``mode="inference"`` a ``torch.no_grad`` forward; ``graph_break=True`` puts a graph break after the
-first layer (two compiled graphs, each with its own forward and backward). C++ kernels are recorded
-by the CPU profiler only with ``torch._inductor.config.cpp.enable_kernel_profile`` (set here). The
-profiling runs in a child process whose environment sets the log the way a user does:
+``num_layers`` x (LayerNorm -> Linear -> activation), the activation one of ``ACTIVATIONS``: ReLU, a
+``torch.library.custom_op`` (an opaque op call in the output code) or a ``torch.cond`` (two branch
+subgraphs, one of which runs). ``mode="train"`` profiles forward + backward, ``mode="inference"`` a
+``torch.no_grad`` forward; ``graph_break=True`` puts a graph break after the first layer (two compiled
+graphs, each with its own forward and backward); ``dynamic=True`` compiles with symbolic sizes. C++
+kernels are recorded by the CPU profiler only with ``torch._inductor.config.cpp.enable_kernel_profile``
+(set here). The profiling runs in a child process whose environment sets the log the way a user does:
 ``TORCH_LOGS=output_code TORCH_LOGS_OUT=output_code.log`` (``log_format="default"``, plus
 ``TORCH_LOGS_FORMAT=short`` for ``"short"``) or ``TORCH_TRACE=torch_trace`` (``"trace"``); compile
 caches are off so that every graph is compiled (and logged) in that process. The pair appears in
@@ -21,8 +23,11 @@ per-op self times recomputed from the written trace sum to the profiler's self-t
 from __future__ import annotations
 
 import collections
+import dataclasses
+import functools
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -44,14 +49,67 @@ SELF_TIME_ABSOLUTE_TOLERANCE_US_PER_EVENT = 0.002
 _INDUCTOR_KERNEL_RE = re.compile(r"^(?:graph_\d+_)?(?:cpp_|triton_)\w+$")
 
 
-class ToyModel(torch.nn.Module):
-    """``num_layers`` x (LayerNorm -> Linear -> ReLU), optionally with a graph break after the first layer."""
+@functools.cache
+def register_scaled_tanh() -> None:
+    """Register ``perf_traces_sample::scaled_tanh(x, scale)`` = tanh(x) * scale, a custom op with a fake
+    and an autograd formula: at first use (once per process), never at import."""
 
-    def __init__(self, hidden_dim: int, num_layers: int, graph_break: bool) -> None:
+    @torch.library.custom_op("perf_traces_sample::scaled_tanh", mutates_args=())
+    def scaled_tanh(x: torch.Tensor, scale: float) -> torch.Tensor:
+        return torch.tanh(x) * scale
+
+    @scaled_tanh.register_fake
+    def _(x: torch.Tensor, scale: float) -> torch.Tensor:
+        return torch.empty_like(x)
+
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 (torch.library's signature)
+        ctx.save_for_backward(inputs[0])
+        ctx.scale = inputs[1]
+
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        (x,) = ctx.saved_tensors
+        return grad * ctx.scale * (1 - torch.tanh(x) ** 2), None
+
+    scaled_tanh.register_autograd(backward, setup_context=setup_context)
+
+
+class ScaledTanhCustomOp(torch.nn.Module):
+    """tanh(x) * 0.5 through the custom op ``perf_traces_sample::scaled_tanh``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        register_scaled_tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # through torch.ops, as users call a registered op (dynamo does not trace into functools.cache)
+        return torch.ops.perf_traces_sample.scaled_tanh(x, 0.5)
+
+
+class SignCond(torch.nn.Module):
+    """``torch.cond`` on the sign of the sum: sin(x) * 2 if it is positive, else cos(x) + 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cond(x.sum() > 0, lambda h: h.sin() * 2, lambda h: h.cos() + 1, (x,))
+
+
+# The activation of every block: name -> module class.
+ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
+    "relu": torch.nn.ReLU,
+    "custom_op": ScaledTanhCustomOp,
+    "cond": SignCond,
+}
+
+
+class ToyModel(torch.nn.Module):
+    """``num_layers`` x (LayerNorm -> Linear -> activation), with a graph break after the first if asked."""
+
+    def __init__(self, hidden_dim: int, num_layers: int, graph_break: bool, activation: str = "relu") -> None:
         super().__init__()
         self.layers = torch.nn.ModuleList(
             torch.nn.Sequential(
-                torch.nn.LayerNorm(hidden_dim), torch.nn.Linear(hidden_dim, hidden_dim), torch.nn.ReLU()
+                torch.nn.LayerNorm(hidden_dim),
+                torch.nn.Linear(hidden_dim, hidden_dim),
+                ACTIVATIONS[activation](),
             )
             for _ in range(num_layers)
         )
@@ -65,6 +123,21 @@ class ToyModel(torch.nn.Module):
         for layer in self.layers[1:]:
             x = layer(x)
         return x
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileSettings:
+    """What the child process profiles (``main``'s arguments that are not about the output)."""
+
+    hidden_dim: int
+    batch_size: int
+    num_layers: int
+    mode: str
+    activation: str
+    graph_break: bool
+    dynamic: bool
+    num_warmup: int
+    seed: int
 
 
 def self_times_from_trace(trace_events: list[dict]) -> dict[str, tuple[int, float]]:
@@ -173,7 +246,9 @@ def main(
     batch_size: int = 64,
     num_layers: int = 2,
     mode: str = "train",
+    activation: str = "relu",
     graph_break: bool = False,
+    dynamic: bool = False,
     num_warmup: int = 2,
     seed: int = 0,
     overwrite: bool = False,
@@ -185,93 +260,138 @@ def main(
         output_dir: folder to create for trace.json and output_code.log (or torch_trace/); see --overwrite.
         hidden_dim: feature size of every LayerNorm / Linear.
         batch_size: rows of the random input.
-        num_layers: number of LayerNorm -> Linear -> ReLU blocks.
+        num_layers: number of LayerNorm -> Linear -> activation blocks.
         mode: "train" (profile forward + backward) or "inference" (torch.no_grad forward).
+        activation: relu, custom_op (torch.library.custom_op: tanh(x) * 0.5), cond (torch.cond: sin / cos).
         graph_break: put a torch._dynamo.graph_break() after the first layer (two compiled graphs).
+        dynamic: compile with dynamic=True (symbolic sizes in the output code).
         num_warmup: un-profiled steps after compilation.
         seed: seed of the weights and input.
         overwrite: replace output_dir if it is an earlier output of this tool.
         log_format: default (glog prefix on each line), short (TORCH_LOGS_FORMAT=short), trace (TORCH_TRACE).
     """
-    from pytorch_scripts_common.cli import UsageError
     from pytorch_scripts_common.outputs import check_output, staged_dir
 
-    if mode not in MODES:
-        raise UsageError(f"mode={mode!r} is not one of {MODES}: pass --mode train or --mode inference")
-    if log_format not in LOG_FORMATS:
-        raise UsageError(f"log_format={log_format!r} is not one of {LOG_FORMATS}: pass one of them")
-    for label, value, minimum in (
-        ("hidden_dim", hidden_dim, 1),
-        ("batch_size", batch_size, 1),
-        ("num_layers", num_layers, 1),
-        ("num_warmup", num_warmup, 0),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise UsageError(f"{label}={value!r} must be an int >= {minimum}")
-    if graph_break and num_layers < 2:
-        raise UsageError("graph_break=True needs num_layers >= 2 (the break goes after the first layer)")
+    settings = ProfileSettings(
+        hidden_dim, batch_size, num_layers, mode, activation, graph_break, dynamic, num_warmup, seed
+    )
+    check_arguments(settings, log_format)
     target = check_output(output_dir, overwrite=overwrite, tool=TOOL, flag="output_dir")
     log_name = TRACE_DIR if log_format == "trace" else LOG_FILE
     with staged_dir(target, tool=TOOL) as staging:
-        # Each log format is set the way a user sets it, through the environment of a fresh process:
-        # torch reads TORCH_LOGS_FORMAT and TORCH_TRACE when its logging starts.
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("TORCH_LOGS", "TORCH_LOGS_OUT", "TORCH_LOGS_FORMAT", "TORCH_TRACE")
-        }
-        if log_format == "trace":
-            env["TORCH_TRACE"] = str(staging / TRACE_DIR)
-        else:
-            env["TORCH_LOGS"] = "output_code"
-            env["TORCH_LOGS_OUT"] = str(staging / LOG_FILE)
-            if log_format == "short":
-                env["TORCH_LOGS_FORMAT"] = "short"
-        arguments = (str(staging), hidden_dim, batch_size, num_layers, mode, graph_break, num_warmup, seed)
-        code = f"from perf_traces.profile_compiled_model import profile_pair; profile_pair(*{arguments!r})"
-        result = subprocess.run([sys.executable, "-c", code], env=env, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"profiling failed (exit {result.returncode}); see the output above")
-        written = staging / log_name
-        if (
-            not written.exists()
-            or (written.is_file() and written.stat().st_size == 0)
-            or (written.is_dir() and not any(written.iterdir()))
-        ):
-            raise RuntimeError(
-                f"no output code was logged to {log_name}: nothing was compiled by Inductor (did dynamo fall "
-                "back to eager?) or torch logging did not reach the file"
-            )
+        run_profiling_process(staging, settings, log_format)
+        check_log_written(staging / log_name)
     print(f"wrote {target / 'trace.json'}\nwrote {target / log_name}")
 
 
-def profile_pair(
-    output_dir: str,
-    hidden_dim: int,
-    batch_size: int,
-    num_layers: int,
-    mode: str,
-    graph_break: bool,
-    num_warmup: int,
-    seed: int,
-) -> None:
+def check_arguments(settings: ProfileSettings, log_format: str) -> None:
+    """A ``UsageError`` naming the first argument out of range."""
+    from pytorch_scripts_common.cli import UsageError
+
+    if settings.mode not in MODES:
+        raise UsageError(
+            f"mode={settings.mode!r} is not one of {MODES}: pass --mode train or --mode inference"
+        )
+    if settings.activation not in ACTIVATIONS:
+        raise UsageError(
+            f"activation={settings.activation!r} is not one of {tuple(ACTIVATIONS)}: pass one of them"
+        )
+    if log_format not in LOG_FORMATS:
+        raise UsageError(f"log_format={log_format!r} is not one of {LOG_FORMATS}: pass one of them")
+    for label, minimum in (("hidden_dim", 1), ("batch_size", 1), ("num_layers", 1), ("num_warmup", 0)):
+        value = getattr(settings, label)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise UsageError(f"{label}={value!r} must be an int >= {minimum}")
+    if settings.graph_break and settings.num_layers < 2:
+        raise UsageError("graph_break=True needs num_layers >= 2 (the break goes after the first layer)")
+
+
+def logging_environment(staging: pathlib.Path, log_format: str) -> dict[str, str]:
+    """This process's environment with torch's logging set the way a user sets it for ``log_format``.
+
+    Through the environment of a fresh process: torch reads TORCH_LOGS_FORMAT and TORCH_TRACE when its
+    logging starts.
+    """
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("TORCH_LOGS", "TORCH_LOGS_OUT", "TORCH_LOGS_FORMAT", "TORCH_TRACE")
+    }
+    if log_format == "trace":
+        env["TORCH_TRACE"] = str(staging / TRACE_DIR)
+    else:
+        env["TORCH_LOGS"] = "output_code"
+        env["TORCH_LOGS_OUT"] = str(staging / LOG_FILE)
+        if log_format == "short":
+            env["TORCH_LOGS_FORMAT"] = "short"
+    return env
+
+
+def run_profiling_process(staging: pathlib.Path, settings: ProfileSettings, log_format: str) -> None:
+    """``profile_pair`` in a child process that logs in ``log_format``, writing into ``staging``."""
+    code = (
+        "import json, sys; from perf_traces.profile_compiled_model import ProfileSettings, profile_pair; "
+        "profile_pair(sys.argv[1], ProfileSettings(**json.loads(sys.argv[2])))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(staging), json.dumps(dataclasses.asdict(settings))],
+        env=logging_environment(staging, log_format),
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"profiling failed (exit {result.returncode}); see the output above")
+
+
+def check_log_written(written: pathlib.Path) -> None:
+    """The log file (or TORCH_TRACE folder) exists and is not empty."""
+    if (
+        not written.exists()
+        or (written.is_file() and written.stat().st_size == 0)
+        or (written.is_dir() and not any(written.iterdir()))
+    ):
+        raise RuntimeError(
+            f"no output code was logged to {written.name}: nothing was compiled by Inductor (did dynamo "
+            "fall back to eager?) or torch logging did not reach the file"
+        )
+
+
+def profile_pair(output_dir: str, settings: ProfileSettings) -> None:
     """Child-process body of ``main``: profile the compiled model, write ``output_dir/trace.json``.
 
     torch's logging (TORCH_LOGS / TORCH_LOGS_OUT / TORCH_LOGS_FORMAT / TORCH_TRACE) comes from the
     environment ``main`` started this process with.
     """
+    from pytorch_scripts_common import get_device
+
+    device = get_device()
+    profiler, x = profile_compiled_steps(settings, device)
+    trace_path = os.path.join(output_dir, "trace.json")
+    profiler.export_chrome_trace(trace_path)
+    ok, message = print_tables_and_check(profiler, trace_path, device)
+    print(
+        f"torch {torch.__version__}, device {device}, mode {settings.mode}, "
+        f"activation {settings.activation}, graph_break {settings.graph_break}, dynamic {settings.dynamic}, "
+        f"x {tuple(x.shape)} float32, {settings.num_layers} layers"
+    )
+    if not ok:
+        raise SystemExit("self-time check failed: " + message)
+
+
+def profile_compiled_steps(settings: ProfileSettings, device: torch.device):  # noqa: ANN201 (profiler, input)
+    """Compile the model, run it 1 + ``num_warmup`` times, profile one more step; (profiler, input)."""
     import torch._inductor.config as inductor_config
     from torch.profiler import ProfilerActivity, profile
 
-    from pytorch_scripts_common import get_device, set_seed
+    from pytorch_scripts_common import set_seed
 
-    device = get_device()
-    set_seed(seed)
-    model = ToyModel(hidden_dim, num_layers, graph_break).to(device)
-    x = torch.randn(batch_size, hidden_dim, device=device, requires_grad=(mode == "train"))
+    set_seed(settings.seed)
+    model = ToyModel(settings.hidden_dim, settings.num_layers, settings.graph_break, settings.activation)
+    model = model.to(device)
+    train = settings.mode == "train"
+    x = torch.randn(settings.batch_size, settings.hidden_dim, device=device, requires_grad=train)
 
     def step() -> None:
-        if mode == "train":
+        if train:
             compiled(x).sum().backward()
         else:
             with torch.no_grad():
@@ -283,15 +403,17 @@ def profile_pair(
         inductor_config.patch({"cpp.enable_kernel_profile": True, "fx_graph_cache": False}),
         torch._functorch.config.patch(enable_autograd_cache=False),
     ):
-        compiled = torch.compile(model)
-        for _ in range(1 + num_warmup):  # the first call compiles
+        compiled = torch.compile(model, dynamic=settings.dynamic)
+        for _ in range(1 + settings.num_warmup):  # the first call compiles
             step()
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as profiler:
             step()
-    trace_path = os.path.join(output_dir, "trace.json")
-    profiler.export_chrome_trace(trace_path)
+    return profiler, x
 
+
+def print_tables_and_check(profiler, trace_path: str, device: torch.device) -> tuple[bool, str]:  # noqa: ANN001
+    """Print the profiler's and the kernel tables; check the trace's self times against the profiler's."""
     averages = profiler.key_averages()
     sort_key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(averages.table(sort_by=sort_key, row_limit=25))
@@ -304,12 +426,7 @@ def profile_pair(
     print("\n".join(kernel_table(trace_self, profiler_total_us)))
     ok, message = check_self_times(trace_self, profiler_total_us)
     print(message)
-    print(
-        f"torch {torch.__version__}, device {device}, mode {mode}, graph_break {graph_break}, "
-        f"x {tuple(x.shape)} float32, {num_layers} layers"
-    )
-    if not ok:
-        raise SystemExit("self-time check failed: " + message)
+    return ok, message
 
 
 if __name__ == "__main__":

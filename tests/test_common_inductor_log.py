@@ -2,8 +2,8 @@
 
 Real logs: graph_viz/fixtures/logs (torch 2.13, TORCH_LOGS_FORMAT=short), graph_viz/fixtures/torch_2_10
 (torch 2.10 in default, short and TORCH_TRACE form), graph_viz/fixtures/torch_2_13 and torch_2_9 (user
-programs: transformers models, dynamic shapes, torch.cond, ...), perf_traces/fixtures/cpu_train* (torch
-2.13 output code in default, short and TORCH_TRACE form). Hand-written: graph_viz/fixtures/triton_handwritten.
+programs: transformers models, dynamic shapes, torch.cond, ...), perf_traces/fixtures/cpu_* (torch 2.13
+output code in default, short and TORCH_TRACE form). Hand-written: graph_viz/fixtures/triton_handwritten.
 """
 
 from __future__ import annotations
@@ -222,6 +222,34 @@ def test_subgraph_function_statements_follow_their_call():
         ("call", "return (buf2, )"),
     ]
     assert [c.target for c in module.calls] == ["aten::mm", "aten::addmm"]
+
+
+def test_op_calls_are_extern_call_sites_named_as_the_profiler_records_them():
+    text = (
+        "# AOT ID: ['0_forward']\n"
+        "def call(args):\n"
+        "    x, = args\n"
+        "    buf0 = torch.ops.my_lib.scaled_tanh.default(x, 0.5)\n"
+        "    buf1 = torch.ops.aten.convolution_backward.default(buf0, x)\n"
+        "    buf2 = aten._foo.default(buf1)\n"
+        "    buf3 = torch.ops.higher_order.some_hop.default(buf2)\n"
+        "    extern_kernels.bias_addmm(x, x, x, out=buf4)\n"
+        "    return (buf4, )\n"
+    )
+    (module,) = parse_inductor_log_text(text, strict=True).modules
+    # a higher-order op is a Python operator, which the profiler does not record as an op event
+    assert [(c.target, c.code.split(" = ")[0]) for c in module.calls] == [
+        ("my_lib::scaled_tanh", "buf0"),
+        ("aten::convolution_backward", "buf1"),
+        ("aten::_foo", "buf2"),
+        ("aten::addmm", "extern_kernels.bias_addmm(x, x, x, out=buf4)"),
+    ]
+    real = read_inductor_log(GRAPH_FIXTURES / "torch_2_13/short/custom_op_train.log", strict=True)
+    assert [(c.kind, c.target) for c in real.modules[0].calls] == [
+        ("extern", "aten::addmm"),
+        ("extern", "graph_viz_sample::scaled_tanh"),
+        ("extern", "aten::addmm"),
+    ]
 
 
 def interleave(*logs: list[str]) -> list[str]:

@@ -64,10 +64,10 @@ SUBGRAPH_CALL_RE = re.compile(r"^(?:\w+ = )?(\w+)\(\1_args\)")
 MAIN_FUNCTION_RE = re.compile(r"^(?:call|partition_\d+)$")
 # "        extern_kernels.addmm(primals_5, buf4, ..., out=buf5)"
 EXTERN_CALL_RE = re.compile(r"^(?:\w+ = )?extern_kernels\.(\w+)\(")
-# "        buf3 = torch.ops.aten.convolution_backward.default(...)" / "aten._foo.default(...)". Custom ops
-# ("torch.ops.my_lib.scaled_tanh.default(buf0, 0.5)") stay "other" statements: perf_traces matches
-# extern calls to the trace's aten:: events only.
-ATEN_CALL_RE = re.compile(r"^(?:[\w, ]+ = )?(?:torch\.ops\.)?aten\.(\w+)\.(\w+)\(")
+# "        buf3 = torch.ops.aten.convolution_backward.default(...)" / "aten._foo.default(...)", and custom
+# ops: "buf0 = torch.ops.my_lib.scaled_tanh.default(buf1, 0.5)" (the profiler records my_lib::scaled_tanh).
+# Not torch.ops.higher_order (Python operators, not recorded by the profiler).
+OP_CALL_RE = re.compile(r"^(?:[\w, ]+ = )?(?:torch\.ops\.(?!higher_order\.)(\w+)|(aten))\.(\w+)\.(\w+)\(")
 # "        cpp_fused_relu_1(buf0, buf1)" / "        triton_poi_fused_relu_0.run(buf0, 16, stream=stream0)"
 KERNEL_CALL_RE = re.compile(r"^(\w+)(?:\.run)?\(")
 KERNEL_NAME_RE = re.compile(r"^(?:triton_(?:poi|red|per|tem|for|mm)_|cpp_)?(?:fused_)?(.*?)(?:_\d+)?$")
@@ -309,11 +309,14 @@ def _statement(
     stripped: str, number: int, function: str, kernels: dict[str, KernelDefinition], comments: _Comments
 ) -> CallSite:
     extern = EXTERN_CALL_RE.match(stripped)
-    aten = ATEN_CALL_RE.match(stripped) if not extern else None
-    if extern or aten:
-        op = PROFILER_OP_OF_EXTERN.get(extern.group(1), extern.group(1)) if extern else aten.group(1)
+    op_call = OP_CALL_RE.match(stripped) if not extern else None
+    if extern or op_call:
+        if extern:
+            target = f"aten::{PROFILER_OP_OF_EXTERN.get(extern.group(1), extern.group(1))}"
+        else:
+            target = f"{op_call.group(1) or op_call.group(2)}::{op_call.group(3)}"
         return CallSite(
-            "extern", f"aten::{op}", comments.source_nodes, comments.aten_ops, stripped, number, function
+            "extern", target, comments.source_nodes, comments.aten_ops, stripped, number, function
         )
     kernel_call = KERNEL_CALL_RE.match(stripped)
     if kernel_call and kernel_call.group(1) in kernels:

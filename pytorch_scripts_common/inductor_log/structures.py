@@ -104,8 +104,9 @@ class CallSite:
     The body of a higher-order op's subgraph function (``def true_graph_0(args):``) follows the
     statement that calls it."""
 
-    kind: str  # "kernel" (a kernel of this module), "extern" (extern_kernels.X / aten op), "other"
-    target: str  # kernel name, or the ATen op as the profiler shows it ("aten::addmm"); "" for other
+    kind: str  # "kernel" (a kernel of this module), "extern" (extern_kernels.X / aten or custom op), "other"
+    # kernel name, or the op as the profiler shows it ("aten::addmm", "my_lib::scaled_tanh"); "" for other
+    target: str
     source_nodes: list[str]  # the Source Nodes comment above it (kernels: the kernel's own if none)
     aten_ops: list[str]
     code: str  # the stripped statement, trailing comment kept (`buf1 = buf0; del buf0  # reuse`)

@@ -50,6 +50,8 @@ def test_bad_arguments(tmp_path):
         main(str(tmp_path), hidden_dim=0)
     with pytest.raises(ValueError, match="num_layers >= 2"):
         main(str(tmp_path), num_layers=1, graph_break=True)
+    with pytest.raises(ValueError, match="activation='gelu' is not one of"):
+        main(str(tmp_path), activation="gelu")
     (tmp_path / "trace.json").write_text("{}")
     with pytest.raises(ValueError, match="--overwrite"):
         main(str(tmp_path))
@@ -57,13 +59,14 @@ def test_bad_arguments(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "mode, graph_break, log_format", [("train", True, "short"), ("inference", False, "trace")]
+    "mode, graph_break, log_format, activation, dynamic",
+    [("train", True, "short", "relu", False), ("inference", False, "trace", "custom_op", True)],
 )
-def test_live_cpu_pair_every_kernel_matched(tmp_path, mode, graph_break, log_format):
+def test_live_cpu_pair_every_kernel_matched(tmp_path, mode, graph_break, log_format, activation, dynamic):
     """Run the tool in a subprocess (fresh compile), then enrich what it wrote: all kernels match."""
     out_dir = tmp_path / "pair"
     args = ["--output_dir", str(out_dir), "--hidden_dim", "16", "--batch_size", "4", "--mode", mode]
-    args += ["--log_format", log_format]
+    args += ["--log_format", log_format, "--activation", activation, "--dynamic", str(dynamic)]
     result = subprocess.run(
         [
             sys.executable,
@@ -93,7 +96,10 @@ def test_live_cpu_pair_every_kernel_matched(tmp_path, mode, graph_break, log_for
     events = load_events(str(tmp_path / "enriched.json"))
     table = kernel_table(events)
     kernels = [e for e in events if re.match(r"^graph_\d+_cpp_", e["name"])]
-    assert len(kernels) == sum(len(m.kernels) for m in modules)
+    assert len(kernels) == sum(1 for m in modules for call in m.calls if call.kind == "kernel")
+    if activation == "custom_op":
+        custom = [e for e in events if e["name"] == "perf_traces_sample::scaled_tanh"]
+        assert len(custom) == 2 and all("inductor_kernel_id" in e["args"] for e in custom)
     for event in kernels:
         graph_id = event["name"].split("_")[1]
         entry = table[event["args"]["inductor_kernel_id"]]

@@ -38,3 +38,19 @@ def test_readme_commands_use_real_flags():
         parameters = inspect.signature(module.main).parameters
         for flag in (token for token in rest if token.startswith("--")):
             assert flag[2:] in parameters, f"{flag} is not an argument of {module_name}.main"
+
+
+def test_readme_names_the_command_of_every_fixture_pair():
+    """Each fixtures/cpu_* folder is the --output_dir of a README command (and only those exist)."""
+    written = set()
+    for command in _commands():
+        if "--output_dir" in command and command[command.index("--output_dir") + 1].startswith(
+            "perf_traces/fixtures/"
+        ):
+            written.add(command[command.index("--output_dir") + 1].removeprefix("perf_traces/fixtures/"))
+    on_disk = {
+        name
+        for name in os.listdir(os.path.join(REPO_ROOT, "perf_traces", "fixtures"))
+        if name.startswith("cpu_")
+    }
+    assert written == on_disk
