@@ -71,6 +71,15 @@ class QualityReport:
         ]
 
 
+def with_sizes(report: QualityReport, reference_dir: str | Path, quantized_dir: str | Path) -> QualityReport:
+    """``report`` with the weight bytes on disk of both models."""
+    return dataclasses.replace(
+        report,
+        bytes_reference=weight_bytes_on_disk(reference_dir),
+        bytes_quantized=weight_bytes_on_disk(quantized_dir),
+    )
+
+
 def weight_bytes_on_disk(model_dir: str | Path) -> int | None:
     """Total bytes of the weight files in a local model directory (``None`` if not a local dir)."""
     path = Path(model_dir)
