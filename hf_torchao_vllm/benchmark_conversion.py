@@ -119,18 +119,14 @@ def main(
     from rich.table import Table
 
     from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
-    from hf_torchao_vllm.ct_quantize import quantize_and_save
+    from hf_torchao_vllm.quantize import quantize_checkpoint
 
     console = Console(width=120)
     with tempfile.TemporaryDirectory() as tmp:
         if dir_source is None:
             total = sum(os.path.getsize(os.path.join(model_path, s)) for s in _dir_shards(model_path))
-            dir_source = quantize_and_save(
-                model_path,
-                "int8_weight_only",
-                os.path.join(tmp, "torchao"),
-                max_shard_size=max(total // 8, 1),
-            )
+            dir_source = os.path.join(tmp, "torchao")
+            quantize_checkpoint(model_path, "int8_weight_only", dir_source, max_shard_size=max(total // 8, 1))
         conv = benchmark_conversion(dir_source, num_runs)
         table = Table(
             title=f"conversion on CPU ({torch.get_num_threads()} threads; 1-minute load average "
@@ -156,7 +152,8 @@ def main(
             return
         paths = {"bf16": model_path}
         for recipe in recipes:
-            source = quantize_and_save(model_path, recipe, os.path.join(tmp, f"torchao_{recipe}"))
+            source = os.path.join(tmp, f"torchao_{recipe}")
+            quantize_checkpoint(model_path, recipe, source)
             target = os.path.join(tmp, f"ct_{recipe}")
             convert_checkpoint(source, target)
             paths[recipe] = target

@@ -22,7 +22,10 @@ FUSED_LINEARS: dict[str, tuple[str, ...]] = {
 
 # torchao config -> why vLLM's torchao quant_method cannot serve it on CPU (measured with
 # run_quantized_model_in_vllm on the embedded dense model; see ARCHITECTURES.md). Absent: served.
-TORCHAO_CONFIGS_NOT_SERVED_ON_CPU: dict[str, str] = {}
+TORCHAO_CONFIGS_NOT_SERVED_ON_CPU: dict[str, str] = {
+    "Float8DynamicActivationFloat8WeightConfig": "vLLM's torchao loader requires a GPU of compute capability "
+    ">= 8.9 for float8 activations (_check_torchao_fp8_activation_capability)",
+}
 
 # Architectures vLLM cannot serve here even in bf16 (the matrix's baseline), with vLLM's error.
 ARCHITECTURES_NOT_SERVED: dict[str, str] = {}
