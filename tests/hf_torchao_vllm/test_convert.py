@@ -12,9 +12,9 @@ import torch
 from safetensors import safe_open
 
 from hf_torchao_vllm import ct_checkpoint as ctc
-from hf_torchao_vllm import ct_quantize, ct_tiny_models, recipes
+from hf_torchao_vllm import ct_tiny_models, recipes
 from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
-from hf_torchao_vllm.ct_quantize import quantize_and_save
+from hf_torchao_vllm.quantize import quantize_checkpoint
 from hf_torchao_vllm.validate_compressed_tensors_checkpoint import compare_in_transformers, validate_weights
 
 # KL(torchao in transformers || compressed-tensors in transformers), nats/token, measured on the
@@ -102,8 +102,20 @@ SCHEMES = {
     ),
 }
 
-# torchao FqnToConfig regexes must match the whole module / parameter name (re.fullmatch).
-MOE_EXPERTS = r".*mlp\.experts\.(gate_up_proj|down_proj)"
+# Quantization runs on CPU: int4 with group 32 (divides every dimension of the test models; vLLM's
+# CPU W4A16 kernel takes it), fp8 dynamic activations through CPU emulation.
+CPU_OPTIONS = recipes.RecipeOptions(group_size=32, fp8_emulation_on_cpu=True)
+# Runs on CUDA only (triton activation kernels): quantized and saved here, never run.
+SAVE_ONLY = {"fp8_a1x128_w128x128"}
+
+
+def quantize_and_save(model, recipe, output_dir, max_shard_size="5GB", **selection):
+    """The one quantize path (quantize_hf_model_with_torchao's) with the converter tests' CPU options."""
+    quantize_checkpoint(
+        model, recipe, output_dir, options=CPU_OPTIONS, forward_checks=recipe not in SAVE_ONLY,
+        max_shard_size=max_shard_size, **selection,
+    )  # fmt: skip
+    return output_dir
 
 
 @pytest.fixture(scope="module")
@@ -188,12 +200,7 @@ def test_every_scheme_on_dense_model(recipe, dense_dir, tmp_path):
 
 
 def test_moe_experts_only(moe_dir, tmp_path):
-    source = quantize_and_save(
-        moe_dir,
-        "fp8_weight_only",
-        str(tmp_path / "torchao"),
-        recipe_per_regex={MOE_EXPERTS: "fp8_weight_only"},
-    )
+    source = quantize_and_save(moe_dir, "fp8_weight_only", str(tmp_path / "torchao"), modules="experts_only")
     target = str(tmp_path / "ct")
     convert_checkpoint(source, target)
     stored = read_all(target)
@@ -220,14 +227,12 @@ def test_moe_experts_only(moe_dir, tmp_path):
 
 
 def test_moe_mixed_precision(moe_dir, tmp_path):
-    recipes = {  # first matching regex wins
-        r"model\.layers\.1\.self_attn\.o_proj": None,  # None = keep in high precision
-        MOE_EXPERTS: "fp8_weight_only",
-        r".*self_attn\.(q|k|v|o)_proj": "int4_weight_only",
-    }
-    source = quantize_and_save(
-        moe_dir, "fp8_weight_only", str(tmp_path / "torchao"), recipe_per_regex=recipes
-    )
+    overrides = [  # first matching regex (re.search on the weight name) wins
+        (r"model\.layers\.1\.self_attn\.o_proj", None),  # None = keep in high precision
+        (r"mlp\.experts\.", "fp8_weight_only"),
+        (r"self_attn\.(q|k|v|o)_proj", "int4_weight_only"),
+    ]
+    source = quantize_and_save(moe_dir, "fp8_weight_only", str(tmp_path / "torchao"), overrides=overrides)
     target = str(tmp_path / "ct")
     summary = convert_checkpoint(source, target)
     qconfig = quant_config(target)
@@ -247,28 +252,27 @@ def test_moe_mixed_precision(moe_dir, tmp_path):
     assert kl <= KL_WEIGHT_ONLY
 
 
-def test_ct_quantize_names_are_recipes_py_recipes():
-    """ct_quantize keeps no torchao configs of its own: each name is a recipes.py recipe + options."""
-    assert set(ct_quantize.RECIPES) == set(SCHEMES)  # every converter scheme is tested above
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # validation only reads device.type
-    for name, (recipe, options) in ct_quantize.RECIPES.items():
-        assert recipe in recipes.RECIPES, name
-        recipes.validate_recipe_options(recipe, options, cuda)  # a valid recipe + options
-        if name == "fp8_a1x128_w128x128":
-            # Refused on CPU for running it (triton); ct_quantize only quantizes and saves weights.
-            with pytest.raises(ValueError, match="needs triton"):
-                recipes.validate_recipe_options(recipe, options, cpu)
-        else:
-            recipes.validate_recipe_options(recipe, options, cpu)
-        # Quantization runs on CPU, so the configs are recipes.py's CPU configs.
-        assert ct_quantize.torchao_config(name) == recipes.make_torchao_config(recipe, options, cpu), name
-    int4 = ct_quantize.torchao_config("int4_weight_only")
-    assert type(int4).__name__ == "IntxWeightOnlyConfig" and int4.granularity.group_size == 32
+def test_every_scheme_name_is_a_registry_recipe():
+    """The converter's scheme names are aliases of the one recipe registry, not configs of their own."""
+    cpu = torch.device("cpu")
+    for name in SCHEMES:
+        recipe, options = recipes.resolve(name, CPU_OPTIONS)
+        assert name in recipes.RECIPES or recipes.ALIASES[name][0] == recipe.name
+        if name not in SAVE_ONLY:
+            recipes.validate_recipe_options(name, CPU_OPTIONS, cpu)
+    assert recipes.resolve("fp8_per_tensor")[1].granularity == "per_tensor"
+    variant = recipes.choose_variant(*recipes.resolve("int4_weight_only", CPU_OPTIONS), cpu)
+    assert (
+        type(variant.config).__name__ == "IntxWeightOnlyConfig"
+        and variant.config.granularity.group_size == 32
+    )
 
 
-def test_ct_quantize_unknown_name_names_the_choices(dense_dir, tmp_path):
-    for kwargs in ({"recipe": "fp8"}, {"recipe": "int8_weight_only", "recipe_per_regex": {".*": "mxfp8"}}):
-        with pytest.raises(ValueError, match=r"unknown recipe .*choose one of \[.*'fp8_per_row'"):
+def test_unknown_recipe_names_the_choices(dense_dir, tmp_path):
+    for kwargs in ({"recipe": "fp9"}, {"recipe": "int8_weight_only", "overrides": [(".*", "mxfp9")]}):
+        with pytest.raises(
+            ValueError, match=r"unknown recipe .*choose one of none, int8_weight_only.*fp8_per_row"
+        ):
             quantize_and_save(dense_dir, output_dir=str(tmp_path / "out"), **kwargs)
     assert not (tmp_path / "out").exists()
 
@@ -530,7 +534,8 @@ def test_converts_a_checkpoint_written_by_the_quantize_tool(tmp_path, flags, fmt
     proc = subprocess.run(
         [
             sys.executable,
-            "hf_torchao_vllm/quantize_hf_model_with_torchao.py",
+            "-m",
+            "hf_torchao_vllm.quantize_hf_model_with_torchao",
             *flags,
             "--eval_tokens=64",  # its quality report and generations are not under test here
             "--max_new_tokens=2",
