@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 
 from hf_torchao_vllm import ct_checkpoint as ctc
-from hf_torchao_vllm import ct_tiny_models, recipes
+from hf_torchao_vllm import recipes, tiny_models
 from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
 from hf_torchao_vllm.quantize import quantize_checkpoint
 from hf_torchao_vllm.validate_compressed_tensors_checkpoint import compare_in_transformers, validate_weights
@@ -120,12 +120,12 @@ def quantize_and_save(model, recipe, output_dir, max_shard_size="5GB", **selecti
 
 @pytest.fixture(scope="module")
 def dense_dir(tmp_path_factory):
-    return ct_tiny_models.dense_model(str(tmp_path_factory.mktemp("dense")))
+    return tiny_models.embedded_model("dense")
 
 
 @pytest.fixture(scope="module")
 def moe_dir(tmp_path_factory):
-    return ct_tiny_models.moe_model(str(tmp_path_factory.mktemp("moe")))
+    return tiny_models.embedded_model("moe")
 
 
 def load_json(path):

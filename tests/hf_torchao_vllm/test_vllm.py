@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from hf_torchao_vllm import ct_tiny_models
+from hf_torchao_vllm import tiny_models
 from hf_torchao_vllm.run_quantized_model_in_vllm import group_layer_summary
 from hf_torchao_vllm.vllm_support import (
     CPU_RUNNABLE_CT_SCHEMES,
@@ -144,7 +144,7 @@ def run_vllm_cli(model_path, *extra):
 
 @pytest.mark.slow
 def test_vllm_serves_bf16_model(tmp_path):
-    model = ct_tiny_models.dense_model(str(tmp_path))
+    model = tiny_models.embedded_model("dense")
     out, kl, top1 = run_vllm_cli(model)
     assert "quantization: none (bf16)" in out
     assert kl <= BF16_VLLM_KL_BOUND and top1 == 1.0

