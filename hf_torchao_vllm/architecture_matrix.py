@@ -166,14 +166,16 @@ def matrix_skips(recipe_name: str, model_dir: Path) -> tuple[list[str], str]:
     recipe, _ = recipes.resolve(recipe_name)
     skeleton = quantize.meta_model(quantize.load_causal_lm_config(str(model_dir)))
     targets, _ = recipes.find_quant_targets(skeleton)
-    three_d = [t for t in targets if t.is_3d and (not recipe.supports_3d or t.is_transposed)]
+    three_d = [
+        t for t in targets if t.is_3d and (not recipe.supports_3d or t.is_transposed or t.is_interleaved)
+    ]
     if not three_d:
         return [], ""
-    why = (
-        "stored [experts, in, out]"
-        if all(t.is_transposed for t in three_d)
-        else f"{recipe.name} has no 3D support"
-    )
+    why = f"{recipe.name} has no 3D support"
+    if recipe.supports_3d:
+        why = (
+            "stored [experts, in, out]" if any(t.is_transposed for t in three_d) else "gate / up interleaved"
+        )
     return [f"^{re.escape(t.name)}$" for t in three_d], f"; {len(three_d)} 3D expert weights bf16 ({why})"
 
 

@@ -46,6 +46,7 @@ import dataclasses
 import json
 import os
 import re
+import warnings
 from typing import Any
 
 import torch
@@ -728,6 +729,89 @@ def compress_targets(members: set[str], all_modules: set[str]) -> list[str]:
     return targets
 
 
+# --------------------------------------------------------------------------------------------
+# Scheme mapping checked against compressed-tensors' own presets
+# --------------------------------------------------------------------------------------------
+
+ANY = object()  # a field whose value the scheme chooses (e.g. the group size torchao used)
+# Scheme label -> (compressed-tensors preset, deviations): per section (weights, input_activations)
+# the fields that legitimately differ from the preset, with their value (or ANY); a section mapped
+# to None is absent in our scheme although the preset has it.
+SCHEME_PRESETS: dict[str, tuple[str, dict[str, dict[str, Any] | None]]] = {
+    "FP8_DYNAMIC": ("FP8_DYNAMIC", {}),
+    # torchao PerTensor activations are dynamic; the FP8 preset calibrates a static scale
+    "FP8_PER_TENSOR_DYNAMIC": ("FP8", {"input_activations": {"dynamic": True}}),
+    "FP8_BLOCK": ("FP8_BLOCK", {}),
+    # torchao Float8WeightOnlyConfig: FP8_DYNAMIC's per-channel weights without activation quantization
+    "FP8_WEIGHT_ONLY": ("FP8_DYNAMIC", {"input_activations": None}),
+    "W8A8_INT8": ("W8A8", {}),
+    # torchao int8 weight-only is per row (channel); the W8A16 preset uses groups of 128
+    "W8A16_CHANNEL": ("W8A16", {"weights": {"strategy": "channel", "group_size": None}}),
+    "W8A16_GROUP": ("W8A16", {"weights": {"group_size": ANY}}),
+    "W4A16": ("W4A16", {"weights": {"group_size": ANY}}),
+    "W4A16_ASYM": ("W4A16_ASYM", {"weights": {"group_size": ANY}}),
+    "NVFP4A16": ("NVFP4A16", {}),
+}
+PRESET_FIELDS = ("num_bits", "type", "symmetric", "strategy", "group_size", "block_structure", "dynamic")
+
+
+def _preset_of(label: str) -> tuple[str, dict[str, dict[str, Any] | None]]:
+    if label in SCHEME_PRESETS:
+        return SCHEME_PRESETS[label]
+    bits = re.fullmatch(r"W(\d)A16(_ASYM)?", label)
+    if bits:  # intN weight-only: W4A16's layout with other bit widths
+        base = "W4A16_ASYM" if bits.group(2) else "W4A16"
+        return base, {"weights": {"num_bits": int(bits.group(1)), "group_size": ANY}}
+    raise AssertionError(f"scheme {label!r} has no compressed-tensors preset to check against")
+
+
+def preset_mismatches(scheme: CtScheme) -> list[str]:
+    """Fields of ``scheme``'s weights / input_activations args that differ from its preset's beyond the
+    stated deviations (compared as compressed-tensors ``QuantizationArgs``, after its validation)."""
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
+
+    preset_name, deviations = _preset_of(scheme.label)
+    preset = PRESET_SCHEMES[preset_name]
+    problems = []
+    for section, ours_json in (
+        ("weights", scheme.weights_json),
+        ("input_activations", scheme.input_activations_json),
+    ):
+        expected = preset.get(section)
+        if section in deviations and deviations[section] is None:
+            expected = None
+        if (expected is None) != (ours_json is None):
+            problems.append(
+                f"{section}: {'absent' if ours_json is None else 'present'} in ours, not in {preset_name}"
+            )
+            continue
+        if expected is None:
+            continue
+        allowed = deviations.get(section) or {}
+        with warnings.catch_warnings():  # "No observer is used for dynamic quant": not what is compared
+            warnings.simplefilter("ignore", UserWarning)
+            ours = QuantizationArgs(**json.loads(ours_json))
+            fixed = {k: v for k, v in allowed.items() if v is not ANY}
+            expected = QuantizationArgs(**{**expected.model_dump(), **fixed})
+        for field in PRESET_FIELDS:
+            if allowed.get(field) is ANY:
+                continue
+            got, want = getattr(ours, field), getattr(expected, field)
+            if got != want:
+                problems.append(f"{section}.{field} {got!r} != {preset_name}'s {want!r}")
+    return problems
+
+
+def check_against_preset(scheme: CtScheme) -> None:
+    """``AssertionError`` when the converter wrote args its preset does not have (a converter bug)."""
+    problems = preset_mismatches(scheme)
+    if problems:
+        raise AssertionError(
+            f"scheme {scheme.label} does not match compressed-tensors' preset: {'; '.join(problems)}"
+        )
+
+
 def build_quantization_config(
     module_schemes: dict[str, CtScheme], ignore: list[str], compressed_tensors_version: str
 ) -> dict[str, Any]:
@@ -735,6 +819,8 @@ def build_quantization_config(
     by_scheme: dict[CtScheme, set[str]] = {}
     for module, scheme in module_schemes.items():
         by_scheme.setdefault(scheme, set()).add(module)
+    for scheme in by_scheme:
+        check_against_preset(scheme)
     all_modules = set(module_schemes) | set(ignore)
     groups = {}
     ordered = sorted(by_scheme.items(), key=lambda kv: (kv[0].label, min(kv[1])))

@@ -433,6 +433,7 @@ class QuantTarget:
     is_expert: bool
     is_3d: bool
     is_transposed: bool = False  # 3D experts stored [E, in, out] (transformers' is_transposed)
+    is_interleaved: bool = False  # gate / up rows interleaved, not [gate; up] (transformers' is_concatenated)
 
     @property
     def module_name(self) -> str:
@@ -481,9 +482,11 @@ def find_quant_targets(model: torch.nn.Module) -> tuple[list[QuantTarget], dict[
                 candidates.append(QuantTarget(full_name, full_name, tuple(param.shape), False, False))
             elif param.dim() == 3 and in_experts and not param_name.endswith("bias"):
                 transposed = bool(getattr(module, "is_transposed", False))
-                candidates.append(
-                    QuantTarget(full_name, full_name, tuple(param.shape), True, True, transposed)
+                interleaved = not getattr(module, "is_concatenated", True)
+                target = QuantTarget(
+                    full_name, full_name, tuple(param.shape), True, True, transposed, interleaved
                 )
+                candidates.append(target)
     return candidates, protected
 
 
@@ -543,6 +546,10 @@ def shape_problems(recipe: Recipe, options: RecipeOptions, selected: list[QuantT
             problem = (
                 "a fused expert weight stored [experts, in, out]: torchao's per-row scales would run "
                 "along the input dimension"
+            )
+        if problem is None and target.is_interleaved:
+            problem = (
+                "a fused expert weight with interleaved gate / up rows, which no converter target unfuses"
             )
         if problem is not None:
             bad.append(f"{target.name} {list(target.shape)} ({problem})")
