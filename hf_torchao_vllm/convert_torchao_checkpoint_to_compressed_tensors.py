@@ -19,13 +19,11 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from typing import Any
 
-import fire
-
 from hf_torchao_vllm import ct_checkpoint as ctc
+from pytorch_scripts_common.outputs import MARKER
 
 
 @dataclasses.dataclass
@@ -101,29 +99,7 @@ def _release_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
-def prepare_target(dir_target: str, overwrite: bool) -> str:
-    """Check the target and return a fresh temporary directory next to it."""
-    dir_target = os.path.abspath(dir_target)
-    if os.path.exists(dir_target) and not overwrite:
-        raise ValueError(f"target {dir_target!r} exists; pass --overwrite to replace it")
-    parent = os.path.dirname(dir_target)
-    os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f".{os.path.basename(dir_target)}.tmp-", dir=parent)
-
-
-def publish(tmp_dir: str, dir_target: str) -> None:
-    """Atomically replace ``dir_target`` by ``tmp_dir`` (the old target is removed after the swap)."""
-    dir_target = os.path.abspath(dir_target)
-    old = None
-    if os.path.exists(dir_target):
-        old = tempfile.mkdtemp(
-            prefix=f".{os.path.basename(dir_target)}.old-", dir=os.path.dirname(dir_target)
-        )
-        os.rmdir(old)
-        os.rename(dir_target, old)
-    os.rename(tmp_dir, dir_target)
-    if old is not None:
-        shutil.rmtree(old)
+TOOL = "hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors"
 
 
 def _ignore_list(ckpt: ctc.TorchaoCheckpoint, quantized_modules: set[str]) -> list[str]:
@@ -140,8 +116,14 @@ def _ignore_list(ckpt: ctc.TorchaoCheckpoint, quantized_modules: set[str]) -> li
     return sorted(m for m in plain_weights if not re.search(r"(norm|embed)", m))
 
 
-def convert_checkpoint(dir_source: str, dir_target: str, overwrite: bool = False) -> ConversionSummary:
-    """Convert ``dir_source`` to ``dir_target`` shard by shard (no validation); see module docstring."""
+def convert_checkpoint(
+    dir_source: str, dir_target: str, overwrite: bool = False, validate: bool = False
+) -> ConversionSummary:
+    """Convert ``dir_source`` to ``dir_target`` shard by shard; see the module docstring.
+
+    The output is written to a staging folder next to ``dir_target`` and moved there only when the
+    conversion (and, with ``validate``, the validation) succeeded; ``dir_target`` may not be, contain
+    or lie inside ``dir_source``."""
     # Import everything the shard loop uses up front, so the loop's memory is the tensors' alone.
     import compressed_tensors.compressors.pack_quantized.helpers  # noqa: F401
     import safetensors.torch  # noqa: F401
@@ -149,10 +131,13 @@ def convert_checkpoint(dir_source: str, dir_target: str, overwrite: bool = False
     from compressed_tensors import __version__ as ct_version
     from rich.progress import Progress
 
+    from pytorch_scripts_common.outputs import check_output, staged_dir
+
     start = time.perf_counter()
     ckpt = ctc.open_torchao_checkpoint(dir_source)
-    tmp_dir = prepare_target(dir_target, overwrite)
-    try:
+    target = check_output(dir_target, inputs=[dir_source], overwrite=overwrite, tool=TOOL, flag="dir_target")
+    with staged_dir(target, tool=TOOL) as staging:
+        tmp_dir = str(staging)
         _map_large_allocations()
         rss_before = _current_rss_bytes()
         _reset_peak_rss()
@@ -203,12 +188,12 @@ def convert_checkpoint(dir_source: str, dir_target: str, overwrite: bool = False
         written = set(ckpt.shard_files) | {ctc.CONFIG_FILE, ctc.INDEX_FILE}
         for name in sorted(os.listdir(ckpt.directory)):
             src = os.path.join(ckpt.directory, name)
-            if name not in written and os.path.isfile(src):
+            if name not in written and os.path.isfile(src) and name != MARKER:
                 shutil.copyfile(src, os.path.join(tmp_dir, name))
-        publish(tmp_dir, dir_target)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+        if validate:
+            from hf_torchao_vllm.validate_compressed_tensors_checkpoint import run_validation
+
+            run_validation(dir_source, tmp_dir)
     counts: dict[str, int] = {}
     for scheme in module_schemes.values():
         counts[scheme.label] = counts.get(scheme.label, 0) + 1
@@ -253,18 +238,16 @@ def main(dir_source: str, dir_target: str, overwrite: bool = False, validate: bo
     Args:
         dir_source: torchao checkpoint directory (config.json with quant_method torchao, safetensors).
         dir_target: directory to write the compressed-tensors checkpoint to (created atomically).
-        overwrite: replace dir_target if it exists.
-        validate: after writing, compare every decompressed weight with torchao's dequantization
-            and check that transformers loads the result (exits non-zero on a mismatch).
+        overwrite: replace an earlier output of this tool at dir_target.
+        validate: before publishing, compare every decompressed weight with torchao's dequantization
+            and check that transformers loads the result (exit 1 and no output on a mismatch).
     """
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
-    summary = convert_checkpoint(dir_source, dir_target, overwrite=overwrite)
+    summary = convert_checkpoint(dir_source, dir_target, overwrite=overwrite, validate=validate)
     print_summary(summary)
-    if validate:
-        from hf_torchao_vllm.validate_compressed_tensors_checkpoint import run_validation
-
-        run_validation(dir_source, dir_target)
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    from pytorch_scripts_common.cli import run
+
+    run(main)

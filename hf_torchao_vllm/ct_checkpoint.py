@@ -171,10 +171,10 @@ def open_torchao_checkpoint(directory: str) -> TorchaoCheckpoint:
         shard_files = ["model.safetensors"]
         weight_map = None
         is_sharded = False
+    elif bin_shards(directory):
+        return open_torchao_checkpoint(safetensors_copy_of_bin_checkpoint(directory))
     else:
-        bins = [f for f in os.listdir(directory) if f.endswith(".bin")]
-        hint = f" (found {bins}: re-save with safetensors)" if bins else ""
-        raise ValueError(f"{directory!r} has no model.safetensors or {INDEX_FILE}{hint}")
+        raise ValueError(f"{directory!r} has no model.safetensors, {INDEX_FILE} or pytorch_model*.bin")
 
     stored_to_shard: dict[str, str] = {}
     metadata: dict[str, str] = {}
@@ -199,6 +199,75 @@ def open_torchao_checkpoint(directory: str) -> TorchaoCheckpoint:
 
     params = _parse_params(metadata, stored_to_shard, directory)
     return TorchaoCheckpoint(directory, config, shard_files, stored_to_shard, params, is_sharded)
+
+
+BIN_INDEX_FILE = "pytorch_model.bin.index.json"
+
+
+def bin_shards(directory: str) -> list[str]:
+    """The ``pytorch_model*.bin`` shards of ``directory``, in index order when there is an index."""
+    index_path = os.path.join(directory, BIN_INDEX_FILE)
+    if os.path.isfile(index_path):
+        weight_map = _read_json(index_path, "index").get("weight_map") or {}
+        return list(dict.fromkeys(weight_map.values()))
+    return sorted(f for f in os.listdir(directory) if re.fullmatch(r"pytorch_model(-\d+-of-\d+)?\.bin", f))
+
+
+def _load_bin(path: str) -> dict[str, torch.Tensor]:
+    """A torchao ``.bin`` state dict, unpickled with ``weights_only=True`` (torchao registers its tensor
+    subclasses as safe globals): a pickle that would run code or build other objects is refused."""
+    import torchao  # noqa: F401 -- registers the tensor subclasses for weights_only loading
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # pickle / zip errors of every kind: the file is not a safe state dict
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot load {path} with torch.load(weights_only=True): {first}") from e
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors: re-save the checkpoint")
+    return state
+
+
+def safetensors_copy_of_bin_checkpoint(directory: str) -> str:
+    """A temporary directory with ``directory``'s torchao ``pytorch_model*.bin`` shards rewritten as
+    safetensors with torchao's metadata (``flatten_tensor_state_dict``), and its other files.
+
+    Every shard carries the metadata of all shards, as transformers writes it. The directory is removed
+    at interpreter exit."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+    shards = bin_shards(directory)
+    metadata: dict[str, str] = {}
+    tensor_names: list[str] = []
+    for shard in shards:  # pass 1: the metadata of every shard
+        _, shard_metadata = flatten_tensor_state_dict(_load_bin(os.path.join(directory, shard)))
+        tensor_names += json.loads(shard_metadata.pop("tensor_names", "[]"))
+        metadata.update(shard_metadata)
+    metadata["tensor_names"] = json.dumps(tensor_names)
+    copy = tempfile.mkdtemp(prefix="torchao-bin-")
+    atexit.register(shutil.rmtree, copy, ignore_errors=True)
+    names = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    weight_map = {}
+    for shard, name in zip(shards, names, strict=True):  # pass 2: the tensors, one shard at a time
+        tensors, _ = flatten_tensor_state_dict(_load_bin(os.path.join(directory, shard)))
+        write_safetensors(os.path.join(copy, name), tensors, metadata)
+        weight_map.update(dict.fromkeys(tensors, name))
+    if len(shards) > 1:
+        with open(os.path.join(copy, INDEX_FILE), "w") as f:
+            json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    for item in os.listdir(directory):
+        source = os.path.join(directory, item)
+        if os.path.isfile(source) and item not in shards and item != BIN_INDEX_FILE:
+            shutil.copyfile(source, os.path.join(copy, item))
+    return copy
 
 
 def _parse_params(
@@ -521,7 +590,8 @@ def _int8(param: str, meta: dict[str, Any], parts: dict[str, torch.Tensor]) -> t
         raise _unsupported(param, "Int8Tensor", f"activation granularity {gran} (only per-row/token maps)")
     symmetric = act.get("mapping_type", {}).get("_data", "SYMMETRIC") == "SYMMETRIC"
     input_args = _args(num_bits=8, type="int", symmetric=symmetric, dynamic=True, strategy="token")
-    return CtScheme("W8A8_INT8", "int-quantized", weights, input_args), {
+    label = "W8A8_INT8" if symmetric else "W8A8_INT8_ASYM_ACT"
+    return CtScheme(label, "int-quantized", weights, input_args), {
         "weight": qdata,
         "weight_scale": scale,
     }
@@ -685,16 +755,6 @@ def convert_parameter(
     return conversions
 
 
-def torchao_reference_per_module(
-    param: str, meta: dict[str, Any], parts: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """torchao's dequantized weight per compressed-tensors module name (3D experts are split)."""
-    dense = torchao_dequantize(meta, parts)
-    if dense.ndim == 2:
-        return {param.removesuffix(".weight"): dense}
-    return {module: _row_split(dense, e, part) for module, e, part in expert_modules(param, dense.shape[0])}
-
-
 # --------------------------------------------------------------------------------------------
 # config_groups, targets and ignore
 # --------------------------------------------------------------------------------------------
@@ -745,6 +805,8 @@ SCHEME_PRESETS: dict[str, tuple[str, dict[str, dict[str, Any] | None]]] = {
     # torchao Float8WeightOnlyConfig: FP8_DYNAMIC's per-channel weights without activation quantization
     "FP8_WEIGHT_ONLY": ("FP8_DYNAMIC", {"input_activations": None}),
     "W8A8_INT8": ("W8A8", {}),
+    # torchao activations with an asymmetric mapping (zero points per token)
+    "W8A8_INT8_ASYM_ACT": ("W8A8", {"input_activations": {"symmetric": False}}),
     # torchao int8 weight-only is per row (channel); the W8A16 preset uses groups of 128
     "W8A16_CHANNEL": ("W8A16", {"weights": {"strategy": "channel", "group_size": None}}),
     "W8A16_GROUP": ("W8A16", {"weights": {"group_size": ANY}}),

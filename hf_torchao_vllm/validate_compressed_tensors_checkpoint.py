@@ -23,8 +23,6 @@ import os
 import sys
 from typing import Any
 
-import fire
-
 from hf_torchao_vllm import ct_checkpoint as ctc
 
 # NVFP4: compressed-tensors divides by weight_global_scale = 1 / per_tensor_scale (float32) while
@@ -94,6 +92,29 @@ def _source_dtype(ckpt: ctc.TorchaoCheckpoint):
     return torch.bfloat16
 
 
+def reference_per_module(param: str, meta: dict[str, Any], parts: dict[str, Any]) -> dict[str, Any]:
+    """torchao's dequantized weight under each compressed-tensors module name.
+
+    Fused 3D experts are sliced here by hand, independently of the converter's unfusing code, so
+    that a converter that swapped gate and up (or experts) cannot agree with its own reference:
+    transformers stores ``experts.gate_up_proj`` as [E, 2I, H] with the gate rows first (its
+    ``_default_apply_gate`` chunks the product as ``gate, up``) and ``experts.down_proj`` as [E, H, I].
+    """
+    dense = ctc.torchao_dequantize(meta, parts)
+    if dense.ndim == 2:
+        return {param.removesuffix(".weight"): dense}
+    experts, _, leaf = param.rpartition(".")
+    out = {}
+    for expert in range(dense.shape[0]):
+        if leaf == "gate_up_proj":
+            rows = dense.shape[1] // 2
+            out[f"{experts}.{expert}.gate_proj"] = dense[expert, :rows]
+            out[f"{experts}.{expert}.up_proj"] = dense[expert, rows:]
+        else:
+            out[f"{experts}.{expert}.{leaf}"] = dense[expert]
+    return out
+
+
 def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
     """Compare compressed-tensors' decompression of every target shard with torchao's dequantization."""
     import torch
@@ -129,7 +150,7 @@ def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
             if meta["_type"] == "Tensor":
                 expected[param] = ("Tensor", parts["tensor"])
             else:
-                for module, dense in ctc.torchao_reference_per_module(param, meta, parts).items():
+                for module, dense in reference_per_module(param, meta, parts).items():
                     expected[f"{module}.weight"] = (meta["_type"], dense)
         handles.clear()
         for name in sorted(set(expected) - set(got)):
@@ -276,9 +297,13 @@ def main(
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
     for d, what in ((dir_source, "dir_source"), (dir_target, "dir_target")):
         if not os.path.isdir(d):
-            raise ValueError(f"{what} {d!r} does not exist")
+            raise ValueError(f"--{what} {d!r} is not a directory: pass a checkpoint directory")
+    if not kl_threshold >= 0:
+        raise ValueError(f"--kl_threshold {kl_threshold!r} is negative: pass a bound >= 0 (nats per token)")
     run_validation(dir_source, dir_target, check_transformers=check_transformers, kl_threshold=kl_threshold)
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    from pytorch_scripts_common.cli import run
+
+    run(main)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -425,11 +426,100 @@ def test_target_exists_without_overwrite(int8_source, tmp_path):
     target = tmp_path / "ct"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    with pytest.raises(ValueError, match="--overwrite"):
+    with pytest.raises(ValueError, match="exists: pass --overwrite"):
         convert_checkpoint(int8_source, str(target))
+    # --overwrite replaces only an earlier output of the converter, never a folder it did not write
+    with pytest.raises(ValueError, match="no .pytorch_scripts_output marker"):
+        convert_checkpoint(int8_source, str(target), overwrite=True)
     assert (target / "keep.txt").read_text() == "mine"
-    convert_checkpoint(int8_source, str(target), overwrite=True)
-    assert not (target / "keep.txt").exists() and (target / "config.json").exists()
+    other = tmp_path / "ct2"
+    convert_checkpoint(int8_source, str(other))
+    convert_checkpoint(int8_source, str(other), overwrite=True)
+    assert (other / "config.json").exists()
+
+
+@pytest.mark.parametrize("where", ["source", "parent", "inside"])
+def test_target_may_not_be_the_source_or_around_it(int8_source, tmp_path, where):
+    source = copy_dir(int8_source, tmp_path / "models" / "src")
+    before = sorted(os.listdir(source))
+    target = {"source": source, "parent": str(tmp_path / "models"), "inside": os.path.join(source, "ct")}[
+        where
+    ]
+    with pytest.raises(ValueError, match="the input"):
+        convert_checkpoint(source, target, overwrite=True)
+    assert sorted(os.listdir(source)) == before
+
+
+def test_wrong_activation_strategy_fails_the_preset_check(int8_source, tmp_path, monkeypatch):
+    """A converter that wrote per-tensor activations for W8A8 (the preset says per token) must fail."""
+    original = ctc._int8
+
+    def per_tensor_activations(param, meta, parts):
+        scheme, tensors = original(param, meta, parts)
+        wrong = json.loads(scheme.input_activations_json) | {"strategy": "tensor"}
+        return ctc.CtScheme(
+            scheme.label, scheme.format, scheme.weights_json, json.dumps(wrong, sort_keys=True)
+        ), tensors
+
+    monkeypatch.setitem(ctc._CONVERTERS, "Int8Tensor", per_tensor_activations)
+    with pytest.raises(AssertionError, match=r"input_activations\.strategy 'tensor' != W8A8's 'token'"):
+        convert_checkpoint(int8_source, str(tmp_path / "ct"))
+    assert not (tmp_path / "ct").exists()
+
+
+def test_every_scheme_label_has_a_preset():
+    for label in ctc.SCHEME_PRESETS:
+        preset, _ = ctc._preset_of(label)
+        from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
+
+        assert preset in PRESET_SCHEMES, label
+
+
+def test_validation_catches_swapped_gate_and_up(moe_dir, tmp_path, monkeypatch):
+    """The validator slices fused experts itself: a converter that swaps gate and up cannot pass."""
+    source = quantize_and_save(moe_dir, "fp8_weight_only", str(tmp_path / "torchao"), modules="experts_only")
+    monkeypatch.setitem(ctc._FUSED_EXPERTS, "gate_up_proj", ("up_proj", "gate_proj"))
+    convert_checkpoint(source, str(tmp_path / "ct"))
+    report = validate_weights(source, str(tmp_path / "ct"))
+    assert not report.ok
+    assert any(
+        m.name.endswith("experts.0.gate_proj.weight") and "not bit-exact" in m.problem
+        for m in report.mismatches
+    )
+
+
+def test_bin_checkpoint_converts_bit_exactly(int8_source, tmp_path):
+    """A torchao pytorch_model.bin (torch.save of the state dict) is read with weights_only=True."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(int8_source, dtype=torch.bfloat16)
+    source = tmp_path / "bin"
+    source.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        (source / name).write_bytes((Path(int8_source) / name).read_bytes())
+    torch.save(model.state_dict(), source / "pytorch_model.bin")
+    target = tmp_path / "ct"
+    convert_checkpoint(str(source), str(target))
+    reference = tmp_path / "ct_from_safetensors"
+    convert_checkpoint(int8_source, str(reference))
+    got, want = read_all(str(target)), read_all(str(reference))
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert (target / "tokenizer.json").exists()
+
+
+def test_bin_with_a_code_payload_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    source = tmp_path / "evil"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "torchao"}}))
+    torch.save({"w": Payload()}, source / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"weights_only=True"):
+        convert_checkpoint(str(source), str(tmp_path / "ct"))
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "ct").exists()
 
 
 def test_failure_midway_leaves_no_target(int8_source, tmp_path, monkeypatch):

@@ -67,7 +67,10 @@ def test_dense_recipe_quantizes_saves_reloads(tmp_path, recipe, kwargs):
     assert len(quantized) == 4 * 7  # 4 layers x (q, k, v, o, gate, up, down)
     assert [w["name"] for w in skipped] == ["lm_head"]
     assert all(w["tensor_type"] != "plain" for w in quantized)
-    assert quality["logits_sqnr_db"] >= RECIPES[recipe].min_logits_sqnr_db, (recipe, quality["logits_sqnr_db"])
+    assert quality["logits_sqnr_db"] >= RECIPES[recipe].min_logits_sqnr_db, (
+        recipe,
+        quality["logits_sqnr_db"],
+    )
     assert quality["bytes_quantized"] < quality["bytes_reference"]
     assert len(report["generations"]) == 1
 
@@ -140,7 +143,10 @@ def test_mlp_only_on_dense_leaves_attention_in_bf16(tmp_path):
             r"unknown module selector 'attention_only'; valid: all, experts_only",
         ),
         ({"recipe": "fp8"}, r"--fp8_emulation_on_cpu=True"),
-        ({"recipe": "fp8", "fp8_emulation_on_cpu": True, "granularity": "a1x128_w128x128"}, r"does not run on cpu.*unsupported without triton"),
+        (
+            {"recipe": "fp8", "fp8_emulation_on_cpu": True, "granularity": "a1x128_w128x128"},
+            r"does not run on cpu.*unsupported without triton",
+        ),
         ({"recipe": "nvfp4"}, r"not supported on cpu.*nvfp4_weight_only"),
         ({"model": "/nonexistent/model"}, r"does not exist"),
         (
@@ -221,4 +227,6 @@ def test_cli_smoke_writes_a_loadable_checkpoint(tmp_path):
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert again.returncode == 2
-    assert again.stderr.strip().splitlines() == [f"error: --output_dir {out} exists: pass --overwrite to replace it, or choose another path"]
+    assert again.stderr.strip().splitlines() == [
+        f"error: --output_dir {out} exists: pass --overwrite to replace it, or choose another path"
+    ]
