@@ -206,7 +206,8 @@ def test_cpu_capable_recipes_names_the_fp8_opt_in():
 def test_cli_smoke_writes_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "cli"
     result = subprocess.run(
-        [sys.executable, "-m", "hf_torchao_vllm.quantize_hf_model_with_torchao", "--recipe=int8_weight_only", f"--output_dir={out}", "--max_new_tokens=4", "--eval_tokens=256"],
+        [sys.executable, "-m", "hf_torchao_vllm.quantize_hf_model_with_torchao", "--recipe=int8_weight_only",
+         f"--output_dir={out}", "--max_new_tokens=4", "--eval_tokens=256"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
