@@ -73,6 +73,7 @@ SUPPORTED_TORCHAO_TYPES = {
     "Int8Tensor": "int8 W8A8 (int-quantized) or W8A16 (pack-quantized)",
     "IntxUnpackedToInt8Tensor": "intN weight-only, e.g. int4 W4A16 (pack-quantized)",
     "NVFP4Tensor": "NVFP4 weight-only (nvfp4-pack-quantized, NVFP4A16)",
+    "MXTensor": "MXFP8 / MXFP4 (mxfp8-quantized / mxfp4-pack-quantized)",
 }
 # Subclasses torchao can save that have no compressed-tensors equivalent here, with the reason.
 UNSUPPORTED_TORCHAO_TYPES = {
@@ -82,8 +83,6 @@ UNSUPPORTED_TORCHAO_TYPES = {
     "quantize with IntxWeightOnlyConfig(weight_dtype=torch.int4) instead",
     "Int4PlainInt32Tensor": "its zero point lives in the float domain; "
     "quantize with IntxWeightOnlyConfig(weight_dtype=torch.int4) instead",
-    "MXTensor": "MX formats (mxfp8/mxfp4) are not mapped by this converter yet "
-    "(compressed-tensors' mxfp formats use uint8 e8m0 scales in another layout)",
 }
 
 
@@ -673,7 +672,48 @@ def _nvfp4(param: str, meta: dict[str, Any], parts: dict[str, torch.Tensor]) -> 
     return CtScheme("NVFP4A16", "nvfp4-pack-quantized", weights), tensors
 
 
+MX_BLOCK = 32
+
+
+def _mx(param: str, meta: dict[str, Any], parts: dict[str, torch.Tensor]) -> tuple[CtScheme, dict]:
+    """torchao ``MXTensor`` -> compressed-tensors MXFP8 / MXFP4: the same element bytes (fp4 packed two
+    per byte, low nibble first, as NVFP4) and the e8m0 block scales as their uint8 biased exponents,
+    un-swizzled with torchao's ``from_blocked``. Dynamic MX activations keep their args; torchao rounds
+    their scales up (RCEIL) where compressed-tensors' fake quantization takes floor(log2), so activation
+    scales can differ by one power of two (transformers KL, measured in ARCHITECTURES.md)."""
+    from torchao.prototype.mx_formats.utils import from_blocked
+
+    data = meta["_data"]
+    elem = data["elem_dtype"]["_data"]
+    if data.get("block_size", MX_BLOCK) != MX_BLOCK or elem not in ("float8_e4m3fn", "float4_e2m1fn_x2"):
+        raise _unsupported(
+            param, "MXTensor", f"element {elem} / block {data.get('block_size')} (MXFP8 / MXFP4 use 32)"
+        )
+    qdata, scale = parts["qdata"], parts["scale"].view(torch.uint8)
+    if qdata.ndim != 2:
+        raise _unsupported(param, "MXTensor", "3D (expert) MX weights")
+    bits = 8 if elem == "float8_e4m3fn" else 4
+    rows, cols = qdata.shape[0], qdata.shape[1] * (8 // bits)
+    if data.get("is_swizzled_scales", False):
+        scale = from_blocked(scale, rows, cols // MX_BLOCK)
+    scale = scale.reshape(rows, cols // MX_BLOCK).contiguous()
+    args = {"num_bits": bits, "type": "float", "symmetric": True, "strategy": "group", "group_size": MX_BLOCK}
+    args |= {"scale_dtype": "torch.uint8", "zp_dtype": "torch.uint8"}
+    weights = _args(dynamic=False, **args)
+    has_act = data.get("act_quant_kwargs") is not None
+    input_args = _args(dynamic=True, **args) if has_act else None
+    label = f"MXFP{bits}" + ("" if has_act else "A16")
+    if bits == 8:
+        return CtScheme(label, "mxfp8-quantized", weights, input_args), {
+            "weight": qdata,
+            "weight_scale": scale,
+        }
+    tensors = {"weight_packed": qdata.contiguous().view(torch.uint8), "weight_scale": scale}
+    return CtScheme(label, "mxfp4-pack-quantized", weights, input_args), tensors
+
+
 _CONVERTERS = {
+    "MXTensor": _mx,
     "Float8Tensor": _float8,
     "Int8Tensor": _int8,
     "IntxUnpackedToInt8Tensor": _intx,
@@ -813,8 +853,14 @@ SCHEME_PRESETS: dict[str, tuple[str, dict[str, dict[str, Any] | None]]] = {
     "W4A16": ("W4A16", {"weights": {"group_size": ANY}}),
     "W4A16_ASYM": ("W4A16_ASYM", {"weights": {"group_size": ANY}}),
     "NVFP4A16": ("NVFP4A16", {}),
+    "MXFP8": ("MXFP8", {}),
+    "MXFP8A16": ("MXFP8A16", {}),
+    "MXFP4": ("MXFP4", {}),
+    "MXFP4A16": ("MXFP4A16", {}),
 }
-PRESET_FIELDS = ("num_bits", "type", "symmetric", "strategy", "group_size", "block_structure", "dynamic")
+PRESET_FIELDS = (
+    "num_bits", "type", "symmetric", "strategy", "group_size", "block_structure", "dynamic", "scale_dtype",
+)  # fmt: skip
 
 
 def _preset_of(label: str) -> tuple[str, dict[str, dict[str, Any] | None]]:
@@ -940,6 +986,7 @@ _SAFETENSORS_DTYPES = {
     torch.int8: "I8",
     torch.uint8: "U8",
     torch.bool: "BOOL",
+    torch.float8_e8m0fnu: "F8_E8M0",  # MX block scales (power-of-two exponents)
 }
 
 

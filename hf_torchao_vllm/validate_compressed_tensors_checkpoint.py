@@ -115,6 +115,21 @@ def reference_per_module(param: str, meta: dict[str, Any], parts: dict[str, Any]
     return out
 
 
+def with_mxfp4_global_scales(stored: dict[str, Any]) -> dict[str, Any]:
+    """compressed-tensors 0.17's model-free dequantizer reads MXFP4 modules with NVFP4's parameter names,
+    ``weight_global_scale`` included, although MXFP4 has none (its own compressor never writes one):
+    supply 1.0, which its dequantization divides by, so the result is the MXFP4 value unchanged."""
+    import torch
+
+    out = dict(stored)
+    for name, tensor in stored.items():
+        module = name.removesuffix(".weight_packed")
+        scale = stored.get(f"{module}.weight_scale")
+        if module != name and scale is not None and scale.dtype == torch.uint8:
+            out.setdefault(f"{module}.weight_global_scale", torch.ones(1, dtype=torch.float32))
+    return out
+
+
 def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
     """Compare compressed-tensors' decompression of every target shard with torchao's dequantization."""
     import torch
@@ -140,7 +155,7 @@ def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
     for shard in ckpt.shard_files:
         with safe_open(os.path.join(dir_target, shard), framework="pt") as f:
             stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-        got = dequantizer.process(stored)
+        got = dequantizer.process(with_mxfp4_global_scales(stored))
         del stored
         handles: dict[str, Any] = {}
         expected: dict[str, tuple[str, torch.Tensor]] = {}
@@ -230,8 +245,13 @@ def compare_in_transformers(dir_source: str, dir_target: str, seed: int = 0) -> 
     from pytorch_scripts_common import set_seed
 
     set_seed(seed)
+    ckpt = ctc.open_torchao_checkpoint(dir_source)
+    quantized_3d = any(m["_type"] != "Tensor" and not p.endswith(".weight") for p, m in ckpt.params.items())
+    # transformers' default grouped-mm experts kernel transposes the 3D weight, which torchao tensors do
+    # not implement; its eager per-expert loop slices them (as quantize_hf_model_with_torchao loads them).
+    kwargs = {"experts_implementation": "eager"} if quantized_3d else {}
     try:
-        torchao_model = AutoModelForCausalLM.from_pretrained(dir_source, dtype="auto")
+        torchao_model = AutoModelForCausalLM.from_pretrained(dir_source, dtype="auto", **kwargs)
     except (RuntimeError, ValueError) as e:
         # e.g. torchao 0.18 cannot deserialize Float8Tensor with PerBlock activation kwargs.
         print(f"note: transformers cannot load the torchao checkpoint ({str(e).splitlines()[0][:200]});")
