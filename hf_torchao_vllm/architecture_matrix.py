@@ -93,10 +93,17 @@ def versions() -> dict[str, str]:
 
 
 def owner_of(error: BaseException) -> str:
-    """The package whose code raised ``error`` (the innermost frame of a known package)."""
+    """The package whose code raised ``error``: the innermost frame of a known package, in the first
+    exception of its ``raise ... from`` chain. transformers' config attribute lookup is skipped: a
+    missing config field is the caller's expectation (e.g. vLLM reading a field the config lacks)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
     for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        path = frame.filename.replace(os.sep, "/")
+        if path.endswith("transformers/configuration_utils.py"):
+            continue
         for marker, owner in _PACKAGE_OWNERS:
-            if marker in frame.filename.replace(os.sep, "/"):
+            if marker in path:
                 return owner
     return "ours"
 
@@ -139,7 +146,8 @@ def build_cell(architecture, directory: Path) -> Cell:
 def vllm_cell(path: Path, problem: str | None) -> Cell:
     """Serve ``path`` in vLLM (in this process) and compare with transformers, unless refused."""
     if problem is not None:
-        return refused(problem, "vLLM")
+        first = problem.split()[0].rstrip(":")
+        return refused(problem, first if first in OWNERS else "vLLM")
     from vllm.distributed import cleanup_dist_env_and_memory
 
     from hf_torchao_vllm.run_quantized_model_in_vllm import run_in_vllm

@@ -196,6 +196,10 @@ def plan_quantization(
         serving=serving_quantization_dict(plan),
         device=device,
         all_modules={n for n, _ in skeleton.named_modules()},
+        out_features={
+            plan.selection.targets[t].module_name: plan.selection.targets[t].shape[-2]
+            for t in recipe_by_target
+        },
     )
     return plan
 

@@ -122,7 +122,7 @@ def with_mxfp4_global_scales(stored: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     out = dict(stored)
-    for name, tensor in stored.items():
+    for name in stored:
         module = name.removesuffix(".weight_packed")
         scale = stored.get(f"{module}.weight_scale")
         if module != name and scale is not None and scale.dtype == torch.uint8:

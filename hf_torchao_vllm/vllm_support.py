@@ -57,18 +57,49 @@ def split_fused_groups(quantized_modules: set[str], all_modules: set[str]) -> li
     return problems
 
 
+# torchao tensors whose block scales are stored swizzled in 128-row tiles: torchao slices their rows
+# only at multiples of 128 (torchao.prototype.mx_formats.utils), and vLLM loads fused layers by row slices.
+SWIZZLED_SCALE_CONFIGS = (
+    "MXDynamicActivationMXWeightConfig",
+    "NVFP4WeightOnlyConfig",
+    "NVFP4DynamicActivationNVFP4WeightConfig",
+)
+SWIZZLE_ROWS = 128
+
+
+def unaligned_fused_rows(out_features: dict[str, int]) -> list[str]:
+    """``parent.part at row N`` for fused-layer parts that start at a row offset not a multiple of 128."""
+    problems = []
+    for name in sorted(out_features):
+        parent, _, leaf = name.rpartition(".")
+        for fused_leaf, parts in FUSED_LINEARS.items():
+            if leaf != parts[0] or not all(f"{parent}.{p}" in out_features for p in parts):
+                continue
+            offset = 0
+            for part in parts[:-1]:
+                offset += out_features[f"{parent}.{part}"]
+                if offset % SWIZZLE_ROWS:
+                    problems.append(
+                        f"{parent}.{fused_leaf} (part {parts[parts.index(part) + 1]} at row {offset})"
+                    )
+                    break
+    return problems
+
+
 def torchao_serving_problem(
     architecture: str,
     quantized: set[str] | dict[str, Any],
     serving: dict[str, Any] | None,
     device: torch.device,
     all_modules: set[str] | None = None,
+    out_features: dict[str, int] | None = None,
 ) -> str | None:
     """Why vLLM cannot serve a torchao checkpoint, or None.
 
     ``quantized``: the quantized parameter names; ``serving``: the ``quantization_config`` dict of
     config.json (None: not quantized); ``all_modules``: every module name, to find fused layers
-    quantized in part (None: not checked).
+    quantized in part (None: not checked); ``out_features``: rows of each quantized Linear (None: the
+    fused-row alignment of swizzled-scale tensors is not checked).
     """
     if architecture in ARCHITECTURES_NOT_SERVED:
         return f"vLLM cannot serve {architecture} here even in bf16: {ARCHITECTURES_NOT_SERVED[architecture]}"
@@ -95,6 +126,14 @@ def torchao_serving_problem(
         return (
             f"vLLM (CPU) cannot serve torchao {config_name}: {TORCHAO_CONFIGS_NOT_SERVED_ON_CPU[config_name]}"
         )
+    if config_name in SWIZZLED_SCALE_CONFIGS and out_features is not None:
+        unaligned = unaligned_fused_rows(out_features)
+        if unaligned:
+            return (
+                f"torchao slices {config_name} weights (scales swizzled in {SWIZZLE_ROWS}-row tiles) only at "
+                f"multiples of {SWIZZLE_ROWS} rows, and vLLM loads fused layers by row slices: "
+                f"{unaligned[0]}"
+            )
     if all_modules is not None:
         split = split_fused_groups({p.removesuffix(".weight") for p in quantized}, all_modules)
         if split:
