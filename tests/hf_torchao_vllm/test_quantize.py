@@ -13,7 +13,7 @@ import pytest
 
 from hf_torchao_vllm import quantize
 from hf_torchao_vllm import quantize_hf_model_with_torchao as quantize_script
-from hf_torchao_vllm.recipes import RECIPES, cpu_capable_recipes
+from hf_torchao_vllm.recipes import RECIPES, RecipeOptions, cpu_capable_recipes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED = REPO_ROOT / "hf_torchao_vllm" / "embedded_models"
@@ -231,3 +231,74 @@ def test_cli_smoke_writes_a_loadable_checkpoint(tmp_path):
     assert again.stderr.strip().splitlines() == [
         f"error: --output_dir {out} exists: pass --overwrite to replace it, or choose another path"
     ]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """Tiny random-weight checkpoints of real architectures (tiny_models), built once per module."""
+    from hf_torchao_vllm import tiny_models
+
+    architectures = {a.hf_name: a for a in tiny_models.architectures_in_both()}
+    built = {}
+
+    def build(hf_name: str) -> str:
+        if hf_name not in built:
+            built[hf_name] = str(
+                tiny_models.save_tiny_model(architectures[hf_name], tmp_path_factory.mktemp(hf_name))
+            )
+        return built[hf_name]
+
+    return build
+
+
+@pytest.mark.parametrize("architecture", ["OPTForCausalLM", "Qwen2ForCausalLM"])
+@pytest.mark.parametrize("recipe", ["int8_weight_only", "int4_weight_only"])
+def test_linear_biases_are_never_quantized(tiny_dir, tmp_path, architecture, recipe):
+    """OPT and Qwen2 Linears have biases: only the weights become torchao tensors (the module-name keys
+    transformers matches against both used to quantize the biases too)."""
+    from safetensors import safe_open
+
+    out = tmp_path / "q"
+    plan = quantize.quantize_checkpoint(
+        tiny_dir(architecture), recipe, str(out), options=RecipeOptions(group_size=32)
+    )
+    assert plan.recipe_by_target and all(not t.endswith("bias") for t in plan.recipe_by_target)
+    with safe_open(out / "model.safetensors", framework="pt") as f:
+        metadata = f.metadata()
+        biases = [k for k in f.keys() if k.endswith("_proj.bias") or k.endswith("fc1.bias")]  # noqa: SIM118
+    assert biases, "the architecture has Linear biases"
+    for bias in biases:
+        assert json.loads(metadata[bias])["_type"] == "Tensor", bias
+    assert plan.vllm_problem is None
+
+
+@pytest.mark.parametrize(
+    ("architecture", "router"),
+    [
+        ("Qwen2MoeForCausalLM", "model.layers.0.mlp.gate"),
+        ("Qwen2MoeForCausalLM", "model.layers.0.mlp.shared_expert_gate"),
+        ("Llama4ForCausalLM", "model.layers.0.feed_forward.router"),
+        ("PhimoeForCausalLM", "model.layers.0.mlp.router"),
+        ("DeepseekV3ForCausalLM", "model.layers.1.mlp.gate"),
+    ],
+)
+def test_routers_are_not_quantized_unless_asked(tiny_dir, architecture, router):
+    plan = quantize.plan_quantization(tiny_dir(architecture), "int8_weight_only")
+    if router not in plan.selection.targets:  # a router that is not an nn.Linear is named by its parameter
+        router += ".weight"
+    assert router not in plan.recipe_by_target and "router / gate" in plan.selection.skipped[router]
+    opted_in = quantize.plan_quantization(tiny_dir(architecture), "int8_weight_only", quantize_routers=True)
+    assert router in opted_in.recipe_by_target
+
+
+@pytest.mark.parametrize("where", ["model", "parent", "inside"])
+def test_output_may_not_be_the_model_or_around_it(tmp_path, where):
+    import shutil
+
+    model = tmp_path / "models" / "dense"
+    shutil.copytree(DENSE, model)
+    before = sorted(p.name for p in model.iterdir())
+    output = {"model": model, "parent": tmp_path / "models", "inside": model / "q"}[where]
+    with pytest.raises(ValueError, match="the input"):
+        quantize_script.main(model=str(model), output_dir=str(output), overwrite=True, **FAST)
+    assert sorted(p.name for p in model.iterdir()) == before
