@@ -238,7 +238,8 @@ def convert_cell(source: Path, target: Path) -> Cell:
     return Cell("ok", detail, kl=kl)
 
 
-def run_recipe(recipe_name: str, model_dir: Path, work: Path, bf16_ok: bool) -> dict[str, Cell]:
+def prepare_recipe(recipe_name: str, model_dir: Path, work: Path) -> tuple[dict[str, Cell], list[dict]]:
+    """Quantize and convert one recipe; the vLLM cells it needs, as jobs for the serving phase."""
     import torch
 
     from hf_torchao_vllm import vllm_support
@@ -247,88 +248,154 @@ def run_recipe(recipe_name: str, model_dir: Path, work: Path, bf16_ok: bool) -> 
     torchao_dir, ct_dir = work / f"{recipe_name}-torchao", work / f"{recipe_name}-ct"
     cells["quantize"], plan = quantize_cell(recipe_name, model_dir, torchao_dir)
     if plan is None:
-        return cells | {s: Cell("skipped", "not quantized") for s in STEPS[1:]}
-    no_baseline = None if bf16_ok else "vLLM: the bf16 baseline does not load (see vLLM bf16)"
-    cells["vllm_torchao"] = vllm_cell(torchao_dir, no_baseline or plan.vllm_problem)
+        return cells | {s: Cell("skipped", "not quantized") for s in STEPS[1:]}, []
+    jobs = [{"cell": f"{recipe_name}/vllm_torchao", "path": str(torchao_dir), "problem": plan.vllm_problem}]
     cells["convert"] = convert_cell(torchao_dir, ct_dir)
     if cells["convert"].status != "ok":
         cells["vllm_ct"] = Cell("skipped", "not converted")
     else:
         config = json.loads((ct_dir / "config.json").read_text())
-        problem = no_baseline or vllm_support.checkpoint_problem(config, set(), torch.device("cpu"))
-        cells["vllm_ct"] = vllm_cell(ct_dir, problem)
-    return cells
+        problem = vllm_support.checkpoint_problem(config, set(), torch.device("cpu"))
+        jobs.append({"cell": f"{recipe_name}/vllm_ct", "path": str(ct_dir), "problem": problem})
+    return cells, jobs
 
 
-def run_architecture(hf_name: str, recipe_names: list[str], work: Path) -> dict[str, Any]:
-    """Every cell of one architecture's row."""
+def prepare_row(architecture, recipe_names: list[str], work: Path) -> dict[str, Any]:
+    """Phase 1 of a row (no vLLM engine in the process): build, quantize and convert every recipe."""
+    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    import torch
+
+    from hf_torchao_vllm import vllm_support
+
+    model_dir = work / "bf16"
+    cells = {"build": build_cell(architecture, model_dir)}
+    jobs = []
+    if cells["build"].status == "ok":
+        config = json.loads((model_dir / "config.json").read_text())
+        problem = vllm_support.checkpoint_problem(config, set(), torch.device("cpu"))
+        jobs.append({"cell": "vllm_bf16", "path": str(model_dir), "problem": problem})
+        for recipe_name in recipe_names:
+            recipe_cells, recipe_jobs = prepare_recipe(recipe_name, model_dir, work)
+            cells |= {f"{recipe_name}/{step}": cell for step, cell in recipe_cells.items()}
+            jobs += recipe_jobs
+    return {
+        "model_type": architecture.model_type,
+        "cells": {k: dataclasses.asdict(v) for k, v in cells.items()},
+        "jobs": jobs,
+    }
+
+
+def serve_jobs(jobs: list[dict], results_file: Path) -> None:
+    """Phase 2 of a row: the vLLM cells in one process (one vLLM import), bf16 first; each result is
+    appended to ``results_file`` as it is known. A failed cell ends the process (exit 3): vLLM can leave
+    process-wide state behind after a failed engine start, so the parent starts the rest afresh."""
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    import torch
-
-    from hf_torchao_vllm import tiny_models, vllm_support
-
-    architecture = {a.hf_name: a for a in tiny_models.architectures_in_both()}[hf_name]
-    model_dir = work / "bf16"
-    row: dict[str, Any] = {"architecture": hf_name, "model_type": architecture.model_type, "cells": {}}
-    start = time.perf_counter()
-    row["cells"]["build"] = build_cell(architecture, model_dir)
-    if row["cells"]["build"].status == "ok":
-        config = json.loads((model_dir / "config.json").read_text())
-        row["cells"]["vllm_bf16"] = vllm_cell(
-            model_dir, vllm_support.checkpoint_problem(config, set(), torch.device("cpu"))
-        )
-        bf16_ok = row["cells"]["vllm_bf16"].status == "ok"
-        for recipe_name in recipe_names:
-            for step, cell in run_recipe(recipe_name, model_dir, work, bf16_ok).items():
-                row["cells"][f"{recipe_name}/{step}"] = cell
-    row["seconds"] = time.perf_counter() - start
-    row["cells"] = {k: dataclasses.asdict(v) for k, v in row["cells"].items()}
-    return row
+    for job in jobs:
+        cell = vllm_cell(Path(job["path"]), job["problem"])
+        with open(results_file, "a") as f:
+            f.write(json.dumps({"cell": job["cell"], **dataclasses.asdict(cell)}) + "\n")
+        if cell.status == "failed":
+            sys.exit(3)
 
 
-def _child(hf_name: str, recipe_names: str, work: str, result_file: str) -> None:
-    row = run_architecture(hf_name, recipe_names.split(","), Path(work))
-    Path(result_file).write_text(json.dumps(row, indent=1))
+def _child(phase: str, *args: str) -> None:
+    if phase == "prepare":
+        from hf_torchao_vllm.tiny_models import Architecture
+
+        hf_name, model_type, vllm_name, recipe_names, work, result_file = args
+        row = prepare_row(Architecture(model_type, hf_name, vllm_name), recipe_names.split(","), Path(work))
+        Path(result_file).write_text(json.dumps(row, indent=1))
+    else:
+        jobs_file, results_file = args
+        serve_jobs(json.loads(Path(jobs_file).read_text()), Path(results_file))
 
 
 # ---- the whole matrix (parent process)
 
+_CHILD = "import sys; from hf_torchao_vllm.architecture_matrix import _child; _child(*sys.argv[1:])"
 
-def run_row(hf_name: str, recipe_names: list[str], work_dir: Path, timeout_s: int) -> dict[str, Any]:
-    """One architecture in a child process; its result cached in ``work_dir/<name>.json``."""
+
+def run_child(args: list[str], log: Path, timeout_s: int) -> str | None:
+    """Run ``_child(*args)`` in a fresh interpreter; None, or why it did not finish."""
+    try:
+        with open(log, "a") as out:
+            proc = subprocess.run(
+                [sys.executable, "-c", _CHILD, *args],
+                stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s, check=False,
+            )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return f"did not finish in {timeout_s} s"
+    return None if proc.returncode in (0, 3) else f"exited {proc.returncode}"
+
+
+def log_tail(log: Path) -> str:
+    lines = log.read_text(errors="replace").strip().splitlines() if log.is_file() else []
+    return " ".join(lines[-1:])[:300]
+
+
+def serve_row(jobs: list[dict], work: Path, log: Path, timeout_s: int) -> dict[str, dict]:
+    """Every vLLM cell of a row, restarting the serving process after each failed cell."""
+    results_file = work / "vllm_results.jsonl"
+    results: dict[str, dict] = {}
+    remaining = list(jobs)
+    while remaining:
+        (work / "jobs.json").write_text(json.dumps(remaining))
+        results_file.unlink(missing_ok=True)
+        problem = run_child(["serve", str(work / "jobs.json"), str(results_file)], log, timeout_s)
+        done = (
+            [json.loads(line) for line in results_file.read_text().splitlines()]
+            if results_file.is_file()
+            else []
+        )
+        for result in done:
+            results[result.pop("cell")] = result
+        remaining = remaining[len(done) :]
+        if problem is not None and remaining:  # the process died in the next cell
+            crashed = remaining.pop(0)
+            results[crashed["cell"]] = dataclasses.asdict(
+                Cell("failed", f"vLLM process {problem}: {log_tail(log)}", "vLLM")
+            )
+        if "vllm_bf16" in results and results["vllm_bf16"]["status"] != "ok":
+            why = "vLLM: the bf16 baseline does not load (see vLLM bf16)"
+            if results["vllm_bf16"]["status"] == "refused":
+                why = results["vllm_bf16"]["detail"]
+            for job in remaining:
+                results[job["cell"]] = dataclasses.asdict(refused(why, results["vllm_bf16"]["owner"]))
+            remaining = []
+    return results
+
+
+def run_row(architecture, recipe_names: list[str], work_dir: Path, timeout_s: int) -> dict[str, Any]:
+    """One architecture: prepare (build, quantize, convert) and serve (vLLM) in child processes;
+    the row is cached in ``work_dir/<name>.json``."""
     import shutil
 
+    hf_name = architecture.hf_name
     result_file = work_dir / f"{hf_name}.json"
     if result_file.is_file():
         row = json.loads(result_file.read_text())
         if row.get("recipes") == recipe_names:
             return row
-    scratch = work_dir / f"{hf_name}.work"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    code = "import sys; from hf_torchao_vllm.architecture_matrix import _child; _child(*sys.argv[1:])"
+    work = work_dir / f"{hf_name}.work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     log = work_dir / f"{hf_name}.log"
-    try:
-        with open(log, "w") as out:
-            proc = subprocess.run(
-                [sys.executable, "-c", code, hf_name, ",".join(recipe_names), str(scratch), str(result_file)],
-                stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s, check=False,
-            )  # fmt: skip
-        ok = proc.returncode == 0 and result_file.is_file()
-        problem = None if ok else f"the row's process exited {proc.returncode} (log: {log.name})"
-    except subprocess.TimeoutExpired:
-        problem = f"the row did not finish in {timeout_s} s (log: {log.name})"
-    if problem is not None:
-        tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
-        cell = Cell("failed", f"{problem}: {' '.join(tail)[:300]}", "unknown")
-        row = {"architecture": hf_name, "cells": {"build": dataclasses.asdict(cell)}}
+    log.unlink(missing_ok=True)
+    start = time.perf_counter()
+    prepared = work / "prepared.json"
+    args = [architecture.model_type, architecture.vllm_name, ",".join(recipe_names), str(work), str(prepared)]
+    problem = run_child(["prepare", hf_name, *args], log, timeout_s)
+    if problem is not None or not prepared.is_file():
+        cell = Cell("failed", f"the row's process {problem or 'wrote no result'}: {log_tail(log)}", "unknown")
+        row = {"cells": {"build": dataclasses.asdict(cell)}}
     else:
-        row = json.loads(result_file.read_text())
-    row["recipes"] = recipe_names
+        row = json.loads(prepared.read_text())
+        row["cells"] |= serve_row(row.pop("jobs"), work, log, timeout_s)
+    row |= {"architecture": hf_name, "recipes": recipe_names, "seconds": time.perf_counter() - start}
     result_file.write_text(json.dumps(row, indent=1))
-    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     return row
 
 
@@ -420,7 +487,8 @@ def main(
     recipe_names = [str(r) for r in parse_list(recipes, str, name="recipes")]
     for name in recipe_names:
         registry.resolve(name)
-    known = [a.hf_name for a in tiny_models.architectures_in_both()]
+    by_name = {a.hf_name: a for a in tiny_models.architectures_in_both()}
+    known = list(by_name)
     names = (
         known
         if architectures == "all"
@@ -439,7 +507,7 @@ def main(
     rows = []
     for index, name in enumerate(names, start=1):
         print(f"[{index}/{len(names)}] {name} (load average {os.getloadavg()[0]:.1f})", flush=True)
-        rows.append(run_row(name, recipe_names, work, row_timeout_s))
+        rows.append(run_row(by_name[name], recipe_names, work, row_timeout_s))
     matrix = {
         "versions": versions(),
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, AMX {'yes' if _has_amx() else 'no'}",
