@@ -53,8 +53,6 @@ MATRIX_RECIPES = (
     "mxfp4",
     "nvfp4_weight_only",
 )
-CI_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3MoeForCausalLM", "MixtralForCausalLM")
-CI_RECIPES = ("int8_weight_only", "int8_dynamic_act_int8_weight")
 STEPS = ("quantize", "vllm_torchao", "convert", "vllm_ct")
 # A served model whose next-token distribution differs from transformers' by more than this (nats,
 # mean over 4 prompts) computes something else. Random-weight models have flat distributions, so
