@@ -30,7 +30,7 @@ KL_BOUND = {
     "fp8_weight_only": 0.0,  # measured 0
     "fp8_per_row": 2.7e-3,  # measured 8.9e-4
     "fp8_per_tensor": 4.6e-3,  # measured 1.5e-3
-    "fp8_a1x128_w128x128": FP8_BLOCK_KL_BOUND,
+    "fp8_a1x128_w128x128": 2.9e-3,  # measured 9.5e-4 (reference: torchao's dequantized weights in bf16)
     "nvfp4_weight_only": 0.0,  # measured 0
     "moe:fp8_weight_only": 0.0,  # measured 0
 }
@@ -252,7 +252,7 @@ def test_moe_mixed_precision(moe_dir, tmp_path):
     report = validate_weights(source, target)
     assert report.ok, report.mismatches
     kl, _ = compare_in_transformers(source, target)
-    assert kl <= KL_BOUND["moe:fp8_weight_only"]  # int4 and fp8 weight-only: both dequantize before the matmul
+    assert kl <= KL_BOUND["moe:fp8_weight_only"]  # int4, fp8 weight-only: both dequantize before the matmul
 
 
 def test_every_scheme_name_is_a_registry_recipe():
