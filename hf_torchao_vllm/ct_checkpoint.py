@@ -150,6 +150,10 @@ def open_torchao_checkpoint(directory: str) -> TorchaoCheckpoint:
     if not os.path.isfile(config_path):
         raise ValueError(f"{directory!r} has no {CONFIG_FILE}; it is not a Hugging Face checkpoint directory")
     config = _read_json(config_path, "config")
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{config_path} holds a JSON {type(config).__name__}, not an object: re-save the checkpoint"
+        )
     qconfig = config.get("quantization_config")
     if not isinstance(qconfig, dict) or qconfig.get("quant_method") != "torchao":
         found = None if not isinstance(qconfig, dict) else qconfig.get("quant_method")

@@ -593,6 +593,40 @@ def test_validate_cli_fails_on_a_corrupted_tensor(int8_source, tmp_path):
     assert "model.layers.1.self_attn.v_proj.weight: not bit-exact" in proc.stdout
 
 
+CONVERT = "convert_torchao_checkpoint_to_compressed_tensors"
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "message"),
+    [
+        (CONVERT, ["--dir_source={list_config}", "--dir_target={out}"], "holds a JSON list, not an object"),
+        (CONVERT, ["--dir_source={truncated}", "--dir_target={out}"],
+         "cannot read safetensors header of {truncated}/model.safetensors"),
+        (CONVERT, ["--dir_source={source}", "--dir_target={source}"], "is the same path as the input"),
+        ("validate_compressed_tensors_checkpoint",
+         ["--dir_source={source}", "--dir_target={source}", "--kl_threshold=nan"], "--kl_threshold is"),
+    ],
+)  # fmt: skip
+def test_cli_user_mistakes_are_one_line(int8_source, tmp_path, module, args, message):
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "config.json").write_text("[1, 2]")
+    truncated = copy_dir(int8_source, tmp_path / "truncated")
+    with open(os.path.join(truncated, "model.safetensors"), "r+b") as f:
+        f.truncate(1000)
+    paths = {
+        "list_config": tmp_path / "list",
+        "truncated": truncated,
+        "source": int8_source,
+        "out": tmp_path / "o",
+    }
+    proc = run_module(f"hf_torchao_vllm.{module}", *[a.format(**paths) for a in args])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message.format(**paths) in last, last
+    assert not (tmp_path / "o").exists()
+
+
 def test_validate_reports_missing_tensor(int8_source, tmp_path):
     target = tmp_path / "ct"
     convert_checkpoint(int8_source, str(target))

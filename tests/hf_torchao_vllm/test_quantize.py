@@ -114,7 +114,8 @@ def test_moe_skip_attention_with_skip_regex(tmp_path):
 
 def test_moe_recipe_without_3d_support_is_a_clear_error(tmp_path):
     with pytest.raises(
-        ValueError, match=r"cannot quantize 8 selected weight.*fused 3D expert.*quantize 3D experts: .*fp8_weight_only"
+        ValueError,
+        match=r"cannot quantize 8 selected weight.*fused 3D expert.*quantize 3D experts: .*fp8_weight_only",
     ):
         quantize_script.main(
             model=MOE, recipe="mxfp8", modules="experts_only", output_dir=str(tmp_path / "o")
