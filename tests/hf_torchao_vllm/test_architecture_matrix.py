@@ -128,3 +128,23 @@ def test_ci_subset_reproduces_the_committed_cells(committed, tmp_path):
     assert "3D" in fresh["Qwen3MoeForCausalLM"]["cells"]["int8_weight_only/quantize"]["detail"]
     assert fresh["MixtralForCausalLM"]["cells"]["int8_weight_only/convert"]["status"] == "ok"
     assert fresh["ArceeForCausalLM"]["cells"]["vllm_bf16"]["status"] == "refused"
+
+
+def test_architectures_vllm_cannot_serve_are_refused_up_front(committed):
+    """Every architecture whose bf16 baseline failed in vLLM is in vllm_support's table (so the quantizer
+    and the runner refuse it before starting), with the error the matrix measured, and nothing else is."""
+    import torch
+
+    from hf_torchao_vllm import vllm_support
+
+    failed_bf16 = {
+        row["architecture"]: row["cells"]["vllm_bf16"]
+        for row in committed["rows"]
+        if row["cells"].get("vllm_bf16", {}).get("status") == "failed"
+    }
+    assert set(vllm_support.ARCHITECTURES_NOT_SERVED) == set(failed_bf16)
+    for name, cell in failed_bf16.items():
+        assert cell["owner"] != "ours", name
+        assert vllm_support.ARCHITECTURES_NOT_SERVED[name] in cell["detail"], name
+        problem = vllm_support.checkpoint_problem({"architectures": [name]}, set(), torch.device("cpu"))
+        assert problem is not None and "even in bf16" in problem, name

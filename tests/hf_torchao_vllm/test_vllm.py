@@ -184,3 +184,28 @@ def test_runner_refuses_unservable_checkpoint_in_one_line(tmp_path, monkeypatch)
     )
     with pytest.raises(ValueError, match=r"vLLM cannot serve .*compute capability >= 8\.9"):
         runner.run_in_vllm(str(model))
+
+
+def test_swizzled_scale_tensors_need_fused_parts_at_multiples_of_128_rows():
+    from hf_torchao_vllm.vllm_support import unaligned_fused_rows
+
+    attn = "m.layers.0.self_attn"
+    tiny = {f"{attn}.q_proj": 128, f"{attn}.k_proj": 64, f"{attn}.v_proj": 64}  # v starts at row 192
+    assert unaligned_fused_rows(tiny) == [f"{attn}.qkv_proj (part v_proj at row 192)"]
+    aligned = {f"{attn}.q_proj": 256, f"{attn}.k_proj": 128, f"{attn}.v_proj": 128}
+    assert unaligned_fused_rows(aligned) == []
+    problem = torchao_serving_problem(
+        "LlamaForCausalLM",
+        {f"{n}.weight" for n in tiny},
+        plain_config("NVFP4WeightOnlyConfig"),
+        CPU,
+        out_features=tiny,
+    )
+    assert "multiples of 128 rows" in problem
+    int8 = plain_config("Int8WeightOnlyConfig")
+    assert (
+        torchao_serving_problem(
+            "LlamaForCausalLM", {f"{n}.weight" for n in tiny}, int8, CPU, out_features=tiny
+        )
+        is None
+    )
