@@ -30,6 +30,7 @@ import torch
 from hf_torchao_vllm import recipes
 
 REPORT_FILE = "quantization_report.json"
+TOOL = "hf_torchao_vllm.quantize"  # the output marker of every checkpoint this path writes
 
 
 @dataclasses.dataclass
@@ -385,5 +386,3 @@ def quantize_checkpoint(
             reload_and_compare(quantized, plan, staging, probe)
     return plan
 
-
-TOOL = "hf_torchao_vllm.quantize"
