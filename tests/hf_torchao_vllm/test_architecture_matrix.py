@@ -127,7 +127,9 @@ def test_ci_subset_reproduces_the_committed_cells(committed, tmp_path):
     assert fresh["Qwen2ForCausalLM"]["cells"]["int8_weight_only/vllm_torchao"]["status"] == "ok"
     assert "3D" in fresh["Qwen3MoeForCausalLM"]["cells"]["int8_weight_only/quantize"]["detail"]
     assert fresh["MixtralForCausalLM"]["cells"]["int8_weight_only/convert"]["status"] == "ok"
-    assert fresh["ArceeForCausalLM"]["cells"]["vllm_bf16"]["status"] == "refused"
+    arcee = fresh["ArceeForCausalLM"]["cells"]
+    assert arcee["vllm_bf16"]["status"] == "failed" and arcee["vllm_bf16"]["owner"] == "vLLM"
+    assert arcee["int8_weight_only/vllm_torchao"]["status"] == "refused"
 
 
 def test_architectures_vllm_cannot_serve_are_refused_up_front(committed):
