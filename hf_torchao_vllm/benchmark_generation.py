@@ -11,7 +11,7 @@ For each recipe the model is loaded through the same quantize-on-load path as
 Ratios are against bf16 in the same mode, measured in the same run. ``--hidden_size`` > 0 benchmarks
 a random-weight Llama of that width instead (speed does not depend on the weights' values).
 
-    python hf_torchao_vllm/benchmark_generation.py --recipes=none,int8_weight_only --modes=eager
+    python -m hf_torchao_vllm.benchmark_generation --recipes=none,int8_weight_only --modes=eager
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ read), ``.bin`` files through ``torch.load(weights_only=True, mmap=True)``. Shar
 read through their ``*.index.json``. Problems (unreadable shard, index pointing at a missing file,
 malformed metadata) are warnings and the rest is still summarized; ``--strict`` makes them errors.
 
-    python hf_torchao_vllm/inspect_checkpoint.py \\
+    python -m hf_torchao_vllm.inspect_checkpoint \\
         --checkpoint_dir=outputs/hf_torchao_vllm/dense-int8_weight_only
 """
 
