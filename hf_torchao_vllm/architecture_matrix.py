@@ -300,17 +300,21 @@ def prepare_row(architecture, recipe_names: list[str], work: Path) -> dict[str, 
 
 def serve_jobs(jobs: list[dict], results_file: Path) -> None:
     """Phase 2 of a row: the vLLM cells in one process (one vLLM import), bf16 first; each result is
-    appended to ``results_file`` as it is known. A failed cell ends the process (exit 3): vLLM can leave
-    process-wide state behind after a failed engine start, so the parent starts the rest afresh."""
+    appended to ``results_file`` as it is known, marked when an earlier cell of this process failed
+    (vLLM can leave process-wide state behind after a failed engine start: the parent reruns such a
+    cell in a fresh process)."""
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    after_failure = False
     for job in jobs:
         cell = timed(vllm_cell, Path(job["path"]), job["problem"])
         with open(results_file, "a") as f:
-            f.write(json.dumps({"cell": job["cell"], **dataclasses.asdict(cell)}) + "\n")
-        if cell.status == "failed":
-            sys.exit(3)
+            result = {"cell": job["cell"], "after_failure": after_failure, **dataclasses.asdict(cell)}
+            f.write(json.dumps(result) + "\n")
+        if job["cell"] == "vllm_bf16" and cell.status != "ok":
+            return  # the quantized cells are refused with the baseline's reason
+        after_failure = after_failure or cell.status == "failed"
 
 
 def _child(phase: str, *args: str) -> None:
@@ -349,31 +353,36 @@ def log_tail(log: Path) -> str:
 
 
 def serve_row(jobs: list[dict], work: Path, log: Path, timeout_s: int) -> dict[str, dict]:
-    """Every vLLM cell of a row, restarting the serving process after each failed cell."""
+    """Every vLLM cell of a row. A cell that failed after another failure in the same process is rerun
+    once in a fresh process; a process that dies takes only the cell it was in."""
     results_file = work / "vllm_results.jsonl"
     results: dict[str, dict] = {}
-    remaining = list(jobs)
+    remaining, retried = list(jobs), set()
     while remaining:
         (work / "jobs.json").write_text(json.dumps(remaining))
         results_file.unlink(missing_ok=True)
         problem = run_child(["serve", str(work / "jobs.json"), str(results_file)], log, timeout_s)
-        done = (
-            [json.loads(line) for line in results_file.read_text().splitlines()]
-            if results_file.is_file()
-            else []
-        )
+        lines = results_file.read_text().splitlines() if results_file.is_file() else []
+        done = [json.loads(line) for line in lines]
+        rerun = []
         for result in done:
-            results[result.pop("cell")] = result
-        remaining = remaining[len(done) :]
-        if problem is not None and remaining:  # the process died in the next cell
-            crashed = remaining.pop(0)
-            results[crashed["cell"]] = dataclasses.asdict(
-                Cell("failed", f"vLLM process {problem}: {log_tail(log)}", "vLLM")
-            )
-        if "vllm_bf16" in results and results["vllm_bf16"]["status"] != "ok":
-            why = f"vLLM cannot serve this architecture even in bf16: {results['vllm_bf16']['detail']}"
+            cell = result.pop("cell")
+            if result.pop("after_failure") and result["status"] == "failed" and cell not in retried:
+                retried.add(cell)
+                rerun.append(next(job for job in remaining if job["cell"] == cell))
+            else:
+                results[cell] = result
+        unreached = remaining[len(done) :]
+        if problem is not None and unreached:  # the process died in this cell
+            crashed = unreached.pop(0)
+            cell = Cell("failed", f"vLLM process {problem}: {log_tail(log)}", "vLLM")
+            results[crashed["cell"]] = dataclasses.asdict(cell)
+        remaining = rerun + unreached
+        bf16 = results.get("vllm_bf16")
+        if bf16 is not None and bf16["status"] != "ok":
+            why = f"vLLM cannot serve this architecture even in bf16: {bf16['detail']}"
             for job in remaining:
-                results[job["cell"]] = dataclasses.asdict(refused(why, results["vllm_bf16"]["owner"]))
+                results[job["cell"]] = dataclasses.asdict(refused(why, bf16["owner"]))
             remaining = []
     return results
 
