@@ -75,6 +75,7 @@ class Cell:
     owner: str = ""  # for refused / failed
     kl: float | None = None
     seconds: float | None = None
+    kind: str = ""  # vLLM cells: what was served (bf16, torchao:<config>, compressed-tensors:<schemes>)
 
 
 def versions() -> dict[str, str]:
@@ -255,6 +256,14 @@ def convert_cell(source: Path, target: Path) -> Cell:
     return Cell("ok", detail, kl=kl)
 
 
+def rule_problem(problem: str | None) -> str | None:
+    """A serving problem from vllm_support's rules; None for one the matrix itself measured before
+    (the matrix measures those again rather than trusting its last run)."""
+    from hf_torchao_vllm import vllm_support
+
+    return None if problem is None or problem.startswith(vllm_support.MEASURED_PREFIX) else problem
+
+
 def prepare_recipe(recipe_name: str, model_dir: Path, work: Path) -> tuple[dict[str, Cell], list[dict]]:
     """Quantize and convert one recipe; the vLLM cells it needs, as jobs for the serving phase."""
     import torch
@@ -266,14 +275,23 @@ def prepare_recipe(recipe_name: str, model_dir: Path, work: Path) -> tuple[dict[
     cells["quantize"], plan = timed(quantize_cell, recipe_name, model_dir, torchao_dir)
     if plan is None:
         return cells | {s: Cell("skipped", "not quantized") for s in STEPS[1:]}, []
-    jobs = [{"cell": f"{recipe_name}/vllm_torchao", "path": str(torchao_dir), "problem": plan.vllm_problem}]
+    serving = json.loads((torchao_dir / "config.json").read_text()).get("quantization_config")
+    jobs = [
+        {
+            "cell": f"{recipe_name}/vllm_torchao",
+            "path": str(torchao_dir),
+            "kind": vllm_support.torchao_kind(serving),
+            "problem": rule_problem(plan.vllm_problem),
+        }
+    ]
     cells["convert"] = timed(convert_cell, torchao_dir, ct_dir)
     if cells["convert"].status != "ok":
         cells["vllm_ct"] = Cell("skipped", "not converted")
     else:
         config = json.loads((ct_dir / "config.json").read_text())
-        problem = vllm_support.checkpoint_problem(config, set(), torch.device("cpu"))
-        jobs.append({"cell": f"{recipe_name}/vllm_ct", "path": str(ct_dir), "problem": problem})
+        problem = vllm_support.checkpoint_problem(config, set(), torch.device("cpu"), measured=False)
+        kind = vllm_support.ct_kind(config)
+        jobs.append({"cell": f"{recipe_name}/vllm_ct", "path": str(ct_dir), "kind": kind, "problem": problem})
     return cells, jobs
 
 
@@ -285,8 +303,8 @@ def prepare_row(architecture, recipe_names: list[str], work: Path) -> dict[str, 
     cells = {"build": timed(build_cell, architecture, model_dir)}
     jobs = []
     if cells["build"].status == "ok":
-        # The baseline always runs: it is the measurement behind vllm_support.ARCHITECTURES_NOT_SERVED.
-        jobs.append({"cell": "vllm_bf16", "path": str(model_dir), "problem": None})
+        # The baseline always runs: it is the measurement behind vllm_support.measured_failure.
+        jobs.append({"cell": "vllm_bf16", "path": str(model_dir), "kind": "bf16", "problem": None})
         for recipe_name in recipe_names:
             recipe_cells, recipe_jobs = prepare_recipe(recipe_name, model_dir, work)
             cells |= {f"{recipe_name}/{step}": cell for step, cell in recipe_cells.items()}
@@ -309,6 +327,7 @@ def serve_jobs(jobs: list[dict], results_file: Path) -> None:
     after_failure = False
     for job in jobs:
         cell = timed(vllm_cell, Path(job["path"]), job["problem"])
+        cell.kind = job["kind"]
         with open(results_file, "a") as f:
             result = {"cell": job["cell"], "after_failure": after_failure, **dataclasses.asdict(cell)}
             f.write(json.dumps(result) + "\n")

@@ -385,4 +385,3 @@ def quantize_checkpoint(
             probe = torch.randint(0, vocab, (64,), generator=torch.Generator().manual_seed(0))
             reload_and_compare(quantized, plan, staging, probe)
     return plan
-

