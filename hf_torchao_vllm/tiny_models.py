@@ -73,6 +73,7 @@ TINY_SIZES: dict[str, Any] = {
     "ffn_hidden_size": 256,
     "expert_ffn_hidden_size": 128,
     "moe_num_experts": 4,
+    "moe_k": 2,
     "moe_shared_expert_intermediate_size": 128,
     "o_lora_rank": 64,
     "vocab_size_per_layer_input": VOCAB_SIZE,
@@ -83,7 +84,7 @@ PER_MODEL_TYPE: dict[str, dict[str, Any]] = {
     "dbrx": {
         "n_heads": 4,
         "n_layers": 2,
-        "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0},
+        "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
         "ffn_config": {"ffn_hidden_size": 128, "moe_num_experts": 4, "moe_top_k": 2},
     },
     "gemma3n_text": {
@@ -93,6 +94,15 @@ PER_MODEL_TYPE: dict[str, dict[str, Any]] = {
     },
     "lfm2_moe": {"num_dense_layers": 1, "layer_types": ["conv", "full_attention"]},
     "mamba2": {"num_heads": 8, "head_dim": 32, "n_groups": 1},
+    "jamba": {"attn_layer_period": 2, "attn_layer_offset": 1},
+    "granitemoehybrid": {"layer_types": ["linear_attention", "attention"]},
+    "qwen4_exp_text": {
+        "indexer_n_heads": 4,
+        "indexer_kv_heads": 1,
+        "indexer_head_dim": 32,
+        "indexer_budget": 64,
+        "indexer_compress_ratio": 4,
+    },
     "zamba2": {"layer_types": ["mamba", "hybrid"], "hybrid_layer_ids": [1]},
 }
 # Token ids of the embedded tokenizer (its BOS / EOS / padding token is 0).
@@ -135,6 +145,20 @@ def _accepted_keys(config_class) -> set[str]:
     return keys
 
 
+def _hybrid_layer_types(config_class, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """For hybrid models (linear attention / SSM layers with attention every few layers), ``layer_types``
+    whose first tiny layers include one attention layer: transformers' cache needs one."""
+    with contextlib.suppress(Exception):
+        if isinstance(getattr(config_class, "layer_types", None), property):
+            return {}  # derived from other fields (e.g. Jamba's attn_layer_period)
+        default = list(getattr(config_class(), "layer_types", None) or [])
+        attention = [t for t in default if "attention" in t and "linear" not in t]
+        if attention and default and all(t not in attention for t in default[:2]):
+            num_layers = kwargs.get("num_hidden_layers", 2)
+            return {"layer_types": [default[0]] * (num_layers - 1) + [attention[0]]}
+    return {}
+
+
 def tiny_config(model_type: str):
     """The config of ``model_type`` with ``TINY_SIZES`` applied (only the attributes it has)."""
     from transformers import CONFIG_MAPPING
@@ -143,6 +167,12 @@ def tiny_config(model_type: str):
     keys = _accepted_keys(config_class)
     kwargs = {k: v for k, v in TINY_SIZES.items() if k in keys}
     kwargs.update({k: v for k, v in SPECIAL_TOKENS.items() if k in keys})
+    if "kv_lora_rank" in kwargs:
+        # multi-head latent attention (DeepSeek-V2/V3 family): one K/V head per query head, and the
+        # rotary embedding's head_dim is the rope part of a head, as those configs set it themselves
+        kwargs["num_key_value_heads"] = kwargs.get("num_attention_heads", 4)
+        kwargs["head_dim"] = kwargs["qk_rope_head_dim"]
+    kwargs.update(_hybrid_layer_types(config_class, kwargs))
     kwargs.update(PER_MODEL_TYPE.get(model_type, {}))
     config = config_class(**kwargs)
     if hasattr(config, "get_text_config") and config.get_text_config() is not config:

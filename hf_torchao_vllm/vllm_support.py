@@ -57,9 +57,10 @@ def measured_failure(architecture: str, kind: str) -> str | None:
     if reason is None:
         return None
     what = "even in bf16" if kind == "bf16" else f"a {kind} checkpoint"
-    return (
-        f"vLLM failed to serve {architecture} {what} in the conformance matrix (ARCHITECTURES.md): {reason}"
-    )
+    return f"{MEASURED_PREFIX} {architecture} {what} in the conformance matrix (ARCHITECTURES.md): {reason}"
+
+
+MEASURED_PREFIX = "vLLM failed to serve"
 
 
 def ct_kind(config: dict[str, Any]) -> str:
