@@ -854,8 +854,10 @@ SCHEME_PRESETS: dict[str, tuple[str, dict[str, dict[str, Any] | None]]] = {
     # torchao int8 weight-only is per row (channel); the W8A16 preset uses groups of 128
     "W8A16_CHANNEL": ("W8A16", {"weights": {"strategy": "channel", "group_size": None}}),
     "W8A16_GROUP": ("W8A16", {"weights": {"group_size": ANY}}),
-    "W4A16": ("W4A16", {"weights": {"group_size": ANY}}),
-    "W4A16_ASYM": ("W4A16_ASYM", {"weights": {"group_size": ANY}}),
+    # torchao's intx group size, or one group spanning the row (compressed-tensors "channel"); _intx
+    # refuses every other strategy
+    "W4A16": ("W4A16", {"weights": {"group_size": ANY, "strategy": ANY}}),
+    "W4A16_ASYM": ("W4A16_ASYM", {"weights": {"group_size": ANY, "strategy": ANY}}),
     "NVFP4A16": ("NVFP4A16", {}),
     "MXFP8": ("MXFP8", {}),
     "MXFP8A16": ("MXFP8A16", {}),
@@ -873,7 +875,7 @@ def _preset_of(label: str) -> tuple[str, dict[str, dict[str, Any] | None]]:
     bits = re.fullmatch(r"W(\d)A16(_ASYM)?", label)
     if bits:  # intN weight-only: W4A16's layout with other bit widths
         base = "W4A16_ASYM" if bits.group(2) else "W4A16"
-        return base, {"weights": {"num_bits": int(bits.group(1)), "group_size": ANY}}
+        return base, {"weights": {"num_bits": int(bits.group(1)), "group_size": ANY, "strategy": ANY}}
     raise AssertionError(f"scheme {label!r} has no compressed-tensors preset to check against")
 
 
