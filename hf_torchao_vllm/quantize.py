@@ -323,7 +323,9 @@ def save_checkpoint(model, plan: Plan, directory: Path, max_shard_size: str | in
             is_weights = (
                 item.name.endswith((".safetensors", ".bin", ".pt", ".pth")) or "index.json" in item.name
             )
-            if item.is_file() and not is_weights and not (directory / item.name).exists():
+            # reports (e.g. the embedded models' training_report.json) describe the source, not this output
+            is_report = item.name.endswith("_report.json") or item.name.startswith(".")
+            if item.is_file() and not (is_weights or is_report) and not (directory / item.name).exists():
                 shutil.copyfile(item, directory / item.name)
     return sorted(f.name for f in directory.iterdir() if f.name.endswith((".safetensors", ".bin")))
 
