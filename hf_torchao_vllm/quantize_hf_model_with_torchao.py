@@ -180,22 +180,18 @@ def main(
     options = RecipeOptions(
         granularity=granularity, group_size=group_size, fp8_emulation_on_cpu=fp8_emulation_on_cpu
     )
-    plan = quantize.plan_quantization(
-        model,
-        recipe,
-        options,
-        modules,
-        skip_patterns,
-        quantize_lm_head,
-        quantize_routers,
-        device=get_device(),
-    )
+    model_source = quantize.resolve_model_source(model)
     output_dir = output_dir or str(
-        Path("outputs") / "hf_torchao_vllm" / f"{Path(plan.model_source).name}-{recipe}"
+        Path("outputs") / "hf_torchao_vllm" / f"{Path(model_source).name}-{recipe}"
     )
+    # the output is checked before the recipe is resolved: a user mistake there costs no torchao import
     target = check_output(
-        output_dir, inputs=[plan.model_source], overwrite=overwrite, tool=quantize.TOOL, flag="output_dir"
+        output_dir, inputs=[model_source], overwrite=overwrite, tool=quantize.TOOL, flag="output_dir"
     )
+    plan = quantize.plan_quantization(
+        model_source, recipe, options, modules, skip_patterns, quantize_lm_head, quantize_routers,
+        device=get_device(),
+    )  # fmt: skip
     served = "can serve" if plan.vllm_problem is None else f"cannot serve ({plan.vllm_problem})"
     console.print(f"vLLM {served} this checkpoint", markup=False)
     set_seed(seed)
