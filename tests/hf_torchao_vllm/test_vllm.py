@@ -209,3 +209,18 @@ def test_swizzled_scale_tensors_need_fused_parts_at_multiples_of_128_rows():
         )
         is None
     )
+
+
+def test_moe_path_names_the_method_and_amx(monkeypatch):
+    from hf_torchao_vllm import run_quantized_model_in_vllm as runner
+    from hf_torchao_vllm import vllm_support
+
+    rows = [
+        ("model.layers.0.mlp.experts", "FusedMoE", "UnquantizedFusedMoEMethod"),
+        ("model.layers.0.self_attn.qkv_proj", "QKVParallelLinear", "UnquantizedLinearMethod"),
+    ]
+    monkeypatch.setattr(vllm_support, "has_amx", lambda: False)
+    assert runner.describe_moe_path(rows, "cpu") == "UnquantizedFusedMoEMethod on CPU without AMX"
+    monkeypatch.setattr(vllm_support, "has_amx", lambda: True)
+    assert runner.describe_moe_path(rows, "cpu") == "UnquantizedFusedMoEMethod on CPU with AMX"
+    assert runner.describe_moe_path(rows[1:], "cpu") is None  # a dense model
