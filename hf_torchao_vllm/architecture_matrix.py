@@ -170,7 +170,13 @@ def vllm_cell(path: Path, problem: str | None) -> Cell:
         cleanup_dist_env_and_memory()
     detail = f"KL {result.kl:.1e}" + (f"; MoE: {result.moe_path}" if result.moe_path else "")
     if not result.kl <= KL_DISAGREEMENT:
-        return Cell("failed", f"vLLM and transformers disagree: {detail}", "ours", result.kl)
+        # transformers runs the same checkpoint (the reference): vLLM computes something else with it
+        return Cell(
+            "failed",
+            f"vLLM's next-token distribution differs from transformers': {detail}",
+            "vLLM",
+            result.kl,
+        )
     return Cell("ok", detail, kl=result.kl)
 
 

