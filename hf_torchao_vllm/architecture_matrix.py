@@ -180,26 +180,25 @@ def vllm_cell(path: Path, problem: str | None) -> Cell:
     return Cell("ok", detail, kl=result.kl)
 
 
-def matrix_skips(recipe_name: str, model_dir: Path) -> tuple[list[str], str]:
-    """``--skip`` regexes for the 3D experts this recipe cannot quantize, and a note saying so."""
+def matrix_skips(recipe_name: str, options, model_dir: Path) -> tuple[list[str], str]:
+    """``--skip`` regexes for the weights this recipe cannot take (torchao's shape rules, 3D experts it
+    cannot quantize or that are laid out as the converter does not unfuse), and a note saying so: the
+    matrix quantizes the rest, as a user would with those ``--skip`` flags."""
     import re
 
     from hf_torchao_vllm import quantize, recipes
 
-    recipe, _ = recipes.resolve(recipe_name)
+    recipe, options = recipes.resolve(recipe_name, options)
     skeleton = quantize.meta_model(quantize.load_causal_lm_config(str(model_dir)))
     targets, _ = recipes.find_quant_targets(skeleton)
-    three_d = [
-        t for t in targets if t.is_3d and (not recipe.supports_3d or t.is_transposed or t.is_interleaved)
-    ]
-    if not three_d:
+    left_out = {t.name: problem for t in targets if (problem := recipes.shape_problems(recipe, options, [t]))}
+    if not left_out:
         return [], ""
-    why = f"{recipe.name} has no 3D support"
-    if recipe.supports_3d:
-        why = (
-            "stored [experts, in, out]" if any(t.is_transposed for t in three_d) else "gate / up interleaved"
-        )
-    return [f"^{re.escape(t.name)}$" for t in three_d], f"; {len(three_d)} 3D expert weights bf16 ({why})"
+    n_3d = sum("3D" in p[0] or "fused expert" in p[0] for p in left_out.values())
+    note = (
+        f"; {len(left_out)} weight(s) kept bf16 ({n_3d} 3D experts), e.g. {next(iter(left_out.values()))[0]}"
+    )
+    return [f"^{re.escape(name)}$" for name in left_out], note
 
 
 def quantize_cell(recipe_name: str, model_dir: Path, out: Path):
@@ -209,7 +208,7 @@ def quantize_cell(recipe_name: str, model_dir: Path, out: Path):
 
     options = recipes.RecipeOptions(group_size=32, fp8_emulation_on_cpu=True)
     try:
-        skip, note = matrix_skips(recipe_name, model_dir)
+        skip, note = matrix_skips(recipe_name, options, model_dir)
         plan = quantize.quantize_checkpoint(
             str(model_dir), recipe_name, str(out), options=options, skip=skip, device=torch.device("cpu")
         )
