@@ -190,14 +190,17 @@ def matrix_skips(recipe_name: str, options, model_dir: Path) -> tuple[list[str],
 
     recipe, options = recipes.resolve(recipe_name, options)
     skeleton = quantize.meta_model(quantize.load_causal_lm_config(str(model_dir)))
-    targets, _ = recipes.find_quant_targets(skeleton)
-    left_out = {t.name: problem for t in targets if (problem := recipes.shape_problems(recipe, options, [t]))}
+    targets, protected = recipes.find_quant_targets(skeleton)  # routers and lm_head stay bf16 anyway
+    left_out = {
+        t.name: (t, problem[0])
+        for t in targets
+        if t.name not in protected and (problem := recipes.shape_problems(recipe, options, [t]))
+    }
     if not left_out:
         return [], ""
-    n_3d = sum("3D" in p[0] or "fused expert" in p[0] for p in left_out.values())
-    note = (
-        f"; {len(left_out)} weight(s) kept bf16 ({n_3d} 3D experts), e.g. {next(iter(left_out.values()))[0]}"
-    )
+    n_3d = sum(t.is_3d for t, _ in left_out.values())
+    example = next(iter(left_out.values()))[1]
+    note = f"; {len(left_out)} weight(s) kept bf16 ({n_3d} 3D experts), e.g. {example}"
     return [f"^{re.escape(name)}$" for name in left_out], note
 
 
