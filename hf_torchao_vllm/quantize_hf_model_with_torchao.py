@@ -13,9 +13,11 @@ staging folder -> reload with bit-identical logits -> publish ``output_dir``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -160,16 +162,67 @@ def main(
     """
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
     from rich.console import Console
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hf_torchao_vllm import evaluate_quality
-    from hf_torchao_vllm.recipes import RecipeOptions
-    from pytorch_scripts_common import get_device, set_seed
-    from pytorch_scripts_common.cli import UsageError, parse_list
-    from pytorch_scripts_common.outputs import check_output, staged_dir
+    from pytorch_scripts_common import set_seed
+    from pytorch_scripts_common.outputs import staged_dir
 
     console = Console(width=200)
-    skip_patterns = parse_list(skip, str, name="skip") if skip != () else []
+    args = check_arguments(model, recipe, granularity, group_size, skip, fp8_emulation_on_cpu, output_dir,
+                           overwrite, prompts, max_new_tokens, eval_tokens)  # fmt: skip
+    plan = quantize.plan_quantization(
+        args.model_source, recipe, args.options, modules, args.skip, quantize_lm_head, quantize_routers,
+        device=args.device,
+    )  # fmt: skip
+    served = "can serve" if plan.vllm_problem is None else f"cannot serve ({plan.vllm_problem})"
+    console.print(f"vLLM {served} this checkpoint", markup=False)
+    set_seed(seed)
+    tokenizer, reference_model, quantized_model = load_models(plan)
+    rows = print_summary(quantized_model, plan) if plan.quantizes else []
+    generations = compare_generations(
+        console, reference_model, quantized_model, tokenizer, args.prompts, max_new_tokens, plan.recipe.name
+    )
+    quality = evaluate_quality.evaluate(reference_model, quantized_model, tokenizer, max_tokens=eval_tokens)
+    with staged_dir(args.target, tool=quantize.TOOL) as staging:
+        weight_files = save_and_reload(console, quantized_model, plan, tokenizer, staging)
+        quality = evaluate_quality.with_sizes(quality, plan.model_source, staging)
+        evaluate_quality.print_report(
+            quality, f"quality: {plan.recipe.name} vs bf16 ({plan.device}, torch {torch.__version__})"
+        )
+        selection = {
+            "granularity": granularity,
+            "group_size": group_size,
+            "modules": modules,
+            "skip": args.skip,
+        }
+        payload = report_payload(plan, selection, quality, rows, generations, weight_files)
+        (staging / REPORT_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    console.print(
+        f"wrote {args.target} (weights, config.json with the torchao quantization_config, {REPORT_FILE})"
+    )
+    return str(args.target)
+
+
+@dataclasses.dataclass(frozen=True)
+class Arguments:
+    model_source: str
+    options: Any
+    skip: list[str]
+    prompts: list[str]
+    target: Path
+    device: torch.device
+
+
+def check_arguments(model, recipe, granularity, group_size, skip, fp8_emulation_on_cpu, output_dir, overwrite,
+                    prompts, max_new_tokens, eval_tokens) -> Arguments:  # fmt: skip
+    """Every argument checked before weights are read; the output before the recipe is resolved, so a
+    mistake there costs no torchao import."""
+    from hf_torchao_vllm.recipes import RecipeOptions
+    from pytorch_scripts_common import get_device
+    from pytorch_scripts_common.cli import UsageError, parse_list
+    from pytorch_scripts_common.outputs import check_output
+
+    skip_patterns = [str(p) for p in parse_list(skip, str, name="skip")] if skip != () else []
     prompt_list = (
         list(DEFAULT_PROMPTS)
         if prompts is None
@@ -184,48 +237,23 @@ def main(
     output_dir = output_dir or str(
         Path("outputs") / "hf_torchao_vllm" / f"{Path(model_source).name}-{recipe}"
     )
-    # the output is checked before the recipe is resolved: a user mistake there costs no torchao import
     target = check_output(
         output_dir, inputs=[model_source], overwrite=overwrite, tool=quantize.TOOL, flag="output_dir"
     )
-    plan = quantize.plan_quantization(
-        model_source, recipe, options, modules, skip_patterns, quantize_lm_head, quantize_routers,
-        device=get_device(),
-    )  # fmt: skip
-    served = "can serve" if plan.vllm_problem is None else f"cannot serve ({plan.vllm_problem})"
-    console.print(f"vLLM {served} this checkpoint", markup=False)
-    set_seed(seed)
+    return Arguments(model_source, options, skip_patterns, prompt_list, target, get_device())
+
+
+def load_models(plan: quantize.Plan):
+    """The tokenizer, the bf16 reference and the quantized model (verified: exactly the selected weights)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(plan.model_source)
     reference_model = AutoModelForCausalLM.from_pretrained(
         plan.model_source, dtype=torch.bfloat16, **plan.load_kwargs
     )
-    reference_model.to(plan.device).eval()
     quantized_model = quantize.load_quantized_model(plan)
     quantize.verify_quantized(quantized_model, plan)
-    rows = print_summary(quantized_model, plan) if plan.quantizes else []
-    generations = compare_generations(
-        console, reference_model, quantized_model, tokenizer, prompt_list, max_new_tokens, plan.recipe.name
-    )
-    quality = evaluate_quality.evaluate(reference_model, quantized_model, tokenizer, max_tokens=eval_tokens)
-    with staged_dir(target, tool=quantize.TOOL) as staging:
-        weight_files = save_and_reload(console, quantized_model, plan, tokenizer, staging)
-        quality = evaluate_quality.with_sizes(quality, plan.model_source, staging)
-        evaluate_quality.print_report(
-            quality, f"quality: {plan.recipe.name} vs bf16 ({plan.device}, torch {torch.__version__})"
-        )
-        args = {
-            "granularity": options.granularity,
-            "group_size": options.group_size,
-            "modules": modules,
-            "skip": skip_patterns,
-        }
-        payload = report_payload(plan, args, quality, rows, generations, weight_files)
-        (staging / REPORT_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    console.print(
-        f"wrote {target} (weights, config.json with the torchao quantization_config, {REPORT_FILE})"
-    )
-    return str(target)
+    return tokenizer, reference_model.to(plan.device).eval(), quantized_model
 
 
 if __name__ == "__main__":
