@@ -196,6 +196,13 @@ def matrix_skips(recipe_name: str, options, model_dir: Path) -> tuple[list[str],
         for t in targets
         if t.name not in protected and (problem := recipes.shape_problems(recipe, options, [t]))
     }
+    config = quantize.load_causal_lm_config(str(model_dir))
+    selectable = [t for t in targets if t.name not in protected]
+    for name in quantize.split_by_checkpoint_conversion(config.model_type, selectable):
+        left_out[name] = (
+            next(t for t in selectable if t.name == name),
+            "split by transformers' checkpoint conversion",
+        )
     if not left_out:
         return [], ""
     n_3d = sum(t.is_3d for t, _ in left_out.values())

@@ -134,6 +134,34 @@ def _apply_overrides(
     return chosen, skipped
 
 
+def split_by_checkpoint_conversion(model_type: str, targets: list[recipes.QuantTarget]) -> list[str]:
+    """Selected Linear weights transformers splits out of a fused checkpoint tensor while loading (its
+    ``conversion_mapping`` ``Chunk``, e.g. HRM's ``attn.gqkv_proj`` -> q/k/v)."""
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+    from transformers.core_model_loading import Chunk
+
+    split = []
+    for converter in get_checkpoint_conversion_mapping(model_type) or []:
+        if not any(isinstance(op, Chunk) for op in getattr(converter, "operations", None) or []):
+            continue
+        patterns = converter.target_patterns
+        patterns = [patterns] if isinstance(patterns, str) else patterns
+        split += [t.name for t in targets if not t.is_3d and any(t.param_name.endswith(p) for p in patterns)]
+    return split
+
+
+def check_checkpoint_conversion(model_type: str, targets: list[recipes.QuantTarget]) -> None:
+    """A ``ValueError`` for weights transformers splits while loading: its torchao quantize-on-load then
+    leaves some of them bf16, and saving concatenates them back."""
+    split = split_by_checkpoint_conversion(model_type, targets)
+    if split:
+        raise ValueError(
+            f"transformers loads {model_type} checkpoints by splitting fused tensors into {len(split)} "
+            f"selected weights (e.g. {split[0]}), and its torchao quantize-on-load and save do not carry "
+            "quantized tensors through that split: keep them bf16 with --skip=<regex>"
+        )
+
+
 def plan_quantization(
     model: str,
     recipe: str,
@@ -171,6 +199,7 @@ def plan_quantization(
             f"--modules={modules} with --skip={list(skip)} selects no weight of {model_source}: "
             "choose another selector or fewer skip patterns"
         )
+    check_checkpoint_conversion(config.model_type, [selection.targets[t] for t in recipe_by_target])
     variants, configs_by_param = {}, {}
     for name in sorted(set(recipe_by_target.values())):
         sub_recipe, sub_options = recipes.resolve(name, options)
