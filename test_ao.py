@@ -34,13 +34,11 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import fire
 import torch
 from torch import nn
 
@@ -49,32 +47,33 @@ EMBEDDED_MODEL_DIR = REPO_ROOT / "hf_torchao_vllm" / "embedded_models" / "dense"
 TOY_MODELS = ("small", "large", "odd_shapes")
 SUPPORTED_GROUP_SIZES = (32, 64, 128, 256)  # Int4WeightOnlyConfig's documented choices
 
-# Minimum SQNR (dB) of every quantized layer's output against the bf16 layer on the same input
-# (the input the layer sees in the bf16 model's forward), per config. Per layer, not per model: the
-# model-output SQNR falls with depth (8 layers of the large toy lose ~4-5 dB), a layer's does not.
-# Measured on CPU with seed 0 (torch 2.13, torchao 0.18) as the worst layer of `--model small`,
-# `--model large` and a 2-layer random LlamaForCausalLM (hidden 128); each constant sits ~3-5 dB
-# under the lowest of the three so that seeds do not flip it while a broken kernel (~0 dB) is caught.
-# The trained embedded model (`--model embedded`, 4 layers, hidden 256) measures higher on every config.
-INT8_WEIGHT_ONLY_MIN_SQNR_DB = 38.0  # measured worst layer: small 45.6, large 45.6, llama 42.4, embedded 47.2
-INT8_DYNAMIC_MIN_SQNR_DB = 32.0  # measured: small 41.1, large 40.1, llama 36.4, embedded 42.9
-INT4_WEIGHT_ONLY_MIN_SQNR_DB = 15.0  # not measured here (no CPU int4 kernel); torchao's 4-bit rule of thumb
-FLOAT8_WEIGHT_ONLY_MIN_SQNR_DB = 27.0  # measured: small 31.7, large 31.5, llama 31.6, embedded 38.3
-FLOAT8_DYNAMIC_MIN_SQNR_DB = 22.0  # not measured here (needs CUDA sm89+); torchao's fp8 rule of thumb
-INTX4_WEIGHT_ONLY_MIN_SQNR_DB = 15.0  # measured: small 22.8, large 17.9 (in=4096), llama 20.4, embedded 27.0
-INT8_DYNAMIC_INTX4_MIN_SQNR_DB = 15.0  # measured: small 22.8, large 17.9, llama 20.4, embedded 26.9
-MXFP8_MIN_SQNR_DB = 24.0  # measured (emulated gemm): small 28.3, large 28.6, llama 28.4, embedded 35.1
-MXFP4_MIN_SQNR_DB = 11.0  # measured (emulated gemm): small 15.6, large 16.1, llama 14.7, embedded 20.9
-NVFP4_WEIGHT_ONLY_MIN_SQNR_DB = 16.0  # measured (emulated): small 19.7, large 19.7, llama 20.3, embedded 26.8
-NVFP4_DYNAMIC_MIN_SQNR_DB = 12.0  # not measured here (needs CUDA sm100+); below the weight-only value
+TEST_AO_CONFIGS = (
+    "int8wo",
+    "int8dq",
+    "int4wo",
+    "float8wo",
+    "float8dq_row",
+    "float8dq_tensor",
+    "intx4wo",
+    "int8dq_intx4w",
+    "mxfp8",
+    "mxfp4",
+    "nvfp4wo",
+    "nvfp4dq",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class ConfigSpec:
-    """One torchao recipe: how to build it (variants tried in order), its threshold, its shape rules."""
+    """One torchao recipe as this script runs it: variants tried in order, threshold, shape rule.
+
+    Built from ``hf_torchao_vllm.recipes`` (the registry the quantizer and the converter use), so a
+    recipe's configs, shape rules and SQNR floor live in one place."""
 
     name: str
     description: str
+    # Minimum SQNR (dB) of every quantized layer's output against the bf16 layer on the same input
+    # (per layer, not per model: the model-output SQNR falls with depth, a layer's does not).
     min_layer_sqnr_db: float
     # (variant label, AOBaseConfig) candidates; the first that quantizes and runs a probe Linear on
     # the device is used. Several only where torchao offers several kernels / layouts for one recipe.
@@ -84,223 +83,34 @@ class ConfigSpec:
     needs_bf16_weight: bool = False
 
 
-def _divisible_rule(what: str, divisor_of: Callable[[int], int]) -> Callable[[torch.Tensor, int], str | None]:
-    def rule(weight: torch.Tensor, group_size: int) -> str | None:
-        divisor = divisor_of(group_size)
-        in_features = weight.shape[-1]
-        if in_features % divisor != 0:
-            return f"shape: in_features={in_features} not divisible by {what}={divisor}"
-        return None
-
-    return rule
-
-
-def _both_dims_rule(multiple: int, why: str) -> Callable[[torch.Tensor, int], str | None]:
-    def rule(weight: torch.Tensor, group_size: int) -> str | None:
-        out_features, in_features = weight.shape[-2:]
-        if out_features % multiple != 0 or in_features % multiple != 0:
-            return (
-                f"shape: (out_features, in_features)=({out_features}, {in_features}) "
-                f"not both multiples of {multiple} ({why})"
-            )
-        return None
-
-    return rule
-
-
 def _no_rule(weight: torch.Tensor, group_size: int) -> str | None:
     return None
 
 
-def _int8_weight_only(group_size: int, device: torch.device) -> list[tuple[str, Any]]:
-    from torchao.quantization import Int8WeightOnlyConfig
-    from torchao.quantization.granularity import PerRow
+def spec_from_registry(name: str) -> ConfigSpec:
+    """The ``ConfigSpec`` of recipe or alias ``name`` of ``hf_torchao_vllm.recipes``."""
+    from hf_torchao_vllm import recipes
 
-    return [("per-row", Int8WeightOnlyConfig(granularity=PerRow()))]
+    recipe, options = recipes.resolve(name)
 
+    def with_group(group_size: int) -> Any:
+        return dataclasses.replace(options, group_size=group_size)
 
-def _int8_dynamic(group_size: int, device: torch.device) -> list[tuple[str, Any]]:
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig
-    from torchao.quantization.granularity import PerRow
+    def shape_rule(weight: torch.Tensor, group_size: int) -> str | None:
+        problem = recipe.shape_rule(tuple(weight.shape), with_group(group_size))
+        return None if problem is None else f"shape: {problem}"
 
-    return [("per-row", Int8DynamicActivationInt8WeightConfig(granularity=PerRow()))]
-
-
-def _int4_weight_only(group_size: int, device: torch.device) -> list[tuple[str, Any]]:
-    from torchao.quantization import Int4WeightOnlyConfig
-
-    # torchao 0.18 has no CPU int4 layout: plain needs the mslk CUDA kernels, tile_packed_to_4d is
-    # tinygemm (CUDA), plain_int32 is for XPU/NPU. All are tried so the report shows each refusal.
-    return [
-        (fmt, Int4WeightOnlyConfig(group_size=group_size, int4_packing_format=fmt))
-        for fmt in ("plain", "tile_packed_to_4d", "plain_int32")
-    ]
-
-
-def _float8_weight_only(group_size: int, device: torch.device) -> list[tuple[str, Any]]:
-    from torchao.quantization import Float8WeightOnlyConfig
-    from torchao.quantization.granularity import PerRow
-
-    return [("per-row", Float8WeightOnlyConfig(granularity=PerRow()))]
-
-
-def _float8_dynamic(granularity_name: str) -> Callable[[int, torch.device], list[tuple[str, Any]]]:
-    def build(group_size: int, device: torch.device) -> list[tuple[str, Any]]:
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig
-        from torchao.quantization.granularity import PerRow, PerTensor
-
-        granularity = PerRow() if granularity_name == "per-row" else PerTensor()
-        return [(granularity_name, Float8DynamicActivationFloat8WeightConfig(granularity=granularity))]
-
-    return build
-
-
-def _intx4_weight_only(group_size: int, device: torch.device) -> list[tuple[str, Any]]:
-    from torchao.quantization import IntxWeightOnlyConfig
-    from torchao.quantization.granularity import PerGroup
-
-    return [
-        (
-            f"group {group_size}",
-            IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size)),
-        )
-    ]
-
-
-def _int8_dynamic_intx4(group_size: int, device: torch.device) -> list[tuple[str, Any]]:
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig
-    from torchao.quantization.granularity import PerGroup
-
-    config = Int8DynamicActivationIntxWeightConfig(
-        weight_dtype=torch.int4, weight_granularity=PerGroup(group_size)
+    return ConfigSpec(
+        name=name,
+        description=recipe.description + (f" ({options.granularity})" if recipe.name == "fp8" else ""),
+        min_layer_sqnr_db=recipe.min_layer_sqnr_db,
+        build_variants=lambda group_size, device: recipe.build_variants(with_group(group_size), device),
+        shape_rule=shape_rule,
+        needs_bf16_weight=recipe.needs_bf16_weight,
     )
-    return [(f"group {group_size}", config)]
 
 
-def _mx(elem_dtype: torch.dtype) -> Callable[[int, torch.device], list[tuple[str, Any]]]:
-    def build(group_size: int, device: torch.device) -> list[tuple[str, Any]]:
-        from torchao.prototype.mx_formats import MXDynamicActivationMXWeightConfig
-        from torchao.quantization.quantize_.common import KernelPreference
-
-        # AUTO is the real MX gemm (CUDA sm100+); EMULATED dequantizes and runs a bf16 matmul.
-        return [
-            (
-                preference.value,
-                MXDynamicActivationMXWeightConfig(
-                    activation_dtype=elem_dtype, weight_dtype=elem_dtype, kernel_preference=preference
-                ),
-            )
-            for preference in (KernelPreference.AUTO, KernelPreference.EMULATED)
-        ]
-
-    return build
-
-
-def _nvfp4_weight_only(group_size: int, device: torch.device) -> list[tuple[str, Any]]:
-    from torchao.prototype.mx_formats import NVFP4WeightOnlyConfig
-
-    return [("dynamic per-tensor scale", NVFP4WeightOnlyConfig())]
-
-
-def _nvfp4_dynamic(group_size: int, device: torch.device) -> list[tuple[str, Any]]:
-    from torchao.prototype.mx_formats import NVFP4DynamicActivationNVFP4WeightConfig
-
-    # The triton activation kernel needs CUDA and the mslk package; the plain path is tried first.
-    return [("no triton", NVFP4DynamicActivationNVFP4WeightConfig(use_triton_kernel=False))]
-
-
-CONFIG_REGISTRY: dict[str, ConfigSpec] = {
-    spec.name: spec
-    for spec in (
-        ConfigSpec(
-            "int8wo",
-            "Int8WeightOnlyConfig, int8 per-row weights",
-            INT8_WEIGHT_ONLY_MIN_SQNR_DB,
-            _int8_weight_only,
-            _no_rule,
-        ),
-        ConfigSpec(
-            "int8dq",
-            "Int8DynamicActivationInt8WeightConfig, int8 per-token activations x per-row weights",
-            INT8_DYNAMIC_MIN_SQNR_DB,
-            _int8_dynamic,
-            _no_rule,
-        ),
-        ConfigSpec(
-            "int4wo",
-            "Int4WeightOnlyConfig(group_size), int4 weights, tried in every int4 packing format",
-            INT4_WEIGHT_ONLY_MIN_SQNR_DB,
-            _int4_weight_only,
-            _divisible_rule("group_size", lambda group_size: group_size),
-        ),
-        ConfigSpec(
-            "float8wo",
-            "Float8WeightOnlyConfig, float8_e4m3fn per-row weights",
-            FLOAT8_WEIGHT_ONLY_MIN_SQNR_DB,
-            _float8_weight_only,
-            _no_rule,
-        ),
-        ConfigSpec(
-            "float8dq_row",
-            "Float8DynamicActivationFloat8WeightConfig(PerRow()), float8 activations and weights",
-            FLOAT8_DYNAMIC_MIN_SQNR_DB,
-            _float8_dynamic("per-row"),
-            _both_dims_rule(16, "torch._scaled_mm constraint"),
-            needs_bf16_weight=True,
-        ),
-        ConfigSpec(
-            "float8dq_tensor",
-            "Float8DynamicActivationFloat8WeightConfig(PerTensor()), float8 activations and weights",
-            FLOAT8_DYNAMIC_MIN_SQNR_DB,
-            _float8_dynamic("per-tensor"),
-            _both_dims_rule(16, "torch._scaled_mm constraint"),
-        ),
-        ConfigSpec(
-            "intx4wo",
-            "IntxWeightOnlyConfig(torch.int4, PerGroup(group_size)), int4 weights stored in int8",
-            INTX4_WEIGHT_ONLY_MIN_SQNR_DB,
-            _intx4_weight_only,
-            _divisible_rule("group_size", lambda group_size: group_size),
-        ),
-        ConfigSpec(
-            "int8dq_intx4w",
-            "Int8DynamicActivationIntxWeightConfig(torch.int4, PerGroup(group_size))",
-            INT8_DYNAMIC_INTX4_MIN_SQNR_DB,
-            _int8_dynamic_intx4,
-            _divisible_rule("group_size", lambda group_size: group_size),
-        ),
-        ConfigSpec(
-            "mxfp8",
-            "MXDynamicActivationMXWeightConfig(float8_e4m3fn), block 32, e8m0 scales",
-            MXFP8_MIN_SQNR_DB,
-            _mx(torch.float8_e4m3fn),
-            _divisible_rule("MX block size", lambda group_size: 32),
-            needs_bf16_weight=True,
-        ),
-        ConfigSpec(
-            "mxfp4",
-            "MXDynamicActivationMXWeightConfig(float4_e2m1fn_x2), block 32, e8m0 scales",
-            MXFP4_MIN_SQNR_DB,
-            _mx(torch.float4_e2m1fn_x2),
-            _divisible_rule("MX block size", lambda group_size: 32),
-            needs_bf16_weight=True,
-        ),
-        ConfigSpec(
-            "nvfp4wo",
-            "NVFP4WeightOnlyConfig, fp4 e2m1 weights, block 16 fp8 scales + per-tensor scale",
-            NVFP4_WEIGHT_ONLY_MIN_SQNR_DB,
-            _nvfp4_weight_only,
-            _both_dims_rule(16, "NVFP4 block size"),
-        ),
-        ConfigSpec(
-            "nvfp4dq",
-            "NVFP4DynamicActivationNVFP4WeightConfig, fp4 activations and weights",
-            NVFP4_DYNAMIC_MIN_SQNR_DB,
-            _nvfp4_dynamic,
-            _both_dims_rule(16, "NVFP4 block size"),
-        ),
-    )
-}
+CONFIG_REGISTRY: dict[str, ConfigSpec] = {name: spec_from_registry(name) for name in TEST_AO_CONFIGS}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -552,6 +362,38 @@ class ModuleRow:
     layer_sqnr_db: float | None
 
 
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Median and range (ms) of repeated timed forwards after warm-up."""
+
+    median_ms: float
+    min_ms: float
+    max_ms: float
+
+    @classmethod
+    def of(cls, result: Any) -> Timing:
+        times = [t * 1e3 for t in result.times_s]
+        return cls(result.median_s * 1e3, min(times), max(times))
+
+    @property
+    def spread_ms(self) -> float:
+        return self.max_ms - self.min_ms
+
+
+def compare_timing(test: Timing | None, baseline: Timing | None) -> str:
+    """``median [min-max] (ratio x bf16)``; the ratio is marked unreliable when either run's spread
+    (max - min) is larger than the difference of the medians it claims."""
+    if test is None:
+        return "-"
+    cell = f"{test.median_ms:.2f} [{test.min_ms:.2f}-{test.max_ms:.2f}]"
+    if baseline is None:
+        return cell
+    ratio = f"{test.median_ms / baseline.median_ms:.2f}x"
+    if max(test.spread_ms, baseline.spread_ms) > abs(test.median_ms - baseline.median_ms):
+        return f"{cell} ({ratio}, unreliable: spread > difference)"
+    return f"{cell} ({ratio})"
+
+
 @dataclasses.dataclass
 class ConfigResult:
     """Everything found out about one config on one model."""
@@ -567,8 +409,8 @@ class ConfigResult:
     modules: list[ModuleRow]
     min_layer_sqnr_db: float
     model_sqnr_db: float | None = None
-    eager_ms: float | None = None
-    compiled_ms: float | None = None
+    eager: Timing | None = None
+    compiled: Timing | None = None
     compile_s: float | None = None
     compiled_sqnr_db: float | None = None
     compile_error: str = ""
@@ -860,11 +702,10 @@ def run_config(
             result.error = f"forward raised {_format_error(error)}"
             return result
         result.model_sqnr_db = compute_sqnr(reference_output, output)
-        result.eager_ms = (
+        result.eager = Timing.of(
             benchmark(
                 lambda: model_output(quantized, mut.inputs), num_warmup=2, num_runs=num_runs, device=device
-            ).median_s
-            * 1e3
+            )
         )
         if compile:
             _time_compiled(result, quantized, mut, reference_output, device, num_runs)
@@ -900,7 +741,7 @@ def _time_compiled(
         timing = benchmark(
             lambda: model_output(compiled, mut.inputs), num_warmup=2, num_runs=num_runs, device=device
         )
-        result.compiled_ms = timing.median_s * 1e3
+        result.compiled = Timing.of(timing)
     except Exception as error:  # noqa: BLE001 - report, keep going
         result.compile_error = _format_error(error)
 
@@ -1004,12 +845,13 @@ def _print_config(console: Any, result: ConfigResult) -> None:
     console.print(table)
 
 
-def _print_summary(
-    console: Any, results: list[ConfigResult], baseline_eager_ms: float, baseline_compiled_ms: float | None
-) -> None:
+def _print_summary(console: Any, results: list[ConfigResult], baseline: ConfigResult) -> None:
     from rich.table import Table
 
-    table = Table(title="summary (SQNR in dB vs the bf16 model on the same inputs; times are medians)")
+    table = Table(
+        title="summary (SQNR in dB vs the bf16 model on the same inputs; times: median [min-max] ms, "
+        "a ratio is unreliable when a spread is larger than the difference of the medians)"
+    )
     for column in (
         "config",
         "status",
@@ -1023,17 +865,25 @@ def _print_summary(
         "note",
     ):
         table.add_column(column, overflow="fold")
-    compiled_base = "-" if baseline_compiled_ms is None else f"{baseline_compiled_ms:.2f}"
+    base_compiled = compare_timing(baseline.compiled, None)
     _add_plain_row(
-        table, "bf16", "baseline", "-", "-", "-", "-", "-", f"{baseline_eager_ms:.2f}", compiled_base, ""
+        table,
+        "bf16",
+        "baseline",
+        "-",
+        "-",
+        "-",
+        "-",
+        "-",
+        compare_timing(baseline.eager, None),
+        base_compiled,
+        "",
     )
     for r in results:
         before = sum(row.bytes_before for row in r.modules)
         after = sum(row.bytes_after for row in r.modules)
-        eager = "-" if r.eager_ms is None else f"{r.eager_ms:.2f} ({r.eager_ms / baseline_eager_ms:.2f}x)"
-        if r.compiled_ms is not None and baseline_compiled_ms is not None:
-            compiled = f"{r.compiled_ms:.2f} ({r.compiled_ms / baseline_compiled_ms:.2f}x)"
-        else:
+        compiled = compare_timing(r.compiled, baseline.compiled)
+        if r.compiled is None:
             compiled = "failed" if r.compile_error else "-"
         if r.status == "unsupported":
             note = "; ".join(r.probe_errors) or r.error
@@ -1050,7 +900,7 @@ def _print_summary(
             _fmt_db(r.worst_layer_sqnr_db),
             _fmt_db(r.min_layer_sqnr_db),
             _fmt_db(r.model_sqnr_db),
-            eager,
+            compare_timing(r.eager, baseline.eager),
             compiled,
             note,
         )
@@ -1058,6 +908,8 @@ def _print_summary(
 
 
 def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
@@ -1067,32 +919,20 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_report(output_dir: Path, report: dict[str, Any], overwrite: bool) -> Path:
-    """Write ``report.json`` atomically (temp file in the same folder, then rename)."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    target = output_dir / "report.json"
-    if target.exists() and not overwrite:
-        raise ValueError(f"{target} exists; pass --overwrite=True or choose another --output_dir")
-    fd, tmp_name = tempfile.mkstemp(dir=output_dir, prefix=".report.", suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(report), f, indent=2)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return target
-
-
 def _parse_configs(configs: str | tuple[str, ...] | list[str]) -> list[str]:
-    names = [configs] if isinstance(configs, str) else list(configs)
-    names = [part.strip() for name in names for part in str(name).split(",") if part.strip()]
+    from pytorch_scripts_common.cli import parse_list
+
+    names = (
+        [str(n).strip() for n in parse_list(configs, str, name="configs") if str(n).strip()]
+        if configs
+        else []
+    )
     if names == ["all"]:
         return list(CONFIG_REGISTRY)
     unknown = [name for name in names if name not in CONFIG_REGISTRY]
     if unknown or not names:
         raise ValueError(
-            f"--configs {configs!r}: unknown {unknown}; use 'all' or a comma list of {list(CONFIG_REGISTRY)}"
+            f"--configs {configs!r}: unknown {unknown}: use 'all' or a comma list of {list(CONFIG_REGISTRY)}"
         )
     return names
 
@@ -1102,12 +942,108 @@ def _resolve_device(device: str) -> torch.device:
 
     if not device:
         return get_device()
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(
+            f"--device {device!r}: only cpu and cuda are supported: pass --device=cpu or --device=cuda"
+        )
     resolved = torch.device(device)
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device!r}: only cpu and cuda are supported")
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
+        raise ValueError(f"--device {device!r}: CUDA is not available on this machine: use --device=cpu")
     return resolved
+
+
+@dataclasses.dataclass(frozen=True)
+class Arguments:
+    config_names: list[str]
+    device: torch.device
+    exclude_re: re.Pattern[str] | None
+    output_dir: Path | None
+
+
+def check_arguments(
+    configs: str, device: str, group_size: int, exclude: str, batch_size: int, seq_len: int, num_runs: int,
+    output_dir: str, overwrite: bool,
+) -> Arguments:  # fmt: skip
+    """Every argument checked before the slow imports, so that a mistake fails in about a second."""
+    config_names = _parse_configs(configs)
+    if group_size not in SUPPORTED_GROUP_SIZES:
+        raise ValueError(f"--group_size {group_size}: choose one of {SUPPORTED_GROUP_SIZES}")
+    if batch_size < 1 or seq_len < 1 or num_runs < 1:
+        raise ValueError(
+            f"--batch_size/--seq_len/--num_runs must be >= 1, got {batch_size}/{seq_len}/{num_runs}"
+        )
+    try:
+        # fire turns `--exclude=0` into the int 0, so compare against "" after str(), not by truthiness
+        exclude_re = re.compile(str(exclude)) if str(exclude) != "" else None
+    except re.error as error:
+        raise ValueError(f"--exclude {exclude!r} is not a valid regex ({error}): fix the regex") from error
+    out_dir = None
+    if output_dir:
+        from pytorch_scripts_common.outputs import check_output
+
+        out_dir = Path(output_dir)
+        check_output(
+            out_dir / "report.json", overwrite=overwrite, tool="test_ao", kind="file", flag="output_dir"
+        )
+    return Arguments(config_names, _resolve_device(device), exclude_re, out_dir)
+
+
+def measure_baseline(
+    mut: ModelUnderTest, reference_output: torch.Tensor, device, compile: bool, num_runs: int
+):
+    """The bf16 model's eager (and compiled) timing, as a ``ConfigResult`` row."""
+    from pytorch_scripts_common import benchmark
+
+    baseline = ConfigResult("bf16", "", "baseline", "", "", "", [], [], [], 0.0)
+    baseline.eager = Timing.of(
+        benchmark(lambda: model_output(mut.model, mut.inputs), num_warmup=2, num_runs=num_runs, device=device)
+    )
+    if compile:
+        with torch.no_grad():
+            _time_compiled(baseline, mut.model, mut, reference_output, device, num_runs)
+        if baseline.compile_error:
+            raise RuntimeError(f"torch.compile of the bf16 model failed: {baseline.compile_error}")
+    return baseline
+
+
+def write_json_report(args: Arguments, mut, group_size, seed, baseline, results, autoquant_result) -> None:
+    import torchao
+
+    from pytorch_scripts_common.outputs import staged_file
+
+    report = {
+        "model": mut.name,
+        "device": str(args.device),
+        "torch": torch.__version__,
+        "torchao": torchao.__version__,
+        "group_size": group_size,
+        "seed": seed,
+        "load_average": list(os.getloadavg()),
+        "baseline": {"eager": baseline.eager, "compiled": baseline.compiled, "compile_s": baseline.compile_s},
+        "configs": [
+            dataclasses.asdict(r) | {"num_quantized": r.num_quantized, "num_linear": r.num_linear}
+            for r in results
+        ],
+        "autoquant": autoquant_result,
+    }
+    target = args.output_dir / "report.json"
+    with staged_file(target) as staging:
+        staging.write_text(json.dumps(_jsonable(report), indent=2))
+    print(f"wrote {target}")
+
+
+def fail_on_low_sqnr(console: Any, results: list[ConfigResult]) -> None:
+    low = [r for r in results if r.status == "low-sqnr"]
+    if low:
+        details = ", ".join(
+            f"{r.name} {r.worst_layer_sqnr_db:.1f} dB < {r.min_layer_sqnr_db} dB" for r in low
+        )
+        console.print(
+            f"FAILED: a quantized layer's output SQNR is below its config's threshold: {details}",
+            style="bold red",
+            highlight=False,
+        )
+        raise SystemExit(1)
 
 
 def main(
@@ -1138,124 +1074,82 @@ def main(
         exclude: regex over module names; matching modules are filtered out of quantize_
         batch_size: rows of the random input (toys) or sequences (HF models)
         seq_len: tokens per sequence for HF models
-        num_runs: timed runs per forward measurement (median reported, after 2 warm-up runs)
+        num_runs: timed runs per forward measurement (median and min-max reported, after 2 warm-up runs)
         seed: seed of the model weights and random inputs
         check_sqnr: exit non-zero when a quantized layer's output SQNR is below its config's threshold
         output_dir: when set, write report.json there
         overwrite: allow replacing an existing report.json in output_dir
     """
-    config_names = _parse_configs(configs)
-    if group_size not in SUPPORTED_GROUP_SIZES:
-        raise ValueError(f"--group_size {group_size}: choose one of {SUPPORTED_GROUP_SIZES}")
-    if batch_size < 1 or seq_len < 1 or num_runs < 1:
-        raise ValueError(
-            f"--batch_size/--seq_len/--num_runs must be >= 1, got {batch_size}/{seq_len}/{num_runs}"
-        )
-    try:
-        # fire turns `--exclude=0` into the int 0, so compare against "" after str(), not by truthiness
-        exclude_re = re.compile(str(exclude)) if str(exclude) != "" else None
-    except re.error as error:
-        raise ValueError(f"--exclude {exclude!r} is not a valid regex: {error}") from error
-    out_dir = Path(output_dir) if output_dir else None
-    if out_dir is not None and (out_dir / "report.json").exists() and not overwrite:
-        raise ValueError(
-            f"{out_dir / 'report.json'} exists; pass --overwrite=True or choose another --output_dir"
-        )
-    resolved_device = _resolve_device(device)
-
-    # Arguments are checked above before the slow imports, so a mistake fails in about a second.
+    args = check_arguments(
+        configs, device, group_size, exclude, batch_size, seq_len, num_runs, output_dir, overwrite
+    )
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
-    import torchao
     from rich.console import Console
 
-    from pytorch_scripts_common import benchmark, set_seed
+    from pytorch_scripts_common import set_seed
 
     set_seed(seed)
     console = Console(width=200)
-    mut = load_model(str(model), resolved_device, batch_size, seq_len, torch.bfloat16)
+    mut = load_model(str(model), args.device, batch_size, seq_len, torch.bfloat16)
+    print_header(console, mut, args.device, group_size, num_runs)
+    reference_output, layer_inputs = reference_run(mut)
+    baseline = measure_baseline(mut, reference_output, args.device, compile, num_runs)
+    results = run_configs(
+        console, args, mut, reference_output, layer_inputs, group_size, compile, num_runs, seed
+    )
+    autoquant_result = run_autoquant(mut, reference_output) if use_autoquant else None
+    console.rule("[bold]all configs[/]")
+    _print_summary(console, results, baseline)
+    if autoquant_result is not None:
+        console.print(
+            f"autoquant: {autoquant_result['status']} {autoquant_result.get('reason', '')}", highlight=False
+        )
+    if args.output_dir is not None:
+        write_json_report(args, mut, group_size, seed, baseline, results, autoquant_result)
+    if check_sqnr:
+        fail_on_low_sqnr(console, results)
+
+
+def print_header(
+    console: Any, mut: ModelUnderTest, device: torch.device, group_size: int, num_runs: int
+) -> None:
+    import torchao
+
+    shapes = {k: tuple(v.shape) for k, v in mut.inputs.items() if isinstance(v, torch.Tensor)}
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     console.print(
-        f"model {mut.name} on {resolved_device}; torch {torch.__version__}, torchao {torchao.__version__}; "
-        f"inputs { ({k: tuple(v.shape) for k, v in mut.inputs.items() if isinstance(v, torch.Tensor)}) }; "
-        f"group_size {group_size}; timings are medians of {num_runs} runs after 2 warm-up runs",
+        f"model {mut.name} on {device}; torch {torch.__version__}, torchao {torchao.__version__}; "
+        f"inputs {shapes}; "
+        f"group_size {group_size}; timings: median and min-max of {num_runs} runs after 2 warm-up runs; "
+        f"load average {load}",
         highlight=False,
     )
-    reference_output, layer_inputs = reference_run(mut)
-    baseline_eager_ms = (
-        benchmark(
-            lambda: model_output(mut.model, mut.inputs),
-            num_warmup=2,
-            num_runs=num_runs,
-            device=resolved_device,
-        ).median_s
-        * 1e3
-    )
-    baseline = ConfigResult("bf16", "", "baseline", "", "", "", [], [], [], 0.0)
-    if compile:
-        with torch.no_grad():
-            _time_compiled(baseline, mut.model, mut, reference_output, resolved_device, num_runs)
-        if baseline.compile_error:
-            raise RuntimeError(f"torch.compile of the bf16 model failed: {baseline.compile_error}")
+
+
+def run_configs(console, args, mut, reference_output, layer_inputs, group_size, compile, num_runs, seed):
+    from pytorch_scripts_common import set_seed
 
     results = []
-    for index, name in enumerate(config_names, start=1):
-        console.print(f"[{index}/{len(config_names)}] {name} ...", markup=False)
+    for index, name in enumerate(args.config_names, start=1):
+        console.print(f"[{index}/{len(args.config_names)}] {name} ...", markup=False)
         set_seed(seed)
         result = run_config(
             CONFIG_REGISTRY[name],
             mut,
             reference_output,
             layer_inputs,
-            device=resolved_device,
+            device=args.device,
             group_size=group_size,
-            exclude_re=exclude_re,
+            exclude_re=args.exclude_re,
             compile=compile,
             num_runs=num_runs,
         )
         _print_config(console, result)
         results.append(result)
-    autoquant_result = run_autoquant(mut, reference_output) if use_autoquant else None
-
-    console.rule("[bold]all configs[/]")
-    _print_summary(console, results, baseline_eager_ms, baseline.compiled_ms)
-    if autoquant_result is not None:
-        console.print(
-            f"autoquant: {autoquant_result['status']} {autoquant_result.get('reason', '')}", highlight=False
-        )
-
-    if out_dir is not None:
-        report = {
-            "model": mut.name,
-            "device": str(resolved_device),
-            "torch": torch.__version__,
-            "torchao": torchao.__version__,
-            "group_size": group_size,
-            "seed": seed,
-            "baseline": {
-                "eager_ms": baseline_eager_ms,
-                "compiled_ms": baseline.compiled_ms,
-                "compile_s": baseline.compile_s,
-            },
-            "configs": [
-                dataclasses.asdict(r) | {"num_quantized": r.num_quantized, "num_linear": r.num_linear}
-                for r in results
-            ],
-            "autoquant": autoquant_result,
-        }
-        target = write_report(out_dir, report, overwrite)
-        console.print(f"wrote {target}", highlight=False)
-
-    low = [r for r in results if r.status == "low-sqnr"]
-    if check_sqnr and low:
-        details = ", ".join(
-            f"{r.name} {r.worst_layer_sqnr_db:.1f} dB < {r.min_layer_sqnr_db} dB" for r in low
-        )
-        console.print(
-            f"FAILED: a quantized layer's output SQNR is below its config's threshold: {details}",
-            style="bold red",
-            highlight=False,
-        )
-        raise SystemExit(1)
+    return results
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    from pytorch_scripts_common.cli import run
+
+    run(main)

@@ -105,18 +105,19 @@ def write_synthetic_checkpoint(path: str, recipe: str, size_mb: float, shard_mb:
     from transformers import LlamaConfig, TorchAoConfig
 
     from hf_torchao_vllm import ct_checkpoint as ctc
-    from hf_torchao_vllm.ct_quantize import torchao_config
-    from hf_torchao_vllm.recipes import maybe_bypass_fp8_hardware_check
+    from hf_torchao_vllm import recipes
 
     shape = LlamaShape.for_size(size_mb)
-    config = torchao_config(recipe)
+    entry, options = recipes.resolve(recipe, recipes.RecipeOptions(fp8_emulation_on_cpu=True))
+    config = recipes.choose_variant(entry, options, torch.device("cpu")).config
+    assert config is not None, f"{recipe} does not quantize on CPU"  # CONVERSION_RECIPES all do
     generator = torch.Generator().manual_seed(seed)
 
     def quantized_weight(out_features: int, in_features: int):
         linear = torch.nn.Linear(in_features, out_features, bias=False, dtype=torch.bfloat16)
         with torch.no_grad():
             linear.weight.normal_(0, in_features**-0.5, generator=generator)
-        with maybe_bypass_fp8_hardware_check(recipe.startswith("fp8")):  # only quantizes weights
+        with recipes.maybe_bypass_fp8_hardware_check(entry.name == "fp8"):  # only quantizes weights
             quantize_(linear, config)
         return linear.weight
 
@@ -325,11 +326,12 @@ def run_vllm_table(model_path: str, recipes: list[str], batch: int, max_tokens: 
     from rich.table import Table
 
     from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
-    from hf_torchao_vllm.ct_quantize import quantize_and_save
+    from hf_torchao_vllm.quantize import quantize_checkpoint
 
     paths = {"bf16": model_path}
     for recipe in recipes:
-        source = quantize_and_save(model_path, recipe, os.path.join(work_dir, f"torchao_{recipe}"))
+        source = os.path.join(work_dir, f"torchao_{recipe}")
+        quantize_checkpoint(model_path, recipe, source)
         target = os.path.join(work_dir, f"ct_{recipe}")
         convert_checkpoint(source, target)
         paths[recipe] = target

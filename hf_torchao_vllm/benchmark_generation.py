@@ -11,7 +11,7 @@ For each recipe the model is loaded through the same quantize-on-load path as
 Ratios are against bf16 in the same mode, measured in the same run. ``--hidden_size`` > 0 benchmarks
 a random-weight Llama of that width instead (speed does not depend on the weights' values).
 
-    python hf_torchao_vllm/benchmark_generation.py --recipes=none,int8_weight_only --modes=eager
+    python -m hf_torchao_vllm.benchmark_generation --recipes=none,int8_weight_only --modes=eager
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import fire
 import torch
 
 from hf_torchao_vllm.quantize_hf_model_with_torchao import DEFAULT_MODEL
@@ -124,18 +123,8 @@ def main(
     from rich.console import Console
     from rich.table import Table
 
-    from hf_torchao_vllm.quantize_hf_model_with_torchao import (
-        load_causal_lm_config,
-        load_quantized_model,
-        meta_model,
-        resolve_model_source,
-    )
-    from hf_torchao_vllm.recipes import (
-        RecipeOptions,
-        check_3d_support,
-        select_targets,
-        validate_recipe_options,
-    )
+    from hf_torchao_vllm import quantize
+    from hf_torchao_vllm.recipes import RecipeOptions, validate_recipe_options
     from pytorch_scripts_common import get_device, set_seed
 
     recipe_list = _as_list(recipes)
@@ -148,7 +137,8 @@ def main(
         raise ValueError("need new_tokens >= 2, prompt_tokens >= 1, num_runs >= 1")
     device = get_device()
     options = RecipeOptions(fp8_emulation_on_cpu=fp8_emulation_on_cpu)
-    entries = {r: validate_recipe_options(r, options, device) for r in recipe_list}
+    for recipe in recipe_list:
+        validate_recipe_options(recipe, options, device)
     set_seed(0)
     tmp = tempfile.TemporaryDirectory(prefix="bench_model_")
     try:
@@ -157,15 +147,13 @@ def main(
                 raise ValueError(f"hidden_size={hidden_size} must be a multiple of 128")
             model_source = make_random_llama(Path(tmp.name) / "m", hidden_size, num_layers, vocab_size=32000)
         else:
-            model_source = resolve_model_source(model)
-        config = load_causal_lm_config(model_source)
-        selection = select_targets(meta_model(config), "all", [])
-        prompt_ids = torch.randint(0, config.vocab_size, (1, prompt_tokens), device=device)
+            model_source = quantize.resolve_model_source(model)
+        plans = {r: quantize.plan_quantization(model_source, r, options, device=device) for r in recipe_list}
+        vocab_size = plans["none"].config.get_text_config().vocab_size
+        prompt_ids = torch.randint(0, vocab_size, (1, prompt_tokens), device=device)
         rows = []
         for recipe in recipe_list:
-            if recipe != "none":
-                check_3d_support(entries[recipe], selection.selected)
-            quantized = load_quantized_model(model_source, recipe, options, selection, device)
+            quantized = quantize.load_quantized_model(plans[recipe])
             num_bytes = model_bytes(quantized)
             for mode in mode_list:
                 torch._dynamo.reset()
@@ -212,4 +200,6 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    from pytorch_scripts_common.cli import run
+
+    run(main)

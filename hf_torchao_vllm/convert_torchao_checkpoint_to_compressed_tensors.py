@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +35,7 @@ from hf_torchao_vllm import ct_checkpoint as ctc
 from pytorch_scripts_common.cli import run
 from pytorch_scripts_common.outputs import MARKER, check_output, staged_dir
 
-TOOL = "convert_torchao_checkpoint_to_compressed_tensors"
+TOOL = "hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors"
 
 
 @dataclasses.dataclass
@@ -110,21 +109,6 @@ def _release_freed_memory() -> None:
     libc = _glibc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
-
-
-def publish(tmp_dir: str, dir_target: str) -> None:
-    """Atomically replace ``dir_target`` by ``tmp_dir`` (the old target is removed after the swap)."""
-    dir_target = os.path.abspath(dir_target)
-    old = None
-    if os.path.exists(dir_target):
-        old = tempfile.mkdtemp(
-            prefix=f".{os.path.basename(dir_target)}.old-", dir=os.path.dirname(dir_target)
-        )
-        os.rmdir(old)
-        os.rename(dir_target, old)
-    os.rename(tmp_dir, dir_target)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 def _ignore_list(ckpt: ctc.TorchaoCheckpoint, quantized_modules: set[str]) -> list[str]:

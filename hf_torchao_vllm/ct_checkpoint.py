@@ -80,6 +80,7 @@ SUPPORTED_TORCHAO_TYPES = {
     "Int8Tensor": "int8 W8A8 (int-quantized) or W8A16 (pack-quantized)",
     "IntxUnpackedToInt8Tensor": "intN weight-only, e.g. int4 W4A16 (pack-quantized)",
     "NVFP4Tensor": "NVFP4 weight-only (nvfp4-pack-quantized, NVFP4A16)",
+    "MXTensor": "MXFP8 / MXFP4 (mxfp8-quantized / mxfp4-pack-quantized)",
 }
 # Subclasses torchao can save that have no compressed-tensors equivalent here, with the reason.
 UNSUPPORTED_TORCHAO_TYPES = {
@@ -89,8 +90,6 @@ UNSUPPORTED_TORCHAO_TYPES = {
     "quantize with IntxWeightOnlyConfig(weight_dtype=torch.int4) instead",
     "Int4PlainInt32Tensor": "its zero point lives in the float domain; "
     "quantize with IntxWeightOnlyConfig(weight_dtype=torch.int4) instead",
-    "MXTensor": "MX formats (mxfp8/mxfp4) are not mapped by this converter yet "
-    "(compressed-tensors' mxfp formats use uint8 e8m0 scales in another layout)",
 }
 
 
@@ -209,6 +208,11 @@ def open_torchao_checkpoint(directory: str) -> TorchaoCheckpoint:
             "checkpoints saved by quantize_hf_model_with_torchao.py (TorchAoConfig)"
         )
 
+    has_safetensors = os.path.isfile(os.path.join(directory, INDEX_FILE)) or os.path.isfile(
+        os.path.join(directory, "model.safetensors")
+    )
+    if not has_safetensors and bin_shards(directory):
+        return open_torchao_checkpoint(safetensors_copy_of_bin_checkpoint(directory))
     shard_files, weight_map = read_shard_index(directory)
     stored_to_shard: dict[str, str] = {}
     metadata: dict[str, str] = {}
@@ -247,6 +251,87 @@ def _check_layer_count(config: dict[str, Any], config_path: str, num_tensors: in
                 f"{config_path} says num_hidden_layers={layers}, but the shards hold only {num_tensors} "
                 "tensors: fix config.json or re-save the checkpoint"
             )
+
+
+BIN_INDEX_FILE = "pytorch_model.bin.index.json"
+
+
+def bin_shards(directory: str) -> list[str]:
+    """The ``pytorch_model*.bin`` shards of ``directory``, in index order when there is an index."""
+    index_path = os.path.join(directory, BIN_INDEX_FILE)
+    if os.path.isfile(index_path):
+        weight_map = read_json_object(index_path, "index").get("weight_map") or {}
+        shards = list(dict.fromkeys(weight_map.values())) if isinstance(weight_map, dict) else [None]
+        for shard in shards:
+            if not isinstance(shard, str) or os.path.basename(shard) != shard or not shard.endswith(".bin"):
+                raise ValueError(
+                    f"index {index_path} lists {shard!r}, not a .bin file name in {directory}: "
+                    "re-save the checkpoint"
+                )
+            if not os.path.isfile(os.path.join(directory, shard)):
+                raise ValueError(
+                    f"shard {shard!r} listed in {index_path} is missing from {directory}: "
+                    "copy the complete checkpoint"
+                )
+        return shards
+    return sorted(f for f in os.listdir(directory) if re.fullmatch(r"pytorch_model(-\d+-of-\d+)?\.bin", f))
+
+
+def _load_bin(path: str) -> dict[str, torch.Tensor]:
+    """A torchao ``.bin`` state dict, unpickled with ``weights_only=True`` (torchao registers its tensor
+    subclasses as safe globals): a pickle that would run code or build other objects is refused."""
+    import torchao  # noqa: F401 -- registers the tensor subclasses for weights_only loading
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # pickle / zip errors of every kind: the file is not a safe state dict
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot load {path} with torch.load(weights_only=True): {first}") from e
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors: re-save the checkpoint")
+    return state
+
+
+def safetensors_copy_of_bin_checkpoint(directory: str) -> str:
+    """A temporary directory with ``directory``'s torchao ``pytorch_model*.bin`` shards rewritten as
+    safetensors with torchao's metadata (``flatten_tensor_state_dict``), and its other files.
+
+    Every shard carries the metadata of all shards, as transformers writes it. The directory is removed
+    at interpreter exit."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+    shards = bin_shards(directory)
+    metadata: dict[str, str] = {}
+    tensor_names: list[str] = []
+    for shard in shards:  # pass 1: the metadata of every shard
+        _, shard_metadata = flatten_tensor_state_dict(_load_bin(os.path.join(directory, shard)))
+        tensor_names += json.loads(shard_metadata.pop("tensor_names", "[]"))
+        metadata.update(shard_metadata)
+    metadata["tensor_names"] = json.dumps(tensor_names)
+    copy = tempfile.mkdtemp(prefix="torchao-bin-")
+    atexit.register(shutil.rmtree, copy, ignore_errors=True)
+    names = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    weight_map = {}
+    for shard, name in zip(shards, names, strict=True):  # pass 2: the tensors, one shard at a time
+        tensors, _ = flatten_tensor_state_dict(_load_bin(os.path.join(directory, shard)))
+        write_safetensors(os.path.join(copy, name), tensors, metadata)
+        weight_map.update(dict.fromkeys(tensors, name))
+    if len(shards) > 1:
+        with open(os.path.join(copy, INDEX_FILE), "w") as f:
+            json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    for item in os.listdir(directory):
+        source = os.path.join(directory, item)
+        if os.path.isfile(source) and item not in shards and item != BIN_INDEX_FILE:
+            shutil.copyfile(source, os.path.join(copy, item))
+    return copy
 
 
 def _parse_params(
@@ -766,7 +851,8 @@ def _int8(param: str, meta: dict[str, Any], parts: dict[str, torch.Tensor]) -> t
         raise _unsupported(param, "Int8Tensor", f"activation granularity {gran} (only per-row/token maps)")
     symmetric = act.get("mapping_type", {}).get("_data", "SYMMETRIC") == "SYMMETRIC"
     input_args = _args(num_bits=8, type="int", symmetric=symmetric, dynamic=True, strategy="token")
-    return CtScheme("W8A8_INT8", "int-quantized", weights, input_args), {
+    label = "W8A8_INT8" if symmetric else "W8A8_INT8_ASYM_ACT"
+    return CtScheme(label, "int-quantized", weights, input_args), {
         "weight": qdata,
         "weight_scale": scale,
     }
@@ -848,7 +934,48 @@ def _nvfp4(param: str, meta: dict[str, Any], parts: dict[str, torch.Tensor]) -> 
     return CtScheme("NVFP4A16", "nvfp4-pack-quantized", weights), tensors
 
 
+MX_BLOCK = 32
+
+
+def _mx(param: str, meta: dict[str, Any], parts: dict[str, torch.Tensor]) -> tuple[CtScheme, dict]:
+    """torchao ``MXTensor`` -> compressed-tensors MXFP8 / MXFP4: the same element bytes (fp4 packed two
+    per byte, low nibble first, as NVFP4) and the e8m0 block scales as their uint8 biased exponents,
+    un-swizzled with torchao's ``from_blocked``. Dynamic MX activations keep their args; torchao rounds
+    their scales up (RCEIL) where compressed-tensors' fake quantization takes floor(log2), so activation
+    scales can differ by one power of two (transformers KL, measured in ARCHITECTURES.md)."""
+    from torchao.prototype.mx_formats.utils import from_blocked
+
+    data = meta["_data"]
+    elem = data["elem_dtype"]["_data"]
+    if data.get("block_size", MX_BLOCK) != MX_BLOCK or elem not in ("float8_e4m3fn", "float4_e2m1fn_x2"):
+        raise _unsupported(
+            param, "MXTensor", f"element {elem} / block {data.get('block_size')} (MXFP8 / MXFP4 use 32)"
+        )
+    qdata, scale = parts["qdata"], parts["scale"].view(torch.uint8)
+    if qdata.ndim != 2:
+        raise _unsupported(param, "MXTensor", "3D (expert) MX weights")
+    bits = 8 if elem == "float8_e4m3fn" else 4
+    rows, cols = qdata.shape[0], qdata.shape[1] * (8 // bits)
+    if data.get("is_swizzled_scales", False):
+        scale = from_blocked(scale, rows, cols // MX_BLOCK)
+    scale = scale.reshape(rows, cols // MX_BLOCK).contiguous()
+    args = {"num_bits": bits, "type": "float", "symmetric": True, "strategy": "group", "group_size": MX_BLOCK}
+    args |= {"scale_dtype": "torch.uint8", "zp_dtype": "torch.uint8"}
+    weights = _args(dynamic=False, **args)
+    has_act = data.get("act_quant_kwargs") is not None
+    input_args = _args(dynamic=True, **args) if has_act else None
+    label = f"MXFP{bits}" + ("" if has_act else "A16")
+    if bits == 8:
+        return CtScheme(label, "mxfp8-quantized", weights, input_args), {
+            "weight": qdata,
+            "weight_scale": scale,
+        }
+    tensors = {"weight_packed": qdata.contiguous().view(torch.uint8), "weight_scale": scale}
+    return CtScheme(label, "mxfp4-pack-quantized", weights, input_args), tensors
+
+
 _CONVERTERS = {
+    "MXTensor": _mx,
     "Float8Tensor": _float8,
     "Int8Tensor": _int8,
     "IntxUnpackedToInt8Tensor": _intx,
@@ -930,16 +1057,6 @@ def convert_parameter(
     return conversions
 
 
-def torchao_reference_per_module(
-    param: str, meta: dict[str, Any], parts: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """torchao's dequantized weight per compressed-tensors module name (3D experts are split)."""
-    dense = torchao_dequantize(meta, parts)
-    if dense.ndim == 2:
-        return {param.removesuffix(".weight"): dense}
-    return {module: _row_split(dense, e, part) for module, e, part in expert_modules(param, dense.shape[0])}
-
-
 # --------------------------------------------------------------------------------------------
 # config_groups, targets and ignore
 # --------------------------------------------------------------------------------------------
@@ -974,6 +1091,99 @@ def compress_targets(members: set[str], all_modules: set[str]) -> list[str]:
     return targets
 
 
+# --------------------------------------------------------------------------------------------
+# Scheme mapping checked against compressed-tensors' own presets
+# --------------------------------------------------------------------------------------------
+
+ANY = object()  # a field whose value the scheme chooses (e.g. the group size torchao used)
+# Scheme label -> (compressed-tensors preset, deviations): per section (weights, input_activations)
+# the fields that legitimately differ from the preset, with their value (or ANY); a section mapped
+# to None is absent in our scheme although the preset has it.
+SCHEME_PRESETS: dict[str, tuple[str, dict[str, dict[str, Any] | None]]] = {
+    "FP8_DYNAMIC": ("FP8_DYNAMIC", {}),
+    # torchao PerTensor activations are dynamic; the FP8 preset calibrates a static scale
+    "FP8_PER_TENSOR_DYNAMIC": ("FP8", {"input_activations": {"dynamic": True}}),
+    "FP8_BLOCK": ("FP8_BLOCK", {}),
+    # torchao Float8WeightOnlyConfig: FP8_DYNAMIC's per-channel weights without activation quantization
+    "FP8_WEIGHT_ONLY": ("FP8_DYNAMIC", {"input_activations": None}),
+    "W8A8_INT8": ("W8A8", {}),
+    # torchao activations with an asymmetric mapping (zero points per token)
+    "W8A8_INT8_ASYM_ACT": ("W8A8", {"input_activations": {"symmetric": False}}),
+    # torchao int8 weight-only is per row (channel); the W8A16 preset uses groups of 128
+    "W8A16_CHANNEL": ("W8A16", {"weights": {"strategy": "channel", "group_size": None}}),
+    "W8A16_GROUP": ("W8A16", {"weights": {"group_size": ANY}}),
+    # torchao's intx group size, or one group spanning the row (compressed-tensors "channel"); _intx
+    # refuses every other strategy
+    "W4A16": ("W4A16", {"weights": {"group_size": ANY, "strategy": ANY}}),
+    "W4A16_ASYM": ("W4A16_ASYM", {"weights": {"group_size": ANY, "strategy": ANY}}),
+    "NVFP4A16": ("NVFP4A16", {}),
+    "MXFP8": ("MXFP8", {}),
+    "MXFP8A16": ("MXFP8A16", {}),
+    "MXFP4": ("MXFP4", {}),
+    "MXFP4A16": ("MXFP4A16", {}),
+}
+PRESET_FIELDS = (
+    "num_bits", "type", "symmetric", "strategy", "group_size", "block_structure", "dynamic", "scale_dtype",
+)  # fmt: skip
+
+
+def _preset_of(label: str) -> tuple[str, dict[str, dict[str, Any] | None]]:
+    if label in SCHEME_PRESETS:
+        return SCHEME_PRESETS[label]
+    bits = re.fullmatch(r"W(\d)A16(_ASYM)?", label)
+    if bits:  # intN weight-only: W4A16's layout with other bit widths
+        base = "W4A16_ASYM" if bits.group(2) else "W4A16"
+        return base, {"weights": {"num_bits": int(bits.group(1)), "group_size": ANY, "strategy": ANY}}
+    raise AssertionError(f"scheme {label!r} has no compressed-tensors preset to check against")
+
+
+def preset_mismatches(scheme: CtScheme) -> list[str]:
+    """Fields of ``scheme``'s weights / input_activations args that differ from its preset's beyond the
+    stated deviations (compared as compressed-tensors ``QuantizationArgs``, after its validation)."""
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
+
+    preset_name, deviations = _preset_of(scheme.label)
+    preset = PRESET_SCHEMES[preset_name]
+    problems = []
+    for section, ours_json in (
+        ("weights", scheme.weights_json),
+        ("input_activations", scheme.input_activations_json),
+    ):
+        expected = preset.get(section)
+        if section in deviations and deviations[section] is None:
+            expected = None
+        if (expected is None) != (ours_json is None):
+            problems.append(
+                f"{section}: {'absent' if ours_json is None else 'present'} in ours, not in {preset_name}"
+            )
+            continue
+        if expected is None:
+            continue
+        allowed = deviations.get(section) or {}
+        with warnings.catch_warnings():  # "No observer is used for dynamic quant": not what is compared
+            warnings.simplefilter("ignore", UserWarning)
+            ours = QuantizationArgs(**json.loads(ours_json))
+            fixed = {k: v for k, v in allowed.items() if v is not ANY}
+            expected = QuantizationArgs(**{**expected.model_dump(), **fixed})
+        for field in PRESET_FIELDS:
+            if allowed.get(field) is ANY:
+                continue
+            got, want = getattr(ours, field), getattr(expected, field)
+            if got != want:
+                problems.append(f"{section}.{field} {got!r} != {preset_name}'s {want!r}")
+    return problems
+
+
+def check_against_preset(scheme: CtScheme) -> None:
+    """``AssertionError`` when the converter wrote args its preset does not have (a converter bug)."""
+    problems = preset_mismatches(scheme)
+    if problems:
+        raise AssertionError(
+            f"scheme {scheme.label} does not match compressed-tensors' preset: {'; '.join(problems)}"
+        )
+
+
 def build_quantization_config(
     module_schemes: dict[str, CtScheme], ignore: list[str], compressed_tensors_version: str
 ) -> dict[str, Any]:
@@ -981,6 +1191,8 @@ def build_quantization_config(
     by_scheme: dict[CtScheme, set[str]] = {}
     for module, scheme in module_schemes.items():
         by_scheme.setdefault(scheme, set()).add(module)
+    for scheme in by_scheme:
+        check_against_preset(scheme)
     all_modules = set(module_schemes) | set(ignore)
     groups = {}
     ordered = sorted(by_scheme.items(), key=lambda kv: (kv[0].label, min(kv[1])))
@@ -1042,6 +1254,7 @@ _SAFETENSORS_DTYPES = {
     torch.uint16: "U16",
     torch.uint8: "U8",
     torch.bool: "BOOL",
+    torch.float8_e8m0fnu: "F8_E8M0",  # MX block scales (power-of-two exponents)
 }
 
 

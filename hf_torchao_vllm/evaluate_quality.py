@@ -22,7 +22,6 @@ import math
 import os
 from pathlib import Path
 
-import fire
 import torch
 
 from hf_torchao_vllm.train_tiny_models import DEFAULT_OUTPUT_DIR as EMBEDDED_MODELS_DIR
@@ -69,6 +68,15 @@ class QualityReport:
             ("weights on disk, quantized (bytes)", fmt_bytes(self.bytes_quantized)),
             ("size ratio quantized / bf16", "n/a" if ratio is None else f"{ratio:.3f}"),
         ]
+
+
+def with_sizes(report: QualityReport, reference_dir: str | Path, quantized_dir: str | Path) -> QualityReport:
+    """``report`` with the weight bytes on disk of both models."""
+    return dataclasses.replace(
+        report,
+        bytes_reference=weight_bytes_on_disk(reference_dir),
+        bytes_quantized=weight_bytes_on_disk(quantized_dir),
+    )
 
 
 def weight_bytes_on_disk(model_dir: str | Path) -> int | None:
@@ -206,8 +214,14 @@ def main(
     for path in (quantized_dir,):
         if not Path(path).is_dir():
             raise ValueError(f"quantized_dir {path!r} is not a directory")
-    if json_output is not None and Path(json_output).exists() and not overwrite:
-        raise ValueError(f"{json_output} exists; pass --overwrite=True to replace it")
+    from pytorch_scripts_common.outputs import check_output, staged_file
+
+    target = None
+    if json_output is not None:
+        target = check_output(
+            json_output, inputs=[quantized_dir, reference], overwrite=overwrite, tool=TOOL, kind="file",
+            flag="json_output",
+        )  # fmt: skip
     device = get_device()
     kwargs = {"experts_implementation": experts_implementation} if experts_implementation else {}
     tokenizer = AutoTokenizer.from_pretrained(reference)
@@ -227,16 +241,16 @@ def main(
         bytes_quantized=weight_bytes_on_disk(quantized_dir),
     )
     print_report(report, f"quality of {quantized_dir} vs {reference} ({device})")
-    if json_output is not None:
-        write_json_atomic(Path(json_output), report.as_dict())
-        print(f"wrote {json_output}")
+    if target is not None:
+        with staged_file(target) as staging:
+            staging.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+        print(f"wrote {target}")
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+TOOL = "hf_torchao_vllm.evaluate_quality"
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    from pytorch_scripts_common.cli import run
+
+    run(main)

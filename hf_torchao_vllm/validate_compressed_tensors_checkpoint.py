@@ -107,6 +107,44 @@ def _source_dtype(ckpt: ctc.TorchaoCheckpoint):
     return torch.bfloat16
 
 
+def reference_per_module(param: str, meta: dict[str, Any], parts: dict[str, Any]) -> dict[str, Any]:
+    """torchao's dequantized weight under each compressed-tensors module name.
+
+    Fused 3D experts are sliced here by hand, independently of the converter's unfusing code, so
+    that a converter that swapped gate and up (or experts) cannot agree with its own reference:
+    transformers stores ``experts.gate_up_proj`` as [E, 2I, H] with the gate rows first (its
+    ``_default_apply_gate`` chunks the product as ``gate, up``) and ``experts.down_proj`` as [E, H, I].
+    """
+    dense = ctc.torchao_dequantize(meta, parts)
+    if dense.ndim == 2:
+        return {param.removesuffix(".weight"): dense}
+    experts, _, leaf = param.rpartition(".")
+    out = {}
+    for expert in range(dense.shape[0]):
+        if leaf == "gate_up_proj":
+            rows = dense.shape[1] // 2
+            out[f"{experts}.{expert}.gate_proj"] = dense[expert, :rows]
+            out[f"{experts}.{expert}.up_proj"] = dense[expert, rows:]
+        else:
+            out[f"{experts}.{expert}.{leaf}"] = dense[expert]
+    return out
+
+
+def with_mxfp4_global_scales(stored: dict[str, Any]) -> dict[str, Any]:
+    """compressed-tensors 0.17's model-free dequantizer reads MXFP4 modules with NVFP4's parameter names,
+    ``weight_global_scale`` included, although MXFP4 has none (its own compressor never writes one):
+    supply 1.0, which its dequantization divides by, so the result is the MXFP4 value unchanged."""
+    import torch
+
+    out = dict(stored)
+    for name in stored:
+        module = name.removesuffix(".weight_packed")
+        scale = stored.get(f"{module}.weight_scale")
+        if module != name and scale is not None and scale.dtype == torch.uint8:
+            out.setdefault(f"{module}.weight_global_scale", torch.ones(1, dtype=torch.float32))
+    return out
+
+
 def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
     """Compare compressed-tensors' decompression of every target shard with torchao's dequantization."""
     import torch
@@ -129,7 +167,7 @@ def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
         reader = ctc.ShardReader(target_path)
         stored = {k: reader.get_tensor(k) for k in reader.header.tensors}
         try:
-            got = dequantizer.process(stored)
+            got = dequantizer.process(with_mxfp4_global_scales(stored))
         except (KeyError, IndexError, TypeError, RuntimeError) as e:
             raise ValueError(
                 f"{target_path}: compressed-tensors cannot decompress it ({type(e).__name__}: {e}): "
@@ -145,7 +183,7 @@ def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
                 expected[param] = ("Tensor", parts["tensor"])
             else:
                 with ctc.input_errors_of(os.path.join(dir_source, shard), param, meta, parts):
-                    per_module = ctc.torchao_reference_per_module(param, meta, parts)
+                    per_module = reference_per_module(param, meta, parts)
                 for module, dense in per_module.items():
                     expected[f"{module}.weight"] = (meta["_type"], dense)
         handles.clear()
@@ -226,8 +264,13 @@ def compare_in_transformers(dir_source: str, dir_target: str, seed: int = 0) -> 
     from pytorch_scripts_common import set_seed
 
     set_seed(seed)
+    ckpt = ctc.open_torchao_checkpoint(dir_source)
+    quantized_3d = any(m["_type"] != "Tensor" and not p.endswith(".weight") for p, m in ckpt.params.items())
+    # transformers' default grouped-mm experts kernel transposes the 3D weight, which torchao tensors do
+    # not implement; its eager per-expert loop slices them (as quantize_hf_model_with_torchao loads them).
+    kwargs = {"experts_implementation": "eager"} if quantized_3d else {}
     try:
-        torchao_model = AutoModelForCausalLM.from_pretrained(dir_source, dtype="auto")
+        torchao_model = AutoModelForCausalLM.from_pretrained(dir_source, dtype="auto", **kwargs)
     except (RuntimeError, ValueError) as e:
         # e.g. torchao 0.18 cannot deserialize Float8Tensor with PerBlock activation kwargs.
         print(f"note: transformers cannot load the torchao checkpoint ({str(e).splitlines()[0][:200]});")

@@ -17,9 +17,9 @@ import pytest
 from safetensors import safe_open
 
 from hf_torchao_vllm import ct_checkpoint as ctc
-from hf_torchao_vllm import ct_tiny_models
+from hf_torchao_vllm import recipes, tiny_models
 from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import TOOL, convert_checkpoint, main
-from hf_torchao_vllm.ct_quantize import quantize_and_save
+from hf_torchao_vllm.quantize import quantize_checkpoint
 from pytorch_scripts_common.cli import USER_ERRORS
 from pytorch_scripts_common.outputs import MARKER
 
@@ -27,10 +27,17 @@ CONVERT = "hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors"
 VALIDATE = "hf_torchao_vllm.validate_compressed_tensors_checkpoint"
 
 
+def quantize_and_save(model, recipe, output_dir, max_shard_size="5GB"):
+    """The one quantize path; fp8 dynamic activations through CPU emulation."""
+    options = recipes.RecipeOptions(fp8_emulation_on_cpu=True)
+    quantize_checkpoint(model, recipe, output_dir, options=options, max_shard_size=max_shard_size)
+    return output_dir
+
+
 @pytest.fixture(scope="module")
 def bf16_dir(tmp_path_factory):
     # ~0.5 MB: small enough for dozens of conversions, large enough to shard.
-    return ct_tiny_models.save_random_llama(
+    return tiny_models.save_random_llama(
         str(tmp_path_factory.mktemp("bf16") / "llama"), hidden_size=128, intermediate_size=256, num_layers=2
     )
 

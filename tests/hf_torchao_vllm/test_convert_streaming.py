@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from hf_torchao_vllm import ct_tiny_models
-from hf_torchao_vllm.ct_quantize import quantize_and_save
+from hf_torchao_vllm import tiny_models
+from hf_torchao_vllm.quantize import quantize_checkpoint
 
 # Peak RSS growth during the shard loop must stay under 1.5x the largest source shard: the
 # converted tensors of one shard (~1x) plus one parameter's source tensors and allocator slack.
@@ -29,10 +29,11 @@ print(json.dumps({"delta": s.peak_rss_delta_bytes, "largest": s.largest_shard_by
 def test_peak_rss_of_multi_shard_conversion(tmp_path):
     # ~85 MB of int8 weights (hidden 1024, 8 layers) in shards of at most 24 MB; the largest single
     # tensor is 2 MB, so one parameter's transient copies are small next to a shard.
-    bf16 = ct_tiny_models.save_random_llama(
+    bf16 = tiny_models.save_random_llama(
         str(tmp_path / "bf16"), hidden_size=1024, intermediate_size=2048, num_layers=8
     )
-    source = quantize_and_save(bf16, "int8_weight_only", str(tmp_path / "torchao"), max_shard_size="24MB")
+    source = str(tmp_path / "torchao")
+    quantize_checkpoint(bf16, "int8_weight_only", source, max_shard_size="24MB")
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, source, str(tmp_path / "ct")],
         capture_output=True,

@@ -11,14 +11,25 @@ from hf_torchao_vllm import run_pipeline
 
 
 def test_unknown_recipe_is_rejected(tmp_path):
-    with pytest.raises(ValueError, match="fp8_per_row.*int8_dynamic_act_int8_weight"):
-        run_pipeline.main(recipe="fp8_per_row", output_dir=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="unknown recipe 'int3': choose one of none, int8_weight_only"):
+        run_pipeline.main(recipe="int3", output_dir=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_model_is_rejected(tmp_path):
-    with pytest.raises(ValueError, match="no config.json"):
+    with pytest.raises(ValueError, match="does not exist"):
         run_pipeline.main(model_path=str(tmp_path / "nope"), output_dir=str(tmp_path / "out"))
+
+
+def test_output_around_the_model_is_refused(tmp_path):
+    import shutil
+
+    model = tmp_path / "m" / "dense"
+    shutil.copytree(run_pipeline.EMBEDDED_DENSE_MODEL, model)
+    for output in (model, model.parent):
+        with pytest.raises(ValueError, match="the input"):
+            run_pipeline.main(model_path=str(model), output_dir=str(output), overwrite=True)
+    assert (model / "model.safetensors").is_file()
 
 
 @pytest.mark.slow
@@ -44,5 +55,5 @@ def test_pipeline_end_to_end(tmp_path):
     )
     # A second run refuses to overwrite the output without --overwrite, and leaves it intact.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert again.returncode != 0 and "--overwrite" in again.stderr
+    assert again.returncode == 2 and "--overwrite" in again.stderr
     assert (out / "summary.json").exists()

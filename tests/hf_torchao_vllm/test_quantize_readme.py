@@ -1,37 +1,40 @@
-"""Keep the folder README's part-1 commands honest: every script exists and every --flag is an
-argument of its fire entry point."""
+"""Keep the folder README's commands honest: every `.venv/bin/python -m hf_torchao_vllm.<script>` command
+names a module of the folder, and every --flag is an argument of its entry point."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import re
 from pathlib import Path
 
+from tests.readme_commands import bash_block_commands
+
 FOLDER = Path(__file__).resolve().parents[2] / "hf_torchao_vllm"
-PART1_SCRIPTS = {
+ENTRY_SCRIPTS = {
     "quantize_hf_model_with_torchao",
     "inspect_checkpoint",
     "evaluate_quality",
     "benchmark_generation",
     "train_tiny_models",
+    "run_pipeline",
+    "convert_torchao_checkpoint_to_compressed_tensors",
+    "validate_compressed_tensors_checkpoint",
+    "run_quantized_model_in_vllm",
+    "architecture_matrix",
+    "benchmark_conversion",
 }
 
 
-def _commands() -> list[tuple[str, list[str]]]:
-    text = (FOLDER / "README.md").read_text().replace("\\\n", " ")
-    commands = []
-    for line in text.splitlines():
-        match = re.search(r"\.venv/bin/python hf_torchao_vllm/(\w+)\.py(.*)", line)
-        if match and match.group(1) in PART1_SCRIPTS:
-            commands.append((match.group(1), re.findall(r"--(\w+)", match.group(2))))
-    return commands
-
-
-def test_readme_commands_use_real_arguments():
-    commands = _commands()
-    assert {script for script, _ in commands} == PART1_SCRIPTS
-    for script, flags in commands:
-        parameters = inspect.signature(importlib.import_module(f"hf_torchao_vllm.{script}").main).parameters
-        for flag in flags:
-            assert flag in parameters, f"README: {script}.py has no --{flag}"
+def test_readme_commands_use_real_modules_and_arguments():
+    commands = bash_block_commands((FOLDER / "README.md").read_text(), ".venv/bin/python")
+    assert all(command[1] == "-m" for command in commands), [c for c in commands if c[1] != "-m"]
+    commands = [command for command in commands if command[2] != "pytest"]
+    modules = {command[2].removeprefix("hf_torchao_vllm.") for command in commands}
+    assert modules == ENTRY_SCRIPTS
+    for command in commands:
+        module = command[2].removeprefix("hf_torchao_vllm.")
+        parameters = inspect.signature(importlib.import_module(f"hf_torchao_vllm.{module}").main).parameters
+        for arg in command[3:]:
+            assert arg.startswith("--"), f"{command}: positional {arg!r}"
+            name = arg[2:].partition("=")[0]
+            assert name.removeprefix("no") in parameters, f"README: {module} has no --{name}"

@@ -27,7 +27,7 @@ VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # CPU
 
 def test_help_lists_every_argument():
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "hf_torchao_vllm" / "train_tiny_models.py"), "--help"],
+        [sys.executable, "-m", "hf_torchao_vllm.train_tiny_models", "--help"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -49,8 +49,12 @@ def test_existing_output_is_refused_before_training(tmp_path):
     from hf_torchao_vllm.train_tiny_models import main
 
     (tmp_path / "dense").mkdir()
-    with pytest.raises(ValueError, match="exists; pass --overwrite=True"):
+    with pytest.raises(ValueError, match="exists: pass --overwrite"):
         main(output_dir=str(tmp_path), models="dense")
+    (tmp_path / "dense" / "mine.txt").write_text("not written by the tool")
+    with pytest.raises(ValueError, match="has no .pytorch_scripts_output marker"):
+        main(output_dir=str(tmp_path), models="dense", overwrite=True)
+    assert (tmp_path / "dense" / "mine.txt").read_text() == "not written by the tool"
     with pytest.raises(ValueError, match="unknown model 'big'"):
         main(output_dir=str(tmp_path), models="big")
 

@@ -110,24 +110,21 @@ def test_large_toy_every_linear_quantized(config_name: str) -> None:
     assert result.worst_layer_sqnr_db >= test_ao.CONFIG_REGISTRY[config_name].min_layer_sqnr_db
 
 
-def test_int4_skips_layer_whose_in_features_do_not_divide_group_size() -> None:
+@pytest.mark.skipif(
+    CUDA_AVAILABLE, reason="checks the CPU fallback; CUDA runs an Int4WeightOnlyConfig layout"
+)
+def test_int4_falls_back_to_intx_on_cpu_and_names_the_refused_layouts() -> None:
     result = run("odd_shapes", "int4wo")
     rows = rows_by_fqn(result)
-    # odd: in_features=40 and proj_out: in_features=24 are silently left alone by
-    # Int4WeightOnlyConfig(group_size=32); the report must say so and why.
+    # No Int4WeightOnlyConfig layout runs on CPU in torchao 0.18 (plain needs mslk): the recipe
+    # uses the intx int4 tensor, which refuses the layers whose in_features 32 does not divide.
+    assert result.variant == "intx"
+    assert len(result.probe_errors) == 3 and "mslk" in result.probe_errors[0]
+    assert rows["proj_in"].status == "quantized"
     for fqn, in_features in (("odd", 40), ("proj_out", 24)):
-        assert rows[fqn].status == "skipped"
-        assert rows[fqn].reason == f"shape: in_features={in_features} not divisible by group_size=32"
-        assert rows[fqn].weight_class == "Parameter"
-    assert any("not compatible with group_size 32" in line for line in result.torchao_log)
-    if CUDA_AVAILABLE:
-        assert rows["proj_in"].status in ("quantized", "error")
-    else:
-        # no int4 layout runs on CPU in torchao 0.18: the one quantizable layer is refused
-        assert rows["proj_in"].status == "error"
-        assert result.status == "unsupported"
-        assert len(result.probe_errors) == 3
-        assert "mslk" in result.probe_errors[0]
+        assert rows[fqn].status == "error"
+        assert f"shape: in_features {in_features} % group_size 32 != 0" in rows[fqn].reason
+    assert result.status == "partial"
     assert_every_skip_explained(result)
 
 
@@ -139,10 +136,10 @@ def test_intx_reports_the_layers_it_refuses_and_quantizes_the_rest() -> None:
     for fqn, in_features in (("odd", 40), ("proj_out", 24)):
         assert rows[fqn].status == "error"
         assert "AssertionError" in rows[fqn].reason
-        assert f"in_features={in_features} not divisible by group_size=32" in rows[fqn].reason
+        assert f"in_features {in_features} % group_size 32 != 0" in rows[fqn].reason
     assert result.status == "partial"
     assert result.error.startswith("AssertionError")
-    assert result.worst_layer_sqnr_db >= test_ao.INTX4_WEIGHT_ONLY_MIN_SQNR_DB
+    assert result.worst_layer_sqnr_db >= test_ao.CONFIG_REGISTRY["intx4wo"].min_layer_sqnr_db
 
 
 def test_exclude_filter_is_reported_and_all_excluded_is_a_no_op() -> None:
@@ -178,7 +175,7 @@ def test_configs_cpu_cannot_run_are_unsupported_with_torchao_error(config_name: 
     assert result.probe_errors and "AssertionError" in result.probe_errors[0]
     assert re.search(r"CUDA|sm100", result.probe_errors[0])
     assert result.num_quantized == 0
-    assert result.eager_ms is None
+    assert result.eager is None
 
 
 @pytest.mark.skipif(CUDA_AVAILABLE, reason="checks the CPU fallback; CUDA sm100+ runs the real MX gemm")
@@ -305,3 +302,27 @@ def test_detection_compares_weights_not_quantize_return(monkeypatch: pytest.Monk
     assert rows["2"].status == "replaced" and rows["2"].weight_class == "Swapped"
     assert rows["2"].bytes_after == rows["2"].bytes_before + 512 * 2  # weight + bias of the wrapped Linear
     assert result.status == "no-op"
+
+
+def test_timing_ratio_is_marked_unreliable_when_the_spread_exceeds_the_difference() -> None:
+    baseline = test_ao.Timing(median_ms=10.0, min_ms=9.0, max_ms=11.0)
+    clear = test_ao.Timing(median_ms=20.0, min_ms=19.0, max_ms=22.0)  # difference 10 > spreads 2, 3
+    noisy = test_ao.Timing(median_ms=12.0, min_ms=5.0, max_ms=40.0)  # spread 35 > difference 2
+    assert test_ao.compare_timing(clear, baseline) == "20.00 [19.00-22.00] (2.00x)"
+    assert (
+        test_ao.compare_timing(noisy, baseline)
+        == "12.00 [5.00-40.00] (1.20x, unreliable: spread > difference)"
+    )
+    # a noisy baseline makes every ratio against it unreliable
+    assert "unreliable" in test_ao.compare_timing(baseline, noisy)
+    assert test_ao.compare_timing(None, baseline) == "-"
+    assert test_ao.compare_timing(baseline, None) == "10.00 [9.00-11.00]"
+
+
+def test_sqnr_floors_live_in_the_recipe_registry() -> None:
+    from hf_torchao_vllm import recipes
+
+    for name, spec in test_ao.CONFIG_REGISTRY.items():
+        recipe, _ = recipes.resolve(name)
+        assert spec.min_layer_sqnr_db == recipe.min_layer_sqnr_db, name
+    assert not [n for n in dir(test_ao) if n.endswith("_MIN_SQNR_DB")]

@@ -1,0 +1,158 @@
+"""The architecture conformance matrix: the committed ARCHITECTURES.md is complete and current (fast), and a
+representative subset rerun now gives the committed cells (slow: dense, dense with biases, two MoE, one
+architecture vLLM cannot serve)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hf_torchao_vllm import architecture_matrix as matrix
+from hf_torchao_vllm import tiny_models
+
+FOLDER = Path(matrix.__file__).resolve().parent
+COMMITTED_JSON = FOLDER / matrix.JSON_FILE
+COMMITTED_MD = FOLDER / matrix.MARKDOWN
+# dense, dense with Linear biases, two MoE, one that vLLM cannot serve (its bf16 baseline fails)
+CI_ARCHITECTURES = (
+    "LlamaForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3MoeForCausalLM",
+    "MixtralForCausalLM",
+    "ArceeForCausalLM",
+)
+CI_RECIPES = ("int8_weight_only", "int8_dynamic_act_int8_weight")
+
+
+@pytest.fixture(scope="module")
+def committed() -> dict:
+    return json.loads(COMMITTED_JSON.read_text())
+
+
+def test_committed_matrix_covers_every_architecture_and_the_issue_list(committed):
+    rows = {row["architecture"] for row in committed["rows"]}
+    assert rows == {a.hf_name for a in tiny_models.architectures_in_both()}
+    required = {
+        "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+        "Gemma3ForCausalLM", "Phi3ForCausalLM", "OPTForCausalLM", "GPTNeoXForCausalLM", "MixtralForCausalLM",
+        "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "PhimoeForCausalLM", "DeepseekV3ForCausalLM",
+        "GptOssForCausalLM", "Llama4ForCausalLM",
+    }  # fmt: skip
+    assert required <= rows
+
+
+def test_committed_matrix_is_current(committed):
+    """Made with the installed (locked) versions and every matrix recipe; the markdown is its rendering."""
+    assert committed["versions"] == matrix.versions()
+    assert committed["recipes"] == list(matrix.MATRIX_RECIPES)
+    assert COMMITTED_MD.read_text() == matrix.render_markdown(committed)
+
+
+def test_every_cell_is_measured_and_no_failure_is_ours(committed):
+    columns = matrix.columns(committed["recipes"])
+    for row in committed["rows"]:
+        cells = row["cells"]
+        built = cells["build"]["status"] == "ok"
+        assert set(cells) == (set(columns) if built else {"build"}), row["architecture"]
+        for name, cell in cells.items():
+            assert cell["status"] in ("ok", "refused", "failed", "skipped"), (row["architecture"], name)
+            if cell["status"] in ("refused", "failed"):
+                assert cell["owner"] in matrix.OWNERS and cell["detail"], (row["architecture"], name)
+            assert not (cell["status"] == "failed" and cell["owner"] == "ours"), (
+                row["architecture"],
+                name,
+                cell,
+            )
+
+
+def test_owner_is_the_package_that_raised():
+    import transformers
+
+    def raise_from_transformers():
+        transformers.AutoConfig.for_model("no-such-model-type")
+
+    try:
+        raise_from_transformers()
+    except ValueError as error:
+        assert matrix.owner_of(error) == "transformers"
+    try:
+        try:
+            raise_from_transformers()
+        except ValueError as inner:
+            raise RuntimeError("wrapped by our code") from inner
+    except RuntimeError as error:
+        assert matrix.owner_of(error) == "transformers"  # the root of the chain, not our wrapper
+    try:
+        raise KeyError("raised here")
+    except KeyError as error:
+        assert matrix.owner_of(error) == "ours"
+
+
+def test_markdown_numbers_each_reason_once():
+    cell_ok = {"status": "ok", "detail": "", "owner": "", "kl": None}
+    refused = {"status": "refused", "detail": "vLLM cannot X", "owner": "vLLM", "kl": None}
+    row = {"architecture": "A", "cells": {"build": cell_ok, "vllm_bf16": refused}}
+    text = matrix.render_markdown(
+        {
+            "versions": matrix.versions(),
+            "machine": "m",
+            "recipes": [],
+            "wall_s": 0.0,
+            "rows": [row, {**row, "architecture": "B"}],
+        }
+    )
+    assert "| A | ok | no [1] |" in text and "| B | ok | no [1] |" in text
+    assert text.count("1. **vLLM**: vLLM cannot X") == 1
+
+
+@pytest.mark.slow
+def test_ci_subset_reproduces_the_committed_cells(committed, tmp_path):
+    """Dense, dense with biases, two MoE and one architecture vLLM refuses, through two recipes (about
+    4 minutes on an idle 2-core CPU): every cell has the committed status."""
+    matrix.main(
+        architectures=",".join(CI_ARCHITECTURES), recipes=",".join(CI_RECIPES),
+        output_dir=str(tmp_path / "out"), work_dir=str(tmp_path / "work"),
+    )  # fmt: skip
+    fresh = {
+        r["architecture"]: r for r in json.loads((tmp_path / "out" / matrix.JSON_FILE).read_text())["rows"]
+    }
+    rows = {r["architecture"]: r for r in committed["rows"]}
+    for name in CI_ARCHITECTURES:
+        for column, cell in fresh[name]["cells"].items():
+            assert cell["status"] == rows[name]["cells"][column]["status"], (name, column, cell)
+    # a dense model is served from torchao and from compressed-tensors; an MoE converts its 3D experts
+    assert fresh["LlamaForCausalLM"]["cells"]["int8_dynamic_act_int8_weight/vllm_ct"]["status"] == "ok"
+    assert fresh["Qwen2ForCausalLM"]["cells"]["int8_weight_only/vllm_torchao"]["status"] == "ok"
+    assert "3D" in fresh["Qwen3MoeForCausalLM"]["cells"]["int8_weight_only/quantize"]["detail"]
+    assert fresh["MixtralForCausalLM"]["cells"]["int8_weight_only/convert"]["status"] == "ok"
+    arcee = fresh["ArceeForCausalLM"]["cells"]
+    assert arcee["vllm_bf16"]["status"] == "failed" and arcee["vllm_bf16"]["owner"] == "vLLM"
+    assert arcee["int8_weight_only/vllm_torchao"]["status"] == "refused"
+
+
+def test_every_vllm_failure_not_ours_is_refused_up_front(committed):
+    """Every vLLM cell the matrix saw fail (for a reason not ours) is refused by vllm_support before vLLM
+    starts, with the measured error: for a checkpoint of that architecture and kind."""
+    import torch
+
+    from hf_torchao_vllm import vllm_support
+
+    cpu = torch.device("cpu")
+    failures = [
+        (row["architecture"], name, cell)
+        for row in committed["rows"]
+        for name, cell in row["cells"].items()
+        if name.startswith("vllm") or "/vllm" in name
+        if cell["status"] == "failed"
+    ]
+    assert failures, "the matrix records vLLM failures"
+    for architecture, name, cell in failures:
+        assert cell["owner"] != "ours" and cell["kind"], (architecture, name)
+        problem = vllm_support.measured_failure(architecture, cell["kind"])
+        assert problem is not None and cell["detail"] in problem, (architecture, name)
+    bf16_failed = [a for a, name, _ in failures if name == "vllm_bf16"]
+    for architecture in bf16_failed:
+        config = {"architectures": [architecture]}
+        assert "even in bf16" in vllm_support.checkpoint_problem(config, set(), cpu), architecture
