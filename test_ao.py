@@ -19,9 +19,9 @@ quantized layer whose output SQNR is below the config's measured threshold (``--
 turns that check off). Configs the device cannot run, or that quantize nothing, exit 0: they are
 findings, reported in the table.
 
-    python test_ao.py                                   # small toy model, every config
-    python test_ao.py --model odd_shapes --configs int4wo,intx4wo   # see silent skips
-    python test_ao.py --model embedded --output_dir /tmp/ao_report  # the repo's tiny HF model
+    .venv/bin/python -m test_ao                                   # small toy model, every config
+    .venv/bin/python -m test_ao --model=odd_shapes --configs=int4wo,intx4wo   # see silent skips
+    .venv/bin/python -m test_ao --model=embedded --output_dir=/tmp/ao_report  # the repo's tiny HF model
 """
 
 from __future__ import annotations
