@@ -5,13 +5,13 @@ Every README shows its commands in one form, run from the clone's root:
     .venv/bin/python -m <folder>.<script> --flag=value
     .venv/bin/torchrun --nproc_per_node N -m <folder>.main --flag=value
 
-``readme_problems`` checks each command of a README (in its ```bash blocks and in inline code that
-starts with an interpreter or torchrun): a repository module is run with ``-m`` (never as
-``path/script.py``) by a venv's interpreter, the module exists and has a fire entry under its
-``if __name__ == "__main__":``, and every flag is a parameter of that entry function (or an alias
-its ``run(main, aliases=...)`` names) written ``--flag=value`` (a bare ``--flag`` only for a bool).
-Other modules (``pytest``, ``venv``) must be importable; a script that is not in the repository is
-the reader's own program and runs with their plain ``python``.
+``readme_problems`` checks each command of a README or any other Markdown file (in its ```bash
+blocks and in inline code that starts with an interpreter or torchrun): a repository module is run
+with ``-m`` (never as ``path/script.py``) by a venv's interpreter, the module exists and has a fire
+entry under its ``if __name__ == "__main__":``, and every flag is a parameter of that entry function
+(or an alias its ``run(main, aliases=...)`` names) written ``--flag=value`` (a bare ``--flag`` only
+for a bool). Other modules (``pytest``, ``venv``) must be importable; a script that is not in the
+repository is the reader's own program and runs with their plain ``python``.
 """
 
 from __future__ import annotations
@@ -104,11 +104,10 @@ def command_flags(args: list[str]) -> dict[str, str]:
     return flags
 
 
-def readme_files(root: Path = REPO_ROOT) -> list[Path]:
+def markdown_files(root: Path = REPO_ROOT) -> list[Path]:
+    """Every Markdown file of the repository: the READMEs, STYLE.md, committed results."""
     return sorted(
-        path
-        for path in root.rglob("README.md")
-        if not SKIPPED_FOLDERS.intersection(path.relative_to(root).parts)
+        path for path in root.rglob("*.md") if not SKIPPED_FOLDERS.intersection(path.relative_to(root).parts)
     )
 
 

@@ -8,8 +8,8 @@ from tests.readme_commands import (
     REPO_ROOT,
     bash_block_commands,
     command_problems,
+    markdown_files,
     readme_commands,
-    readme_files,
     readme_problems,
     simple_commands,
 )
@@ -43,7 +43,7 @@ def test_commands_from_bash_blocks_only_with_continuations_joined_and_comments_d
 
 
 def test_every_readme_command_is_a_module_run_with_its_entry_points_flags():
-    readmes = readme_files()
+    readmes = markdown_files()
     assert (
         REPO_ROOT / "README.md" in readmes and REPO_ROOT / "graph_viz" / "fixtures" / "README.md" in readmes
     )
