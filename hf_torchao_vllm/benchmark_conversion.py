@@ -360,10 +360,10 @@ def main(
     size_mb: float = 1100.0,
     shard_mb: float = 256.0,
     num_runs: int = 5,
-    dir_source: str | None = None,
+    model: str | None = None,
     work_dir: str | None = None,
     vllm: bool = False,
-    model_path: str = EMBEDDED_DENSE_MODEL,
+    vllm_model: str = EMBEDDED_DENSE_MODEL,
     vllm_recipes: str = "int8_dynamic_act_int8_weight,int4_weight_only",
     batch: int = 4,
     max_tokens: int = 32,
@@ -375,11 +375,11 @@ def main(
         size_mb: size of each generated checkpoint in MB (a Llama shape with enough layers).
         shard_mb: largest shard of the generated checkpoints in MB.
         num_runs: timed conversions and copies, alternating, after one warm-up of each.
-        dir_source: time this existing torchao checkpoint instead of generating any.
+        model: time this existing torchao checkpoint instead of generating any; also --dir_source.
         work_dir: where checkpoints, copies and conversions are written (default: the system temp
             folder); needs about 3x size_mb free; everything is deleted at the end.
         vllm: also run the vLLM generate benchmark (one process per configuration; minutes).
-        model_path: bf16 model quantized for the vLLM table.
+        vllm_model: bf16 model quantized for the vLLM table; also --model_path.
         vllm_recipes: comma-separated torchao recipes converted for the vLLM table.
         batch: prompts per vLLM generate call.
         max_tokens: tokens generated per prompt (EOS ignored).
@@ -393,12 +393,12 @@ def main(
         )
     if size_mb <= 0 or shard_mb <= 0 or num_runs < 1:
         raise UsageError("--size_mb, --shard_mb and --num_runs must be positive: pass e.g. --size_mb=1100")
-    if dir_source is not None and not os.path.isdir(dir_source):
-        raise UsageError(f"--dir_source {dir_source} is not a directory: pass a torchao checkpoint directory")
+    if model is not None and not os.path.isdir(model):
+        raise UsageError(f"--model {model} is not a directory: pass a torchao checkpoint directory")
     if work_dir is not None:
         os.makedirs(work_dir, exist_ok=True)
     free_mb = shutil.disk_usage(work_dir or tempfile.gettempdir()).free / 1e6
-    needed_mb = 3.2 * (size_mb if dir_source is None else _dir_mb(dir_source))
+    needed_mb = 3.2 * (size_mb if model is None else _dir_mb(model))
     if free_mb < needed_mb:
         raise UsageError(
             f"{work_dir or tempfile.gettempdir()} has {free_mb:.0f} MB free, the benchmark writes about "
@@ -408,11 +408,11 @@ def main(
     load_before = os.getloadavg()[0]
     rows = {}
     with tempfile.TemporaryDirectory(prefix="benchmark_conversion-", dir=work_dir) as tmp:
-        if dir_source is not None:
-            rows[os.path.basename(os.path.normpath(dir_source))] = benchmark_conversion(
-                dir_source, num_runs, os.path.join(tmp, "run")
+        if model is not None:
+            rows[os.path.basename(os.path.normpath(model))] = benchmark_conversion(
+                model, num_runs, os.path.join(tmp, "run")
             )
-        for recipe in [] if dir_source is not None else recipe_list:
+        for recipe in [] if model is not None else recipe_list:
             source = os.path.join(tmp, f"torchao_{recipe}")
             start = time.perf_counter()
             write_synthetic_checkpoint(source, recipe, size_mb, shard_mb)
@@ -422,7 +422,7 @@ def main(
         print_conversion_table(rows, load_before, num_runs)
         if vllm:
             run_vllm_table(
-                model_path, parse_list(vllm_recipes, str, name="vllm_recipes"), batch, max_tokens, tmp
+                vllm_model, parse_list(vllm_recipes, str, name="vllm_recipes"), batch, max_tokens, tmp
             )
 
 
@@ -430,5 +430,8 @@ def _dir_mb(path: str) -> float:
     return sum(os.path.getsize(os.path.join(path, f)) for f in _dir_files(path)) / 1e6
 
 
+# This tool's former flag names.
+FLAG_ALIASES = {"dir_source": "model", "model_path": "vllm_model"}
+
 if __name__ == "__main__":
-    run(main)
+    run(main, aliases=FLAG_ALIASES)

@@ -8,15 +8,15 @@ distinct scheme, an ``ignore`` list of the Linear modules left in high precision
 other file. Shards are memory-mapped; tensors that pass through unchanged are copied file to file
 by the kernel and repacked ones go through one reused buffer, so memory stays near one shard.
 
-Output safety: ``dir_target`` may not be ``dir_source``, a folder containing it, or a path inside
-it; an existing ``dir_target`` is replaced only with ``--overwrite`` and only if this tool wrote it;
+Output safety: ``--output_dir`` may not be ``--model``, a folder containing it, or a path inside
+it; an existing ``--output_dir`` is replaced only with ``--overwrite`` and only if this tool wrote it;
 its location must be writable (all checked before any work). The output is written to a temp folder
-next to ``dir_target`` and moved there only after it passed validation (``--validate``, default on:
+next to ``--output_dir`` and moved there only after it passed validation (``--validate``, default on:
 ``validate_compressed_tensors_checkpoint``). SIGINT / SIGTERM remove the temp folder; a later run
 removes one left by SIGKILL. Corrupted input is reported as one line naming the file.
 
     python -m hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors \\
-        --dir_source=outputs/quantized --dir_target=outputs/quantized_ct
+        --model=outputs/quantized --output_dir=outputs/quantized_ct
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def convert_checkpoint(
     """
     start = time.perf_counter()
     ckpt = ctc.open_torchao_checkpoint(dir_source)
-    target = check_output(dir_target, inputs=[dir_source], overwrite=overwrite, tool=TOOL, flag="dir_target")
+    target = check_output(dir_target, inputs=[dir_source], overwrite=overwrite, tool=TOOL, flag="output_dir")
     # Import everything the shard loop uses up front, so the loop's memory is the tensors' alone.
     import compressed_tensors.compressors.pack_quantized.helpers  # noqa: F401
     import torchao.prototype.mx_formats.utils  # noqa: F401
@@ -309,22 +309,27 @@ def print_summary(summary: ConversionSummary) -> None:
     )
 
 
-def main(dir_source: str, dir_target: str, overwrite: bool = False, validate: bool = True) -> None:
+def main(model: str, output_dir: str, overwrite: bool = False, validate: bool = True) -> None:
     """Convert a torchao checkpoint directory to compressed-tensors (see the module docstring).
 
     Args:
-        dir_source: torchao checkpoint directory (config.json with quant_method torchao, safetensors).
-        dir_target: directory to write the compressed-tensors checkpoint to (published only when complete).
-        overwrite: replace dir_target if an earlier run of this tool wrote it.
+        model: torchao checkpoint directory (config.json with quant_method torchao, safetensors or
+            pytorch_model*.bin); also --dir_source.
+        output_dir: directory to write the compressed-tensors checkpoint to (published only when
+            complete); also --dir_target.
+        overwrite: replace output_dir if an earlier run of this tool wrote it.
         validate: before publishing, compare every decompressed weight with torchao's dequantization
             and check that transformers loads the result (exits 1 on a mismatch, writing nothing).
     """
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
     summary = convert_checkpoint(
-        dir_source, dir_target, overwrite=overwrite, validate=validate, report=print_summary
+        model, output_dir, overwrite=overwrite, validate=validate, report=print_summary
     )
     print(f"wrote {summary.dir_target}")
 
 
+# The original script's flag names.
+FLAG_ALIASES = {"dir_source": "model", "dir_target": "output_dir"}
+
 if __name__ == "__main__":
-    run(main)
+    run(main, aliases=FLAG_ALIASES)

@@ -192,7 +192,7 @@ def read_shard_index(directory: str) -> tuple[list[str], dict[str, str] | None]:
 def open_torchao_checkpoint(directory: str) -> TorchaoCheckpoint:
     """Validate ``directory`` as a torchao checkpoint and read its structure from the headers."""
     if not os.path.isdir(directory):
-        raise ValueError(f"source directory {directory} does not exist: pass --dir_source=<checkpoint dir>")
+        raise ValueError(f"torchao checkpoint {directory} does not exist: pass a checkpoint directory")
     config_path = os.path.join(directory, CONFIG_FILE)
     if not os.path.isfile(config_path):
         raise ValueError(

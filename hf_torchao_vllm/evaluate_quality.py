@@ -11,7 +11,7 @@ Metrics (all on identical token windows, next-token logits in fp32):
 The held-out text is the held-out split of ``pydoc_data.topics`` that the embedded models never saw
 in training (see ``train_tiny_models.py``), tokenized with the model's own tokenizer.
 
-    python hf_torchao_vllm/evaluate_quality.py --quantized_dir=outputs/dense-int8_weight_only
+    python -m hf_torchao_vllm.evaluate_quality --model=outputs/hf_torchao_vllm/dense-int8_weight_only
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def print_report(report: QualityReport, title: str) -> None:
 
 
 def main(
-    quantized_dir: str,
+    model: str,
     reference: str = DEFAULT_REFERENCE,
     max_tokens: int = 2048,
     seq_len: int = 256,
@@ -198,7 +198,8 @@ def main(
     """Compare a saved quantized model with its bf16 reference on held-out text (table; optional JSON).
 
     Args:
-        quantized_dir: directory written by quantize_hf_model_with_torchao.py (or any HF model dir).
+        model: directory written by quantize_hf_model_with_torchao.py (or any HF model dir); also
+            --quantized_dir.
         reference: bf16 reference model id or path (default: the embedded dense model).
         max_tokens: held-out tokens to score.
         seq_len: tokens per scored window.
@@ -211,15 +212,14 @@ def main(
 
     from pytorch_scripts_common import get_device
 
-    for path in (quantized_dir,):
-        if not Path(path).is_dir():
-            raise ValueError(f"quantized_dir {path!r} is not a directory")
+    if not Path(model).is_dir():
+        raise ValueError(f"--model {model!r} is not a directory: pass a saved model directory")
     from pytorch_scripts_common.outputs import check_output, staged_file
 
     target = None
     if json_output is not None:
         target = check_output(
-            json_output, inputs=[quantized_dir, reference], overwrite=overwrite, tool=TOOL, kind="file",
+            json_output, inputs=[model, reference], overwrite=overwrite, tool=TOOL, kind="file",
             flag="json_output",
         )  # fmt: skip
     device = get_device()
@@ -228,9 +228,7 @@ def main(
     reference_model = AutoModelForCausalLM.from_pretrained(reference, dtype=torch.bfloat16, **kwargs).to(
         device
     )
-    quantized_model = AutoModelForCausalLM.from_pretrained(quantized_dir, dtype=torch.bfloat16, **kwargs).to(
-        device
-    )
+    quantized_model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16, **kwargs).to(device)
     report = evaluate(
         reference_model,
         quantized_model,
@@ -238,9 +236,9 @@ def main(
         max_tokens=max_tokens,
         seq_len=seq_len,
         bytes_reference=weight_bytes_on_disk(reference),
-        bytes_quantized=weight_bytes_on_disk(quantized_dir),
+        bytes_quantized=weight_bytes_on_disk(model),
     )
-    print_report(report, f"quality of {quantized_dir} vs {reference} ({device})")
+    print_report(report, f"quality of {model} vs {reference} ({device})")
     if target is not None:
         with staged_file(target) as staging:
             staging.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
@@ -248,9 +246,11 @@ def main(
 
 
 TOOL = "hf_torchao_vllm.evaluate_quality"
+# This tool's former flag name.
+FLAG_ALIASES = {"quantized_dir": "model"}
 
 
 if __name__ == "__main__":
     from pytorch_scripts_common.cli import run
 
-    run(main)
+    run(main, aliases=FLAG_ALIASES)

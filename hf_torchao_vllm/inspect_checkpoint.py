@@ -11,7 +11,7 @@ read through their ``*.index.json``. Problems (unreadable shard, index pointing 
 malformed metadata) are warnings and the rest is still summarized; ``--strict`` makes them errors.
 
     python -m hf_torchao_vllm.inspect_checkpoint \\
-        --checkpoint_dir=outputs/hf_torchao_vllm/dense-int8_weight_only
+        --model=outputs/hf_torchao_vllm/dense-int8_weight_only
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ def inspect_checkpoint(checkpoint_dir: str | Path, strict: bool = False) -> Chec
     """Summarize a checkpoint directory without modifying it."""
     directory = Path(checkpoint_dir)
     if not directory.is_dir():
-        raise ValueError(f"checkpoint_dir {str(checkpoint_dir)!r} is not a directory")
+        raise ValueError(f"--model {str(checkpoint_dir)!r} is not a directory: pass a checkpoint directory")
     problems = _Problems(strict)
     quantization_config = None
     config_path = directory / "config.json"
@@ -320,7 +320,7 @@ def print_summary(summary: CheckpointSummary, show_tensors: bool) -> None:
 
 
 def main(
-    checkpoint_dir: str,
+    model: str,
     show_tensors: bool = False,
     json_output: str | None = None,
     strict: bool = False,
@@ -329,9 +329,10 @@ def main(
     """Print a read-only summary of a torchao / compressed-tensors / plain HF checkpoint directory.
 
     Args:
-        checkpoint_dir: directory with config.json and *.safetensors or *.bin (sharded or not).
+        model: checkpoint directory with config.json and *.safetensors or *.bin (sharded or not);
+            also --checkpoint_dir.
         show_tensors: also list every stored tensor (flattened torchao components, compressed-tensors roles).
-        json_output: also write the summary as JSON to this file (must be outside checkpoint_dir).
+        json_output: also write the summary as JSON to this file (must be outside the model directory).
         strict: turn warnings (unreadable shard, missing shard, malformed metadata) into errors.
         overwrite: replace an existing json_output.
     """
@@ -341,13 +342,13 @@ def main(
     if json_output is not None:
         target = check_output(
             json_output,
-            inputs=[checkpoint_dir],
+            inputs=[model],
             overwrite=overwrite,
             tool=TOOL,
             kind="file",
             flag="json_output",
         )
-    summary = inspect_checkpoint(checkpoint_dir, strict=strict)
+    summary = inspect_checkpoint(model, strict=strict)
     print_summary(summary, show_tensors)
     if target is not None:
         with staged_file(target) as staging:
@@ -356,8 +357,10 @@ def main(
 
 
 TOOL = "hf_torchao_vllm.inspect_checkpoint"
+# This tool's former flag name.
+FLAG_ALIASES = {"checkpoint_dir": "model"}
 
 if __name__ == "__main__":
     from pytorch_scripts_common.cli import run
 
-    run(main)
+    run(main, aliases=FLAG_ALIASES)

@@ -144,8 +144,9 @@ def main(
     """Quantize an HF causal LM with torchao, summarize, generate, evaluate, save, reload and verify.
 
     Args:
-        model: HF model id or local directory (default: the embedded tiny dense Llama).
-        recipe: recipe or alias (int8_weight_only, int4_weight_only, fp8, mxfp8, ...; see README).
+        model: HF model id or local directory (default: the embedded tiny dense Llama); also --model_name.
+        recipe: recipe or alias (int8_weight_only, int4_weight_only, fp8, mxfp8, ...; see README); also
+            --quant_type. (--save_model_to_disk=True is accepted: the model is always saved.)
         granularity: fp8 scaling granularity: per_row | per_tensor | a1x128_w128x128.
         group_size: int4 group size (must divide every selected in_features).
         modules: which weights to quantize: all | experts_only | mlp_only | skip_attention.
@@ -256,7 +257,11 @@ def load_models(plan: quantize.Plan):
     return tokenizer, reference_model.to(plan.device).eval(), quantized_model
 
 
+# The original script's flag names: its quant_type values are recipe names or aliases of recipes.py.
+FLAG_ALIASES = {"model_name": "model", "quant_type": "recipe"}
+FIXED_FLAGS = {"save_model_to_disk": (True, "this tool always saves the model, to --output_dir")}
+
 if __name__ == "__main__":
     from pytorch_scripts_common.cli import run
 
-    run(main)
+    run(main, aliases=FLAG_ALIASES, fixed_flags=FIXED_FLAGS)

@@ -144,7 +144,7 @@ def print_table(console, result: dict, target: Path) -> None:
 
 
 def main(
-    model_path: str = EMBEDDED_DENSE_MODEL,
+    model: str = EMBEDDED_DENSE_MODEL,
     recipe: str = "int8_dynamic_act_int8_weight",
     output_dir: str = "outputs/pipeline",
     overwrite: bool = False,
@@ -154,7 +154,7 @@ def main(
     """Quantize with torchao, convert to compressed-tensors, validate, serve with vLLM; print a table.
 
     Args:
-        model_path: bf16 Hugging Face checkpoint (default: the embedded tiny trained Llama).
+        model: bf16 Hugging Face checkpoint (default: the embedded tiny trained Llama); also --model_path.
         recipe: recipe or alias of quantize_hf_model_with_torchao (vLLM runs on CPU for W8A8 and int4 W4A16).
         output_dir: where torchao/, compressed_tensors/ and summary.json are written.
         overwrite: replace an earlier output of this tool.
@@ -173,7 +173,7 @@ def main(
     from pytorch_scripts_common.outputs import check_output, staged_dir
 
     console = Console(width=120)
-    plan = quantize.plan_quantization(model_path, recipe)
+    plan = quantize.plan_quantization(model, recipe)
     target = check_output(
         output_dir, inputs=[plan.model_source], overwrite=overwrite, tool=TOOL, flag="output_dir"
     )
@@ -182,7 +182,7 @@ def main(
     vllm_result, vllm_problem = None, "--norun_vllm"
     with staged_dir(target, tool=TOOL) as work:
         with step(console, times, "quantize", f"1. torchao quantization: {recipe}"):
-            quantize.quantize_checkpoint(model_path, recipe, str(work / "torchao"))
+            quantize.quantize_checkpoint(model, recipe, str(work / "torchao"))
         with step(console, times, "convert", "2. convert to compressed-tensors"):
             conversion = convert_checkpoint(str(work / "torchao"), str(work / "compressed_tensors"))
         groups = json.loads((work / "compressed_tensors" / ctc.CONFIG_FILE).read_text())[
@@ -194,7 +194,7 @@ def main(
             with step(console, times, "vllm", "4. vLLM on the converted checkpoint"):
                 vllm_result, vllm_problem = run_vllm_step(work / "compressed_tensors", max_tokens, console)
         result = summary_dict(
-            model_path,
+            model,
             recipe,
             conversion,
             groups["config_groups"],
@@ -208,7 +208,10 @@ def main(
     print_table(console, result, target)
 
 
+# This tool's former flag name.
+FLAG_ALIASES = {"model_path": "model"}
+
 if __name__ == "__main__":
     from pytorch_scripts_common.cli import run
 
-    run(main)
+    run(main, aliases=FLAG_ALIASES)

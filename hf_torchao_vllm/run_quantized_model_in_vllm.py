@@ -6,7 +6,7 @@ print this itself), and greedy generations for a few prompts. With ``compare_wit
 the same checkpoint also runs in transformers and the next-token distributions are compared:
 mean KL(transformers || vLLM) over the prompts and top-1 agreement.
 
-    python -m hf_torchao_vllm.run_quantized_model_in_vllm --model_path=outputs/pipeline/compressed_tensors
+    python -m hf_torchao_vllm.run_quantized_model_in_vllm --model=outputs/pipeline/compressed_tensors
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class VllmRunResult:
 def read_config(model_path: str) -> dict[str, Any]:
     path = os.path.join(model_path, "config.json")
     if not os.path.isfile(path):
-        raise ValueError(f"--model_path {model_path!r} has no config.json: pass a checkpoint directory")
+        raise ValueError(f"--model {model_path!r} has no config.json: pass a checkpoint directory")
     with open(path) as f:
         try:
             config = json.load(f)
@@ -252,7 +252,7 @@ def print_result(result: VllmRunResult) -> None:
 
 
 def main(
-    model_path: str,
+    model: str,
     max_tokens: int = 16,
     compile: bool = False,
     tensor_parallel_size: int = 1,
@@ -262,7 +262,8 @@ def main(
     """Run a checkpoint (bf16, torchao or compressed-tensors) in vLLM and print what was loaded and generated.
 
     Args:
-        model_path: checkpoint directory (config.json + safetensors; tokenizer optional).
+        model: checkpoint directory (config.json + safetensors; tokenizer optional); also --model_name,
+            --model_path.
         max_tokens: tokens to generate per prompt (greedy).
         compile: let vLLM torch.compile the model (--no-compile runs eager, faster to start on CPU).
         tensor_parallel_size: vLLM tensor parallel size (GPUs, or CPU processes).
@@ -276,7 +277,7 @@ def main(
         # One process: the engine core runs in this process (saves ~half of the CPU start-up time).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     result = run_in_vllm(
-        model_path,
+        model,
         max_tokens=max_tokens,
         compile=compile,
         tensor_parallel_size=tensor_parallel_size,
@@ -286,7 +287,10 @@ def main(
     print_result(result)
 
 
+# The original script's flag name, and this tool's former one.
+FLAG_ALIASES = {"model_name": "model", "model_path": "model"}
+
 if __name__ == "__main__":
     from pytorch_scripts_common.cli import run
 
-    run(main)
+    run(main, aliases=FLAG_ALIASES)

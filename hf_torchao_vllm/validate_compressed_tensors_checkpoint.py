@@ -11,7 +11,7 @@
 Any mismatch prints the offending tensors and exits non-zero.
 
     python -m hf_torchao_vllm.validate_compressed_tensors_checkpoint \\
-        --dir_source=outputs/quantized --dir_target=outputs/quantized_ct
+        --model=outputs/quantized_ct --reference=outputs/quantized
 """
 
 from __future__ import annotations
@@ -25,12 +25,6 @@ from typing import Any
 from hf_torchao_vllm import ct_checkpoint as ctc
 from pytorch_scripts_common.cli import run
 
-# NVFP4: compressed-tensors divides by weight_global_scale = 1 / per_tensor_scale (float32) while
-# torchao multiplies by per_tensor_scale, so the float32 scales can differ by an ulp and a bf16
-# result by one rounding step. Measured on random and trained weights: max relative difference
-# 0.0078 (= one bf16 ulp, 2**-7) on a handful of elements, SQNR > 60 dB.
-NVFP4_MAX_RELATIVE_DIFF = 2**-7
-NVFP4_MIN_SQNR_DB = 50.0
 # KL(torchao || compressed-tensors-in-transformers) of next-token distributions, nats per token.
 # Measured on the embedded models: 0 for most weight-only schemes (same bf16 weights, same matmul),
 # 5.5e-5 for int8 weight-only (torchao scales after the int8 product), up to 1.5e-3 for
@@ -63,9 +57,12 @@ def _tolerance_problem(type_name: str, ref, got) -> str | None:
     """None when ``got`` matches ``ref`` under the rule for ``type_name``, else a description."""
     import torch
 
+    from hf_torchao_vllm.recipes import CONVERSION_TOLERANCES
+
     if torch.equal(ref, got):
         return None
-    if type_name != "NVFP4Tensor":
+    tolerance = CONVERSION_TOLERANCES.get(type_name)
+    if tolerance is None:
         diff = (ref.float() - got.float()).abs().max().item()
         return f"not bit-exact (max abs diff {diff:.3g}); {type_name} dequantization is identical math"
     ref32, got32 = ref.float(), got.float()
@@ -73,10 +70,10 @@ def _tolerance_problem(type_name: str, ref, got) -> str | None:
     from pytorch_scripts_common import compute_sqnr
 
     sqnr = compute_sqnr(ref32, got32)
-    if rel > NVFP4_MAX_RELATIVE_DIFF or sqnr < NVFP4_MIN_SQNR_DB:
+    if rel > tolerance.max_relative_diff or sqnr < tolerance.min_sqnr_db:
         return (
-            f"NVFP4 max relative diff {rel:.3g} (allowed {NVFP4_MAX_RELATIVE_DIFF:.3g}), "
-            f"SQNR {sqnr:.1f} dB (required {NVFP4_MIN_SQNR_DB} dB)"
+            f"{type_name} max relative diff {rel:.3g} (allowed {tolerance.max_relative_diff:.3g}), "
+            f"SQNR {sqnr:.1f} dB (required {tolerance.min_sqnr_db} dB)"
         )
     return None
 
@@ -92,7 +89,7 @@ def check_compressed_tensors_config(directory: str) -> None:
     if found != "compressed-tensors":
         raise ValueError(
             f"{config_path} has quant_method {found!r}, expected 'compressed-tensors': pass the "
-            "converter's output directory as --dir_target"
+            "converter's output directory as --model"
         )
 
 
@@ -320,29 +317,32 @@ def run_validation(
 
 
 def main(
-    dir_source: str,
-    dir_target: str,
+    model: str,
+    reference: str,
     check_transformers: bool = True,
     kl_threshold: float = DEFAULT_KL_THRESHOLD,
 ) -> None:
     """Validate a converted compressed-tensors checkpoint against its torchao source; exit 1 on mismatch.
 
     Args:
-        dir_source: the torchao checkpoint directory the conversion read.
-        dir_target: the compressed-tensors checkpoint directory it wrote.
+        model: the compressed-tensors checkpoint directory the conversion wrote; also --dir_target.
+        reference: the torchao checkpoint directory the conversion read; also --dir_source.
         check_transformers: also load both checkpoints in transformers and compare next-token logits.
         kl_threshold: largest allowed mean KL(torchao || compressed-tensors), nats per token.
     """
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
-    for d, what in ((dir_source, "dir_source"), (dir_target, "dir_target")):
+    for d, what in ((model, "model"), (reference, "reference")):
         if not os.path.isdir(d):
             raise ValueError(f"--{what} {d} is not a directory: pass a checkpoint directory")
     if not kl_threshold >= 0:
         raise ValueError(f"--kl_threshold is {kl_threshold}: pass a non-negative number of nats")
-    ctc.open_torchao_checkpoint(dir_source)
-    check_compressed_tensors_config(dir_target)
-    run_validation(dir_source, dir_target, check_transformers=check_transformers, kl_threshold=kl_threshold)
+    ctc.open_torchao_checkpoint(reference)
+    check_compressed_tensors_config(model)
+    run_validation(reference, model, check_transformers=check_transformers, kl_threshold=kl_threshold)
 
+
+# The converter's flag names (the source it read, the target it wrote).
+FLAG_ALIASES = {"dir_source": "reference", "dir_target": "model"}
 
 if __name__ == "__main__":
-    run(main)
+    run(main, aliases=FLAG_ALIASES)

@@ -655,6 +655,7 @@ def test_convert_cli_sharded_with_validation(dense_dir, tmp_path):
     src = quantize_and_save(dense_dir, "int4_weight_only", str(tmp_path / "src"), max_shard_size="300KB")
     (tmp_path / "src" / "notes.txt").write_text("copied as is")
     target = tmp_path / "ct"
+    # The original script's command: --dir_source / --dir_target are aliases of --model / --output_dir.
     proc = run_module(
         "hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors",
         f"--dir_source={src}",
@@ -692,8 +693,8 @@ def test_validate_cli_fails_on_a_corrupted_tensor(int8_source, tmp_path):
     ctc.write_safetensors(path, tensors, metadata)
     proc = run_module(
         "hf_torchao_vllm.validate_compressed_tensors_checkpoint",
-        f"--dir_source={int8_source}",
-        f"--dir_target={target}",
+        f"--model={target}",
+        f"--reference={int8_source}",
         "--nocheck_transformers",
     )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -707,12 +708,13 @@ CONVERT = "convert_torchao_checkpoint_to_compressed_tensors"
 @pytest.mark.parametrize(
     ("module", "args", "message"),
     [
-        (CONVERT, ["--dir_source={list_config}", "--dir_target={out}"], "holds a JSON list, not an object"),
-        (CONVERT, ["--dir_source={truncated}", "--dir_target={out}"],
+        (CONVERT, ["--model={list_config}", "--output_dir={out}"], "holds a JSON list, not an object"),
+        (CONVERT, ["--model={truncated}", "--output_dir={out}"],
          "{truncated}/model.safetensors is not a valid safetensors file"),
-        (CONVERT, ["--dir_source={source}", "--dir_target={source}"], "is the same path as the input"),
+        (CONVERT, ["--model={source}", "--output_dir={source}"], "is the same path as the input"),
+        (CONVERT, ["--dir_source={source}", "--model={source}"], "--dir_source and --model both set --model"),
         ("validate_compressed_tensors_checkpoint",
-         ["--dir_source={source}", "--dir_target={source}", "--kl_threshold=nan"], "--kl_threshold is"),
+         ["--model={source}", "--reference={source}", "--kl_threshold=nan"], "--kl_threshold is"),
     ],
 )  # fmt: skip
 def test_cli_user_mistakes_are_one_line(int8_source, tmp_path, module, args, message):
@@ -790,3 +792,16 @@ def test_converts_a_checkpoint_written_by_the_quantize_tool(tmp_path, flags, fmt
     (group,) = quant_config(str(target))["config_groups"].values()
     assert group["format"] == fmt
     assert {key: group["weights"][key] for key in weights} == weights
+
+
+def test_validator_tolerance_comes_from_the_registry_and_only_nvfp4_has_one():
+    from hf_torchao_vllm.recipes import CONVERSION_TOLERANCES
+    from hf_torchao_vllm.validate_compressed_tensors_checkpoint import _tolerance_problem
+
+    assert set(CONVERSION_TOLERANCES) == {"NVFP4Tensor"}
+    ref = torch.linspace(1, 2, 64, dtype=torch.bfloat16)
+    one_ulp = ref.clone()
+    one_ulp[5] += 2**-7  # the next bf16 value in [1, 2)
+    assert _tolerance_problem("NVFP4Tensor", ref, one_ulp) is None
+    assert "not bit-exact" in _tolerance_problem("Int8Tensor", ref, one_ulp)
+    assert "NVFP4Tensor max relative diff" in _tolerance_problem("NVFP4Tensor", ref, ref * 1.1)

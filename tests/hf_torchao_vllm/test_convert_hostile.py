@@ -623,7 +623,7 @@ def test_target_overlapping_the_source_is_refused_even_with_overwrite(where, sha
     src = shutil.copytree(sharded_int8, tmp_path / "models" / "src")
     before = tree_digest(tmp_path)
     target = {"source": src, "parent_of_source": src.parent, "inside_source": src / "ct"}[where]
-    with pytest.raises(ValueError, match=r"--dir_target .* the input .*: choose an output path outside"):
+    with pytest.raises(ValueError, match=r"--output_dir .* the input .*: choose an output path outside"):
         convert_checkpoint(str(src), str(target), overwrite=True)
     assert tree_digest(tmp_path) == before
 
@@ -631,7 +631,7 @@ def test_target_overlapping_the_source_is_refused_even_with_overwrite(where, sha
 def test_cli_refuses_target_equal_to_source(sharded_int8, tmp_path):
     src = shutil.copytree(sharded_int8, tmp_path / "src")
     before = tree_digest(src)
-    proc = run_module(CONVERT, f"--dir_source={src}", f"--dir_target={src}", "--overwrite", "--novalidate")
+    proc = run_module(CONVERT, f"--model={src}", f"--output_dir={src}", "--overwrite", "--novalidate")
     assert_one_line_error(proc, "is the same path as the input")
     assert tree_digest(src) == before
 
@@ -694,7 +694,7 @@ def _can_create_in(folder):
 
 def test_unwritable_target_is_reported_before_converting(sharded_int8, tmp_path):
     target = unwritable_location(tmp_path)
-    proc = run_module(CONVERT, f"--dir_source={sharded_int8}", f"--dir_target={target}")
+    proc = run_module(CONVERT, f"--model={sharded_int8}", f"--output_dir={target}")
     assert_one_line_error(proc, "cannot write to", "choose a writable output location")
     assert "shard(s)" not in proc.stdout  # no conversion summary: refused before the work
 
@@ -715,7 +715,7 @@ def _wait_for_staging(proc, parent, name="ct", timeout_s=120):
 def _start_convert(src, target):
     env = {**os.environ, "TORCHAO_FORCE_SKIP_LOADING_SO_FILES": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", CONVERT, f"--dir_source={src}", f"--dir_target={target}"],
+        [sys.executable, "-m", CONVERT, f"--model={src}", f"--output_dir={target}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -760,7 +760,7 @@ def test_sigkill_leftovers_are_removed_by_the_next_run(sharded_int8, tmp_path):
 def test_cli_config_that_is_a_list(sharded_int8, tmp_path):
     src = shutil.copytree(sharded_int8, tmp_path / "src")
     _write(src / "config.json", "[]")
-    proc = run_module(CONVERT, f"--dir_source={src}", f"--dir_target={tmp_path / 'ct'}")
+    proc = run_module(CONVERT, f"--model={src}", f"--output_dir={tmp_path / 'ct'}")
     assert_one_line_error(proc, f"{src}/config.json holds a JSON list")
     assert_nothing_written(tmp_path)
 
@@ -769,7 +769,7 @@ def test_cli_truncated_shard(sharded_int8, tmp_path):
     src = shutil.copytree(sharded_int8, tmp_path / "src")
     shard = src / shards_of(src)[2]
     _truncate(shard, os.path.getsize(shard) // 2)
-    proc = run_module(CONVERT, f"--dir_source={src}", f"--dir_target={tmp_path / 'ct'}")
+    proc = run_module(CONVERT, f"--model={src}", f"--output_dir={tmp_path / 'ct'}")
     assert_one_line_error(proc, f"{shard} is not a valid safetensors file", "(truncated)", "re-download")
     assert_nothing_written(tmp_path)
 
@@ -778,10 +778,10 @@ def test_validate_cli_broken_target_config(sharded_int8, tmp_path):
     target = tmp_path / "ct"
     convert_checkpoint(sharded_int8, str(target))
     _write(target / "config.json", '{"quantization_config": ')
-    proc = run_module(VALIDATE, f"--dir_source={sharded_int8}", f"--dir_target={target}")
+    proc = run_module(VALIDATE, f"--model={target}", f"--reference={sharded_int8}")
     assert_one_line_error(proc, f"{target}/config.json is not valid JSON")
 
 
 def test_validate_cli_missing_directory(sharded_int8, tmp_path):
-    proc = run_module(VALIDATE, f"--dir_source={sharded_int8}", f"--dir_target={tmp_path / 'nope'}")
+    proc = run_module(VALIDATE, f"--model={tmp_path / 'nope'}", f"--reference={sharded_int8}")
     assert_one_line_error(proc, "is not a directory")

@@ -58,7 +58,7 @@ def test_torchao_checkpoint_summary_and_files_untouched(int8_checkpoint, tmp_pat
     json_path = tmp_path / "summary.json"
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "hf_torchao_vllm" / "inspect_checkpoint.py"),
-         f"--checkpoint_dir={int8_checkpoint}", f"--json_output={json_path}", "--show_tensors=True"],
+         f"--model={int8_checkpoint}", f"--json_output={json_path}", "--show_tensors=True"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -71,7 +71,7 @@ def test_json_output_inside_checkpoint_is_refused(int8_checkpoint):
     from hf_torchao_vllm.inspect_checkpoint import main
 
     with pytest.raises(ValueError, match="is inside the input"):
-        main(checkpoint_dir=str(int8_checkpoint), json_output=str(int8_checkpoint / "x.json"))
+        main(model=str(int8_checkpoint), json_output=str(int8_checkpoint / "x.json"))
     assert not (int8_checkpoint / "x.json").exists()
 
 
@@ -215,10 +215,10 @@ def test_evaluate_quality_cli_writes_json(int8_checkpoint, tmp_path):
     from hf_torchao_vllm.evaluate_quality import main
 
     json_path = tmp_path / "quality.json"
-    main(quantized_dir=str(int8_checkpoint), reference=DENSE, max_tokens=256, json_output=str(json_path))
+    main(model=str(int8_checkpoint), reference=DENSE, max_tokens=256, json_output=str(json_path))
     quality = json.loads(json_path.read_text())
     assert quality["num_tokens_scored"] == 255
     assert quality["logits_sqnr_db"] > 40.0  # int8 weight-only measured 47.3 dB on 1,023 tokens
     assert 0.6 < quality["size_ratio"] < 0.75
     with pytest.raises(ValueError, match="exists: pass --overwrite"):
-        main(quantized_dir=str(int8_checkpoint), json_output=str(json_path))
+        main(model=str(int8_checkpoint), json_output=str(json_path))

@@ -1,5 +1,6 @@
 """Keep the folder README's commands honest: every `.venv/bin/python -m hf_torchao_vllm.<script>` command
-names a module of the folder, and every --flag is an argument of its entry point."""
+names a module of the folder, and every --flag is an argument of its entry point or one of the
+aliases its command line accepts (the original scripts' flag names)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,12 @@ def test_readme_commands_use_real_modules_and_arguments():
     assert modules == ENTRY_SCRIPTS
     for command in commands:
         module = command[2].removeprefix("hf_torchao_vllm.")
-        parameters = inspect.signature(importlib.import_module(f"hf_torchao_vllm.{module}").main).parameters
+        entry = importlib.import_module(f"hf_torchao_vllm.{module}")
+        parameters = {
+            *inspect.signature(entry.main).parameters,
+            *getattr(entry, "FLAG_ALIASES", {}),
+            *getattr(entry, "FIXED_FLAGS", {}),
+        }
         for arg in command[3:]:
             assert arg.startswith("--"), f"{command}: positional {arg!r}"
             name = arg[2:].partition("=")[0]

@@ -131,7 +131,7 @@ def test_layer_summary_groups_layers():
 
 def run_vllm_cli(model_path, *extra):
     proc = subprocess.run(
-        [sys.executable, "-m", "hf_torchao_vllm.run_quantized_model_in_vllm", f"--model_path={model_path}",
+        [sys.executable, "-m", "hf_torchao_vllm.run_quantized_model_in_vllm", f"--model={model_path}",
          "--max_tokens=8", "--compare_with_transformers", *extra],
         capture_output=True, text=True, timeout=900,
         env={**os.environ, "TORCHAO_FORCE_SKIP_LOADING_SO_FILES": "1", "COLUMNS": "200"},
