@@ -104,8 +104,7 @@ def write_synthetic_checkpoint(path: str, recipe: str, size_mb: float, shard_mb:
     from torchao.quantization import quantize_
     from transformers import LlamaConfig, TorchAoConfig
 
-    from hf_torchao_vllm import ct_checkpoint as ctc
-    from hf_torchao_vllm import recipes
+    from hf_torchao_vllm import checkpoint_reader, recipes, safetensors_writer
 
     shape = LlamaShape.for_size(size_mb)
     entry, options = recipes.resolve(recipe, recipes.RecipeOptions(fp8_emulation_on_cpu=True))
@@ -171,10 +170,10 @@ def write_synthetic_checkpoint(path: str, recipe: str, size_mb: float, shard_mb:
                 state[name] = torch.randn(shape.vocab, shape.hidden, generator=generator).to(torch.bfloat16)
         stored, _ = flatten_tensor_state_dict(state)
         del state
-        total += ctc.write_safetensors(os.path.join(path, file_name), stored, metadata)
+        total += safetensors_writer.write_safetensors(os.path.join(path, file_name), stored, metadata)
         weight_map.update(dict.fromkeys(stored, file_name))
         del stored
-    with open(os.path.join(path, ctc.INDEX_FILE), "w") as f:
+    with open(os.path.join(path, checkpoint_reader.INDEX_FILE), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     hf_config = LlamaConfig(
         vocab_size=shape.vocab,
@@ -188,7 +187,7 @@ def write_synthetic_checkpoint(path: str, recipe: str, size_mb: float, shard_mb:
         dtype="bfloat16",
     )
     hf_config.quantization_config = TorchAoConfig(config)
-    hf_config.to_json_file(os.path.join(path, ctc.CONFIG_FILE))
+    hf_config.to_json_file(os.path.join(path, checkpoint_reader.CONFIG_FILE))
     return path
 
 

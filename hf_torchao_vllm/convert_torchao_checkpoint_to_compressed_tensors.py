@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from hf_torchao_vllm import checkpoint_reader, safetensors_writer
 from hf_torchao_vllm import ct_checkpoint as ctc
 from pytorch_scripts_common.cli import run
 from pytorch_scripts_common.outputs import MARKER, check_output, staged_dir
@@ -111,7 +112,7 @@ def _release_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
-def _ignore_list(ckpt: ctc.TorchaoCheckpoint, quantized_modules: set[str]) -> list[str]:
+def _ignore_list(ckpt: checkpoint_reader.TorchaoCheckpoint, quantized_modules: set[str]) -> list[str]:
     """Linear modules left in high precision, found from the checkpoint (never per model)."""
     plain_weights = {
         p.removesuffix(".weight")
@@ -140,7 +141,7 @@ def convert_checkpoint(
     once the conversion is written, before validation.
     """
     start = time.perf_counter()
-    ckpt = ctc.open_torchao_checkpoint(dir_source)
+    ckpt = checkpoint_reader.open_torchao_checkpoint(dir_source)
     target = check_output(dir_target, inputs=[dir_source], overwrite=overwrite, tool=TOOL, flag="output_dir")
     # Import everything the shard loop uses up front, so the loop's memory is the tensors' alone.
     import compressed_tensors.compressors.pack_quantized.helpers  # noqa: F401
@@ -192,7 +193,7 @@ class _ShardLoopResult:
     peak_rss_bytes: int
 
 
-def _convert_shards(ckpt: ctc.TorchaoCheckpoint, out_dir: str) -> _ShardLoopResult:
+def _convert_shards(ckpt: checkpoint_reader.TorchaoCheckpoint, out_dir: str) -> _ShardLoopResult:
     """Convert and write each shard in turn, at about the speed of copying it.
 
     Source tensors are read-only views of the memory-mapped shards; those that pass through
@@ -207,22 +208,22 @@ def _convert_shards(ckpt: ctc.TorchaoCheckpoint, out_dir: str) -> _ShardLoopResu
     rss_before = _current_rss_bytes()
     _reset_peak_rss()
     result = _ShardLoopResult({}, {}, 0, 0, 0, rss_before, rss_before)
-    repack = ctc.RepackPlan()
-    with Progress(transient=True) as progress, ctc.repack_into(repack):
+    repack = safetensors_writer.RepackPlan()
+    with Progress(transient=True) as progress, safetensors_writer.repack_into(repack):
         shard_task = progress.add_task("shards", total=len(ckpt.shard_files))
         for shard in ckpt.shard_files:
             params = ckpt.params_in_shard(shard)
             tensor_task = progress.add_task(f"  {shard}", total=len(params))
-            handles: dict[str, ctc.ShardReader] = {}
+            handles: dict[str, checkpoint_reader.ShardReader] = {}
             out: dict[str, Any] = {}
             shard_path = os.path.join(ckpt.directory, shard)
             for param in params:
                 meta = ckpt.params[param]
-                parts = ctc.load_param_parts(ckpt, param, handles)
+                parts = checkpoint_reader.load_param_parts(ckpt, param, handles)
                 if meta["_type"] == "Tensor":
                     _add_output(out, result.weight_map, param, parts["tensor"], shard_path)
                 else:
-                    with ctc.input_errors_of(shard_path, param, meta, parts):
+                    with checkpoint_reader.input_errors_of(shard_path, param, meta, parts):
                         conversions = ctc.convert_parameter(param, meta, parts)
                     for conv in conversions:
                         result.module_schemes[conv.module] = conv.scheme
@@ -235,7 +236,7 @@ def _convert_shards(ckpt: ctc.TorchaoCheckpoint, out_dir: str) -> _ShardLoopResu
             shard_source_bytes = os.path.getsize(os.path.join(ckpt.directory, shard))
             result.source_bytes += shard_source_bytes
             result.largest_shard_bytes = max(result.largest_shard_bytes, shard_source_bytes)
-            result.target_bytes += ctc.write_safetensors(
+            result.target_bytes += safetensors_writer.write_safetensors(
                 os.path.join(out_dir, shard), out, {"format": "pt"}, sources=[repack, *handles.values()]
             )
             result.weight_map.update(dict.fromkeys(out, shard))
@@ -264,24 +265,27 @@ def _add_output(
 
 
 def _write_config_and_index(
-    ckpt: ctc.TorchaoCheckpoint, out_dir: str, quant_config: dict[str, Any], shards: _ShardLoopResult
+    ckpt: checkpoint_reader.TorchaoCheckpoint,
+    out_dir: str,
+    quant_config: dict[str, Any],
+    shards: _ShardLoopResult,
 ) -> None:
     config = dict(ckpt.config)
     config["quantization_config"] = quant_config
-    with open(os.path.join(out_dir, ctc.CONFIG_FILE), "w") as f:
+    with open(os.path.join(out_dir, checkpoint_reader.CONFIG_FILE), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
     if ckpt.is_sharded:
         index = {
             "metadata": {"total_size": shards.target_bytes},
             "weight_map": dict(sorted(shards.weight_map.items())),
         }
-        with open(os.path.join(out_dir, ctc.INDEX_FILE), "w") as f:
+        with open(os.path.join(out_dir, checkpoint_reader.INDEX_FILE), "w") as f:
             json.dump(index, f, indent=2)
 
 
-def _copy_other_files(ckpt: ctc.TorchaoCheckpoint, out_dir: str) -> None:
+def _copy_other_files(ckpt: checkpoint_reader.TorchaoCheckpoint, out_dir: str) -> None:
     """Copy the files that are not weights, config or index (tokenizer, generation config, ...)."""
-    written = set(ckpt.shard_files) | {ctc.CONFIG_FILE, ctc.INDEX_FILE, MARKER}
+    written = set(ckpt.shard_files) | {checkpoint_reader.CONFIG_FILE, checkpoint_reader.INDEX_FILE, MARKER}
     for name in sorted(os.listdir(ckpt.directory)):
         src = os.path.join(ckpt.directory, name)
         if name not in written and os.path.isfile(src):

@@ -5,10 +5,12 @@ to, e.g. ``Int8Tensor:qdata``, or the compressed-tensors role such as ``weight_p
 ``weight_scale``), dtype, shape, bytes; per torchao weight one row with its subclass, component
 shapes (qdata, scale) and total bytes. Also the ``quantization_config`` and totals.
 
-Files are only opened for reading: safetensors headers through ``safe_open`` (no tensor data is
-read), ``.bin`` files through ``torch.load(weights_only=True, mmap=True)``. Sharded checkpoints are
-read through their ``*.index.json``. Problems (unreadable shard, index pointing at a missing file,
-malformed metadata) are warnings and the rest is still summarized; ``--strict`` makes them errors.
+Files are read by ``checkpoint_reader``, the converter's reader, only for reading: safetensors
+headers (no tensor data is read), ``.bin`` files through ``torch.load(weights_only=True, mmap=True)``
+(torchao tensors flattened as transformers stores them in safetensors), sharded checkpoints through
+their ``*.index.json``, torchao metadata with the converter's parser. Dtypes are safetensors' names
+for both formats. Problems (unreadable shard, index pointing at a missing file, malformed metadata)
+are warnings and the rest is still summarized; ``--strict`` makes them errors.
 
     python -m hf_torchao_vllm.inspect_checkpoint \\
         --model=outputs/hf_torchao_vllm/dense-int8_weight_only
@@ -18,12 +20,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import warnings
 from collections import Counter
 from pathlib import Path
 
-import torch
+from hf_torchao_vllm.checkpoint_reader import (
+    CONFIG_FILE,
+    SAFETENSORS_DTYPES,
+    Problems,
+    flattened_bin,
+    merge_torchao_metadata,
+    parse_torchao_metadata,
+    read_json_object,
+    read_safetensors_header,
+    weight_files,
+)
 
 # compressed-tensors tensor-name suffixes (compressed_tensors.compressors.*) -> role
 COMPRESSED_TENSORS_ROLES = (
@@ -38,18 +48,13 @@ COMPRESSED_TENSORS_ROLES = (
     "input_zero_point",
     "output_scale",
 )
-DTYPE_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-    "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "U16": 2, "U32": 4, "U64": 8, "F4": 0.5, "F6_E2M3": 0.75,
-    "F6_E3M2": 0.75,
-}  # fmt: skip
 
 
 @dataclasses.dataclass
-class TensorEntry:
+class StoredTensor:
     name: str
     file: str
-    dtype: str
+    dtype: str  # the safetensors dtype name (checkpoint_reader.SAFETENSORS_DTYPES), for .bin files too
     shape: list[int]
     num_bytes: int
     stored_type: str = "plain"
@@ -73,7 +78,7 @@ class CheckpointSummary:
     checkpoint_dir: str
     format: str  # torchao | compressed-tensors | plain | other quant_method
     quantization_config: dict | None
-    tensors: list[TensorEntry]
+    tensors: list[StoredTensor]
     weights: list[WeightEntry]
     warnings: list[str]
 
@@ -95,46 +100,6 @@ class CheckpointSummary:
         }
 
 
-class _Problems:
-    def __init__(self, strict: bool):
-        self.strict = strict
-        self.messages: list[str] = []
-
-    def report(self, message: str) -> None:
-        if self.strict:
-            raise ValueError(message)
-        warnings.warn(message, stacklevel=3)
-        self.messages.append(message)
-
-
-def weight_files(checkpoint_dir: Path, problems: _Problems) -> list[Path]:
-    """The weight files of a checkpoint: from an index (sharded) or the single-file names."""
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index_path = checkpoint_dir / index_name
-        if not index_path.is_file():
-            continue
-        try:
-            weight_map = json.loads(index_path.read_text())["weight_map"]
-            if not isinstance(weight_map, dict):
-                raise TypeError("weight_map is not an object")
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as error:
-            problems.report(f"{index_path}: malformed index ({error}); falling back to listing the directory")
-            break
-        files = []
-        for shard in sorted(set(weight_map.values())):
-            shard_path = checkpoint_dir / shard
-            if Path(shard).name != shard or not shard_path.is_file():
-                problems.report(f"{index_path}: weight_map points to a missing or outside file {shard!r}")
-                continue
-            files.append(shard_path)
-        return files
-    return sorted(
-        p
-        for p in checkpoint_dir.iterdir()
-        if p.is_file() and p.suffix in (".safetensors", ".bin") and "index" not in p.name
-    )
-
-
 def _role_of(name: str, torchao_types: dict[str, str]) -> tuple[str, str]:
     """(logical weight name, stored type) of one stored tensor name."""
     module, _, leaf = name.rpartition(".")
@@ -151,72 +116,38 @@ def _role_of(name: str, torchao_types: dict[str, str]) -> tuple[str, str]:
     return name, "plain"
 
 
-def _read_safetensors(path: Path, problems: _Problems) -> tuple[list[TensorEntry], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-
-    entries, metadata = [], {}
+def _read_weight_file(path: Path, problems: Problems) -> tuple[list[StoredTensor], dict[str, str]]:
+    """The stored tensors of one weight file and its torchao metadata; ([], {}) when unreadable."""
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            for key in handle.keys():  # noqa: SIM118 -- safe_open handles are not iterable
-                tensor_slice = handle.get_slice(key)
-                shape = list(tensor_slice.get_shape())
-                dtype = tensor_slice.get_dtype()
-                numel = 1
-                for dim in shape:
-                    numel *= dim
-                entries.append(
-                    TensorEntry(key, path.name, dtype, shape, int(numel * DTYPE_BYTES.get(dtype, 1)))
-                )
-    except (SafetensorError, OSError, ValueError) as error:
-        problems.report(f"{path}: unreadable safetensors file ({error})")
+        if path.suffix == ".safetensors":
+            header = read_safetensors_header(str(path))
+            entries = [
+                StoredTensor(name, path.name, e.dtype_name, list(e.shape), e.end - e.begin)
+                for name, e in sorted(header.tensors.items())
+            ]
+            return entries, header.metadata
+        tensors, metadata = flattened_bin(str(path))
+    except ValueError as error:
+        problems.report(str(error))
         return [], {}
-    torchao_types = {}
-    for key, value in metadata.items():
-        if "." not in key:
-            continue  # e.g. "format": "pt"
-        try:
-            meta = json.loads(value)
-        except (json.JSONDecodeError, TypeError):
-            problems.report(f"{path}: metadata entry {key!r} is not JSON")
-            continue
-        if isinstance(meta, dict) and meta.get("_type") not in (None, "Tensor"):
-            torchao_types[key] = str(meta["_type"])
-    return entries, torchao_types
+    entries = [
+        StoredTensor(name, path.name, SAFETENSORS_DTYPES.get(t.dtype, str(t.dtype)), list(t.shape),
+                     t.numel() * t.element_size())
+        for name, t in tensors.items()
+    ]  # fmt: skip
+    return entries, metadata
 
 
-def _read_bin(path: Path, problems: _Problems) -> tuple[list[TensorEntry], dict[str, str]]:
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
-    import torchao  # noqa: F401 -- registers torchao tensor subclasses as safe globals for weights_only
-    from torchao.utils import TorchAOBaseTensor
-
+def _quantization_config(directory: Path, problems: Problems) -> dict | None:
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        problems.report(f"{directory}: no config.json")
+        return None
     try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # noqa: BLE001 -- any unpickling failure of untrusted input is reported
-        problems.report(f"{path}: unreadable .bin file ({type(error).__name__}: {error})")
-        return [], {}
-    if not isinstance(state_dict, dict):
-        problems.report(f"{path}: not a state dict (got {type(state_dict).__name__})")
-        return [], {}
-    entries, torchao_types = [], {}
-    for key, value in state_dict.items():
-        if isinstance(value, TorchAOBaseTensor):
-            torchao_types[key] = type(value).__name__
-            module, _, leaf = key.rpartition(".")
-            for component in getattr(value, "tensor_data_names", []):
-                inner = getattr(value, component)
-                entries.append(
-                    TensorEntry(
-                        f"{module}._{leaf}_{component}", path.name, str(inner.dtype).removeprefix("torch."),
-                        list(inner.shape), inner.numel() * inner.element_size(),
-                    )
-                )  # fmt: skip
-        elif isinstance(value, torch.Tensor):
-            entries.append(
-                TensorEntry(key, path.name, str(value.dtype).removeprefix("torch."), list(value.shape),
-                            value.numel() * value.element_size())
-            )  # fmt: skip
-    return entries, torchao_types
+        return read_json_object(str(config_path), "config").get("quantization_config")
+    except ValueError as error:
+        problems.report(str(error))
+        return None
 
 
 def inspect_checkpoint(checkpoint_dir: str | Path, strict: bool = False) -> CheckpointSummary:
@@ -224,36 +155,29 @@ def inspect_checkpoint(checkpoint_dir: str | Path, strict: bool = False) -> Chec
     directory = Path(checkpoint_dir)
     if not directory.is_dir():
         raise ValueError(f"--model {str(checkpoint_dir)!r} is not a directory: pass a checkpoint directory")
-    problems = _Problems(strict)
-    quantization_config = None
-    config_path = directory / "config.json"
-    if config_path.is_file():
-        try:
-            quantization_config = json.loads(config_path.read_text()).get("quantization_config")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
-            problems.report(f"{config_path}: malformed config.json ({error})")
-    else:
-        problems.report(f"{directory}: no config.json")
-    files = weight_files(directory, problems)
+    problems = Problems(strict)
+    quantization_config = _quantization_config(directory, problems)
+    files = [directory / name for name in weight_files(str(directory), problems)]
     if not files:
         raise ValueError(
             f"{directory}: no weight files (*.safetensors / *.bin, or shards listed in an index)"
         )
-    tensors: list[TensorEntry] = []
-    torchao_types: dict[str, str] = {}
+    tensors: list[StoredTensor] = []
+    file_metadata: list[dict[str, str]] = []
     for path in files:
-        reader = _read_safetensors if path.suffix == ".safetensors" else _read_bin
-        file_entries, file_types = reader(path, problems)
+        file_entries, metadata = _read_weight_file(path, problems)
         tensors.extend(file_entries)
-        torchao_types.update(file_types)
-    grouped: dict[str, list[TensorEntry]] = {}
+        file_metadata.append(metadata)
+    params = parse_torchao_metadata(
+        merge_torchao_metadata(file_metadata), [t.name for t in tensors], str(directory), problems
+    )
+    torchao_types = {name: meta["_type"] for name, meta in params.items() if meta["_type"] != "Tensor"}
+    grouped: dict[str, list[StoredTensor]] = {}
     for entry in tensors:
         weight_name, entry.stored_type = _role_of(entry.name, torchao_types)
         grouped.setdefault(weight_name, []).append(entry)
     weights = [_weight_entry(name, parts) for name, parts in grouped.items()]
-    quant_method = (
-        (quantization_config or {}).get("quant_method") if isinstance(quantization_config, dict) else None
-    )
+    quant_method = quantization_config.get("quant_method") if isinstance(quantization_config, dict) else None
     return CheckpointSummary(
         checkpoint_dir=str(directory),
         format=quant_method or "plain",
@@ -264,7 +188,7 @@ def inspect_checkpoint(checkpoint_dir: str | Path, strict: bool = False) -> Chec
     )
 
 
-def _weight_entry(name: str, parts: list[TensorEntry]) -> WeightEntry:
+def _weight_entry(name: str, parts: list[StoredTensor]) -> WeightEntry:
     by_role = {p.stored_type.rpartition(":")[2] if ":" in p.stored_type else p.stored_type: p for p in parts}
     main = by_role.get("qdata") or by_role.get("weight_packed") or by_role.get("plain") or parts[0]
     scale = by_role.get("scale") or by_role.get("weight_scale")

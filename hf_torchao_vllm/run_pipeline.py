@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from hf_torchao_vllm import ct_checkpoint as ctc
+from hf_torchao_vllm import checkpoint_reader
 
 EMBEDDED_DENSE_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded_models", "dense")
 # Largest accepted mean KL(transformers || vLLM) of the next-token distribution on the converted
@@ -57,7 +57,7 @@ def run_vllm_step(ct_dir: Path, max_tokens: int, console):
     from hf_torchao_vllm import vllm_support
     from hf_torchao_vllm.run_quantized_model_in_vllm import print_result, run_in_vllm
 
-    config = json.loads((ct_dir / ctc.CONFIG_FILE).read_text())
+    config = json.loads((ct_dir / checkpoint_reader.CONFIG_FILE).read_text())
     problem = vllm_support.checkpoint_problem(config, set(), torch.device("cpu"))
     if problem is not None:
         console.print(f"vLLM not run: {problem}", markup=False)
@@ -185,7 +185,7 @@ def main(
             quantize.quantize_checkpoint(model, recipe, str(work / "torchao"))
         with step(console, times, "convert", "2. convert to compressed-tensors"):
             conversion = convert_checkpoint(str(work / "torchao"), str(work / "compressed_tensors"))
-        groups = json.loads((work / "compressed_tensors" / ctc.CONFIG_FILE).read_text())[
+        groups = json.loads((work / "compressed_tensors" / checkpoint_reader.CONFIG_FILE).read_text())[
             "quantization_config"
         ]
         with step(console, times, "validate", "3. validate (decompression vs torchao; transformers logits)"):

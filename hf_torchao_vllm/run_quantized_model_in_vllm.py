@@ -18,8 +18,7 @@ import re
 import time
 from typing import Any
 
-from hf_torchao_vllm import ct_checkpoint as ctc
-from hf_torchao_vllm import vllm_support
+from hf_torchao_vllm import checkpoint_reader, vllm_support
 
 DEFAULT_PROMPTS = (
     "The Python interpreter",
@@ -63,7 +62,7 @@ def torchao_quantized_params(model_path: str, config: dict[str, Any]) -> set[str
     """Names of the torchao-quantized parameters of a torchao checkpoint (from safetensors metadata)."""
     if (config.get("quantization_config") or {}).get("quant_method") != TORCHAO_QUANT_METHOD:
         return set()
-    checkpoint = ctc.open_torchao_checkpoint(model_path)
+    checkpoint = checkpoint_reader.open_torchao_checkpoint(model_path)
     return {name for name, meta in checkpoint.params.items() if meta["_type"] != "Tensor"}
 
 

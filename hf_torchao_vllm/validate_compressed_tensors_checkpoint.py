@@ -22,7 +22,7 @@ import os
 import sys
 from typing import Any
 
-from hf_torchao_vllm import ct_checkpoint as ctc
+from hf_torchao_vllm import checkpoint_reader
 from pytorch_scripts_common.cli import run
 
 # KL(torchao || compressed-tensors-in-transformers) of next-token distributions, nats per token.
@@ -80,10 +80,12 @@ def _tolerance_problem(type_name: str, ref, got) -> str | None:
 
 def check_compressed_tensors_config(directory: str) -> None:
     """``directory``'s config.json is a JSON object with a compressed-tensors quantization_config."""
-    config_path = os.path.join(directory, ctc.CONFIG_FILE)
+    config_path = os.path.join(directory, checkpoint_reader.CONFIG_FILE)
     if not os.path.isfile(config_path):
-        raise ValueError(f"{directory} has no {ctc.CONFIG_FILE}: pass the converter's output directory")
-    config = ctc.read_json_object(config_path, "config")
+        raise ValueError(
+            f"{directory} has no {checkpoint_reader.CONFIG_FILE}: pass the converter's output directory"
+        )
+    config = checkpoint_reader.read_json_object(config_path, "config")
     qconfig = config.get("quantization_config")
     found = qconfig.get("quant_method") if isinstance(qconfig, dict) else None
     if found != "compressed-tensors":
@@ -93,7 +95,7 @@ def check_compressed_tensors_config(directory: str) -> None:
         )
 
 
-def _source_dtype(ckpt: ctc.TorchaoCheckpoint):
+def _source_dtype(ckpt: checkpoint_reader.TorchaoCheckpoint):
     import torch
 
     for meta in ckpt.params.values():
@@ -112,7 +114,7 @@ def reference_per_module(param: str, meta: dict[str, Any], parts: dict[str, Any]
     transformers stores ``experts.gate_up_proj`` as [E, 2I, H] with the gate rows first (its
     ``_default_apply_gate`` chunks the product as ``gate, up``) and ``experts.down_proj`` as [E, H, I].
     """
-    dense = ctc.torchao_dequantize(meta, parts)
+    dense = checkpoint_reader.torchao_dequantize(meta, parts)
     if dense.ndim == 2:
         return {param.removesuffix(".weight"): dense}
     experts, _, leaf = param.rpartition(".")
@@ -149,10 +151,10 @@ def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
 
     from pytorch_scripts_common import compute_sqnr
 
-    ckpt = ctc.open_torchao_checkpoint(dir_source)
+    ckpt = checkpoint_reader.open_torchao_checkpoint(dir_source)
     check_compressed_tensors_config(dir_target)
     dequantizer = CompressedTensorsDequantizer(dir_target, dtype=_source_dtype(ckpt))
-    target_shards, _ = ctc.read_shard_index(dir_target)
+    target_shards, _ = checkpoint_reader.read_shard_index(dir_target)
     if sorted(target_shards) != sorted(ckpt.shard_files):
         return ValidationReport(0, 0, [Mismatch("<shards>", f"{target_shards} != {ckpt.shard_files}")], {})
 
@@ -161,7 +163,7 @@ def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
     compared = exact = 0
     for shard in ckpt.shard_files:
         target_path = os.path.join(dir_target, shard)
-        reader = ctc.ShardReader(target_path)
+        reader = checkpoint_reader.ShardReader(target_path)
         stored = {k: reader.get_tensor(k) for k in reader.header.tensors}
         try:
             got = dequantizer.process(with_mxfp4_global_scales(stored))
@@ -175,11 +177,11 @@ def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
         expected: dict[str, tuple[str, torch.Tensor]] = {}
         for param in ckpt.params_in_shard(shard):
             meta = ckpt.params[param]
-            parts = ctc.load_param_parts(ckpt, param, handles)
+            parts = checkpoint_reader.load_param_parts(ckpt, param, handles)
             if meta["_type"] == "Tensor":
                 expected[param] = ("Tensor", parts["tensor"])
             else:
-                with ctc.input_errors_of(os.path.join(dir_source, shard), param, meta, parts):
+                with checkpoint_reader.input_errors_of(os.path.join(dir_source, shard), param, meta, parts):
                     per_module = reference_per_module(param, meta, parts)
                 for module, dense in per_module.items():
                     expected[f"{module}.weight"] = (meta["_type"], dense)
@@ -234,14 +236,15 @@ def dequantized_reference_model(dir_source: str):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    ckpt = ctc.open_torchao_checkpoint(dir_source)
+    ckpt = checkpoint_reader.open_torchao_checkpoint(dir_source)
     cfg = {k: v for k, v in ckpt.config.items() if k != "quantization_config"}
     model_type = cfg.pop("model_type")
     hf_config = AutoConfig.for_model(model_type, **cfg)
     model = AutoModelForCausalLM.from_config(hf_config, dtype=_source_dtype(ckpt))
     handles: dict[str, Any] = {}
     state = {
-        p: ctc.torchao_dequantize(m, ctc.load_param_parts(ckpt, p, handles)) for p, m in ckpt.params.items()
+        p: checkpoint_reader.torchao_dequantize(m, checkpoint_reader.load_param_parts(ckpt, p, handles))
+        for p, m in ckpt.params.items()
     }
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(hf_config, "tie_word_embeddings", False) else set()
@@ -261,7 +264,7 @@ def compare_in_transformers(dir_source: str, dir_target: str, seed: int = 0) -> 
     from pytorch_scripts_common import set_seed
 
     set_seed(seed)
-    ckpt = ctc.open_torchao_checkpoint(dir_source)
+    ckpt = checkpoint_reader.open_torchao_checkpoint(dir_source)
     quantized_3d = any(m["_type"] != "Tensor" and not p.endswith(".weight") for p, m in ckpt.params.items())
     # transformers' default grouped-mm experts kernel transposes the 3D weight, which torchao tensors do
     # not implement; its eager per-expert loop slices them (as quantize_hf_model_with_torchao loads them).
@@ -336,7 +339,7 @@ def main(
             raise ValueError(f"--{what} {d} is not a directory: pass a checkpoint directory")
     if not kl_threshold >= 0:
         raise ValueError(f"--kl_threshold is {kl_threshold}: pass a non-negative number of nats")
-    ctc.open_torchao_checkpoint(reference)
+    checkpoint_reader.open_torchao_checkpoint(reference)
     check_compressed_tensors_config(model)
     run_validation(reference, model, check_transformers=check_transformers, kl_threshold=kl_threshold)
 

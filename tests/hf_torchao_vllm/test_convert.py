@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from hf_torchao_vllm import checkpoint_reader, recipes, safetensors_writer, tiny_models
 from hf_torchao_vllm import ct_checkpoint as ctc
-from hf_torchao_vllm import recipes, tiny_models
 from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import TOOL, convert_checkpoint
 from hf_torchao_vllm.quantize import quantize_checkpoint
 from hf_torchao_vllm.validate_compressed_tensors_checkpoint import compare_in_transformers, validate_weights
@@ -138,7 +138,7 @@ def load_json(path):
 
 
 def read_all(directory):
-    index = os.path.join(directory, ctc.INDEX_FILE)
+    index = os.path.join(directory, checkpoint_reader.INDEX_FILE)
     shards = (
         sorted(set(load_json(index)["weight_map"].values()))
         if os.path.exists(index)
@@ -343,7 +343,7 @@ def write_unaligned_safetensors(path, tensors):
     header, data = {}, b""
     for name, t in tensors.items():
         raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        dtype = ctc._SAFETENSORS_DTYPES[t.dtype]
+        dtype = checkpoint_reader.SAFETENSORS_DTYPES[t.dtype]
         header[name] = {
             "dtype": dtype,
             "shape": list(t.shape),
@@ -369,7 +369,7 @@ def test_shard_reader_matches_safetensors_on_unaligned_and_empty_tensors(tmp_pat
     }
     path = str(tmp_path / "unaligned.safetensors")
     write_unaligned_safetensors(path, tensors)
-    reader = ctc.ShardReader(path)
+    reader = checkpoint_reader.ShardReader(path)
     with safe_open(path, framework="pt") as f:
         for name, expected in tensors.items():
             got = reader.get_tensor(name)
@@ -382,8 +382,10 @@ def test_shard_reader_matches_safetensors_on_unaligned_and_empty_tensors(tmp_pat
 def test_writer_copies_source_views_file_to_file_aligned_as_in_the_source(tmp_path):
     torch.manual_seed(0)
     source = str(tmp_path / "source.safetensors")
-    ctc.write_safetensors(source, {"w": torch.randn(64, 32), "s": torch.randn(64, 1)}, {"k": "v"})
-    reader = ctc.ShardReader(source)
+    safetensors_writer.write_safetensors(
+        source, {"w": torch.randn(64, 32), "s": torch.randn(64, 1)}, {"k": "v"}
+    )
+    reader = checkpoint_reader.ShardReader(source)
     views = {
         "a_new": torch.ones(3),
         "s_copy": reader.get_tensor("s").reshape(64),
@@ -394,8 +396,8 @@ def test_writer_copies_source_views_file_to_file_aligned_as_in_the_source(tmp_pa
     assert reader.source_offset(views["a_new"]) is None
     assert reader.source_offset(views["w_copy"][:, :3]) is None  # not contiguous: written from memory
     sent, written = str(tmp_path / "sent.safetensors"), str(tmp_path / "written.safetensors")
-    ctc.write_safetensors(sent, views, {"format": "pt"}, sources=[reader])
-    ctc.write_safetensors(written, {k: v.clone() for k, v in views.items()}, {"format": "pt"})
+    safetensors_writer.write_safetensors(sent, views, {"format": "pt"}, sources=[reader])
+    safetensors_writer.write_safetensors(written, {k: v.clone() for k, v in views.items()}, {"format": "pt"})
     for path in (sent, written):
         with safe_open(path, framework="pt") as f:
             assert f.metadata() == {"format": "pt"}
@@ -403,7 +405,7 @@ def test_writer_copies_source_views_file_to_file_aligned_as_in_the_source(tmp_pa
                 assert torch.equal(f.get_tensor(name), value), (path, name)
     # The copied tensors keep their source order and sit at their source's in-page offset, in the
     # first page of a 64 KiB block; the tensor computed in memory comes after them.
-    header = ctc.read_safetensors_header(sent)
+    header = checkpoint_reader.read_safetensors_header(sent)
     first = min(source_offsets, key=source_offsets.get)
     target_offset = header.data_start + header.tensors[first].begin
     assert target_offset % (16 * 4096) == source_offsets[first] % 4096
@@ -417,16 +419,18 @@ def test_deferred_8bit_repacking_writes_what_eager_packing_computes(tmp_path):
     torch.manual_seed(0)
     source = str(tmp_path / "source.safetensors")
     # More than one chunk, so that chunk boundaries are crossed.
-    qdata = torch.randint(-128, 128, (ctc.RepackPlan.CHUNK_BYTES // 256 + 3, 256), dtype=torch.int8)
-    ctc.write_safetensors(source, {"q": qdata, "s": torch.randn(qdata.shape[0], 1)})
-    reader = ctc.ShardReader(source)
-    plan = ctc.RepackPlan()
-    with ctc.repack_into(plan):
+    qdata = torch.randint(
+        -128, 128, (safetensors_writer.RepackPlan.CHUNK_BYTES // 256 + 3, 256), dtype=torch.int8
+    )
+    safetensors_writer.write_safetensors(source, {"q": qdata, "s": torch.randn(qdata.shape[0], 1)})
+    reader = checkpoint_reader.ShardReader(source)
+    plan = safetensors_writer.RepackPlan()
+    with safetensors_writer.repack_into(plan):
         packed = ctc._pack_int32(reader.get_tensor("q"), 8)
     assert packed.dtype == torch.int32 and packed.shape == (qdata.shape[0], 64)
     tensors = {"packed": packed, "packed_rows": packed[2:5], "scale": reader.get_tensor("s")}
     target = str(tmp_path / "target.safetensors")
-    ctc.write_safetensors(target, tensors, sources=[plan, reader])
+    safetensors_writer.write_safetensors(target, tensors, sources=[plan, reader])
     expected = pack_to_int32(qdata, 8, packed_dim=1)
     with safe_open(target, framework="pt") as f:
         assert torch.equal(f.get_tensor("packed"), expected)
@@ -437,8 +441,8 @@ def test_deferred_8bit_repacking_writes_what_eager_packing_computes(tmp_path):
 def test_reading_a_deferred_placeholder_crashes_instead_of_returning_garbage(tmp_path):
     code = (
         "import torch\n"
-        "from hf_torchao_vllm import ct_checkpoint as ctc\n"
-        "with ctc.repack_into(ctc.RepackPlan()):\n"
+        "from hf_torchao_vllm import ct_checkpoint as ctc, safetensors_writer\n"
+        "with safetensors_writer.repack_into(safetensors_writer.RepackPlan()):\n"
         "    packed = ctc._pack_int32(torch.zeros(4, 8, dtype=torch.int8), 8)\n"
         "print(int(packed.sum()))\n"
     )
@@ -508,7 +512,7 @@ def rewrite_metadata(path, edit):
         for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
             tensors[key] = f.get_tensor(key)
     edit(metadata)
-    ctc.write_safetensors(path, tensors, metadata)
+    safetensors_writer.write_safetensors(path, tensors, metadata)
 
 
 def test_unknown_tensor_subclass_is_named(int8_source, tmp_path):
@@ -548,7 +552,7 @@ def test_corrupt_safetensors_header(int8_source, tmp_path):
 
 def test_index_pointing_to_missing_shard(dense_dir, tmp_path):
     src = quantize_and_save(dense_dir, "int8_weight_only", str(tmp_path / "sharded"), max_shard_size="300KB")
-    index = load_json(os.path.join(src, ctc.INDEX_FILE))
+    index = load_json(os.path.join(src, checkpoint_reader.INDEX_FILE))
     shard = sorted(set(index["weight_map"].values()))[1]
     os.remove(os.path.join(src, shard))
     assert_fails_cleanly(src, tmp_path, f"shard '{shard}'.*missing")
@@ -664,9 +668,11 @@ def test_convert_cli_sharded_with_validation(dense_dir, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # Validated before it was published: the validation report comes before "wrote".
     assert proc.stdout.index("validation passed") < proc.stdout.index(f"wrote {target}")
-    source_shards = sorted(set(load_json(os.path.join(src, ctc.INDEX_FILE))["weight_map"].values()))
+    source_shards = sorted(
+        set(load_json(os.path.join(src, checkpoint_reader.INDEX_FILE))["weight_map"].values())
+    )
     assert len(source_shards) > 1
-    index = load_json(target / ctc.INDEX_FILE)
+    index = load_json(target / checkpoint_reader.INDEX_FILE)
     assert sorted(set(index["weight_map"].values())) == source_shards
     stored = read_all(str(target))
     assert set(index["weight_map"]) == set(stored)
@@ -690,7 +696,7 @@ def test_validate_cli_fails_on_a_corrupted_tensor(int8_source, tmp_path):
     bad = "model.layers.1.self_attn.v_proj.weight_scale"
     tensors[bad] = tensors[bad].clone()
     tensors[bad][3] *= 1.5
-    ctc.write_safetensors(path, tensors, metadata)
+    safetensors_writer.write_safetensors(path, tensors, metadata)
     proc = run_module(
         "hf_torchao_vllm.validate_compressed_tensors_checkpoint",
         f"--model={target}",
@@ -744,7 +750,7 @@ def test_validate_reports_missing_tensor(int8_source, tmp_path):
     with safe_open(path, framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     del tensors["model.norm.weight"]
-    ctc.write_safetensors(path, tensors, {"format": "pt"})
+    safetensors_writer.write_safetensors(path, tensors, {"format": "pt"})
     report = validate_weights(int8_source, str(target))
     assert [m.name for m in report.mismatches] == ["model.norm.weight"]
     assert "missing" in report.mismatches[0].problem

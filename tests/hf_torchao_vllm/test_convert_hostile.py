@@ -16,8 +16,7 @@ import time
 import pytest
 from safetensors import safe_open
 
-from hf_torchao_vllm import ct_checkpoint as ctc
-from hf_torchao_vllm import recipes, tiny_models
+from hf_torchao_vllm import checkpoint_reader, recipes, safetensors_writer, tiny_models
 from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import TOOL, convert_checkpoint, main
 from hf_torchao_vllm.quantize import quantize_checkpoint
 from pytorch_scripts_common.cli import USER_ERRORS
@@ -48,7 +47,7 @@ def sharded_int8(bf16_dir, tmp_path_factory):
     path = quantize_and_save(
         bf16_dir, "int8_weight_only", str(tmp_path_factory.mktemp("int8") / "ck"), max_shard_size="100KB"
     )
-    assert len(set(load_json(os.path.join(path, ctc.INDEX_FILE))["weight_map"].values())) >= 3
+    assert len(set(load_json(os.path.join(path, checkpoint_reader.INDEX_FILE))["weight_map"].values())) >= 3
     return path
 
 
@@ -274,17 +273,17 @@ CORRUPTIONS = {
     ),
     "index_not_json": (
         "sharded_int8",
-        lambda s: _write(f"{s}/{ctc.INDEX_FILE}", "{"),
+        lambda s: _write(f"{s}/{checkpoint_reader.INDEX_FILE}", "{"),
         r"index .*index\.json is not valid JSON",
     ),
     "index_is_a_list": (
         "sharded_int8",
-        lambda s: _write(f"{s}/{ctc.INDEX_FILE}", "[]"),
+        lambda s: _write(f"{s}/{checkpoint_reader.INDEX_FILE}", "[]"),
         r"index .*index\.json holds a JSON list",
     ),
     "index_without_weight_map": (
         "sharded_int8",
-        lambda s: _write(f"{s}/{ctc.INDEX_FILE}", "{}"),
+        lambda s: _write(f"{s}/{checkpoint_reader.INDEX_FILE}", "{}"),
         r"has no 'weight_map' object",
     ),
     "index_names_missing_shard": (
@@ -295,14 +294,16 @@ CORRUPTIONS = {
     "index_points_outside": (
         "sharded_int8",
         lambda s: _edit_json(
-            f"{s}/{ctc.INDEX_FILE}", lambda i: i["weight_map"].update({"lm_head.weight": "../x.safetensors"})
+            f"{s}/{checkpoint_reader.INDEX_FILE}",
+            lambda i: i["weight_map"].update({"lm_head.weight": "../x.safetensors"}),
         ),
         r"maps 'lm_head\.weight' to '\.\./x\.safetensors', not a file name",
     ),
     "index_maps_to_wrong_shard": (
         "sharded_int8",
         lambda s: _edit_json(
-            f"{s}/{ctc.INDEX_FILE}", lambda i: i["weight_map"].update({"lm_head.weight": shards_of(s)[-1]})
+            f"{s}/{checkpoint_reader.INDEX_FILE}",
+            lambda i: i["weight_map"].update({"lm_head.weight": shards_of(s)[-1]}),
         ),
         r"maps 'lm_head\.weight' to .*, which does not contain it",
     ),
@@ -563,7 +564,7 @@ def _fuzz_file_json(rng, path):
 def _fuzz_one(rng, src):
     shards = [os.path.join(src, s) for s in shards_of(src)]
     kinds = ["truncate", "header_bytes", "header_json", "header_json", "header_json", "config", "remove"]
-    if os.path.exists(os.path.join(src, ctc.INDEX_FILE)):
+    if os.path.exists(os.path.join(src, checkpoint_reader.INDEX_FILE)):
         kinds.append("index")
     kind = rng.choice(kinds)
     if kind == "truncate":
@@ -576,7 +577,7 @@ def _fuzz_one(rng, src):
     elif kind == "config":
         _fuzz_file_json(rng, os.path.join(src, "config.json"))
     elif kind == "index":
-        _fuzz_file_json(rng, os.path.join(src, ctc.INDEX_FILE))
+        _fuzz_file_json(rng, os.path.join(src, checkpoint_reader.INDEX_FILE))
     else:
         os.remove(rng.choice([*shards, os.path.join(src, "config.json")]))
     return kind
@@ -655,12 +656,12 @@ def test_overwrite_replaces_only_an_earlier_output_of_the_converter(sharded_int8
 
 
 def test_failed_validation_publishes_nothing(sharded_int8, tmp_path, monkeypatch, capsys):
-    original = ctc.RepackPlan.defer_xor
+    original = safetensors_writer.RepackPlan.defer_xor
 
     def wrong_offset(self, source, value):  # a packing bug (128 ^ 1 instead of 128) to be caught
         return original(self, source, value ^ 1)
 
-    monkeypatch.setattr(ctc.RepackPlan, "defer_xor", wrong_offset)
+    monkeypatch.setattr(safetensors_writer.RepackPlan, "defer_xor", wrong_offset)
     target = tmp_path / "out" / "ct"
     with pytest.raises(SystemExit) as exited:
         main(sharded_int8, str(target))

@@ -26,6 +26,16 @@ ENTRY_SCRIPTS = {
 }
 
 
+def entry_arguments(module: str) -> set[str]:
+    """The flags ``python -m <module>`` takes: its entry point's arguments and their aliases."""
+    entry = importlib.import_module(module)
+    return {
+        *inspect.signature(entry.main).parameters,
+        *getattr(entry, "FLAG_ALIASES", {}),
+        *getattr(entry, "FIXED_FLAGS", {}),
+    }
+
+
 def test_readme_commands_use_real_modules_and_arguments():
     commands = bash_block_commands((FOLDER / "README.md").read_text(), ".venv/bin/python")
     assert all(command[1] == "-m" for command in commands), [c for c in commands if c[1] != "-m"]
@@ -34,12 +44,7 @@ def test_readme_commands_use_real_modules_and_arguments():
     assert modules == ENTRY_SCRIPTS
     for command in commands:
         module = command[2].removeprefix("hf_torchao_vllm.")
-        entry = importlib.import_module(f"hf_torchao_vllm.{module}")
-        parameters = {
-            *inspect.signature(entry.main).parameters,
-            *getattr(entry, "FLAG_ALIASES", {}),
-            *getattr(entry, "FIXED_FLAGS", {}),
-        }
+        parameters = entry_arguments(f"hf_torchao_vllm.{module}")
         for arg in command[3:]:
             assert arg.startswith("--"), f"{command}: positional {arg!r}"
             name = arg[2:].partition("=")[0]
