@@ -100,11 +100,9 @@ def write_synthetic_checkpoint(path: str, recipe: str, size_mb: float, shard_mb:
     """Write a torchao checkpoint of about ``size_mb`` MB at ``path``, in shards of at most
     ``shard_mb`` MB, parameter by parameter (the model is never built, so memory stays at a shard)."""
     import torch
-    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
-    from torchao.quantization import quantize_
     from transformers import LlamaConfig, TorchAoConfig
 
-    from hf_torchao_vllm import checkpoint_reader, recipes, safetensors_writer
+    from hf_torchao_vllm import checkpoint_reader, recipes
 
     shape = LlamaShape.for_size(size_mb)
     entry, options = recipes.resolve(recipe, recipes.RecipeOptions(fp8_emulation_on_cpu=True))
@@ -113,19 +111,56 @@ def write_synthetic_checkpoint(path: str, recipe: str, size_mb: float, shard_mb:
     generator = torch.Generator().manual_seed(seed)
 
     def quantized_weight(out_features: int, in_features: int):
-        linear = torch.nn.Linear(in_features, out_features, bias=False, dtype=torch.bfloat16)
-        with torch.no_grad():
-            linear.weight.normal_(0, in_features**-0.5, generator=generator)
-        with recipes.maybe_bypass_fp8_hardware_check(entry.name == "fp8"):  # only quantizes weights
-            quantize_(linear, config)
-        return linear.weight
+        return _quantized_linear_weight(out_features, in_features, config, entry.name == "fp8", generator)
 
-    # Every parameter in model order with its stored size, and the torchao metadata of all of them
-    # (transformers writes the metadata of the whole model into every shard).
-    params: list[tuple[str, tuple[int, int] | None, int]] = [
-        ("model.embed_tokens.weight", None, shape.vocab * shape.hidden * 2)
-    ]
-    templates: dict[tuple[int, int], tuple[str, int]] = {}
+    params, metadata = _parameters_and_metadata(shape, quantized_weight)
+    os.makedirs(path)
+    weight_map, total = _write_shards(
+        path, _split_into_shards(params, shard_mb), metadata, shape, quantized_weight, generator
+    )
+    with open(os.path.join(path, checkpoint_reader.INDEX_FILE), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    hf_config = LlamaConfig(
+        vocab_size=shape.vocab,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.hidden // 64,
+        num_key_value_heads=shape.kv_dim // 64,
+        head_dim=64,
+        tie_word_embeddings=False,
+        dtype="bfloat16",
+    )
+    hf_config.quantization_config = TorchAoConfig(config)
+    hf_config.to_json_file(os.path.join(path, checkpoint_reader.CONFIG_FILE))
+    return path
+
+
+# (parameter name, [out, in] of a quantized Linear weight or None for a plain tensor, stored bytes)
+Param = tuple[str, "tuple[int, int] | None", int]
+
+
+def _quantized_linear_weight(out_features: int, in_features: int, config, is_fp8: bool, generator):
+    """A bf16 Linear weight of N(0, 1/in) values, quantized by torchao's ``quantize_`` with ``config``."""
+    import torch
+    from torchao.quantization import quantize_
+
+    from hf_torchao_vllm import recipes
+
+    linear = torch.nn.Linear(in_features, out_features, bias=False, dtype=torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.normal_(0, in_features**-0.5, generator=generator)
+    with recipes.maybe_bypass_fp8_hardware_check(is_fp8):  # only quantizes weights
+        quantize_(linear, config)
+    return linear.weight
+
+
+def _parameters_and_metadata(shape: LlamaShape, quantized_weight) -> tuple[list[Param], dict[str, str]]:
+    """Every parameter in model order with its stored size, and the torchao metadata of all of them
+    (transformers writes the metadata of the whole model into every shard)."""
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+    templates: dict[tuple[int, int], tuple[str, int]] = {}  # [out, in] -> (metadata entry, bytes)
     for out_features, in_features in {(o, i) for _, o, i in shape.linears()}:
         stored, metadata = flatten_tensor_state_dict(
             {"m.weight": quantized_weight(out_features, in_features)}
@@ -134,28 +169,47 @@ def write_synthetic_checkpoint(path: str, recipe: str, size_mb: float, shard_mb:
             metadata["m.weight"],
             sum(t.numel() * t.element_size() for t in stored.values()),
         )
+    params: list[Param] = [("model.embed_tokens.weight", None, shape.vocab * shape.hidden * 2)]
     for layer in range(shape.num_layers):
         prefix = f"model.layers.{layer}"
         params.append((f"{prefix}.input_layernorm.weight", None, shape.hidden * 2))
         for name, out_features, in_features in shape.linears():
-            params.append((f"{prefix}.{name}.weight", (out_features, in_features), 0))
+            params.append(
+                (
+                    f"{prefix}.{name}.weight",
+                    (out_features, in_features),
+                    templates[(out_features, in_features)][1],
+                )
+            )
         params.append((f"{prefix}.post_attention_layernorm.weight", None, shape.hidden * 2))
     params += [
         ("model.norm.weight", None, shape.hidden * 2),
         ("lm_head.weight", None, shape.vocab * shape.hidden * 2),
     ]
-    params = [(n, s, templates[s][1] if s else nbytes) for n, s, nbytes in params]
     metadata = {n: templates[s][0] if s else json.dumps({"_type": "Tensor"}) for n, s, _ in params}
     metadata["tensor_names"] = json.dumps([n for n, _, _ in params])
     metadata["format"] = "pt"
+    return params, metadata
 
-    shards: list[list[tuple[str, tuple[int, int] | None, int]]] = [[]]
+
+def _split_into_shards(params: list[Param], shard_mb: float) -> list[list[Param]]:
+    """Consecutive parameters, as many per shard as fit in ``shard_mb`` (at least one)."""
+    shards: list[list[Param]] = [[]]
     for param in params:
         if shards[-1] and sum(p[2] for p in shards[-1]) + param[2] > shard_mb * 1e6:
             shards.append([])
         shards[-1].append(param)
+    return shards
 
-    os.makedirs(path)
+
+def _write_shards(path: str, shards: list[list[Param]], metadata: dict[str, str], shape: LlamaShape,
+                  quantized_weight, generator) -> tuple[dict[str, str], int]:  # fmt: skip
+    """Each shard's tensors made and written one shard at a time; the weight map and data bytes."""
+    import torch
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+    from hf_torchao_vllm import safetensors_writer
+
     weight_map: dict[str, str] = {}
     total = 0
     for index, shard in enumerate(shards):
@@ -173,22 +227,7 @@ def write_synthetic_checkpoint(path: str, recipe: str, size_mb: float, shard_mb:
         total += safetensors_writer.write_safetensors(os.path.join(path, file_name), stored, metadata)
         weight_map.update(dict.fromkeys(stored, file_name))
         del stored
-    with open(os.path.join(path, checkpoint_reader.INDEX_FILE), "w") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-    hf_config = LlamaConfig(
-        vocab_size=shape.vocab,
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.num_layers,
-        num_attention_heads=shape.hidden // 64,
-        num_key_value_heads=shape.kv_dim // 64,
-        head_dim=64,
-        tie_word_embeddings=False,
-        dtype="bfloat16",
-    )
-    hf_config.quantization_config = TorchAoConfig(config)
-    hf_config.to_json_file(os.path.join(path, checkpoint_reader.CONFIG_FILE))
-    return path
+    return weight_map, total
 
 
 def _dir_files(path: str) -> list[str]:

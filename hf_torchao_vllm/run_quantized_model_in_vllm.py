@@ -142,8 +142,6 @@ def run_in_vllm(
     max_model_len: int = 512,
 ) -> VllmRunResult:
     """Start one vLLM engine on ``model_path``, generate greedily, optionally compare with transformers."""
-    import torch
-
     from pytorch_scripts_common import get_device, set_seed
 
     config = read_config(model_path)
@@ -153,13 +151,61 @@ def run_in_vllm(
     set_seed(seed)
     text_prompts = list(prompts or DEFAULT_PROMPTS)
     use_tokenizer = has_tokenizer(model_path)
-
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
-
     start = time.perf_counter()
+    llm = start_engine(
+        model_path,
+        max_model_len,
+        compile,
+        seed,
+        tensor_parallel_size,
+        use_tokenizer,
+        compare_with_transformers,
+    )
+    seconds_start = time.perf_counter() - start
+    layer_rows = llm.apply_model(summarize_vllm_layers)[0]
+    if use_tokenizer:
+        tokenizer = llm.get_tokenizer()
+        prompt_ids = [tokenizer(p)["input_ids"] for p in text_prompts]
+    else:
+        vocab = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
+        prompt_ids = token_id_prompts(vocab, len(text_prompts), 8, seed)
+    start = time.perf_counter()
+    outputs = generate(
+        llm, prompt_ids, max_tokens, seed, use_tokenizer, all_logprobs=compare_with_transformers
+    )
+    seconds_generate = time.perf_counter() - start
+    result = VllmRunResult(
+        architecture=(config.get("architectures") or ["?"])[0],
+        quantization=(config.get("quantization_config") or {}).get("quant_method", "none (bf16)"),
+        layer_summary=group_layer_summary(layer_rows),
+        prompts=text_prompts if use_tokenizer else prompt_ids,
+        generations=[list(o.outputs[0].token_ids) for o in outputs],
+        texts=[o.outputs[0].text for o in outputs] if use_tokenizer else None,
+        seconds_engine_start=seconds_start,
+        seconds_generate=seconds_generate,
+        moe_path=describe_moe_path(layer_rows, device.type),
+    )
+    if compare_with_transformers:
+        result.kl, result.top1_agreement = compare_next_token(model_path, prompt_ids, outputs)
+    return result
+
+
+def start_engine(
+    model_path: str,
+    max_model_len: int,
+    compile: bool,
+    seed: int,
+    tensor_parallel_size: int,
+    use_tokenizer: bool,
+    all_logprobs: bool,
+):
+    """A vLLM offline ``LLM`` on ``model_path`` in bf16 (eager unless ``compile``)."""
+    from vllm import LLM
+
+    from pytorch_scripts_common import get_device
+
     try:
-        llm = LLM(
+        return LLM(
             model=model_path,
             dtype="bfloat16",
             max_model_len=max_model_len,
@@ -167,56 +213,44 @@ def run_in_vllm(
             seed=seed,
             tensor_parallel_size=tensor_parallel_size,
             skip_tokenizer_init=not use_tokenizer,
-            max_logprobs=-1 if compare_with_transformers else 20,
+            max_logprobs=-1 if all_logprobs else 20,
         )
     except (NotImplementedError, RuntimeError, ValueError) as e:
         # vLLM's own refusal (not predicted by vllm_support): a bug report for that module, not a user error
-        raise RuntimeError(f"vLLM could not load {model_path!r} on {device.type}: {e}") from e
-    seconds_start = time.perf_counter() - start
-    layer_rows = llm.apply_model(summarize_vllm_layers)[0]
+        raise RuntimeError(f"vLLM could not load {model_path!r} on {get_device().type}: {e}") from e
 
-    if use_tokenizer:
-        tokenizer = llm.get_tokenizer()
-        prompt_ids = [tokenizer(p)["input_ids"] for p in text_prompts]
-    else:
-        vocab = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
-        prompt_ids = token_id_prompts(vocab, len(text_prompts), 8, seed)
+
+def generate(
+    llm, prompt_ids: list[list[int]], max_tokens: int, seed: int, detokenize: bool, all_logprobs: bool
+):
+    """Greedy generations of ``prompt_ids`` (with every token's log-probability after the prompt when
+    ``all_logprobs``)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
     params = SamplingParams(
         max_tokens=max_tokens,
         temperature=0.0,
         seed=seed,
-        logprobs=-1 if compare_with_transformers else None,
-        detokenize=use_tokenizer,
+        logprobs=-1 if all_logprobs else None,
+        detokenize=detokenize,
     )
-    start = time.perf_counter()
-    outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
-    seconds_generate = time.perf_counter() - start
-    generations = [list(o.outputs[0].token_ids) for o in outputs]
-    texts = [o.outputs[0].text for o in outputs] if use_tokenizer else None
+    return llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
 
-    qconfig = config.get("quantization_config") or {}
-    result = VllmRunResult(
-        architecture=(config.get("architectures") or ["?"])[0],
-        quantization=qconfig.get("quant_method", "none (bf16)"),
-        layer_summary=group_layer_summary(layer_rows),
-        prompts=text_prompts if use_tokenizer else prompt_ids,
-        generations=generations,
-        texts=texts,
-        seconds_engine_start=seconds_start,
-        seconds_generate=seconds_generate,
-        moe_path=describe_moe_path(layer_rows, device.type),
-    )
-    if compare_with_transformers:
-        hf = transformers_next_token_logprobs(model_path, prompt_ids)
-        vllm_logprobs = torch.full_like(hf, -torch.inf)
-        for row, out in enumerate(outputs):
-            for token, logprob in out.outputs[0].logprobs[0].items():
-                if token < hf.shape[1]:
-                    vllm_logprobs[row, token] = logprob.logprob
-        kl = (hf.exp() * (hf - vllm_logprobs)).sum(-1)
-        result.kl = kl.mean().item()
-        result.top1_agreement = (hf.argmax(-1) == vllm_logprobs.argmax(-1)).float().mean().item()
-    return result
+
+def compare_next_token(model_path: str, prompt_ids: list[list[int]], outputs) -> tuple[float, float]:
+    """Mean KL(transformers || vLLM) of the next-token distribution after each prompt, and top-1
+    agreement; vLLM's distribution is read from its log-probabilities of the first generated token."""
+    import torch
+
+    hf = transformers_next_token_logprobs(model_path, prompt_ids)
+    vllm_logprobs = torch.full_like(hf, -torch.inf)
+    for row, out in enumerate(outputs):
+        for token, logprob in out.outputs[0].logprobs[0].items():
+            if token < hf.shape[1]:
+                vllm_logprobs[row, token] = logprob.logprob
+    kl = (hf.exp() * (hf - vllm_logprobs)).sum(-1)
+    return kl.mean().item(), (hf.argmax(-1) == vllm_logprobs.argmax(-1)).float().mean().item()
 
 
 def print_result(result: VllmRunResult) -> None:

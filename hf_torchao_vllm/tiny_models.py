@@ -204,20 +204,28 @@ def save_tiny_model(architecture: Architecture, directory: str | Path, seed: int
 
 
 def save_random_llama(
-    path: str, hidden_size: int = 256, intermediate_size: int = 512, num_layers: int = 2, seed: int = 0
+    path: str,
+    hidden_size: int = 256,
+    intermediate_size: int = 512,
+    num_layers: int = 2,
+    vocab_size: int = 512,
+    num_key_value_heads: int | None = None,
+    max_position_embeddings: int = 256,
+    seed: int = 0,
 ) -> str:
-    """A random Llama of the given size (the converter's memory test needs a larger model)."""
+    """A random bf16 Llama of the given size, heads of 64 (the converter's memory tests, the
+    generation benchmark's large model); ``num_key_value_heads`` defaults to one per 128 of width."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=512,
+        vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
         num_hidden_layers=num_layers,
         num_attention_heads=hidden_size // 64,
-        num_key_value_heads=max(1, hidden_size // 128),
-        max_position_embeddings=256,
+        num_key_value_heads=num_key_value_heads or max(1, hidden_size // 128),
+        max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=False,
     )
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
