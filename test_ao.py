@@ -67,8 +67,8 @@ TEST_AO_CONFIGS = (
 class ConfigSpec:
     """One torchao recipe as this script runs it: variants tried in order, threshold, shape rule.
 
-    Built from ``hf_torchao_vllm.recipes`` (the registry the quantizer and the converter use), so a
-    recipe's configs, shape rules and SQNR floor live in one place."""
+    Built from ``hf_torchao_vllm.quantization.recipes`` (the registry the quantizer and the converter
+    use), so a recipe's configs, shape rules and SQNR floor live in one place."""
 
     name: str
     description: str
@@ -88,8 +88,8 @@ def _no_rule(weight: torch.Tensor, group_size: int) -> str | None:
 
 
 def spec_from_registry(name: str) -> ConfigSpec:
-    """The ``ConfigSpec`` of recipe or alias ``name`` of ``hf_torchao_vllm.recipes``."""
-    from hf_torchao_vllm import recipes
+    """The ``ConfigSpec`` of recipe or alias ``name`` of ``hf_torchao_vllm.quantization.recipes``."""
+    from hf_torchao_vllm.quantization import recipes
 
     recipe, options = recipes.resolve(name)
 
@@ -617,7 +617,7 @@ def choose_variant(
 ) -> tuple[str, Any, bool, list[str]]:
     """(label, config) of the first of ``spec``'s variants that quantizes and runs a probe Linear on
     ``device`` (else the first variant), whether one does, and the probe errors of those before it."""
-    from hf_torchao_vllm.recipes import probe_config
+    from hf_torchao_vllm.quantization.recipes import probe_config
 
     probe_errors = []
     variants = spec.build_variants(group_size, device)

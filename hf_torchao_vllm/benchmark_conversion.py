@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-from hf_torchao_vllm.run_pipeline import EMBEDDED_DENSE_MODEL
+from hf_torchao_vllm.tiny_models import EMBEDDED_DENSE
 from pytorch_scripts_common.cli import UsageError, parse_list, run
 
 VLLM_CHILD = """
@@ -102,7 +102,8 @@ def write_synthetic_checkpoint(path: str, recipe: str, size_mb: float, shard_mb:
     import torch
     from transformers import LlamaConfig, TorchAoConfig
 
-    from hf_torchao_vllm import checkpoint_reader, recipes
+    from hf_torchao_vllm.conversion import checkpoint_reader
+    from hf_torchao_vllm.quantization import recipes
 
     shape = LlamaShape.for_size(size_mb)
     entry, options = recipes.resolve(recipe, recipes.RecipeOptions(fp8_emulation_on_cpu=True))
@@ -145,7 +146,7 @@ def _quantized_linear_weight(out_features: int, in_features: int, config, is_fp8
     import torch
     from torchao.quantization import quantize_
 
-    from hf_torchao_vllm import recipes
+    from hf_torchao_vllm.quantization import recipes
 
     linear = torch.nn.Linear(in_features, out_features, bias=False, dtype=torch.bfloat16)
     with torch.no_grad():
@@ -208,7 +209,7 @@ def _write_shards(path: str, shards: list[list[Param]], metadata: dict[str, str]
     import torch
     from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
 
-    from hf_torchao_vllm import safetensors_writer
+    from hf_torchao_vllm.conversion import safetensors_writer
 
     weight_map: dict[str, str] = {}
     total = 0
@@ -257,7 +258,7 @@ def benchmark_conversion(dir_source: str, num_runs: int, work_dir: str) -> dict:
     folder) that is deleted after it was timed, so neither pays for deleting an earlier output, and
     starts after ``sync`` (untimed), so neither pays for writing back the other's dirty pages.
     """
-    from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
+    from hf_torchao_vllm.conversion.convert import convert_checkpoint
 
     files = _dir_files(dir_source)
     shards = [f for f in files if f.endswith(".safetensors")]
@@ -363,8 +364,8 @@ def run_vllm_table(model_path: str, recipes: list[str], batch: int, max_tokens: 
     from rich.console import Console
     from rich.table import Table
 
-    from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
-    from hf_torchao_vllm.quantize import quantize_checkpoint
+    from hf_torchao_vllm.conversion.convert import convert_checkpoint
+    from hf_torchao_vllm.quantization.quantize import quantize_checkpoint
 
     paths = {"bf16": model_path}
     for recipe in recipes:
@@ -401,7 +402,7 @@ def main(
     model: str | None = None,
     work_dir: str | None = None,
     vllm: bool = False,
-    vllm_model: str = EMBEDDED_DENSE_MODEL,
+    vllm_model: str = EMBEDDED_DENSE,
     vllm_recipes: str = "int8_dynamic_act_int8_weight,int4_weight_only",
     batch: int = 4,
     max_tokens: int = 32,

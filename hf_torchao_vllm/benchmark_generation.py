@@ -98,8 +98,8 @@ def main(
         fp8_emulation_on_cpu: allow recipe fp8 on CPU (emulated; see the quantize script).
     """
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
-    from hf_torchao_vllm import quantize
-    from hf_torchao_vllm.recipes import RecipeOptions
+    from hf_torchao_vllm.quantization import quantize
+    from hf_torchao_vllm.quantization.recipes import RecipeOptions
     from pytorch_scripts_common import get_device, set_seed
 
     device = get_device()
@@ -127,7 +127,7 @@ def check_arguments(
     recipes, modes, prompt_tokens: int, new_tokens: int, num_runs: int, hidden_size: int, options, device
 ) -> tuple[list[str], list[str]]:
     """The recipes (bf16 ``none`` first) and modes to measure; every mistake before any model loads."""
-    from hf_torchao_vllm.recipes import validate_recipe_options
+    from hf_torchao_vllm.quantization.recipes import validate_recipe_options
     from pytorch_scripts_common.cli import UsageError, parse_list
 
     recipe_list = ["none"] + [r for r in parse_list(recipes, str, name="recipes") if r != "none"]
@@ -148,7 +148,7 @@ def measure_recipes(
     plans: dict, modes: list[str], prompt_tokens: int, new_tokens: int, num_warmup: int, num_runs: int, device
 ) -> list[dict]:
     """One row per (recipe, mode): prefill / decode tokens per second, weight bytes, decode GB/s."""
-    from hf_torchao_vllm import quantize
+    from hf_torchao_vllm.quantization import quantize
 
     vocab_size = plans["none"].config.get_text_config().vocab_size
     prompt_ids = torch.randint(0, vocab_size, (1, prompt_tokens), device=device)

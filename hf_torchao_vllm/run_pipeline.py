@@ -21,9 +21,10 @@ import os
 import time
 from pathlib import Path
 
-from hf_torchao_vllm import checkpoint_reader
+from hf_torchao_vllm.conversion import checkpoint_reader
+from hf_torchao_vllm.tiny_models import EMBEDDED_DENSE
 
-EMBEDDED_DENSE_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded_models", "dense")
+EMBEDDED_DENSE_MODEL = EMBEDDED_DENSE
 # Largest accepted mean KL(transformers || vLLM) of the next-token distribution on the converted
 # checkpoint, 3x the largest measured value: W8A8 1.3e-4 and W4A16 (group 128) 2e-5 nats on the
 # embedded dense model (vLLM's oneDNN int8 GEMM and W4A16 dequant-GEMM vs transformers'
@@ -54,8 +55,8 @@ def run_vllm_step(ct_dir: Path, max_tokens: int, console):
     """vLLM on the converted checkpoint with its KL vs transformers, or (None, why it cannot run here)."""
     import torch
 
-    from hf_torchao_vllm import vllm_support
-    from hf_torchao_vllm.run_quantized_model_in_vllm import print_result, run_in_vllm
+    from hf_torchao_vllm.serving import vllm_support
+    from hf_torchao_vllm.serving.vllm_runner import print_result, run_in_vllm
 
     config = json.loads((ct_dir / checkpoint_reader.CONFIG_FILE).read_text())
     problem = vllm_support.checkpoint_problem(config, set(), torch.device("cpu"))
@@ -166,9 +167,9 @@ def main(
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from rich.console import Console
 
-    from hf_torchao_vllm import quantize
-    from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
-    from hf_torchao_vllm.validate_compressed_tensors_checkpoint import run_validation
+    from hf_torchao_vllm.conversion.convert import convert_checkpoint
+    from hf_torchao_vllm.conversion.validate import run_validation
+    from hf_torchao_vllm.quantization import quantize
     from pytorch_scripts_common import set_seed
     from pytorch_scripts_common.outputs import check_output, staged_dir
 

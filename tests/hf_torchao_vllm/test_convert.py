@@ -13,11 +13,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from hf_torchao_vllm import checkpoint_reader, recipes, safetensors_writer, tiny_models
-from hf_torchao_vllm import ct_checkpoint as ctc
-from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import TOOL, convert_checkpoint
-from hf_torchao_vllm.quantize import quantize_checkpoint
-from hf_torchao_vllm.validate_compressed_tensors_checkpoint import compare_in_transformers, validate_weights
+from hf_torchao_vllm import tiny_models
+from hf_torchao_vllm.conversion import checkpoint_reader, safetensors_writer, schemes
+from hf_torchao_vllm.conversion.convert import TOOL, convert_checkpoint
+from hf_torchao_vllm.conversion.validate import compare_in_transformers, validate_weights
+from hf_torchao_vllm.quantization import recipes
+from hf_torchao_vllm.quantization.quantize import quantize_checkpoint
 from pytorch_scripts_common.outputs import MARKER
 
 # KL(torchao in transformers || compressed-tensors in transformers), nats/token, on the embedded models
@@ -301,7 +302,7 @@ def float8_weight_meta(act_quant_kwargs):
     [
         (None, None, None),
         (1e-12, None, None),  # recipes.py's CPU fp8 config
-        (ctc.FP8_ACTIVATION_LB_MAX, None, None),  # vLLM's own floor on max |x|
+        (schemes.FP8_ACTIVATION_LB_MAX, None, None),  # vLLM's own floor on max |x|
         (1e-2, None, r"hp_value_lb=0\.01 is above 0\.001953"),
         (None, 100.0, r"upper bound \(hp_value_ub=100\.0\) clips"),
     ],
@@ -315,10 +316,12 @@ def test_fp8_activation_bounds(lower, upper, error):
     assert meta["_data"]["act_quant_kwargs"]["_data"]["hp_value_lb"] == lower
     if error is not None:
         with pytest.raises(ValueError, match=error):
-            ctc.convert_parameter("m.weight", meta, parts)
+            schemes.convert_parameter("m.weight", meta, parts)
         return
-    (conv,) = ctc.convert_parameter("m.weight", meta, dict(parts))
-    (plain,) = ctc.convert_parameter("m.weight", *float8_weight_meta(QuantizeTensorToFloat8Kwargs(PerRow())))
+    (conv,) = schemes.convert_parameter("m.weight", meta, dict(parts))
+    (plain,) = schemes.convert_parameter(
+        "m.weight", *float8_weight_meta(QuantizeTensorToFloat8Kwargs(PerRow()))
+    )
     # The bound only changes activations: same scheme, same stored weight as without it.
     assert conv.scheme == plain.scheme and conv.scheme.label == "FP8_DYNAMIC"
     assert torch.equal(conv.tensors["weight_scale"], plain.tensors["weight_scale"])
@@ -328,7 +331,7 @@ def test_fp8_activation_bounds(lower, upper, error):
 def test_target_regexes_match_exactly_the_group():
     members = {"m.layers.0.a", "m.layers.1.a", "m.layers.0.b"}
     all_modules = members | {"m.layers.1.b"}
-    targets = ctc.compress_targets(members, all_modules)
+    targets = schemes.compress_targets(members, all_modules)
     assert sorted(targets) == ["m.layers.0.b", r"re:^m\.layers\.\d+\.a$"]
 
 
@@ -426,7 +429,7 @@ def test_deferred_8bit_repacking_writes_what_eager_packing_computes(tmp_path):
     reader = checkpoint_reader.ShardReader(source)
     plan = safetensors_writer.RepackPlan()
     with safetensors_writer.repack_into(plan):
-        packed = ctc._pack_int32(reader.get_tensor("q"), 8)
+        packed = schemes._pack_int32(reader.get_tensor("q"), 8)
     assert packed.dtype == torch.int32 and packed.shape == (qdata.shape[0], 64)
     tensors = {"packed": packed, "packed_rows": packed[2:5], "scale": reader.get_tensor("s")}
     target = str(tmp_path / "target.safetensors")
@@ -441,9 +444,9 @@ def test_deferred_8bit_repacking_writes_what_eager_packing_computes(tmp_path):
 def test_reading_a_deferred_placeholder_crashes_instead_of_returning_garbage(tmp_path):
     code = (
         "import torch\n"
-        "from hf_torchao_vllm import ct_checkpoint as ctc, safetensors_writer\n"
+        "from hf_torchao_vllm.conversion import safetensors_writer, schemes\n"
         "with safetensors_writer.repack_into(safetensors_writer.RepackPlan()):\n"
-        "    packed = ctc._pack_int32(torch.zeros(4, 8, dtype=torch.int8), 8)\n"
+        "    packed = schemes._pack_int32(torch.zeros(4, 8, dtype=torch.int8), 8)\n"
         "print(int(packed.sum()))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -457,7 +460,7 @@ def test_int8_packing_leaves_the_source_untouched_and_matches_compressed_tensors
     torch.manual_seed(0)
     values = torch.randint(-128, 128, (16, 64), dtype=torch.int8)
     before = values.clone()
-    packed = ctc._pack_int32(values, 8)
+    packed = schemes._pack_int32(values, 8)
     assert torch.equal(values, before)
     assert torch.equal(packed, pack_to_int32(values, 8, packed_dim=1))
 
@@ -560,24 +563,24 @@ def test_index_pointing_to_missing_shard(dense_dir, tmp_path):
 
 def test_wrong_activation_strategy_fails_the_preset_check(int8_source, tmp_path, monkeypatch):
     """A converter that wrote per-tensor activations for W8A8 (the preset says per token) must fail."""
-    original = ctc._int8
+    original = schemes._int8
 
     def per_tensor_activations(param, meta, parts):
         scheme, tensors = original(param, meta, parts)
         wrong = json.loads(scheme.input_activations_json) | {"strategy": "tensor"}
-        return ctc.CtScheme(
+        return schemes.CtScheme(
             scheme.label, scheme.format, scheme.weights_json, json.dumps(wrong, sort_keys=True)
         ), tensors
 
-    monkeypatch.setitem(ctc._CONVERTERS, "Int8Tensor", per_tensor_activations)
+    monkeypatch.setitem(schemes._CONVERTERS, "Int8Tensor", per_tensor_activations)
     with pytest.raises(AssertionError, match=r"input_activations\.strategy 'tensor' != W8A8's 'token'"):
         convert_checkpoint(int8_source, str(tmp_path / "ct"))
     assert not (tmp_path / "ct").exists()
 
 
 def test_every_scheme_label_has_a_preset():
-    for label in ctc.SCHEME_PRESETS:
-        preset, _ = ctc._preset_of(label)
+    for label in schemes.SCHEME_PRESETS:
+        preset, _ = schemes._preset_of(label)
         from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
 
         assert preset in PRESET_SCHEMES, label
@@ -586,7 +589,7 @@ def test_every_scheme_label_has_a_preset():
 def test_validation_catches_swapped_gate_and_up(moe_dir, tmp_path, monkeypatch):
     """The validator slices fused experts itself: a converter that swaps gate and up cannot pass."""
     source = quantize_and_save(moe_dir, "fp8_weight_only", str(tmp_path / "torchao"), modules="experts_only")
-    monkeypatch.setitem(ctc._FUSED_EXPERTS, "gate_up_proj", ("up_proj", "gate_proj"))
+    monkeypatch.setitem(schemes._FUSED_EXPERTS, "gate_up_proj", ("up_proj", "gate_proj"))
     convert_checkpoint(source, str(tmp_path / "ct"))
     report = validate_weights(source, str(tmp_path / "ct"))
     assert not report.ok
@@ -634,7 +637,7 @@ def test_failure_midway_leaves_no_target(int8_source, tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(ctc, "build_quantization_config", explode)
+    monkeypatch.setattr(schemes, "build_quantization_config", explode)
     with pytest.raises(RuntimeError, match="disk full"):
         convert_checkpoint(int8_source, str(tmp_path / "ct"))
     assert os.listdir(tmp_path) == []
@@ -801,8 +804,8 @@ def test_converts_a_checkpoint_written_by_the_quantize_tool(tmp_path, flags, fmt
 
 
 def test_validator_tolerance_comes_from_the_registry_and_only_nvfp4_has_one():
-    from hf_torchao_vllm.recipes import CONVERSION_TOLERANCES
-    from hf_torchao_vllm.validate_compressed_tensors_checkpoint import _tolerance_problem
+    from hf_torchao_vllm.conversion.validate import _tolerance_problem
+    from hf_torchao_vllm.quantization.recipes import CONVERSION_TOLERANCES
 
     assert set(CONVERSION_TOLERANCES) == {"NVFP4Tensor"}
     ref = torch.linspace(1, 2, 64, dtype=torch.bfloat16)

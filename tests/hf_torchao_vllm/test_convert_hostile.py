@@ -16,9 +16,12 @@ import time
 import pytest
 from safetensors import safe_open
 
-from hf_torchao_vllm import checkpoint_reader, recipes, safetensors_writer, tiny_models
-from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import TOOL, convert_checkpoint, main
-from hf_torchao_vllm.quantize import quantize_checkpoint
+from hf_torchao_vllm import tiny_models
+from hf_torchao_vllm.conversion import checkpoint_reader, safetensors_writer
+from hf_torchao_vllm.conversion.convert import TOOL, convert_checkpoint
+from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import main
+from hf_torchao_vllm.quantization import recipes
+from hf_torchao_vllm.quantization.quantize import quantize_checkpoint
 from pytorch_scripts_common.cli import USER_ERRORS
 from pytorch_scripts_common.outputs import MARKER
 
@@ -465,7 +468,7 @@ def test_corrupted_checkpoint_is_one_error_naming_the_file(case, request, tmp_pa
 
 
 def test_corrupted_target_is_named_by_the_validator(sharded_int8, tmp_path):
-    from hf_torchao_vllm.validate_compressed_tensors_checkpoint import validate_weights
+    from hf_torchao_vllm.conversion.validate import validate_weights
 
     target = tmp_path / "ct"
     convert_checkpoint(sharded_int8, str(target))

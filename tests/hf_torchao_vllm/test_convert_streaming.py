@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from hf_torchao_vllm import tiny_models
-from hf_torchao_vllm.quantize import quantize_checkpoint
+from hf_torchao_vllm.quantization.quantize import quantize_checkpoint
 
 # Peak RSS growth during the shard loop must stay under 1.5x the largest source shard: the
 # converted tensors of one shard (~1x) plus one parameter's source tensors and allocator slack.
@@ -18,7 +18,7 @@ MAX_PEAK_OVER_LARGEST_SHARD = 1.5
 CHILD = """
 import json, os, sys
 os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
-from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
+from hf_torchao_vllm.conversion.convert import convert_checkpoint
 s = convert_checkpoint(sys.argv[1], sys.argv[2])
 print(json.dumps({"delta": s.peak_rss_delta_bytes, "largest": s.largest_shard_bytes,
                   "shards": s.num_shards, "source": s.source_bytes}))

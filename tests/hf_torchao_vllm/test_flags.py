@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_torchao_vllm import recipes
+from hf_torchao_vllm.quantization import recipes
 from tests.hf_torchao_vllm.test_quantize_readme import ENTRY_SCRIPTS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +124,7 @@ def test_original_commands_with_mistakes_are_refused_in_one_line(tmp_path, name,
 
 @pytest.mark.slow
 def test_original_vllm_command_serves_the_quantize_output(tmp_path):
-    from hf_torchao_vllm.quantize import quantize_checkpoint
+    from hf_torchao_vllm.quantization.quantize import quantize_checkpoint
 
     checkpoint = tmp_path / "dense-int8_weight_only"
     quantize_checkpoint(str(DENSE), "int8_weight_only", str(checkpoint))

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from hf_torchao_vllm import quantize_hf_model_with_torchao as quantize_script
-from hf_torchao_vllm.inspect_checkpoint import inspect_checkpoint
+from hf_torchao_vllm.conversion.checkpoint_summary import inspect_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DENSE = str(REPO_ROOT / "hf_torchao_vllm" / "embedded_models" / "dense")
@@ -228,7 +228,7 @@ def test_evaluate_quality_cli_writes_json(int8_checkpoint, tmp_path):
 def test_sub_byte_dtypes_are_summarized_and_not_viewed(tmp_path):
     """safetensors' F4 (4 bits per element) has no torch dtype: sizes come from the one dtype table,
     and the converter's ShardReader refuses to view it in one line."""
-    from hf_torchao_vllm.checkpoint_reader import ShardReader
+    from hf_torchao_vllm.conversion.checkpoint_reader import ShardReader
 
     directory = tmp_path / "f4"
     directory.mkdir()

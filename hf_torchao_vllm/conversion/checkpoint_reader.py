@@ -324,7 +324,7 @@ def safetensors_copy_of_bin_checkpoint(directory: str) -> str:
     import shutil
     import tempfile
 
-    from hf_torchao_vllm.safetensors_writer import write_safetensors
+    from hf_torchao_vllm.conversion.safetensors_writer import write_safetensors
 
     shards = bin_shards(directory)
     # pass 1: the metadata of every shard

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hf_torchao_vllm.checkpoint_reader import SAFETENSORS_DTYPES, ShardReader
+from hf_torchao_vllm.conversion.checkpoint_reader import SAFETENSORS_DTYPES, ShardReader
 
 # os.write / os.sendfile move at most this many bytes per call (Linux caps one call near 2 GiB).
 _IO_CHUNK_BYTES = 1 << 30

@@ -27,8 +27,8 @@ compressed-tensors and vLLM divide (``w = q * scale_e4m3 / weight_global_scale``
 writes ``weight_global_scale = 1 / per_tensor_scale`` (``1.0`` when torchao has no per-tensor
 scale). ``1 / (1 / p)`` is not always ``p`` in float32, so NVFP4 is compared with a tolerance.
 
-FP8 dynamic activations: torchao's activation lower bound (``hp_value_lb``; recipes.py sets 1e-12 on
-CPU against NaN from all-zero rows) has no compressed-tensors field; bounds up to 2**-9 are dropped
+FP8 dynamic activations: torchao's activation lower bound (``hp_value_lb``; the fp8 recipe sets 1e-12
+on CPU against NaN from all-zero rows) has no compressed-tensors field; bounds up to 2**-9 are dropped
 because vLLM floors the scale at least as high itself (see ``FP8_ACTIVATION_LB_MAX``), larger bounds
 and upper bounds are refused.
 
@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hf_torchao_vllm.safetensors_writer import active_repack_plan
+from hf_torchao_vllm.conversion.safetensors_writer import active_repack_plan
 
 __all__ = [
     "SUPPORTED_TORCHAO_TYPES",
@@ -160,8 +160,8 @@ def _weight_strategy(param: str, shape: tuple[int, ...], block_size: list[int]) 
 
 
 # torchao's ``hp_value_lb`` (``activation_value_lb`` of Float8DynamicActivationFloat8WeightConfig)
-# clamps each activation block's max |x| from below before ``scale = max|x| / 448``; recipes.py sets
-# 1e-12 on CPU so that an all-zero row gets a finite scale instead of 0 / 0 = NaN. It only touches
+# clamps each activation block's max |x| from below before ``scale = max|x| / 448``; the fp8 recipe
+# sets 1e-12 on CPU so that an all-zero row gets a finite scale instead of 0 / 0 = NaN. It only touches
 # activations (torchao quantizes the weight without it), and compressed-tensors has no field for
 # it. None is needed for a bound <= 2**-9: vLLM's QuantFP8 (the input quantization of its fp8
 # linear kernels) floors the dynamic scale at 1 / (448 * 512), i.e. max |x| at 2**-9 (vllm 0.32,
