@@ -67,8 +67,8 @@ TEST_AO_CONFIGS = (
 class ConfigSpec:
     """One torchao recipe as this script runs it: variants tried in order, threshold, shape rule.
 
-    Built from ``hf_torchao_vllm.recipes`` (the registry the quantizer and the converter use), so a
-    recipe's configs, shape rules and SQNR floor live in one place."""
+    Built from ``hf_torchao_vllm.quantization.recipes`` (the registry the quantizer and the converter
+    use), so a recipe's configs, shape rules and SQNR floor live in one place."""
 
     name: str
     description: str
@@ -88,8 +88,8 @@ def _no_rule(weight: torch.Tensor, group_size: int) -> str | None:
 
 
 def spec_from_registry(name: str) -> ConfigSpec:
-    """The ``ConfigSpec`` of recipe or alias ``name`` of ``hf_torchao_vllm.recipes``."""
-    from hf_torchao_vllm import recipes
+    """The ``ConfigSpec`` of recipe or alias ``name`` of ``hf_torchao_vllm.quantization.recipes``."""
+    from hf_torchao_vllm.quantization import recipes
 
     recipe, options = recipes.resolve(name)
 
@@ -484,16 +484,6 @@ def _make_filter(exclude_re: re.Pattern[str] | None) -> Callable[[nn.Module, str
     return filter_fn
 
 
-def probe_config(config: Any, device: torch.device) -> None:
-    """Quantize one bf16 Linear(256 -> 128) with ``config`` and run it; raises what torchao raised."""
-    from torchao.quantization import quantize_
-
-    probe = nn.Linear(256, 128, device=device, dtype=torch.bfloat16)
-    quantize_(probe, config)
-    with torch.no_grad():
-        probe(torch.randn(16, 256, device=device, dtype=torch.bfloat16))
-
-
 def quantize_with_attribution(
     original: nn.Module, config: Any, filter_fn: Callable[[nn.Module, str], bool]
 ) -> tuple[nn.Module, dict[str, str], str, list[str]]:
@@ -603,47 +593,70 @@ def run_config(
     num_runs: int,
 ) -> ConfigResult:
     """Probe ``spec`` on the device, quantize a copy of the model, inspect it, measure SQNR and time."""
-    from pytorch_scripts_common import benchmark, compute_sqnr
+    label, config, runs_here, probe_errors = choose_variant(spec, group_size, device)
+    # Run quantize_ on the model even when the device cannot run the config: silent skips happen
+    # before torchao reaches the kernel it lacks, and they are part of the truth.
+    before = snapshot_weights(mut.model)
+    quantized, module_errors, whole_error, logs = quantize_with_attribution(
+        mut.model, config, _make_filter(exclude_re)
+    )
+    rows = module_rows(before, quantized, module_errors, spec, group_size, exclude_re)
+    result = ConfigResult(
+        name=spec.name,
+        description=spec.description,
+        status="",
+        variant=label,
+        config_repr=repr(config),
+        error=whole_error,
+        probe_errors=probe_errors,
+        torchao_log=logs,
+        modules=rows,
+        min_layer_sqnr_db=spec.min_layer_sqnr_db,
+    )
+    if not runs_here:
+        result.status = "unsupported"
+    elif result.num_quantized == 0:
+        # "rejected": torchao raised for every module it was given; "no-op": it silently did nothing
+        result.status = "rejected" if (module_errors or whole_error) else "no-op"
+    elif measure(result, quantized, mut, reference_output, layer_inputs, device, compile, num_runs):
+        result.status = final_status(result, spec, refused=bool(module_errors or whole_error))
+    return result
+
+
+def choose_variant(
+    spec: ConfigSpec, group_size: int, device: torch.device
+) -> tuple[str, Any, bool, list[str]]:
+    """(label, config) of the first of ``spec``'s variants that quantizes and runs a probe Linear on
+    ``device`` (else the first variant), whether one does, and the probe errors of those before it."""
+    from hf_torchao_vllm.quantization.recipes import probe_config
 
     probe_errors = []
-    chosen: tuple[str, Any] | None = None
     variants = spec.build_variants(group_size, device)
     for label, config in variants:
         try:
-            probe_config(config, device)
+            probe_config(config, device)  # quantizes and runs a bf16 Linear(256 -> 128)
         except Exception as error:  # noqa: BLE001 - device support is what we are asking about
             probe_errors.append(f"[{label}] {_format_error(error)}")
             continue
-        chosen = (label, config)
-        break
-    # Run quantize_ on the model even when the device cannot run the config: silent skips happen
-    # before torchao reaches the kernel it lacks, and they are part of the truth.
-    label, config = chosen if chosen is not None else variants[0]
-    before = snapshot_weights(mut.model)
-    filter_fn = _make_filter(exclude_re)
-    quantized, module_errors, whole_error, logs = quantize_with_attribution(mut.model, config, filter_fn)
+        return label, config, True, probe_errors
+    label, config = variants[0]
+    return label, config, False, probe_errors
 
-    rows: list[ModuleRow] = []
+
+def module_rows(
+    before: dict[str, WeightSnapshot],
+    quantized: nn.Module,
+    module_errors: dict[str, str],
+    spec: ConfigSpec,
+    group_size: int,
+    exclude_re: re.Pattern[str] | None,
+) -> list[ModuleRow]:
+    """One row per weighted module of the bf16 model: what quantize_ made of it, and why."""
     q_modules = dict(_weighted_modules(quantized))
+    rows = []
     for fqn, snap in before.items():
-        if fqn not in q_modules:
-            # quantize_ swapped the module for one without a plain `weight` parameter
-            replacement = quantized.get_submodule(fqn)
-            replaced_by = type(replacement).__name__
-            rows.append(
-                ModuleRow(
-                    **_before_columns(fqn, snap),
-                    status="replaced",
-                    weight_class=replaced_by,
-                    stored="-",
-                    element_dtype="-",
-                    granularity="-",
-                    activation="-",
-                    bytes_after=sum(weight_bytes(p) for p in replacement.parameters()),
-                    reason=f"module replaced by {replaced_by}; its parameters are counted, not inspected",
-                    layer_sqnr_db=None,
-                )
-            )
+        if fqn not in q_modules:  # quantize_ swapped the module for one without a plain `weight`
+            rows.append(_replaced_row(fqn, snap, quantized.get_submodule(fqn)))
             continue
         module = q_modules[fqn]
         weight = module.weight
@@ -671,54 +684,65 @@ def run_config(
                 layer_sqnr_db=None,
             )
         )
-    result = ConfigResult(
-        name=spec.name,
-        description=spec.description,
-        status="",
-        variant=label,
-        config_repr=repr(config),
-        error=whole_error,
-        probe_errors=probe_errors,
-        torchao_log=logs,
-        modules=rows,
-        min_layer_sqnr_db=spec.min_layer_sqnr_db,
-    )
-    if chosen is None:
-        result.status = "unsupported"
-        return result
-    if result.num_quantized == 0:
-        # "rejected": torchao raised for every module it was given; "no-op": it silently did nothing
-        result.status = "rejected" if (module_errors or whole_error) else "no-op"
-        return result
+    return rows
 
-    with torch.no_grad():
-        for row in rows:
-            if row.status != "quantized" or row.fqn not in layer_inputs:
-                continue
+
+def _replaced_row(fqn: str, snap: WeightSnapshot, replacement: nn.Module) -> ModuleRow:
+    replaced_by = type(replacement).__name__
+    return ModuleRow(
+        **_before_columns(fqn, snap),
+        status="replaced",
+        weight_class=replaced_by,
+        stored="-",
+        element_dtype="-",
+        granularity="-",
+        activation="-",
+        bytes_after=sum(weight_bytes(p) for p in replacement.parameters()),
+        reason=f"module replaced by {replaced_by}; its parameters are counted, not inspected",
+        layer_sqnr_db=None,
+    )
+
+
+@torch.no_grad()
+def measure(
+    result: ConfigResult,
+    quantized: nn.Module,
+    mut: ModelUnderTest,
+    reference_output: torch.Tensor,
+    layer_inputs: dict[str, torch.Tensor],
+    device: torch.device,
+    compile: bool,
+    num_runs: int,
+) -> bool:
+    """Fill ``result``'s layer and model SQNR and timings; False (status forward-error) when the
+    quantized model's forward raises."""
+    from pytorch_scripts_common import benchmark, compute_sqnr
+
+    for row in result.modules:
+        if row.status == "quantized" and row.fqn in layer_inputs:
             x = layer_inputs[row.fqn]
-            ref = mut.model.get_submodule(row.fqn)(x)
-            row.layer_sqnr_db = compute_sqnr(ref, quantized.get_submodule(row.fqn)(x))
-        try:
-            output = model_output(quantized, mut.inputs)
-        except Exception as error:  # noqa: BLE001 - torchao's kernel refusing this model is a result
-            result.status = "forward-error"
-            result.error = f"forward raised {_format_error(error)}"
-            return result
-        result.model_sqnr_db = compute_sqnr(reference_output, output)
-        result.eager = Timing.of(
-            benchmark(
-                lambda: model_output(quantized, mut.inputs), num_warmup=2, num_runs=num_runs, device=device
-            )
-        )
-        if compile:
-            _time_compiled(result, quantized, mut, reference_output, device, num_runs)
+            reference = mut.model.get_submodule(row.fqn)(x)
+            row.layer_sqnr_db = compute_sqnr(reference, quantized.get_submodule(row.fqn)(x))
+    try:
+        output = model_output(quantized, mut.inputs)
+    except Exception as error:  # noqa: BLE001 - torchao's kernel refusing this model is a result
+        result.status = "forward-error"
+        result.error = f"forward raised {_format_error(error)}"
+        return False
+    result.model_sqnr_db = compute_sqnr(reference_output, output)
+    result.eager = Timing.of(
+        benchmark(lambda: model_output(quantized, mut.inputs), num_warmup=2, num_runs=num_runs, device=device)
+    )
+    if compile:
+        _time_compiled(result, quantized, mut, reference_output, device, num_runs)
+    return True
+
+
+def final_status(result: ConfigResult, spec: ConfigSpec, refused: bool) -> str:
+    """low-sqnr below the recipe's floor, partial when torchao refused some modules, else ok."""
     if result.worst_layer_sqnr_db is not None and result.worst_layer_sqnr_db < spec.min_layer_sqnr_db:
-        result.status = "low-sqnr"
-    elif module_errors or whole_error:
-        result.status = "partial"
-    else:
-        result.status = "ok"
-    return result
+        return "low-sqnr"
+    return "partial" if refused else "ok"
 
 
 def _time_compiled(

@@ -159,7 +159,7 @@ def vllm_cell(path: Path, problem: str | None) -> Cell:
         return refused(problem, first if first in OWNERS else "vLLM")
     from vllm.distributed import cleanup_dist_env_and_memory
 
-    from hf_torchao_vllm.run_quantized_model_in_vllm import run_in_vllm
+    from hf_torchao_vllm.serving.vllm_runner import run_in_vllm
 
     try:
         result = run_in_vllm(str(path), max_tokens=1, compare_with_transformers=True, max_model_len=256)
@@ -186,7 +186,7 @@ def matrix_skips(recipe_name: str, options, model_dir: Path) -> tuple[list[str],
     matrix quantizes the rest, as a user would with those ``--skip`` flags."""
     import re
 
-    from hf_torchao_vllm import quantize, recipes
+    from hf_torchao_vllm.quantization import quantize, recipes
 
     recipe, options = recipes.resolve(recipe_name, options)
     skeleton = quantize.meta_model(quantize.load_causal_lm_config(str(model_dir)))
@@ -214,7 +214,7 @@ def matrix_skips(recipe_name: str, options, model_dir: Path) -> tuple[list[str],
 def quantize_cell(recipe_name: str, model_dir: Path, out: Path):
     import torch
 
-    from hf_torchao_vllm import quantize, recipes
+    from hf_torchao_vllm.quantization import quantize, recipes
 
     options = recipes.RecipeOptions(group_size=32, fp8_emulation_on_cpu=True)
     try:
@@ -232,11 +232,8 @@ def quantize_cell(recipe_name: str, model_dir: Path, out: Path):
 
 
 def convert_cell(source: Path, target: Path) -> Cell:
-    from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
-    from hf_torchao_vllm.validate_compressed_tensors_checkpoint import (
-        compare_in_transformers,
-        validate_weights,
-    )
+    from hf_torchao_vllm.conversion.convert import convert_checkpoint
+    from hf_torchao_vllm.conversion.validate import compare_in_transformers, validate_weights
 
     try:
         summary = convert_checkpoint(str(source), str(target))
@@ -274,7 +271,7 @@ def convert_cell(source: Path, target: Path) -> Cell:
 def rule_problem(problem: str | None) -> str | None:
     """A serving problem from vllm_support's rules; None for one the matrix itself measured before
     (the matrix measures those again rather than trusting its last run)."""
-    from hf_torchao_vllm import vllm_support
+    from hf_torchao_vllm.serving import vllm_support
 
     return None if problem is None or problem.startswith(vllm_support.MEASURED_PREFIX) else problem
 
@@ -283,7 +280,7 @@ def prepare_recipe(recipe_name: str, model_dir: Path, work: Path) -> tuple[dict[
     """Quantize and convert one recipe; the vLLM cells it needs, as jobs for the serving phase."""
     import torch
 
-    from hf_torchao_vllm import vllm_support
+    from hf_torchao_vllm.serving import vllm_support
 
     cells: dict[str, Cell] = {}
     torchao_dir, ct_dir = work / f"{recipe_name}-torchao", work / f"{recipe_name}-ct"
@@ -533,8 +530,8 @@ def main(
         overwrite: replace existing ARCHITECTURES.md / architectures.json in output_dir.
         row_timeout_s: limit for one architecture's row (its process is killed after it).
     """
-    from hf_torchao_vllm import recipes as registry
     from hf_torchao_vllm import tiny_models
+    from hf_torchao_vllm.quantization import recipes as registry
     from pytorch_scripts_common.cli import UsageError, parse_list
     from pytorch_scripts_common.outputs import check_output, staged_file
 
@@ -577,7 +574,7 @@ def main(
 
 
 def _has_amx() -> bool:
-    from hf_torchao_vllm.vllm_support import has_amx
+    from hf_torchao_vllm.serving.vllm_support import has_amx
 
     return has_amx()
 

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-from hf_torchao_vllm.run_pipeline import EMBEDDED_DENSE_MODEL
+from hf_torchao_vllm.tiny_models import EMBEDDED_DENSE
 from pytorch_scripts_common.cli import UsageError, parse_list, run
 
 VLLM_CHILD = """
@@ -100,12 +100,10 @@ def write_synthetic_checkpoint(path: str, recipe: str, size_mb: float, shard_mb:
     """Write a torchao checkpoint of about ``size_mb`` MB at ``path``, in shards of at most
     ``shard_mb`` MB, parameter by parameter (the model is never built, so memory stays at a shard)."""
     import torch
-    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
-    from torchao.quantization import quantize_
     from transformers import LlamaConfig, TorchAoConfig
 
-    from hf_torchao_vllm import ct_checkpoint as ctc
-    from hf_torchao_vllm import recipes
+    from hf_torchao_vllm.conversion import checkpoint_reader
+    from hf_torchao_vllm.quantization import recipes
 
     shape = LlamaShape.for_size(size_mb)
     entry, options = recipes.resolve(recipe, recipes.RecipeOptions(fp8_emulation_on_cpu=True))
@@ -114,19 +112,56 @@ def write_synthetic_checkpoint(path: str, recipe: str, size_mb: float, shard_mb:
     generator = torch.Generator().manual_seed(seed)
 
     def quantized_weight(out_features: int, in_features: int):
-        linear = torch.nn.Linear(in_features, out_features, bias=False, dtype=torch.bfloat16)
-        with torch.no_grad():
-            linear.weight.normal_(0, in_features**-0.5, generator=generator)
-        with recipes.maybe_bypass_fp8_hardware_check(entry.name == "fp8"):  # only quantizes weights
-            quantize_(linear, config)
-        return linear.weight
+        return _quantized_linear_weight(out_features, in_features, config, entry.name == "fp8", generator)
 
-    # Every parameter in model order with its stored size, and the torchao metadata of all of them
-    # (transformers writes the metadata of the whole model into every shard).
-    params: list[tuple[str, tuple[int, int] | None, int]] = [
-        ("model.embed_tokens.weight", None, shape.vocab * shape.hidden * 2)
-    ]
-    templates: dict[tuple[int, int], tuple[str, int]] = {}
+    params, metadata = _parameters_and_metadata(shape, quantized_weight)
+    os.makedirs(path)
+    weight_map, total = _write_shards(
+        path, _split_into_shards(params, shard_mb), metadata, shape, quantized_weight, generator
+    )
+    with open(os.path.join(path, checkpoint_reader.INDEX_FILE), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    hf_config = LlamaConfig(
+        vocab_size=shape.vocab,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.hidden // 64,
+        num_key_value_heads=shape.kv_dim // 64,
+        head_dim=64,
+        tie_word_embeddings=False,
+        dtype="bfloat16",
+    )
+    hf_config.quantization_config = TorchAoConfig(config)
+    hf_config.to_json_file(os.path.join(path, checkpoint_reader.CONFIG_FILE))
+    return path
+
+
+# (parameter name, [out, in] of a quantized Linear weight or None for a plain tensor, stored bytes)
+Param = tuple[str, "tuple[int, int] | None", int]
+
+
+def _quantized_linear_weight(out_features: int, in_features: int, config, is_fp8: bool, generator):
+    """A bf16 Linear weight of N(0, 1/in) values, quantized by torchao's ``quantize_`` with ``config``."""
+    import torch
+    from torchao.quantization import quantize_
+
+    from hf_torchao_vllm.quantization import recipes
+
+    linear = torch.nn.Linear(in_features, out_features, bias=False, dtype=torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.normal_(0, in_features**-0.5, generator=generator)
+    with recipes.maybe_bypass_fp8_hardware_check(is_fp8):  # only quantizes weights
+        quantize_(linear, config)
+    return linear.weight
+
+
+def _parameters_and_metadata(shape: LlamaShape, quantized_weight) -> tuple[list[Param], dict[str, str]]:
+    """Every parameter in model order with its stored size, and the torchao metadata of all of them
+    (transformers writes the metadata of the whole model into every shard)."""
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+    templates: dict[tuple[int, int], tuple[str, int]] = {}  # [out, in] -> (metadata entry, bytes)
     for out_features, in_features in {(o, i) for _, o, i in shape.linears()}:
         stored, metadata = flatten_tensor_state_dict(
             {"m.weight": quantized_weight(out_features, in_features)}
@@ -135,28 +170,47 @@ def write_synthetic_checkpoint(path: str, recipe: str, size_mb: float, shard_mb:
             metadata["m.weight"],
             sum(t.numel() * t.element_size() for t in stored.values()),
         )
+    params: list[Param] = [("model.embed_tokens.weight", None, shape.vocab * shape.hidden * 2)]
     for layer in range(shape.num_layers):
         prefix = f"model.layers.{layer}"
         params.append((f"{prefix}.input_layernorm.weight", None, shape.hidden * 2))
         for name, out_features, in_features in shape.linears():
-            params.append((f"{prefix}.{name}.weight", (out_features, in_features), 0))
+            params.append(
+                (
+                    f"{prefix}.{name}.weight",
+                    (out_features, in_features),
+                    templates[(out_features, in_features)][1],
+                )
+            )
         params.append((f"{prefix}.post_attention_layernorm.weight", None, shape.hidden * 2))
     params += [
         ("model.norm.weight", None, shape.hidden * 2),
         ("lm_head.weight", None, shape.vocab * shape.hidden * 2),
     ]
-    params = [(n, s, templates[s][1] if s else nbytes) for n, s, nbytes in params]
     metadata = {n: templates[s][0] if s else json.dumps({"_type": "Tensor"}) for n, s, _ in params}
     metadata["tensor_names"] = json.dumps([n for n, _, _ in params])
     metadata["format"] = "pt"
+    return params, metadata
 
-    shards: list[list[tuple[str, tuple[int, int] | None, int]]] = [[]]
+
+def _split_into_shards(params: list[Param], shard_mb: float) -> list[list[Param]]:
+    """Consecutive parameters, as many per shard as fit in ``shard_mb`` (at least one)."""
+    shards: list[list[Param]] = [[]]
     for param in params:
         if shards[-1] and sum(p[2] for p in shards[-1]) + param[2] > shard_mb * 1e6:
             shards.append([])
         shards[-1].append(param)
+    return shards
 
-    os.makedirs(path)
+
+def _write_shards(path: str, shards: list[list[Param]], metadata: dict[str, str], shape: LlamaShape,
+                  quantized_weight, generator) -> tuple[dict[str, str], int]:  # fmt: skip
+    """Each shard's tensors made and written one shard at a time; the weight map and data bytes."""
+    import torch
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+    from hf_torchao_vllm.conversion import safetensors_writer
+
     weight_map: dict[str, str] = {}
     total = 0
     for index, shard in enumerate(shards):
@@ -171,25 +225,10 @@ def write_synthetic_checkpoint(path: str, recipe: str, size_mb: float, shard_mb:
                 state[name] = torch.randn(shape.vocab, shape.hidden, generator=generator).to(torch.bfloat16)
         stored, _ = flatten_tensor_state_dict(state)
         del state
-        total += ctc.write_safetensors(os.path.join(path, file_name), stored, metadata)
+        total += safetensors_writer.write_safetensors(os.path.join(path, file_name), stored, metadata)
         weight_map.update(dict.fromkeys(stored, file_name))
         del stored
-    with open(os.path.join(path, ctc.INDEX_FILE), "w") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-    hf_config = LlamaConfig(
-        vocab_size=shape.vocab,
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.num_layers,
-        num_attention_heads=shape.hidden // 64,
-        num_key_value_heads=shape.kv_dim // 64,
-        head_dim=64,
-        tie_word_embeddings=False,
-        dtype="bfloat16",
-    )
-    hf_config.quantization_config = TorchAoConfig(config)
-    hf_config.to_json_file(os.path.join(path, ctc.CONFIG_FILE))
-    return path
+    return weight_map, total
 
 
 def _dir_files(path: str) -> list[str]:
@@ -219,7 +258,7 @@ def benchmark_conversion(dir_source: str, num_runs: int, work_dir: str) -> dict:
     folder) that is deleted after it was timed, so neither pays for deleting an earlier output, and
     starts after ``sync`` (untimed), so neither pays for writing back the other's dirty pages.
     """
-    from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
+    from hf_torchao_vllm.conversion.convert import convert_checkpoint
 
     files = _dir_files(dir_source)
     shards = [f for f in files if f.endswith(".safetensors")]
@@ -325,8 +364,8 @@ def run_vllm_table(model_path: str, recipes: list[str], batch: int, max_tokens: 
     from rich.console import Console
     from rich.table import Table
 
-    from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
-    from hf_torchao_vllm.quantize import quantize_checkpoint
+    from hf_torchao_vllm.conversion.convert import convert_checkpoint
+    from hf_torchao_vllm.quantization.quantize import quantize_checkpoint
 
     paths = {"bf16": model_path}
     for recipe in recipes:
@@ -360,10 +399,10 @@ def main(
     size_mb: float = 1100.0,
     shard_mb: float = 256.0,
     num_runs: int = 5,
-    dir_source: str | None = None,
+    model: str | None = None,
     work_dir: str | None = None,
     vllm: bool = False,
-    model_path: str = EMBEDDED_DENSE_MODEL,
+    vllm_model: str = EMBEDDED_DENSE,
     vllm_recipes: str = "int8_dynamic_act_int8_weight,int4_weight_only",
     batch: int = 4,
     max_tokens: int = 32,
@@ -375,11 +414,11 @@ def main(
         size_mb: size of each generated checkpoint in MB (a Llama shape with enough layers).
         shard_mb: largest shard of the generated checkpoints in MB.
         num_runs: timed conversions and copies, alternating, after one warm-up of each.
-        dir_source: time this existing torchao checkpoint instead of generating any.
+        model: time this existing torchao checkpoint instead of generating any; also --dir_source.
         work_dir: where checkpoints, copies and conversions are written (default: the system temp
             folder); needs about 3x size_mb free; everything is deleted at the end.
         vllm: also run the vLLM generate benchmark (one process per configuration; minutes).
-        model_path: bf16 model quantized for the vLLM table.
+        vllm_model: bf16 model quantized for the vLLM table; also --model_path.
         vllm_recipes: comma-separated torchao recipes converted for the vLLM table.
         batch: prompts per vLLM generate call.
         max_tokens: tokens generated per prompt (EOS ignored).
@@ -393,12 +432,12 @@ def main(
         )
     if size_mb <= 0 or shard_mb <= 0 or num_runs < 1:
         raise UsageError("--size_mb, --shard_mb and --num_runs must be positive: pass e.g. --size_mb=1100")
-    if dir_source is not None and not os.path.isdir(dir_source):
-        raise UsageError(f"--dir_source {dir_source} is not a directory: pass a torchao checkpoint directory")
+    if model is not None and not os.path.isdir(model):
+        raise UsageError(f"--model {model} is not a directory: pass a torchao checkpoint directory")
     if work_dir is not None:
         os.makedirs(work_dir, exist_ok=True)
     free_mb = shutil.disk_usage(work_dir or tempfile.gettempdir()).free / 1e6
-    needed_mb = 3.2 * (size_mb if dir_source is None else _dir_mb(dir_source))
+    needed_mb = 3.2 * (size_mb if model is None else _dir_mb(model))
     if free_mb < needed_mb:
         raise UsageError(
             f"{work_dir or tempfile.gettempdir()} has {free_mb:.0f} MB free, the benchmark writes about "
@@ -408,11 +447,11 @@ def main(
     load_before = os.getloadavg()[0]
     rows = {}
     with tempfile.TemporaryDirectory(prefix="benchmark_conversion-", dir=work_dir) as tmp:
-        if dir_source is not None:
-            rows[os.path.basename(os.path.normpath(dir_source))] = benchmark_conversion(
-                dir_source, num_runs, os.path.join(tmp, "run")
+        if model is not None:
+            rows[os.path.basename(os.path.normpath(model))] = benchmark_conversion(
+                model, num_runs, os.path.join(tmp, "run")
             )
-        for recipe in [] if dir_source is not None else recipe_list:
+        for recipe in [] if model is not None else recipe_list:
             source = os.path.join(tmp, f"torchao_{recipe}")
             start = time.perf_counter()
             write_synthetic_checkpoint(source, recipe, size_mb, shard_mb)
@@ -422,7 +461,7 @@ def main(
         print_conversion_table(rows, load_before, num_runs)
         if vllm:
             run_vllm_table(
-                model_path, parse_list(vllm_recipes, str, name="vllm_recipes"), batch, max_tokens, tmp
+                vllm_model, parse_list(vllm_recipes, str, name="vllm_recipes"), batch, max_tokens, tmp
             )
 
 
@@ -430,5 +469,8 @@ def _dir_mb(path: str) -> float:
     return sum(os.path.getsize(os.path.join(path, f)) for f in _dir_files(path)) / 1e6
 
 
+# This tool's former flag names.
+FLAG_ALIASES = {"dir_source": "model", "model_path": "vllm_model"}
+
 if __name__ == "__main__":
-    run(main)
+    run(main, aliases=FLAG_ALIASES)

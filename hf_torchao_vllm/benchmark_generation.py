@@ -22,15 +22,10 @@ from pathlib import Path
 
 import torch
 
+from hf_torchao_vllm import tiny_models
 from hf_torchao_vllm.quantize_hf_model_with_torchao import DEFAULT_MODEL
 
 MODES = ("eager", "compiled")
-
-
-def _as_list(value) -> list[str]:
-    """fire turns ``a,b`` into a tuple and ``a`` into a string; accept both."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [str(item).strip() for item in items if str(item).strip()]
 
 
 def model_bytes(model: torch.nn.Module) -> int:
@@ -43,23 +38,6 @@ def model_bytes(model: torch.nn.Module) -> int:
         return t.numel() * t.element_size()
 
     return sum(tensor_bytes(p.data if hasattr(p, "data") else p) for p in model.parameters())
-
-
-def make_random_llama(directory: Path, hidden_size: int, num_layers: int, vocab_size: int) -> str:
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 4,
-        num_hidden_layers=num_layers,
-        num_attention_heads=hidden_size // 64,
-        num_key_value_heads=hidden_size // 64,
-        head_dim=64,
-        tie_word_embeddings=False,
-    )
-    AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(directory)
-    return str(directory)
 
 
 def time_generation(model, prompt_ids, new_tokens: int, mode: str, num_warmup: int, num_runs: int):
@@ -120,63 +98,91 @@ def main(
         fp8_emulation_on_cpu: allow recipe fp8 on CPU (emulated; see the quantize script).
     """
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    from hf_torchao_vllm.quantization import quantize
+    from hf_torchao_vllm.quantization.recipes import RecipeOptions
+    from pytorch_scripts_common import get_device, set_seed
+
+    device = get_device()
+    options = RecipeOptions(fp8_emulation_on_cpu=fp8_emulation_on_cpu)
+    recipe_list, mode_list = check_arguments(
+        recipes, modes, prompt_tokens, new_tokens, num_runs, hidden_size, options, device
+    )
+    set_seed(0)
+    with tempfile.TemporaryDirectory(prefix="bench_model_") as tmp:
+        if hidden_size > 0:
+            model_source = tiny_models.save_random_llama(
+                str(Path(tmp) / "m"), hidden_size, 4 * hidden_size, num_layers, vocab_size=32000,
+                num_key_value_heads=hidden_size // 64, max_position_embeddings=2048,
+            )  # fmt: skip
+            model_label = f"random Llama h={hidden_size} L={num_layers}"
+        else:
+            model_source = quantize.resolve_model_source(model)
+            model_label = Path(model_source).name
+        plans = {r: quantize.plan_quantization(model_source, r, options, device=device) for r in recipe_list}
+        rows = measure_recipes(plans, mode_list, prompt_tokens, new_tokens, num_warmup, num_runs, device)
+    print_table(rows, model_label, prompt_tokens, new_tokens, num_runs, device)
+
+
+def check_arguments(
+    recipes, modes, prompt_tokens: int, new_tokens: int, num_runs: int, hidden_size: int, options, device
+) -> tuple[list[str], list[str]]:
+    """The recipes (bf16 ``none`` first) and modes to measure; every mistake before any model loads."""
+    from hf_torchao_vllm.quantization.recipes import validate_recipe_options
+    from pytorch_scripts_common.cli import UsageError, parse_list
+
+    recipe_list = ["none"] + [r for r in parse_list(recipes, str, name="recipes") if r != "none"]
+    mode_list = parse_list(modes, str, name="modes")
+    for mode in mode_list:
+        if mode not in MODES:
+            raise UsageError(f"unknown mode {mode!r}: choose from {', '.join(MODES)}")
+    if new_tokens < 2 or prompt_tokens < 1 or num_runs < 1:
+        raise UsageError("need new_tokens >= 2, prompt_tokens >= 1, num_runs >= 1: pass larger values")
+    if hidden_size > 0 and hidden_size % 128:
+        raise UsageError(f"hidden_size={hidden_size} must be a multiple of 128: pass e.g. 768")
+    for recipe in recipe_list:
+        validate_recipe_options(recipe, options, device)
+    return recipe_list, mode_list
+
+
+def measure_recipes(
+    plans: dict, modes: list[str], prompt_tokens: int, new_tokens: int, num_warmup: int, num_runs: int, device
+) -> list[dict]:
+    """One row per (recipe, mode): prefill / decode tokens per second, weight bytes, decode GB/s."""
+    from hf_torchao_vllm.quantization import quantize
+
+    vocab_size = plans["none"].config.get_text_config().vocab_size
+    prompt_ids = torch.randint(0, vocab_size, (1, prompt_tokens), device=device)
+    rows = []
+    for recipe, plan in plans.items():
+        quantized = quantize.load_quantized_model(plan)
+        num_bytes = model_bytes(quantized)
+        for mode in modes:
+            torch._dynamo.reset()
+            prefill_s, decode_s = time_generation(
+                quantized, prompt_ids, new_tokens, mode, num_warmup, num_runs
+            )
+            rows.append(
+                {
+                    "recipe": recipe,
+                    "mode": mode,
+                    "prefill_tokens_per_s": prompt_tokens / prefill_s,
+                    "decode_tokens_per_s": 1.0 / decode_s,
+                    "model_bytes": num_bytes,
+                    "decode_gb_per_s": num_bytes / decode_s / 1e9,
+                }
+            )
+        del quantized
+    return rows
+
+
+def print_table(
+    rows: list[dict], model_label: str, prompt_tokens: int, new_tokens: int, num_runs: int, device
+) -> None:
+    """The rows with their decode speed against bf16 in the same mode (ratio stored in each row)."""
     from rich.console import Console
     from rich.table import Table
 
-    from hf_torchao_vllm import quantize
-    from hf_torchao_vllm.recipes import RecipeOptions, validate_recipe_options
-    from pytorch_scripts_common import get_device, set_seed
-
-    recipe_list = _as_list(recipes)
-    recipe_list = ["none"] + [r for r in recipe_list if r != "none"]
-    mode_list = _as_list(modes)
-    for mode in mode_list:
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-    if new_tokens < 2 or prompt_tokens < 1 or num_runs < 1:
-        raise ValueError("need new_tokens >= 2, prompt_tokens >= 1, num_runs >= 1")
-    device = get_device()
-    options = RecipeOptions(fp8_emulation_on_cpu=fp8_emulation_on_cpu)
-    for recipe in recipe_list:
-        validate_recipe_options(recipe, options, device)
-    set_seed(0)
-    tmp = tempfile.TemporaryDirectory(prefix="bench_model_")
-    try:
-        if hidden_size > 0:
-            if hidden_size % 128:
-                raise ValueError(f"hidden_size={hidden_size} must be a multiple of 128")
-            model_source = make_random_llama(Path(tmp.name) / "m", hidden_size, num_layers, vocab_size=32000)
-        else:
-            model_source = quantize.resolve_model_source(model)
-        plans = {r: quantize.plan_quantization(model_source, r, options, device=device) for r in recipe_list}
-        vocab_size = plans["none"].config.get_text_config().vocab_size
-        prompt_ids = torch.randint(0, vocab_size, (1, prompt_tokens), device=device)
-        rows = []
-        for recipe in recipe_list:
-            quantized = quantize.load_quantized_model(plans[recipe])
-            num_bytes = model_bytes(quantized)
-            for mode in mode_list:
-                torch._dynamo.reset()
-                prefill_s, decode_s = time_generation(
-                    quantized, prompt_ids, new_tokens, mode, num_warmup, num_runs
-                )
-                rows.append(
-                    {
-                        "recipe": recipe,
-                        "mode": mode,
-                        "prefill_tokens_per_s": prompt_tokens / prefill_s,
-                        "decode_tokens_per_s": 1.0 / decode_s,
-                        "model_bytes": num_bytes,
-                        "decode_gb_per_s": num_bytes / decode_s / 1e9,
-                    }
-                )
-            del quantized
-    finally:
-        tmp.cleanup()
     baseline = {r["mode"]: r for r in rows if r["recipe"] == "none"}
-    model_label = (
-        Path(model_source).name if hidden_size == 0 else f"random Llama h={hidden_size} L={num_layers}"
-    )
     table = Table(
         title=f"{model_label}: "
         f"batch 1, prompt {prompt_tokens}, {new_tokens} new tokens, {device}, torch {torch.__version__}, "

@@ -21,9 +21,10 @@ import os
 import time
 from pathlib import Path
 
-from hf_torchao_vllm import ct_checkpoint as ctc
+from hf_torchao_vllm.conversion import checkpoint_reader
+from hf_torchao_vllm.tiny_models import EMBEDDED_DENSE
 
-EMBEDDED_DENSE_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded_models", "dense")
+EMBEDDED_DENSE_MODEL = EMBEDDED_DENSE
 # Largest accepted mean KL(transformers || vLLM) of the next-token distribution on the converted
 # checkpoint, 3x the largest measured value: W8A8 1.3e-4 and W4A16 (group 128) 2e-5 nats on the
 # embedded dense model (vLLM's oneDNN int8 GEMM and W4A16 dequant-GEMM vs transformers'
@@ -54,10 +55,10 @@ def run_vllm_step(ct_dir: Path, max_tokens: int, console):
     """vLLM on the converted checkpoint with its KL vs transformers, or (None, why it cannot run here)."""
     import torch
 
-    from hf_torchao_vllm import vllm_support
-    from hf_torchao_vllm.run_quantized_model_in_vllm import print_result, run_in_vllm
+    from hf_torchao_vllm.serving import vllm_support
+    from hf_torchao_vllm.serving.vllm_runner import print_result, run_in_vllm
 
-    config = json.loads((ct_dir / ctc.CONFIG_FILE).read_text())
+    config = json.loads((ct_dir / checkpoint_reader.CONFIG_FILE).read_text())
     problem = vllm_support.checkpoint_problem(config, set(), torch.device("cpu"))
     if problem is not None:
         console.print(f"vLLM not run: {problem}", markup=False)
@@ -144,7 +145,7 @@ def print_table(console, result: dict, target: Path) -> None:
 
 
 def main(
-    model_path: str = EMBEDDED_DENSE_MODEL,
+    model: str = EMBEDDED_DENSE_MODEL,
     recipe: str = "int8_dynamic_act_int8_weight",
     output_dir: str = "outputs/pipeline",
     overwrite: bool = False,
@@ -154,7 +155,7 @@ def main(
     """Quantize with torchao, convert to compressed-tensors, validate, serve with vLLM; print a table.
 
     Args:
-        model_path: bf16 Hugging Face checkpoint (default: the embedded tiny trained Llama).
+        model: bf16 Hugging Face checkpoint (default: the embedded tiny trained Llama); also --model_path.
         recipe: recipe or alias of quantize_hf_model_with_torchao (vLLM runs on CPU for W8A8 and int4 W4A16).
         output_dir: where torchao/, compressed_tensors/ and summary.json are written.
         overwrite: replace an earlier output of this tool.
@@ -166,14 +167,14 @@ def main(
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from rich.console import Console
 
-    from hf_torchao_vllm import quantize
-    from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
-    from hf_torchao_vllm.validate_compressed_tensors_checkpoint import run_validation
+    from hf_torchao_vllm.conversion.convert import convert_checkpoint
+    from hf_torchao_vllm.conversion.validate import run_validation
+    from hf_torchao_vllm.quantization import quantize
     from pytorch_scripts_common import set_seed
     from pytorch_scripts_common.outputs import check_output, staged_dir
 
     console = Console(width=120)
-    plan = quantize.plan_quantization(model_path, recipe)
+    plan = quantize.plan_quantization(model, recipe)
     target = check_output(
         output_dir, inputs=[plan.model_source], overwrite=overwrite, tool=TOOL, flag="output_dir"
     )
@@ -182,10 +183,10 @@ def main(
     vllm_result, vllm_problem = None, "--norun_vllm"
     with staged_dir(target, tool=TOOL) as work:
         with step(console, times, "quantize", f"1. torchao quantization: {recipe}"):
-            quantize.quantize_checkpoint(model_path, recipe, str(work / "torchao"))
+            quantize.quantize_checkpoint(model, recipe, str(work / "torchao"))
         with step(console, times, "convert", "2. convert to compressed-tensors"):
             conversion = convert_checkpoint(str(work / "torchao"), str(work / "compressed_tensors"))
-        groups = json.loads((work / "compressed_tensors" / ctc.CONFIG_FILE).read_text())[
+        groups = json.loads((work / "compressed_tensors" / checkpoint_reader.CONFIG_FILE).read_text())[
             "quantization_config"
         ]
         with step(console, times, "validate", "3. validate (decompression vs torchao; transformers logits)"):
@@ -194,7 +195,7 @@ def main(
             with step(console, times, "vllm", "4. vLLM on the converted checkpoint"):
                 vllm_result, vllm_problem = run_vllm_step(work / "compressed_tensors", max_tokens, console)
         result = summary_dict(
-            model_path,
+            model,
             recipe,
             conversion,
             groups["config_groups"],
@@ -208,7 +209,10 @@ def main(
     print_table(console, result, target)
 
 
+# This tool's former flag name.
+FLAG_ALIASES = {"model_path": "model"}
+
 if __name__ == "__main__":
     from pytorch_scripts_common.cli import run
 
-    run(main)
+    run(main, aliases=FLAG_ALIASES)

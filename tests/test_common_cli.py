@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pytorch_scripts_common.cli import UsageError, check_arguments, parse_list
+from pytorch_scripts_common.cli import UsageError, check_arguments, parse_list, rename_flags
 
 
 def entry(count: int = 1, scale: float = 1.0, name: str = "x", flag: bool = False, limit: int | None = None):
@@ -211,3 +211,91 @@ def test_report_replaces_the_printing_and_sigterm_can_keep_its_default(tmp_path)
     process.communicate(timeout=60)
     assert process.returncode == -signal.SIGTERM  # killed at once: no cleanup ran, no exit 143
     assert marker.read_text() == "started"
+
+
+ALIASES = {"model_name": "model", "model_path": "model", "quant_type": "recipe", "no_cache": "cache"}
+FIXED = {"save_model_to_disk": (True, "the model is always saved to --output_dir")}
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--model_name", "M", "--quant_type", "fp8"], ["--model", "M", "--recipe", "fp8"]),
+        (["--model_name=M", "--quant_type=fp8"], ["--model=M", "--recipe=fp8"]),
+        (["--model-name", "M"], ["--model", "M"]),  # fire reads hyphens as underscores
+        (["-model_name", "M"], ["--model", "M"]),  # and one leading hyphen as two
+        (["--model_path", "--x"], ["--model", "--x"]),  # bool syntax: renamed all the same
+        (["--nono_cache"], ["--nocache"]),  # fire's --noflag form of a boolean alias
+        (["--model", "M", "pos", "--other", "v"], ["--model", "M", "pos", "--other", "v"]),
+        (["--model_name", "M", "--", "--help"], ["--model", "M", "--", "--help"]),  # fire's own flags
+        (["--", "--model_name"], ["--", "--model_name"]),
+        (["--save_model_to_disk", "True", "--model_name", "M"], ["--model", "M"]),
+        (["--save_model_to_disk=true"], []),
+        (["--save_model_to_disk"], []),
+        (["--model_name", "-1"], ["--model", "-1"]),  # a negative number is a value
+    ],
+)
+def test_rename_flags_maps_every_spelling_fire_accepts(argv, expected):
+    assert rename_flags(argv, ALIASES, FIXED) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--model_name", "A", "--model", "B"],
+            "--model_name and --model both set --model: pass it once, as --model",
+        ),
+        (
+            ["--model=B", "--model_path=A"],
+            "--model and --model_path both set --model: pass it once, as --model",
+        ),
+        (["--model_name", "A", "--model_path", "B"], "--model_name and --model_path both set --model"),
+        (
+            ["--save_model_to_disk", "False"],
+            "--save_model_to_disk=False is not supported: the model is always saved to --output_dir: "
+            "drop --save_model_to_disk",
+        ),
+        (["--nosave_model_to_disk"], "--save_model_to_disk=False is not supported"),
+    ],
+)
+def test_rename_flags_refuses_two_spellings_and_unsupported_fixed_values(argv, message):
+    with pytest.raises(UsageError) as caught:
+        rename_flags(argv, ALIASES, FIXED)
+    assert str(caught.value).startswith(message)
+
+
+ALIAS_SCRIPT = SCRIPT.replace(
+    "run(main)",
+    "run(main, aliases={'runs': 'num_runs', 'kind': 'mode'}, "
+    "fixed_flags={'legacy': (True, 'this tool always does it')})",
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "returncode", "stdout", "stderr"),
+    [
+        (["--runs", "4", "--legacy", "True"], 0, "ran 4", ""),
+        (["--runs=5"], 0, "ran 5", ""),
+        (
+            ["--runs", "4", "--num_runs", "5"],
+            2,
+            "",
+            "error: --runs and --num_runs both set --num_runs: pass it once, as --num_runs",
+        ),
+        (
+            ["--legacy=False"],
+            2,
+            "",
+            "error: --legacy=False is not supported: this tool always does it: drop --legacy",
+        ),
+        (["--kind", "user"], 2, "", "error: input x.json is empty: pass a trace file"),
+    ],
+)
+def test_aliases_in_a_subprocess(tmp_path, args, returncode, stdout, stderr):
+    script = tmp_path / "tool.py"
+    script.write_text(ALIAS_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == returncode, result.stderr
+    assert result.stdout.strip() == stdout
+    assert result.stderr.strip() == stderr

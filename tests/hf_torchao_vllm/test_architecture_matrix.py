@@ -137,7 +137,7 @@ def test_every_vllm_failure_not_ours_is_refused_up_front(committed):
     starts, with the measured error: for a checkpoint of that architecture and kind."""
     import torch
 
-    from hf_torchao_vllm import vllm_support
+    from hf_torchao_vllm.serving import vllm_support
 
     cpu = torch.device("cpu")
     failures = [

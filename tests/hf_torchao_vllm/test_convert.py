@@ -13,11 +13,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from hf_torchao_vllm import ct_checkpoint as ctc
-from hf_torchao_vllm import recipes, tiny_models
-from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import TOOL, convert_checkpoint
-from hf_torchao_vllm.quantize import quantize_checkpoint
-from hf_torchao_vllm.validate_compressed_tensors_checkpoint import compare_in_transformers, validate_weights
+from hf_torchao_vllm import tiny_models
+from hf_torchao_vllm.conversion import checkpoint_reader, safetensors_writer, schemes
+from hf_torchao_vllm.conversion.convert import TOOL, convert_checkpoint
+from hf_torchao_vllm.conversion.validate import compare_in_transformers, validate_weights
+from hf_torchao_vllm.quantization import recipes
+from hf_torchao_vllm.quantization.quantize import quantize_checkpoint
 from pytorch_scripts_common.outputs import MARKER
 
 # KL(torchao in transformers || compressed-tensors in transformers), nats/token, on the embedded models
@@ -138,7 +139,7 @@ def load_json(path):
 
 
 def read_all(directory):
-    index = os.path.join(directory, ctc.INDEX_FILE)
+    index = os.path.join(directory, checkpoint_reader.INDEX_FILE)
     shards = (
         sorted(set(load_json(index)["weight_map"].values()))
         if os.path.exists(index)
@@ -301,7 +302,7 @@ def float8_weight_meta(act_quant_kwargs):
     [
         (None, None, None),
         (1e-12, None, None),  # recipes.py's CPU fp8 config
-        (ctc.FP8_ACTIVATION_LB_MAX, None, None),  # vLLM's own floor on max |x|
+        (schemes.FP8_ACTIVATION_LB_MAX, None, None),  # vLLM's own floor on max |x|
         (1e-2, None, r"hp_value_lb=0\.01 is above 0\.001953"),
         (None, 100.0, r"upper bound \(hp_value_ub=100\.0\) clips"),
     ],
@@ -315,10 +316,12 @@ def test_fp8_activation_bounds(lower, upper, error):
     assert meta["_data"]["act_quant_kwargs"]["_data"]["hp_value_lb"] == lower
     if error is not None:
         with pytest.raises(ValueError, match=error):
-            ctc.convert_parameter("m.weight", meta, parts)
+            schemes.convert_parameter("m.weight", meta, parts)
         return
-    (conv,) = ctc.convert_parameter("m.weight", meta, dict(parts))
-    (plain,) = ctc.convert_parameter("m.weight", *float8_weight_meta(QuantizeTensorToFloat8Kwargs(PerRow())))
+    (conv,) = schemes.convert_parameter("m.weight", meta, dict(parts))
+    (plain,) = schemes.convert_parameter(
+        "m.weight", *float8_weight_meta(QuantizeTensorToFloat8Kwargs(PerRow()))
+    )
     # The bound only changes activations: same scheme, same stored weight as without it.
     assert conv.scheme == plain.scheme and conv.scheme.label == "FP8_DYNAMIC"
     assert torch.equal(conv.tensors["weight_scale"], plain.tensors["weight_scale"])
@@ -328,7 +331,7 @@ def test_fp8_activation_bounds(lower, upper, error):
 def test_target_regexes_match_exactly_the_group():
     members = {"m.layers.0.a", "m.layers.1.a", "m.layers.0.b"}
     all_modules = members | {"m.layers.1.b"}
-    targets = ctc.compress_targets(members, all_modules)
+    targets = schemes.compress_targets(members, all_modules)
     assert sorted(targets) == ["m.layers.0.b", r"re:^m\.layers\.\d+\.a$"]
 
 
@@ -343,7 +346,7 @@ def write_unaligned_safetensors(path, tensors):
     header, data = {}, b""
     for name, t in tensors.items():
         raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        dtype = ctc._SAFETENSORS_DTYPES[t.dtype]
+        dtype = checkpoint_reader.SAFETENSORS_DTYPES[t.dtype]
         header[name] = {
             "dtype": dtype,
             "shape": list(t.shape),
@@ -369,7 +372,7 @@ def test_shard_reader_matches_safetensors_on_unaligned_and_empty_tensors(tmp_pat
     }
     path = str(tmp_path / "unaligned.safetensors")
     write_unaligned_safetensors(path, tensors)
-    reader = ctc.ShardReader(path)
+    reader = checkpoint_reader.ShardReader(path)
     with safe_open(path, framework="pt") as f:
         for name, expected in tensors.items():
             got = reader.get_tensor(name)
@@ -382,8 +385,10 @@ def test_shard_reader_matches_safetensors_on_unaligned_and_empty_tensors(tmp_pat
 def test_writer_copies_source_views_file_to_file_aligned_as_in_the_source(tmp_path):
     torch.manual_seed(0)
     source = str(tmp_path / "source.safetensors")
-    ctc.write_safetensors(source, {"w": torch.randn(64, 32), "s": torch.randn(64, 1)}, {"k": "v"})
-    reader = ctc.ShardReader(source)
+    safetensors_writer.write_safetensors(
+        source, {"w": torch.randn(64, 32), "s": torch.randn(64, 1)}, {"k": "v"}
+    )
+    reader = checkpoint_reader.ShardReader(source)
     views = {
         "a_new": torch.ones(3),
         "s_copy": reader.get_tensor("s").reshape(64),
@@ -394,8 +399,8 @@ def test_writer_copies_source_views_file_to_file_aligned_as_in_the_source(tmp_pa
     assert reader.source_offset(views["a_new"]) is None
     assert reader.source_offset(views["w_copy"][:, :3]) is None  # not contiguous: written from memory
     sent, written = str(tmp_path / "sent.safetensors"), str(tmp_path / "written.safetensors")
-    ctc.write_safetensors(sent, views, {"format": "pt"}, sources=[reader])
-    ctc.write_safetensors(written, {k: v.clone() for k, v in views.items()}, {"format": "pt"})
+    safetensors_writer.write_safetensors(sent, views, {"format": "pt"}, sources=[reader])
+    safetensors_writer.write_safetensors(written, {k: v.clone() for k, v in views.items()}, {"format": "pt"})
     for path in (sent, written):
         with safe_open(path, framework="pt") as f:
             assert f.metadata() == {"format": "pt"}
@@ -403,7 +408,7 @@ def test_writer_copies_source_views_file_to_file_aligned_as_in_the_source(tmp_pa
                 assert torch.equal(f.get_tensor(name), value), (path, name)
     # The copied tensors keep their source order and sit at their source's in-page offset, in the
     # first page of a 64 KiB block; the tensor computed in memory comes after them.
-    header = ctc.read_safetensors_header(sent)
+    header = checkpoint_reader.read_safetensors_header(sent)
     first = min(source_offsets, key=source_offsets.get)
     target_offset = header.data_start + header.tensors[first].begin
     assert target_offset % (16 * 4096) == source_offsets[first] % 4096
@@ -417,16 +422,18 @@ def test_deferred_8bit_repacking_writes_what_eager_packing_computes(tmp_path):
     torch.manual_seed(0)
     source = str(tmp_path / "source.safetensors")
     # More than one chunk, so that chunk boundaries are crossed.
-    qdata = torch.randint(-128, 128, (ctc.RepackPlan.CHUNK_BYTES // 256 + 3, 256), dtype=torch.int8)
-    ctc.write_safetensors(source, {"q": qdata, "s": torch.randn(qdata.shape[0], 1)})
-    reader = ctc.ShardReader(source)
-    plan = ctc.RepackPlan()
-    with ctc.repack_into(plan):
-        packed = ctc._pack_int32(reader.get_tensor("q"), 8)
+    qdata = torch.randint(
+        -128, 128, (safetensors_writer.RepackPlan.CHUNK_BYTES // 256 + 3, 256), dtype=torch.int8
+    )
+    safetensors_writer.write_safetensors(source, {"q": qdata, "s": torch.randn(qdata.shape[0], 1)})
+    reader = checkpoint_reader.ShardReader(source)
+    plan = safetensors_writer.RepackPlan()
+    with safetensors_writer.repack_into(plan):
+        packed = schemes._pack_int32(reader.get_tensor("q"), 8)
     assert packed.dtype == torch.int32 and packed.shape == (qdata.shape[0], 64)
     tensors = {"packed": packed, "packed_rows": packed[2:5], "scale": reader.get_tensor("s")}
     target = str(tmp_path / "target.safetensors")
-    ctc.write_safetensors(target, tensors, sources=[plan, reader])
+    safetensors_writer.write_safetensors(target, tensors, sources=[plan, reader])
     expected = pack_to_int32(qdata, 8, packed_dim=1)
     with safe_open(target, framework="pt") as f:
         assert torch.equal(f.get_tensor("packed"), expected)
@@ -437,9 +444,9 @@ def test_deferred_8bit_repacking_writes_what_eager_packing_computes(tmp_path):
 def test_reading_a_deferred_placeholder_crashes_instead_of_returning_garbage(tmp_path):
     code = (
         "import torch\n"
-        "from hf_torchao_vllm import ct_checkpoint as ctc\n"
-        "with ctc.repack_into(ctc.RepackPlan()):\n"
-        "    packed = ctc._pack_int32(torch.zeros(4, 8, dtype=torch.int8), 8)\n"
+        "from hf_torchao_vllm.conversion import safetensors_writer, schemes\n"
+        "with safetensors_writer.repack_into(safetensors_writer.RepackPlan()):\n"
+        "    packed = schemes._pack_int32(torch.zeros(4, 8, dtype=torch.int8), 8)\n"
         "print(int(packed.sum()))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -453,7 +460,7 @@ def test_int8_packing_leaves_the_source_untouched_and_matches_compressed_tensors
     torch.manual_seed(0)
     values = torch.randint(-128, 128, (16, 64), dtype=torch.int8)
     before = values.clone()
-    packed = ctc._pack_int32(values, 8)
+    packed = schemes._pack_int32(values, 8)
     assert torch.equal(values, before)
     assert torch.equal(packed, pack_to_int32(values, 8, packed_dim=1))
 
@@ -508,7 +515,7 @@ def rewrite_metadata(path, edit):
         for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
             tensors[key] = f.get_tensor(key)
     edit(metadata)
-    ctc.write_safetensors(path, tensors, metadata)
+    safetensors_writer.write_safetensors(path, tensors, metadata)
 
 
 def test_unknown_tensor_subclass_is_named(int8_source, tmp_path):
@@ -548,7 +555,7 @@ def test_corrupt_safetensors_header(int8_source, tmp_path):
 
 def test_index_pointing_to_missing_shard(dense_dir, tmp_path):
     src = quantize_and_save(dense_dir, "int8_weight_only", str(tmp_path / "sharded"), max_shard_size="300KB")
-    index = load_json(os.path.join(src, ctc.INDEX_FILE))
+    index = load_json(os.path.join(src, checkpoint_reader.INDEX_FILE))
     shard = sorted(set(index["weight_map"].values()))[1]
     os.remove(os.path.join(src, shard))
     assert_fails_cleanly(src, tmp_path, f"shard '{shard}'.*missing")
@@ -556,24 +563,24 @@ def test_index_pointing_to_missing_shard(dense_dir, tmp_path):
 
 def test_wrong_activation_strategy_fails_the_preset_check(int8_source, tmp_path, monkeypatch):
     """A converter that wrote per-tensor activations for W8A8 (the preset says per token) must fail."""
-    original = ctc._int8
+    original = schemes._int8
 
     def per_tensor_activations(param, meta, parts):
         scheme, tensors = original(param, meta, parts)
         wrong = json.loads(scheme.input_activations_json) | {"strategy": "tensor"}
-        return ctc.CtScheme(
+        return schemes.CtScheme(
             scheme.label, scheme.format, scheme.weights_json, json.dumps(wrong, sort_keys=True)
         ), tensors
 
-    monkeypatch.setitem(ctc._CONVERTERS, "Int8Tensor", per_tensor_activations)
+    monkeypatch.setitem(schemes._CONVERTERS, "Int8Tensor", per_tensor_activations)
     with pytest.raises(AssertionError, match=r"input_activations\.strategy 'tensor' != W8A8's 'token'"):
         convert_checkpoint(int8_source, str(tmp_path / "ct"))
     assert not (tmp_path / "ct").exists()
 
 
 def test_every_scheme_label_has_a_preset():
-    for label in ctc.SCHEME_PRESETS:
-        preset, _ = ctc._preset_of(label)
+    for label in schemes.SCHEME_PRESETS:
+        preset, _ = schemes._preset_of(label)
         from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
 
         assert preset in PRESET_SCHEMES, label
@@ -582,7 +589,7 @@ def test_every_scheme_label_has_a_preset():
 def test_validation_catches_swapped_gate_and_up(moe_dir, tmp_path, monkeypatch):
     """The validator slices fused experts itself: a converter that swaps gate and up cannot pass."""
     source = quantize_and_save(moe_dir, "fp8_weight_only", str(tmp_path / "torchao"), modules="experts_only")
-    monkeypatch.setitem(ctc._FUSED_EXPERTS, "gate_up_proj", ("up_proj", "gate_proj"))
+    monkeypatch.setitem(schemes._FUSED_EXPERTS, "gate_up_proj", ("up_proj", "gate_proj"))
     convert_checkpoint(source, str(tmp_path / "ct"))
     report = validate_weights(source, str(tmp_path / "ct"))
     assert not report.ok
@@ -630,7 +637,7 @@ def test_failure_midway_leaves_no_target(int8_source, tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(ctc, "build_quantization_config", explode)
+    monkeypatch.setattr(schemes, "build_quantization_config", explode)
     with pytest.raises(RuntimeError, match="disk full"):
         convert_checkpoint(int8_source, str(tmp_path / "ct"))
     assert os.listdir(tmp_path) == []
@@ -655,6 +662,7 @@ def test_convert_cli_sharded_with_validation(dense_dir, tmp_path):
     src = quantize_and_save(dense_dir, "int4_weight_only", str(tmp_path / "src"), max_shard_size="300KB")
     (tmp_path / "src" / "notes.txt").write_text("copied as is")
     target = tmp_path / "ct"
+    # The original script's command: --dir_source / --dir_target are aliases of --model / --output_dir.
     proc = run_module(
         "hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors",
         f"--dir_source={src}",
@@ -663,9 +671,11 @@ def test_convert_cli_sharded_with_validation(dense_dir, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # Validated before it was published: the validation report comes before "wrote".
     assert proc.stdout.index("validation passed") < proc.stdout.index(f"wrote {target}")
-    source_shards = sorted(set(load_json(os.path.join(src, ctc.INDEX_FILE))["weight_map"].values()))
+    source_shards = sorted(
+        set(load_json(os.path.join(src, checkpoint_reader.INDEX_FILE))["weight_map"].values())
+    )
     assert len(source_shards) > 1
-    index = load_json(target / ctc.INDEX_FILE)
+    index = load_json(target / checkpoint_reader.INDEX_FILE)
     assert sorted(set(index["weight_map"].values())) == source_shards
     stored = read_all(str(target))
     assert set(index["weight_map"]) == set(stored)
@@ -689,11 +699,11 @@ def test_validate_cli_fails_on_a_corrupted_tensor(int8_source, tmp_path):
     bad = "model.layers.1.self_attn.v_proj.weight_scale"
     tensors[bad] = tensors[bad].clone()
     tensors[bad][3] *= 1.5
-    ctc.write_safetensors(path, tensors, metadata)
+    safetensors_writer.write_safetensors(path, tensors, metadata)
     proc = run_module(
         "hf_torchao_vllm.validate_compressed_tensors_checkpoint",
-        f"--dir_source={int8_source}",
-        f"--dir_target={target}",
+        f"--model={target}",
+        f"--reference={int8_source}",
         "--nocheck_transformers",
     )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -707,12 +717,13 @@ CONVERT = "convert_torchao_checkpoint_to_compressed_tensors"
 @pytest.mark.parametrize(
     ("module", "args", "message"),
     [
-        (CONVERT, ["--dir_source={list_config}", "--dir_target={out}"], "holds a JSON list, not an object"),
-        (CONVERT, ["--dir_source={truncated}", "--dir_target={out}"],
+        (CONVERT, ["--model={list_config}", "--output_dir={out}"], "holds a JSON list, not an object"),
+        (CONVERT, ["--model={truncated}", "--output_dir={out}"],
          "{truncated}/model.safetensors is not a valid safetensors file"),
-        (CONVERT, ["--dir_source={source}", "--dir_target={source}"], "is the same path as the input"),
+        (CONVERT, ["--model={source}", "--output_dir={source}"], "is the same path as the input"),
+        (CONVERT, ["--dir_source={source}", "--model={source}"], "--dir_source and --model both set --model"),
         ("validate_compressed_tensors_checkpoint",
-         ["--dir_source={source}", "--dir_target={source}", "--kl_threshold=nan"], "--kl_threshold is"),
+         ["--model={source}", "--reference={source}", "--kl_threshold=nan"], "--kl_threshold is"),
     ],
 )  # fmt: skip
 def test_cli_user_mistakes_are_one_line(int8_source, tmp_path, module, args, message):
@@ -742,7 +753,7 @@ def test_validate_reports_missing_tensor(int8_source, tmp_path):
     with safe_open(path, framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     del tensors["model.norm.weight"]
-    ctc.write_safetensors(path, tensors, {"format": "pt"})
+    safetensors_writer.write_safetensors(path, tensors, {"format": "pt"})
     report = validate_weights(int8_source, str(target))
     assert [m.name for m in report.mismatches] == ["model.norm.weight"]
     assert "missing" in report.mismatches[0].problem
@@ -790,3 +801,16 @@ def test_converts_a_checkpoint_written_by_the_quantize_tool(tmp_path, flags, fmt
     (group,) = quant_config(str(target))["config_groups"].values()
     assert group["format"] == fmt
     assert {key: group["weights"][key] for key in weights} == weights
+
+
+def test_validator_tolerance_comes_from_the_registry_and_only_nvfp4_has_one():
+    from hf_torchao_vllm.conversion.validate import _tolerance_problem
+    from hf_torchao_vllm.quantization.recipes import CONVERSION_TOLERANCES
+
+    assert set(CONVERSION_TOLERANCES) == {"NVFP4Tensor"}
+    ref = torch.linspace(1, 2, 64, dtype=torch.bfloat16)
+    one_ulp = ref.clone()
+    one_ulp[5] += 2**-7  # the next bf16 value in [1, 2)
+    assert _tolerance_problem("NVFP4Tensor", ref, one_ulp) is None
+    assert "not bit-exact" in _tolerance_problem("Int8Tensor", ref, one_ulp)
+    assert "NVFP4Tensor max relative diff" in _tolerance_problem("NVFP4Tensor", ref, ref * 1.1)

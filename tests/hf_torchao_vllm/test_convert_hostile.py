@@ -16,10 +16,12 @@ import time
 import pytest
 from safetensors import safe_open
 
-from hf_torchao_vllm import ct_checkpoint as ctc
-from hf_torchao_vllm import recipes, tiny_models
-from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import TOOL, convert_checkpoint, main
-from hf_torchao_vllm.quantize import quantize_checkpoint
+from hf_torchao_vllm import tiny_models
+from hf_torchao_vllm.conversion import checkpoint_reader, safetensors_writer
+from hf_torchao_vllm.conversion.convert import TOOL, convert_checkpoint
+from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import main
+from hf_torchao_vllm.quantization import recipes
+from hf_torchao_vllm.quantization.quantize import quantize_checkpoint
 from pytorch_scripts_common.cli import USER_ERRORS
 from pytorch_scripts_common.outputs import MARKER
 
@@ -48,7 +50,7 @@ def sharded_int8(bf16_dir, tmp_path_factory):
     path = quantize_and_save(
         bf16_dir, "int8_weight_only", str(tmp_path_factory.mktemp("int8") / "ck"), max_shard_size="100KB"
     )
-    assert len(set(load_json(os.path.join(path, ctc.INDEX_FILE))["weight_map"].values())) >= 3
+    assert len(set(load_json(os.path.join(path, checkpoint_reader.INDEX_FILE))["weight_map"].values())) >= 3
     return path
 
 
@@ -274,17 +276,17 @@ CORRUPTIONS = {
     ),
     "index_not_json": (
         "sharded_int8",
-        lambda s: _write(f"{s}/{ctc.INDEX_FILE}", "{"),
+        lambda s: _write(f"{s}/{checkpoint_reader.INDEX_FILE}", "{"),
         r"index .*index\.json is not valid JSON",
     ),
     "index_is_a_list": (
         "sharded_int8",
-        lambda s: _write(f"{s}/{ctc.INDEX_FILE}", "[]"),
+        lambda s: _write(f"{s}/{checkpoint_reader.INDEX_FILE}", "[]"),
         r"index .*index\.json holds a JSON list",
     ),
     "index_without_weight_map": (
         "sharded_int8",
-        lambda s: _write(f"{s}/{ctc.INDEX_FILE}", "{}"),
+        lambda s: _write(f"{s}/{checkpoint_reader.INDEX_FILE}", "{}"),
         r"has no 'weight_map' object",
     ),
     "index_names_missing_shard": (
@@ -295,14 +297,16 @@ CORRUPTIONS = {
     "index_points_outside": (
         "sharded_int8",
         lambda s: _edit_json(
-            f"{s}/{ctc.INDEX_FILE}", lambda i: i["weight_map"].update({"lm_head.weight": "../x.safetensors"})
+            f"{s}/{checkpoint_reader.INDEX_FILE}",
+            lambda i: i["weight_map"].update({"lm_head.weight": "../x.safetensors"}),
         ),
         r"maps 'lm_head\.weight' to '\.\./x\.safetensors', not a file name",
     ),
     "index_maps_to_wrong_shard": (
         "sharded_int8",
         lambda s: _edit_json(
-            f"{s}/{ctc.INDEX_FILE}", lambda i: i["weight_map"].update({"lm_head.weight": shards_of(s)[-1]})
+            f"{s}/{checkpoint_reader.INDEX_FILE}",
+            lambda i: i["weight_map"].update({"lm_head.weight": shards_of(s)[-1]}),
         ),
         r"maps 'lm_head\.weight' to .*, which does not contain it",
     ),
@@ -464,7 +468,7 @@ def test_corrupted_checkpoint_is_one_error_naming_the_file(case, request, tmp_pa
 
 
 def test_corrupted_target_is_named_by_the_validator(sharded_int8, tmp_path):
-    from hf_torchao_vllm.validate_compressed_tensors_checkpoint import validate_weights
+    from hf_torchao_vllm.conversion.validate import validate_weights
 
     target = tmp_path / "ct"
     convert_checkpoint(sharded_int8, str(target))
@@ -563,7 +567,7 @@ def _fuzz_file_json(rng, path):
 def _fuzz_one(rng, src):
     shards = [os.path.join(src, s) for s in shards_of(src)]
     kinds = ["truncate", "header_bytes", "header_json", "header_json", "header_json", "config", "remove"]
-    if os.path.exists(os.path.join(src, ctc.INDEX_FILE)):
+    if os.path.exists(os.path.join(src, checkpoint_reader.INDEX_FILE)):
         kinds.append("index")
     kind = rng.choice(kinds)
     if kind == "truncate":
@@ -576,7 +580,7 @@ def _fuzz_one(rng, src):
     elif kind == "config":
         _fuzz_file_json(rng, os.path.join(src, "config.json"))
     elif kind == "index":
-        _fuzz_file_json(rng, os.path.join(src, ctc.INDEX_FILE))
+        _fuzz_file_json(rng, os.path.join(src, checkpoint_reader.INDEX_FILE))
     else:
         os.remove(rng.choice([*shards, os.path.join(src, "config.json")]))
     return kind
@@ -623,7 +627,7 @@ def test_target_overlapping_the_source_is_refused_even_with_overwrite(where, sha
     src = shutil.copytree(sharded_int8, tmp_path / "models" / "src")
     before = tree_digest(tmp_path)
     target = {"source": src, "parent_of_source": src.parent, "inside_source": src / "ct"}[where]
-    with pytest.raises(ValueError, match=r"--dir_target .* the input .*: choose an output path outside"):
+    with pytest.raises(ValueError, match=r"--output_dir .* the input .*: choose an output path outside"):
         convert_checkpoint(str(src), str(target), overwrite=True)
     assert tree_digest(tmp_path) == before
 
@@ -631,7 +635,7 @@ def test_target_overlapping_the_source_is_refused_even_with_overwrite(where, sha
 def test_cli_refuses_target_equal_to_source(sharded_int8, tmp_path):
     src = shutil.copytree(sharded_int8, tmp_path / "src")
     before = tree_digest(src)
-    proc = run_module(CONVERT, f"--dir_source={src}", f"--dir_target={src}", "--overwrite", "--novalidate")
+    proc = run_module(CONVERT, f"--model={src}", f"--output_dir={src}", "--overwrite", "--novalidate")
     assert_one_line_error(proc, "is the same path as the input")
     assert tree_digest(src) == before
 
@@ -655,12 +659,12 @@ def test_overwrite_replaces_only_an_earlier_output_of_the_converter(sharded_int8
 
 
 def test_failed_validation_publishes_nothing(sharded_int8, tmp_path, monkeypatch, capsys):
-    original = ctc.RepackPlan.defer_xor
+    original = safetensors_writer.RepackPlan.defer_xor
 
     def wrong_offset(self, source, value):  # a packing bug (128 ^ 1 instead of 128) to be caught
         return original(self, source, value ^ 1)
 
-    monkeypatch.setattr(ctc.RepackPlan, "defer_xor", wrong_offset)
+    monkeypatch.setattr(safetensors_writer.RepackPlan, "defer_xor", wrong_offset)
     target = tmp_path / "out" / "ct"
     with pytest.raises(SystemExit) as exited:
         main(sharded_int8, str(target))
@@ -694,7 +698,7 @@ def _can_create_in(folder):
 
 def test_unwritable_target_is_reported_before_converting(sharded_int8, tmp_path):
     target = unwritable_location(tmp_path)
-    proc = run_module(CONVERT, f"--dir_source={sharded_int8}", f"--dir_target={target}")
+    proc = run_module(CONVERT, f"--model={sharded_int8}", f"--output_dir={target}")
     assert_one_line_error(proc, "cannot write to", "choose a writable output location")
     assert "shard(s)" not in proc.stdout  # no conversion summary: refused before the work
 
@@ -715,7 +719,7 @@ def _wait_for_staging(proc, parent, name="ct", timeout_s=120):
 def _start_convert(src, target):
     env = {**os.environ, "TORCHAO_FORCE_SKIP_LOADING_SO_FILES": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", CONVERT, f"--dir_source={src}", f"--dir_target={target}"],
+        [sys.executable, "-m", CONVERT, f"--model={src}", f"--output_dir={target}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -760,7 +764,7 @@ def test_sigkill_leftovers_are_removed_by_the_next_run(sharded_int8, tmp_path):
 def test_cli_config_that_is_a_list(sharded_int8, tmp_path):
     src = shutil.copytree(sharded_int8, tmp_path / "src")
     _write(src / "config.json", "[]")
-    proc = run_module(CONVERT, f"--dir_source={src}", f"--dir_target={tmp_path / 'ct'}")
+    proc = run_module(CONVERT, f"--model={src}", f"--output_dir={tmp_path / 'ct'}")
     assert_one_line_error(proc, f"{src}/config.json holds a JSON list")
     assert_nothing_written(tmp_path)
 
@@ -769,7 +773,7 @@ def test_cli_truncated_shard(sharded_int8, tmp_path):
     src = shutil.copytree(sharded_int8, tmp_path / "src")
     shard = src / shards_of(src)[2]
     _truncate(shard, os.path.getsize(shard) // 2)
-    proc = run_module(CONVERT, f"--dir_source={src}", f"--dir_target={tmp_path / 'ct'}")
+    proc = run_module(CONVERT, f"--model={src}", f"--output_dir={tmp_path / 'ct'}")
     assert_one_line_error(proc, f"{shard} is not a valid safetensors file", "(truncated)", "re-download")
     assert_nothing_written(tmp_path)
 
@@ -778,10 +782,10 @@ def test_validate_cli_broken_target_config(sharded_int8, tmp_path):
     target = tmp_path / "ct"
     convert_checkpoint(sharded_int8, str(target))
     _write(target / "config.json", '{"quantization_config": ')
-    proc = run_module(VALIDATE, f"--dir_source={sharded_int8}", f"--dir_target={target}")
+    proc = run_module(VALIDATE, f"--model={target}", f"--reference={sharded_int8}")
     assert_one_line_error(proc, f"{target}/config.json is not valid JSON")
 
 
 def test_validate_cli_missing_directory(sharded_int8, tmp_path):
-    proc = run_module(VALIDATE, f"--dir_source={sharded_int8}", f"--dir_target={tmp_path / 'nope'}")
+    proc = run_module(VALIDATE, f"--model={tmp_path / 'nope'}", f"--reference={sharded_int8}")
     assert_one_line_error(proc, "is not a directory")

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from hf_torchao_vllm import tiny_models
-from hf_torchao_vllm.quantize import quantize_checkpoint
+from hf_torchao_vllm.quantization.quantize import quantize_checkpoint
 
 # Peak RSS growth during the shard loop must stay under 1.5x the largest source shard: the
 # converted tensors of one shard (~1x) plus one parameter's source tensors and allocator slack.
@@ -18,7 +18,7 @@ MAX_PEAK_OVER_LARGEST_SHARD = 1.5
 CHILD = """
 import json, os, sys
 os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
-from hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors import convert_checkpoint
+from hf_torchao_vllm.conversion.convert import convert_checkpoint
 s = convert_checkpoint(sys.argv[1], sys.argv[2])
 print(json.dumps({"delta": s.peak_rss_delta_bytes, "largest": s.largest_shard_bytes,
                   "shards": s.num_shards, "source": s.source_bytes}))
@@ -92,10 +92,9 @@ def test_benchmark_prints_the_ratio_to_copy_and_cleans_up(tmp_path):
 
 def test_readme_converter_commands_use_real_arguments():
     """The README's part-2 commands of the converter, validator and benchmark name real arguments."""
-    import importlib
-    import inspect
     import pathlib
 
+    from tests.hf_torchao_vllm.test_quantize_readme import entry_arguments
     from tests.readme_commands import bash_block_commands
 
     readme = (pathlib.Path(__file__).resolve().parents[2] / "hf_torchao_vllm" / "README.md").read_text()
@@ -109,7 +108,7 @@ def test_readme_converter_commands_use_real_arguments():
         if command[2] not in modules:
             continue
         seen.add(command[2])
-        parameters = inspect.signature(importlib.import_module(command[2]).main).parameters
+        parameters = entry_arguments(command[2])
         for flag in (word for word in command[3:] if word.startswith("--")):
             name = flag.removeprefix("--").split("=")[0]
             assert name in parameters, f"README: {command[2]} has no --{name}"

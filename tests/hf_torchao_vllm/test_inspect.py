@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from hf_torchao_vllm import quantize_hf_model_with_torchao as quantize_script
-from hf_torchao_vllm.inspect_checkpoint import inspect_checkpoint
+from hf_torchao_vllm.conversion.checkpoint_summary import inspect_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DENSE = str(REPO_ROOT / "hf_torchao_vllm" / "embedded_models" / "dense")
@@ -58,7 +58,7 @@ def test_torchao_checkpoint_summary_and_files_untouched(int8_checkpoint, tmp_pat
     json_path = tmp_path / "summary.json"
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "hf_torchao_vllm" / "inspect_checkpoint.py"),
-         f"--checkpoint_dir={int8_checkpoint}", f"--json_output={json_path}", "--show_tensors=True"],
+         f"--model={int8_checkpoint}", f"--json_output={json_path}", "--show_tensors=True"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -71,7 +71,7 @@ def test_json_output_inside_checkpoint_is_refused(int8_checkpoint):
     from hf_torchao_vllm.inspect_checkpoint import main
 
     with pytest.raises(ValueError, match="is inside the input"):
-        main(checkpoint_dir=str(int8_checkpoint), json_output=str(int8_checkpoint / "x.json"))
+        main(model=str(int8_checkpoint), json_output=str(int8_checkpoint / "x.json"))
     assert not (int8_checkpoint / "x.json").exists()
 
 
@@ -131,17 +131,18 @@ def test_bin_checkpoint_and_hostile_pickle(tmp_path):
     torch.save({"a.weight": torch.ones(4, 8, dtype=torch.bfloat16)}, good / "pytorch_model.bin")
     summary = inspect_checkpoint(good)
     assert [(t.name, t.dtype, t.shape, t.num_bytes) for t in summary.tensors] == [
-        ("a.weight", "bfloat16", [4, 8], 64)
+        ("a.weight", "BF16", [4, 8], 64)
     ]
 
     hostile = tmp_path / "hostile"
     hostile.mkdir()
     (hostile / "config.json").write_text("{}")
     torch.save({"a": _Hostile()}, hostile / "pytorch_model.bin")  # arbitrary object: weights_only refuses
-    with pytest.warns(UserWarning, match="unreadable .bin file"):
+    unsafe = r"cannot load .*pytorch_model\.bin with torch\.load\(weights_only=True\)"
+    with pytest.warns(UserWarning, match=unsafe):
         summary = inspect_checkpoint(hostile)
     assert summary.tensors == []
-    with pytest.raises(ValueError, match="unreadable .bin file"):
+    with pytest.raises(ValueError, match=unsafe):
         inspect_checkpoint(hostile, strict=True)
 
 
@@ -165,7 +166,7 @@ def test_truncated_safetensors_and_bad_index(tmp_path):
     assert [t.name for t in summary.tensors] == ["x"]
     assert len(summary.warnings) == 3  # outside file, missing file, truncated shard
     assert _hashes(directory) == before
-    with pytest.raises(ValueError, match="missing or outside file"):
+    with pytest.raises(ValueError, match="maps 'z' to '../outside.safetensors', not a file name in"):
         inspect_checkpoint(directory, strict=True)
 
 
@@ -204,7 +205,7 @@ def test_torchao_bin_checkpoint(int8_checkpoint, tmp_path):
     down = by_name["model.layers.0.mlp.down_proj.weight"]
     assert (down.stored_type, down.dtype, down.shape, down.scale_shape) == (
         "Int8Tensor",
-        "int8",
+        "I8",
         [256, 768],
         [256, 1],
     )
@@ -215,10 +216,27 @@ def test_evaluate_quality_cli_writes_json(int8_checkpoint, tmp_path):
     from hf_torchao_vllm.evaluate_quality import main
 
     json_path = tmp_path / "quality.json"
-    main(quantized_dir=str(int8_checkpoint), reference=DENSE, max_tokens=256, json_output=str(json_path))
+    main(model=str(int8_checkpoint), reference=DENSE, max_tokens=256, json_output=str(json_path))
     quality = json.loads(json_path.read_text())
     assert quality["num_tokens_scored"] == 255
     assert quality["logits_sqnr_db"] > 40.0  # int8 weight-only measured 47.3 dB on 1,023 tokens
     assert 0.6 < quality["size_ratio"] < 0.75
     with pytest.raises(ValueError, match="exists: pass --overwrite"):
-        main(quantized_dir=str(int8_checkpoint), json_output=str(json_path))
+        main(model=str(int8_checkpoint), json_output=str(json_path))
+
+
+def test_sub_byte_dtypes_are_summarized_and_not_viewed(tmp_path):
+    """safetensors' F4 (4 bits per element) has no torch dtype: sizes come from the one dtype table,
+    and the converter's ShardReader refuses to view it in one line."""
+    from hf_torchao_vllm.conversion.checkpoint_reader import ShardReader
+
+    directory = tmp_path / "f4"
+    directory.mkdir()
+    (directory / "config.json").write_text("{}")
+    header = json.dumps({"w": {"dtype": "F4", "shape": [2, 8], "data_offsets": [0, 8]}}).encode()
+    header += b" " * (-len(header) % 8)
+    (directory / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
+    summary = inspect_checkpoint(directory, strict=True)
+    assert [(t.name, t.dtype, t.shape, t.num_bytes) for t in summary.tensors] == [("w", "F4", [2, 8], 8)]
+    with pytest.raises(ValueError, match="tensor 'w' is stored as F4, which torch cannot view"):
+        ShardReader(str(directory / "model.safetensors")).get_tensor("w")

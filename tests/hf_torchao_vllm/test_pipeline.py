@@ -18,7 +18,7 @@ def test_unknown_recipe_is_rejected(tmp_path):
 
 def test_missing_model_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        run_pipeline.main(model_path=str(tmp_path / "nope"), output_dir=str(tmp_path / "out"))
+        run_pipeline.main(model=str(tmp_path / "nope"), output_dir=str(tmp_path / "out"))
 
 
 def test_output_around_the_model_is_refused(tmp_path):
@@ -28,7 +28,7 @@ def test_output_around_the_model_is_refused(tmp_path):
     shutil.copytree(run_pipeline.EMBEDDED_DENSE_MODEL, model)
     for output in (model, model.parent):
         with pytest.raises(ValueError, match="the input"):
-            run_pipeline.main(model_path=str(model), output_dir=str(output), overwrite=True)
+            run_pipeline.main(model=str(model), output_dir=str(output), overwrite=True)
     assert (model / "model.safetensors").is_file()
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from hf_torchao_vllm import quantize
 from hf_torchao_vllm import quantize_hf_model_with_torchao as quantize_script
-from hf_torchao_vllm.recipes import RECIPES, RecipeOptions, cpu_capable_recipes
+from hf_torchao_vllm.quantization import quantize
+from hf_torchao_vllm.quantization.recipes import RECIPES, RecipeOptions, cpu_capable_recipes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED = REPO_ROOT / "hf_torchao_vllm" / "embedded_models"

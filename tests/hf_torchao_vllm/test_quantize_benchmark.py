@@ -27,7 +27,8 @@ def test_benchmark_prints_a_table(capsys):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"modes": "jit"}, r"unknown mode 'jit'; valid: eager, compiled"),
+        ({"modes": "jit"}, r"unknown mode 'jit': choose from eager, compiled"),
+        ({"hidden_size": 100}, r"hidden_size=100 must be a multiple of 128"),
         ({"recipes": "int3"}, r"unknown recipe 'int3'"),
         ({"new_tokens": 1}, r"new_tokens >= 2"),
         ({"recipes": "nvfp4"}, r"not supported on cpu"),

@@ -1,5 +1,6 @@
 """Keep the folder README's commands honest: every `.venv/bin/python -m hf_torchao_vllm.<script>` command
-names a module of the folder, and every --flag is an argument of its entry point."""
+names a module of the folder, and every --flag is an argument of its entry point or one of the
+aliases its command line accepts (the original scripts' flag names)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,16 @@ ENTRY_SCRIPTS = {
 }
 
 
+def entry_arguments(module: str) -> set[str]:
+    """The flags ``python -m <module>`` takes: its entry point's arguments and their aliases."""
+    entry = importlib.import_module(module)
+    return {
+        *inspect.signature(entry.main).parameters,
+        *getattr(entry, "FLAG_ALIASES", {}),
+        *getattr(entry, "FIXED_FLAGS", {}),
+    }
+
+
 def test_readme_commands_use_real_modules_and_arguments():
     commands = bash_block_commands((FOLDER / "README.md").read_text(), ".venv/bin/python")
     assert all(command[1] == "-m" for command in commands), [c for c in commands if c[1] != "-m"]
@@ -33,7 +44,7 @@ def test_readme_commands_use_real_modules_and_arguments():
     assert modules == ENTRY_SCRIPTS
     for command in commands:
         module = command[2].removeprefix("hf_torchao_vllm.")
-        parameters = inspect.signature(importlib.import_module(f"hf_torchao_vllm.{module}").main).parameters
+        parameters = entry_arguments(f"hf_torchao_vllm.{module}")
         for arg in command[3:]:
             assert arg.startswith("--"), f"{command}: positional {arg!r}"
             name = arg[2:].partition("=")[0]

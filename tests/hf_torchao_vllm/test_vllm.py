@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from hf_torchao_vllm import tiny_models
-from hf_torchao_vllm.run_quantized_model_in_vllm import group_layer_summary
-from hf_torchao_vllm.vllm_support import (
+from hf_torchao_vllm.serving.vllm_runner import group_layer_summary
+from hf_torchao_vllm.serving.vllm_support import (
     CPU_RUNNABLE_CT_SCHEMES,
     classify_ct_group,
     compressed_tensors_problem,
@@ -131,7 +131,7 @@ def test_layer_summary_groups_layers():
 
 def run_vllm_cli(model_path, *extra):
     proc = subprocess.run(
-        [sys.executable, "-m", "hf_torchao_vllm.run_quantized_model_in_vllm", f"--model_path={model_path}",
+        [sys.executable, "-m", "hf_torchao_vllm.run_quantized_model_in_vllm", f"--model={model_path}",
          "--max_tokens=8", "--compare_with_transformers", *extra],
         capture_output=True, text=True, timeout=900,
         env={**os.environ, "TORCHAO_FORCE_SKIP_LOADING_SO_FILES": "1", "COLUMNS": "200"},
@@ -177,7 +177,7 @@ def test_runner_refuses_unservable_checkpoint_in_one_line(tmp_path, monkeypatch)
     config = {"architectures": ["LlamaForCausalLM"], "quantization_config": plain_config(
         "Float8DynamicActivationFloat8WeightConfig")}  # fmt: skip
     (model / "config.json").write_text(json.dumps(config))
-    from hf_torchao_vllm import run_quantized_model_in_vllm as runner
+    from hf_torchao_vllm.serving import vllm_runner as runner
 
     monkeypatch.setattr(
         runner, "torchao_quantized_params", lambda path, cfg: {"m.layers.0.mlp.down_proj.weight"}
@@ -187,7 +187,7 @@ def test_runner_refuses_unservable_checkpoint_in_one_line(tmp_path, monkeypatch)
 
 
 def test_swizzled_scale_tensors_need_fused_parts_at_multiples_of_128_rows():
-    from hf_torchao_vllm.vllm_support import unaligned_fused_rows
+    from hf_torchao_vllm.serving.vllm_support import unaligned_fused_rows
 
     attn = "m.layers.0.self_attn"
     tiny = {f"{attn}.q_proj": 128, f"{attn}.k_proj": 64, f"{attn}.v_proj": 64}  # v starts at row 192
@@ -212,8 +212,8 @@ def test_swizzled_scale_tensors_need_fused_parts_at_multiples_of_128_rows():
 
 
 def test_moe_path_names_the_method_and_amx(monkeypatch):
-    from hf_torchao_vllm import run_quantized_model_in_vllm as runner
-    from hf_torchao_vllm import vllm_support
+    from hf_torchao_vllm.serving import vllm_runner as runner
+    from hf_torchao_vllm.serving import vllm_support
 
     rows = [
         ("model.layers.0.mlp.experts", "FusedMoE", "UnquantizedFusedMoEMethod"),

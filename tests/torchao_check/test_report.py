@@ -320,7 +320,7 @@ def test_timing_ratio_is_marked_unreliable_when_the_spread_exceeds_the_differenc
 
 
 def test_sqnr_floors_live_in_the_recipe_registry() -> None:
-    from hf_torchao_vllm import recipes
+    from hf_torchao_vllm.quantization import recipes
 
     for name, spec in test_ao.CONFIG_REGISTRY.items():
         recipe, _ = recipes.resolve(name)

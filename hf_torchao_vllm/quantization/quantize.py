@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from hf_torchao_vllm import recipes
+from hf_torchao_vllm.quantization import recipes
 
 REPORT_FILE = "quantization_report.json"
 TOOL = "hf_torchao_vllm.quantize"  # the output marker of every checkpoint this path writes
@@ -178,7 +178,7 @@ def plan_quantization(
 
     ``run_probe=False`` only checks that each torchao layout quantizes on ``device`` (not that it runs
     there): the converter's tests save CPU checkpoints of recipes that only run on CUDA."""
-    from hf_torchao_vllm import vllm_support
+    from hf_torchao_vllm.serving import vllm_support
 
     device = device or torch.device("cpu")
     entry = recipes.validate_recipe_options(recipe, options or recipes.RecipeOptions(), device)
@@ -238,7 +238,7 @@ def not_converted_modules(plan: Plan) -> list[str]:
     """Module names that stay high precision, as ``modules_to_not_convert``: every skipped 2D weight's
     module, plus vLLM's fused name (e.g. ``self_attn.qkv_proj``) where all of its parts are skipped,
     so that vLLM's exact-name ``should_skip`` leaves the fused layer alone too."""
-    from hf_torchao_vllm import vllm_support
+    from hf_torchao_vllm.serving import vllm_support
 
     modules = {
         plan.selection.targets[name].module_name
@@ -416,3 +416,28 @@ def quantize_checkpoint(
             probe = torch.randint(0, vocab, (64,), generator=torch.Generator().manual_seed(0))
             reload_and_compare(quantized, plan, staging, probe)
     return plan
+
+
+def load_reference_and_quantized(plan: Plan):
+    """The tokenizer, the bf16 reference and the quantized model (verified: exactly the selected weights)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(plan.model_source)
+    reference_model = AutoModelForCausalLM.from_pretrained(
+        plan.model_source, dtype=torch.bfloat16, **plan.load_kwargs
+    )
+    quantized_model = load_quantized_model(plan)
+    verify_quantized(quantized_model, plan)
+    return tokenizer, reference_model.to(plan.device).eval(), quantized_model
+
+
+def save_and_reload(console, quantized_model, plan: Plan, tokenizer, staging: Path) -> list[str]:
+    """Save into ``staging``, reload, require bit-identical logits on held-out tokens."""
+    from hf_torchao_vllm.quantization import quality
+
+    weight_files = save_checkpoint(quantized_model, plan, staging)
+    tokenizer.save_pretrained(staging)
+    console.print(f"saved weights as {weight_files}")
+    reload_and_compare(quantized_model, plan, staging, quality.held_out_token_ids(tokenizer, 128))
+    console.print("reload check: logits of the reloaded model are bit-identical to the in-memory model")
+    return weight_files

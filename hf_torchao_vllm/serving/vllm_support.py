@@ -33,7 +33,7 @@ TORCHAO_CONFIGS_NOT_SERVED_ON_CPU: dict[str, str] = {
     ">= 8.9 for float8 activations (_check_torchao_fp8_activation_capability)",
 }
 
-MATRIX_JSON = Path(__file__).resolve().parent / "architectures.json"
+MATRIX_JSON = Path(__file__).resolve().parents[1] / "architectures.json"  # at the hf_torchao_vllm root
 
 
 @functools.cache
