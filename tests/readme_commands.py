@@ -216,6 +216,9 @@ def _module_problems(program: str | None, module: str, args: list[str], root: Pa
     return problems + flag_problems(function, aliases, args) + _path_problems(_values(args), root)
 
 
+FIXED = "<fixed flag>"  # the alias target of a run(main, fixed_flags=...) flag
+
+
 def _fire_entry(module: str, file: Path) -> tuple[Callable[..., Any], dict[str, str]] | str:
     """The entry function and its aliases (alias → parameter), or why there is none."""
     call = entry_call(ast.parse(file.read_text(encoding="utf-8")))
@@ -225,9 +228,12 @@ def _fire_entry(module: str, file: Path) -> tuple[Callable[..., Any], dict[str, 
     function = namespace[call.args[0].id]
     aliases: dict[str, str] = {}
     for keyword in call.keywords:
-        if keyword.arg == "aliases":
+        if keyword.arg in ("aliases", "fixed_flags"):
             value = eval(compile(ast.Expression(keyword.value), str(file), "eval"), dict(namespace))
-            aliases = dict(value) if isinstance(value, dict) else {name: name for name in value}
+            if keyword.arg == "aliases":
+                aliases.update(value if isinstance(value, dict) else {name: name for name in value})
+            else:  # a fixed flag is accepted (with its one value) and dropped before fire reads it
+                aliases.update(dict.fromkeys(value, FIXED))
     return function, aliases
 
 
@@ -256,6 +262,8 @@ def flag_problems(function: Callable[..., Any], aliases: dict[str, str], args: l
             continue
         name, has_value, _ = word[2:].partition("=")
         name = aliases.get(name, name)
+        if name == FIXED:
+            continue
         if name.startswith("no") and name not in parameters and _is_bool(function, parameters.get(name[2:])):
             name = name[2:]  # fire's --noflag, False
         elif name not in parameters and not takes_any_flag:

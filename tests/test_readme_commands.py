@@ -123,15 +123,18 @@ def test_checker_accepts_the_aliases_run_names(tmp_path, monkeypatch):
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "main.py").write_text(
-        "ALIASES = {'model_name': 'model'}\n\n\n"
+        "ALIASES = {'model_name': 'model'}\n"
+        "FIXED = {'save_model_to_disk': (True, 'it always saves')}\n\n\n"
         "def main(model: str, overwrite: bool = False):\n"
         '    """Args: model, overwrite."""\n\n\n'
         'if __name__ == "__main__":\n'
         "    from pytorch_scripts_common.cli import run\n\n"
-        "    run(main, aliases=ALIASES)\n"
+        "    run(main, aliases=ALIASES, fixed_flags=FIXED)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    ok = shlex.split(".venv/bin/python -m aliased_tool.main --model_name=m --overwrite")
+    ok = shlex.split(
+        ".venv/bin/python -m aliased_tool.main --model_name=m --overwrite --save_model_to_disk=True"
+    )
     assert command_problems(ok, root=tmp_path) == []
     unknown = shlex.split(".venv/bin/python -m aliased_tool.main --model_path=m")
     assert command_problems(unknown, root=tmp_path) == [
