@@ -255,8 +255,8 @@ def tiny_dir(tmp_path_factory):
 @pytest.mark.parametrize("architecture", ["OPTForCausalLM", "Qwen2ForCausalLM"])
 @pytest.mark.parametrize("recipe", ["int8_weight_only", "int4_weight_only"])
 def test_linear_biases_are_never_quantized(tiny_dir, tmp_path, architecture, recipe):
-    """OPT and Qwen2 Linears have biases: only the weights become torchao tensors (the module-name keys
-    transformers matches against both used to quantize the biases too)."""
+    """OPT and Qwen2 Linears have biases: only the weights become torchao tensors (transformers' module-name
+    keys match both a Linear's weight and its bias, so the filter must name weights)."""
     from safetensors import safe_open
 
     out = tmp_path / "q"
