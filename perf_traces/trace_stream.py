@@ -87,8 +87,8 @@ class TraceLayout:
 class CandidateBatch:
     """The candidate events of one piece: event indexes, byte offsets in the file, raw JSON bytes."""
 
-    indexes: list[int]
-    offsets: list[int]
+    indexes: np.ndarray  # int64
+    offsets: np.ndarray  # int64
     raws: list[msgspec.Raw]
 
 
@@ -480,16 +480,16 @@ class TraceScanner:
                     positions.append(found - base)
                     found = self._data.find(pattern, found + 1, base + len(document))
             else:
-                positions += [match.start() for match in pattern.finditer(document)]
+                positions += map(re.Match.start, pattern.finditer(document))
         if not positions:
-            return CandidateBatch([], [], [])
+            return CandidateBatch(np.zeros(0, np.int64), np.zeros(0, np.int64), [])
         offsets = _event_offsets(document, raws)
         items = np.unique(np.searchsorted(offsets, positions, side="right") - 1)
-        items = items[items >= 0].tolist()
+        items = items[items >= 0]
         return CandidateBatch(
-            indexes=[first_index + item for item in items],
-            offsets=(offsets[items] + base).tolist(),
-            raws=[raws[item] for item in items],
+            indexes=first_index + items,
+            offsets=offsets[items] + base,
+            raws=[raws[item] for item in items.tolist()],
         )
 
 
@@ -621,37 +621,69 @@ def _write_range(
     out_offset: int,
     chunk_bytes: int,
 ) -> None:
-    """Write ``view[start:stop]`` with ``edits`` (all inside it) at ``out_offset`` of ``fd``."""
-    parts: list[bytes | memoryview] = []
-    copied = flushed = start  # source offsets: assembled, written
+    """Write ``view[start:stop]`` with ``edits`` (all inside it) at ``out_offset`` of ``fd``.
+
+    The output is a list of buffers, views of the source between edits and the replacement texts,
+    handed to ``pwritev`` ``_IOV_MAX`` at a time: the kernel copies them, nothing is joined here. Empty
+    insertions every ``chunk_bytes`` keep each view that short, and the source pages written are
+    dropped from memory every ``chunk_bytes``.
+    """
+    assert (
+        (edits.ends >= edits.starts).all()
+        and (edits.starts[1:] >= edits.ends[:-1]).all()
+        and (not len(edits) or (edits.starts[0] >= start and edits.ends[-1] <= stop))
+    ), "edits must be sorted, disjoint and inside the range"
+    edits = _with_cuts(edits, start, stop, chunk_bytes)
     replacements = edits.replacements
+    released = start // mmap.PAGESIZE * mmap.PAGESIZE
+    cursor = start
+    step = _IOV_MAX // 2  # edits per call: a view and a replacement each
+    for first in range(0, len(edits), step):
+        starts = edits.starts[first : first + step].tolist()
+        ends = edits.ends[first : first + step].tolist()
+        buffers: list[Any] = [b""] * (2 * len(starts))
+        buffers[0::2] = map(view.__getitem__, map(slice, [cursor, *ends[:-1]], starts))
+        buffers[1::2] = map(replacements.__getitem__, edits.replacement_ids[first : first + step].tolist())
+        out_offset = _pwritev_all(fd, buffers, out_offset)
+        cursor = ends[-1]
+        if cursor - released >= chunk_bytes:
+            page_end = cursor // mmap.PAGESIZE * mmap.PAGESIZE
+            data.madvise(mmap.MADV_DONTNEED, released, page_end - released)
+            released = page_end
+    _pwritev_all(fd, [view[cursor:stop]], out_offset)
 
-    def flush() -> None:
-        nonlocal out_offset, flushed
-        block = memoryview(b"".join(parts))
-        parts.clear()
-        while block:
-            written = os.pwrite(fd, block, out_offset)
-            out_offset += written
-            block = block[written:]
-        released = flushed // mmap.PAGESIZE * mmap.PAGESIZE
-        flushed = copied
-        data.madvise(mmap.MADV_DONTNEED, released, flushed // mmap.PAGESIZE * mmap.PAGESIZE - released)
 
-    for batch in range(0, len(edits), 1 << 16):  # lists of 64k edits at a time, not ~700k
-        batch_edits = edits.part(batch, batch + (1 << 16))
-        for edit_start, edit_end, replacement_id in zip(
-            batch_edits.starts.tolist(),
-            batch_edits.ends.tolist(),
-            batch_edits.replacement_ids.tolist(),
-            strict=True,
-        ):
-            assert edit_start >= copied and edit_end >= edit_start, "edits must be sorted and disjoint"
-            parts.append(view[copied:edit_start])
-            parts.append(replacements[replacement_id])
-            copied = edit_end
-            if copied - flushed >= chunk_bytes:
-                flush()
-    parts.append(view[copied:stop])
-    copied = stop
-    flush()
+_IOV_MAX = 1024  # buffers per pwritev call (Linux's UIO_MAXIOV)
+
+
+def _with_cuts(edits: Edits, start: int, stop: int, chunk_bytes: int) -> Edits:
+    """``edits`` with an empty insertion every ``chunk_bytes`` from ``start``, except inside a
+    replaced range."""
+    cuts = np.arange(start + chunk_bytes, stop, chunk_bytes, dtype=np.int64)
+    before = np.searchsorted(edits.starts, cuts, side="left") - 1  # the last edit starting before a cut
+    if len(edits):
+        cuts = cuts[(before < 0) | (edits.ends[np.maximum(before, 0)] <= cuts)]
+    starts = np.concatenate([cuts, edits.starts])  # cuts first: before an edit at the same offset
+    order = np.argsort(starts, kind="stable")
+    return Edits(
+        starts=starts[order],
+        ends=np.concatenate([cuts, edits.ends])[order],
+        replacement_ids=np.concatenate(
+            [np.full(cuts.size, len(edits.replacements), np.int64), edits.replacement_ids]
+        )[order],
+        replacements=[*edits.replacements, b""],
+    )
+
+
+def _pwritev_all(fd: int, buffers: list[Any], offset: int) -> int:
+    """Write all of ``buffers`` at ``offset`` of ``fd`` (again from where a short write stopped);
+    return the offset after them."""
+    total = sum(map(len, buffers))
+    written = os.pwritev(fd, buffers, offset)
+    if written < total:  # a short write (a signal, a full disk): the rest one block at a time
+        rest = memoryview(b"".join(buffers))[written:]
+        while rest:
+            count = os.pwrite(fd, rest, offset + written)
+            written += count
+            rest = rest[count:]
+    return offset + total
