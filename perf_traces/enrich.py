@@ -30,7 +30,8 @@ from perf_traces.kernel_table import KernelTable, event_args
 from perf_traces.log_index import KERNEL_TABLE_CATEGORY, LogIndex
 from perf_traces.log_kernels import CompiledGraph
 from perf_traces.matching import Matcher
-from perf_traces.trace_records import KEEP, REENCODE, TraceRecords, collect_records
+from perf_traces.trace_candidates import KEEP, REENCODE
+from perf_traces.trace_records import TraceRecords, collect_records
 from perf_traces.trace_stream import Edits, TraceLayout, helper_process, wants_helper, write_spliced
 
 __all__ = ["EnrichPlan", "EnrichSummary", "NoMatchError", "enrich_trace", "match_trace"]
