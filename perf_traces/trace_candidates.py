@@ -72,8 +72,16 @@ class _Event(msgspec.Struct):
     args: msgspec.Raw = msgspec.Raw(b"")
 
 
+class _ProfilerArgs(msgspec.Struct, gc=False):
+    """The members of an event's args that matching reads, with the types profilers write."""
+
+    external_id: int | None = msgspec.field(name="External id", default=None)
+    kernel_file: str | None = None
+    kernel_hash: str | None = None
+
+
 class _Args(msgspec.Struct, gc=False):
-    """The members of an event's args that matching reads."""
+    """The same members as any JSON value (the general path)."""
 
     external_id: Any = msgspec.field(name="External id", default=None)
     kernel_file: Any = None
@@ -85,7 +93,7 @@ _ARGS_KEYS = {"external_id": "External id", "kernel_file": "kernel_file", "kerne
 _NON_OBJECTS = list | str | float | int | bool | None
 _PROFILER_EVENTS = msgspec.json.Decoder(list[_ProfilerEvent])
 _EVENTS = msgspec.json.Decoder(list[_Event | _NON_OBJECTS])
-_ARGS_OBJECTS = msgspec.json.Decoder(list[_Args])
+_PROFILER_ARGS = msgspec.json.Decoder(list[_ProfilerArgs])
 _ARGS_ANY = msgspec.json.Decoder(list[_Args | _NON_OBJECTS])
 # how profilers write the key of args (what the bulk check of insertions looks for)
 _ARGS_KEY = np.frombuffer(b'"args": ', np.uint8)
@@ -98,15 +106,20 @@ class Candidates:
 
     ``events``: ``_ProfilerEvent``s (those of the general path normalised: a non-string name / cat
     reads as None, ts / dur as NaN unless both are numbers, an item that is not an object as an
-    event without members); ``hashable``: whether (pid, tid) can key a dict; ``members``: those of
-    each args object (``_NO_ARGS`` for none); ``args_is_object``; ``joined``: '[' + the candidates'
-    bytes joined by ',' + ']', where ``insertions`` looks, and ``lengths``: the length of each.
+    event without members); ``hashable``: whether (pid, tid) can key a dict; ``args``: the bytes of
+    each args member (empty: none) and ``members``: the members of each args object (``_NO_ARGS``
+    for none); ``typed``: from the fast path (``External id`` is an int or None); ``joined``: '[' +
+    the candidates' bytes joined by ',' + ']', where ``insertions`` looks, ``lengths``: those of
+    the candidates.
     """
 
     events: list[_ProfilerEvent]
     hashable: np.ndarray  # bool
-    members: list[_Args]
+    args: list[Any]  # bytes or msgspec.Raw
+    args_lengths: np.ndarray  # int64
     args_is_object: np.ndarray  # bool
+    members: list[Any]  # _ProfilerArgs or _Args
+    typed: bool
     joined: bytes
     lengths: np.ndarray  # int64
 
@@ -134,7 +147,7 @@ def decode_candidates(batch: CandidateBatch, trace_path: str) -> Candidates:
     """The batch's candidates, decoded in one call with the profiler's member types (the fast path),
     else with any member types: in one call, or one event at a time with a stdlib fallback."""
     joined = b"[" + b",".join(batch.raws) + b"]"
-    lengths = np.fromiter(map(len, batch.raws), np.int64, len(batch.raws))
+    lengths = batch.lengths
     try:
         return _decode_profiler_events(joined, lengths)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
@@ -151,11 +164,15 @@ def decode_candidates(batch: CandidateBatch, trace_path: str) -> Candidates:
         ]
         events, members = [event for event, _ in decoded], [args for _, args in decoded]
     normalized = [_normalized(event) for event in events]
+    args = [event.args for event, _ in normalized]
     return Candidates(
         events=[event for event, _ in normalized],
         hashable=np.array([hashable for _, hashable in normalized], bool),
-        members=[args if args.__class__ is _Args else _NO_ARGS for args in members],
-        args_is_object=np.array([args.__class__ is _Args for args in members], bool),
+        args=args,
+        args_lengths=np.fromiter(map(len, args), np.int64, len(args)),
+        args_is_object=np.array([value.__class__ is _Args for value in members], bool),
+        members=[value if value.__class__ is _Args else _NO_ARGS for value in members],
+        typed=False,
         joined=joined,
         lengths=lengths,
     )
@@ -170,18 +187,20 @@ def _decode_profiler_events(joined: bytes, lengths: np.ndarray) -> Candidates:
     """The fast path: every member of the profiler's type and every args absent or an object."""
     events = _PROFILER_EVENTS.decode(joined)
     args = list(map(operator.attrgetter("args"), events))
-    present = np.fromiter(map(len, args), np.int64, len(args)) > 0
+    args_lengths = np.fromiter(map(len, args), np.int64, len(args))
+    present = args_lengths > 0
     if present.all():
-        members = _ARGS_OBJECTS.decode(b"[" + b",".join(args) + b"]")
+        members = _PROFILER_ARGS.decode(b"[" + b",".join(args) + b"]")
     else:
         members = [_NO_ARGS] * len(events)
         for item, value in zip(
             np.flatnonzero(present).tolist(),
-            _ARGS_OBJECTS.decode(b"[" + b",".join(compress(args, present)) + b"]"),
+            _PROFILER_ARGS.decode(b"[" + b",".join(compress(args, present)) + b"]"),
             strict=True,
         ):
             members[item] = value
-    return Candidates(events, np.ones(len(events), bool), members, present, joined, lengths)
+    hashable = np.ones(len(events), bool)
+    return Candidates(events, hashable, args, args_lengths, present, members, True, joined, lengths)
 
 
 def _normalized(event: Any) -> tuple[_ProfilerEvent, bool]:
@@ -252,14 +271,12 @@ def insertions(candidates: Candidates, items: np.ndarray) -> tuple[np.ndarray, n
     write: no args (``NEW_ARGS``), or args the last member, written ``"args": {...}}`` with its first
     key right after the '{' (``APPEND``) or empty (``FIRST``), and holding no ``"inductor_`` key. The
     other events go through ``insertion`` one at a time."""
-    joined = candidates.joined
+    joined, args = candidates.joined, candidates.args
     view = np.frombuffer(joined, np.uint8)
-    args = candidates.column("args")
-    lengths = np.fromiter(map(len, args), np.int64, len(args))
     event_lengths = candidates.lengths
     starts = (1 + np.concatenate(([0], np.cumsum(event_lengths[:-1] + 1))))[items]  # in joined
     ends = starts + event_lengths[items]
-    args_lengths = lengths[items]
+    args_lengths = candidates.args_lengths[items]
     at = event_lengths[items] - 2  # just before the '}' of args
     modes = np.full(items.size, -1, np.int8)
     modes[args_lengths == 0] = NEW_ARGS

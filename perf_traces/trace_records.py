@@ -134,9 +134,12 @@ class TraceRecords:
         trace enriched.
         """
         count = len(candidates)
-        names = candidates.column("name")
-        named = np.fromiter(map(operator.eq, candidates.column("ph"), repeat("X")), bool, count)
-        named &= np.fromiter(map(operator.is_not, names, repeat(None)), bool, count)
+        names, phases = candidates.column("name"), candidates.column("ph")
+        if phases.count("X") == count and None not in names:  # the usual batch
+            named = np.ones(count, bool)
+        else:
+            named = np.fromiter(map(operator.eq, phases, repeat("X")), bool, count)
+            named &= np.fromiter(map(operator.is_not, names, repeat(None)), bool, count)
         categories = candidates.column("cat")
         if not named.all():
             self.has_kernel_table |= KERNEL_TABLE_CATEGORY in compress(categories, ~named)
@@ -147,7 +150,7 @@ class TraceRecords:
         )
         starts, durations = candidates.times()
         timed = ~np.isnan(starts) & ~np.isnan(durations)
-        has_external_id, external_ids = _external_ids(candidates.member("external_id"))
+        has_external_id, external_ids = _external_ids(candidates.member("external_id"), candidates.typed)
         gpu = named & (category == _GPU_KERNEL) & has_external_id
         cpu = named & (category == _CPU_OP) & timed & candidates.hashable & (kinds != NameKind.OTHER)
         threads = self._thread_ids(candidates, cpu)
@@ -180,13 +183,12 @@ class TraceRecords:
     def _name_ids(self, names: list[Any], named: np.ndarray, log: LogIndex) -> np.ndarray:
         """The name id of each named item (-1 for the others); new names get theirs in the order they
         first occur."""
-        for name in dict.fromkeys(compress(names, named)):
+        for name in dict.fromkeys(names if named.all() else compress(names, named)):
             if name not in self.name_ids:
                 self._add_name(name, log.name_kind(name))
+        chosen = names if named.all() else compress(names, named)
         name_ids = np.full(len(names), -1, np.int64)
-        name_ids[named] = np.fromiter(
-            map(self.name_ids.__getitem__, compress(names, named)), np.int64, int(named.sum())
-        )
+        name_ids[named] = np.fromiter(map(self.name_ids.__getitem__, chosen), np.int64, int(named.sum()))
         return name_ids
 
     def _thread_ids(self, candidates: Candidates, chosen: np.ndarray) -> np.ndarray:
@@ -227,8 +229,14 @@ class TraceRecords:
                 self.kernel_file[row] = log.kernel_path_by_hash[kernel_hash]
 
 
-def _external_ids(values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(whether each value is an integer that fits in 64 bits, its value or 0)."""
+def _external_ids(values: list[Any], typed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(whether each value is an integer that fits in 64 bits, its value or 0). ``typed``: each value
+    is an int or None."""
+    if typed and None not in values:  # the usual batch: all integers
+        try:
+            return np.ones(len(values), bool), np.fromiter(values, np.int64, len(values))
+        except OverflowError:  # some beyond 64 bits
+            pass
     valid = np.fromiter(map(operator.is_, map(type, values), repeat(int)), bool, len(values))
     external_ids = np.zeros(len(values), np.int64)
     try:

@@ -85,11 +85,13 @@ class TraceLayout:
 
 @dataclasses.dataclass
 class CandidateBatch:
-    """The candidate events of one piece: event indexes, byte offsets in the file, raw JSON bytes."""
+    """The candidate events of one piece: event indexes, byte offsets in the file, raw JSON bytes
+    and their lengths."""
 
     indexes: np.ndarray  # int64
     offsets: np.ndarray  # int64
     raws: list[msgspec.Raw]
+    lengths: np.ndarray  # int64
 
 
 def _line_of(path: str, offset: int) -> int:
@@ -184,8 +186,8 @@ def _deepest(data: bytes, start: int, end: int) -> tuple[int, int]:
     return int(depths[deepest]), int(positions[deepest])
 
 
-def _event_offsets(document: bytes, raws: list[msgspec.Raw]) -> np.ndarray:
-    """Offsets in ``document`` ('[' + items + ']') of each raw item, exact.
+def _event_offsets(document: bytes, raws: list[msgspec.Raw]) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets in ``document`` ('[' + items + ']') of each raw item, exact, and their lengths.
 
     Items are separated by whitespace, one comma, whitespace. The separator after the first item is
     assumed for all and checked in bulk (every separator equal, every item starting on a non-space);
@@ -194,7 +196,7 @@ def _event_offsets(document: bytes, raws: list[msgspec.Raw]) -> np.ndarray:
     lengths = np.fromiter(map(len, raws), np.int64, len(raws))
     first = _WHITESPACE_RE.match(document, 1).end()
     if len(raws) == 1:
-        return np.array([first], np.int64)
+        return np.array([first], np.int64), lengths
     separator = _SEPARATOR_RE.match(document, first + int(lengths[0]))
     assert separator is not None, "the parse guarantees a separator after each item"
     separator_bytes = separator.group()
@@ -209,13 +211,13 @@ def _event_offsets(document: bytes, raws: list[msgspec.Raw]) -> np.ndarray:
         for position, byte in enumerate(separator_bytes):
             uniform = uniform and bool((view[ends[:-1] + position] == byte).all())
         if uniform and _WHITESPACE_RE.match(document, int(ends[-1])).end() == len(document) - 1:
-            return offsets
+            return offsets, lengths
     offset = first
     for item, length in enumerate(lengths[:-1].tolist()):
         offsets[item] = offset
         offset = _SEPARATOR_RE.match(document, offset + length).end()
     offsets[-1] = offset
-    return offsets
+    return offsets, lengths
 
 
 class TraceScanner:
@@ -482,14 +484,15 @@ class TraceScanner:
             else:
                 positions += map(re.Match.start, pattern.finditer(document))
         if not positions:
-            return CandidateBatch(np.zeros(0, np.int64), np.zeros(0, np.int64), [])
-        offsets = _event_offsets(document, raws)
+            return CandidateBatch(np.zeros(0, np.int64), np.zeros(0, np.int64), [], np.zeros(0, np.int64))
+        offsets, lengths = _event_offsets(document, raws)
         items = np.unique(np.searchsorted(offsets, positions, side="right") - 1)
         items = items[items >= 0]
         return CandidateBatch(
             indexes=first_index + items,
             offsets=offsets[items] + base,
-            raws=[raws[item] for item in items.tolist()],
+            raws=list(map(raws.__getitem__, items.tolist())),
+            lengths=lengths[items],
         )
 
 
