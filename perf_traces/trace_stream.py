@@ -29,6 +29,7 @@ import multiprocessing.pool
 import os
 import re
 import signal
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn
 
@@ -46,6 +47,9 @@ __all__ = [
     "write_spliced",
 ]
 
+# Linux's MADV_POPULATE_READ (5.14+): map a range's pages in one call rather than one page fault per
+# few pages as they are touched (in a VM that saves the writer a third of its time)
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform.startswith("linux") else None)
 CHUNK_BYTES = 16 << 20  # per read: large enough to amortise per-piece costs, small next to the RSS budget
 _WHITESPACE = b" \t\n\r"
 _WHITESPACE_RE = re.compile(rb"[ \t\n\r]*")
@@ -135,6 +139,17 @@ def _check_utf8(path: str, data: bytes | memoryview, base: int) -> None:
         codecs.utf_8_decode(data, "strict", True)
     except UnicodeDecodeError as error:
         raise format_error(path, base + error.start, f"not UTF-8 text ({error.reason})") from None
+
+
+def _populate(data: mmap.mmap, start: int, length: int) -> None:
+    """Map the pages of ``data[start:start + length]`` now (a hint: nothing happens where unsupported)."""
+    if _MADV_POPULATE_READ is None:
+        return
+    first_page = start // mmap.PAGESIZE * mmap.PAGESIZE
+    length = min(start + length, len(data)) - first_page
+    if length > 0:
+        with contextlib.suppress(OSError):  # an older kernel
+            data.madvise(_MADV_POPULATE_READ, first_page, length)
 
 
 def _structure(data: bytes, start: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -640,6 +655,7 @@ def _write_range(
     replacements = edits.replacements
     released = start // mmap.PAGESIZE * mmap.PAGESIZE
     cursor = start
+    _populate(data, start, chunk_bytes)
     step = _IOV_MAX // 2  # edits per call: a view and a replacement each
     for first in range(0, len(edits), step):
         starts = edits.starts[first : first + step].tolist()
@@ -653,6 +669,7 @@ def _write_range(
             page_end = cursor // mmap.PAGESIZE * mmap.PAGESIZE
             data.madvise(mmap.MADV_DONTNEED, released, page_end - released)
             released = page_end
+            _populate(data, page_end, chunk_bytes)
     _pwritev_all(fd, [view[cursor:stop]], out_offset)
 
 
