@@ -5,8 +5,9 @@
 1. ``LogIndex.build``: lookups over the log's compiled graphs, and the bytes that pick the candidate
    events (named like a kernel or extern op of the log, the forward / backward and
    ``## Call CompiledFxGraph`` spans, GPU ``kernel`` events).
-2. ``collect_records`` (pass 1, ``trace_records``): only the candidates are decoded, into columns;
-   the rest of the trace is validated and skipped unparsed.
+2. ``collect_records`` (pass 1, ``trace_records``): only the candidates are decoded
+   (``trace_candidates``), a batch at a time into columns; the rest of the trace is validated and
+   skipped unparsed.
 3. ``Matcher.run`` (``matching``): which graph, kernel and call() line each candidate ran.
 4. ``KernelTable`` (``kernel_table``): a short id per matched kernel, and its table event.
 

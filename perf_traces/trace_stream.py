@@ -10,9 +10,11 @@ decoded. A cut that lands inside an event (a ``},`` in a string or a nested obje
 and is replaced by an exact one from ``_exact_cut`` (a vectorised scan of strings and nesting).
 Memory is a few chunks, whatever the file size.
 
-Writing (``write_spliced``): copies the file in large blocks, replacing the given byte ranges
-(or inserting at an offset). With a ``helper_process`` (files of 64 MB and more on 2+ cores), a
-second process reads or writes one half while this one does the other.
+Writing (``write_spliced``): the output is the source's bytes between the edits (views of the
+mapped file) and the replacement texts, handed to ``pwritev`` a thousand buffers at a time, so
+that the kernel copies them and nothing is joined in Python; each block of the source is mapped in
+one call before it is copied and dropped from memory after. With a ``helper_process`` (files of
+64 MB and more on 2+ cores), a second process reads or writes one half while this one does the other.
 
 Malformed input (not JSON, truncated, not UTF-8, no ``traceEvents`` list) raises
 ``TraceFormatError`` (a ``ValueError``) naming the line and byte offset.
