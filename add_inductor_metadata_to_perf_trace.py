@@ -1,7 +1,7 @@
 """Add Inductor kernel metadata (source code, graph, nodes, ATen ops) to a profiler trace.
 
 Input: a Chrome trace from ``torch.profiler`` of a ``torch.compile``d program and the
-``TORCH_LOGS=output_code`` log of the same run (``perf_traces/profile_compiled_model.py`` writes such
+``TORCH_LOGS=output_code`` log of the same run (``perf_traces.profile_compiled_model`` writes such
 a pair). Output: the same trace where every kernel event that could be matched carries
 ``inductor_kernel_id``, ``inductor_graph_kind``, ``inductor_source_nodes`` and
 ``inductor_op_summary`` in its args, and one ``inductor kernel <id>`` event per kernel (on the
@@ -9,8 +9,8 @@ a pair). Output: the same trace where every kernel event that could be matched c
 of the time per kernel (``<output>.kernels.html``). A table of the top kernels is printed.
 See ``perf_traces/README.md``.
 
-    python add_inductor_metadata_to_perf_trace.py --perf_trace_file trace.json \
-        --torch_logs_file output_code.log --modified_perf_trace_file trace_enriched.json
+    .venv/bin/python -m add_inductor_metadata_to_perf_trace --perf_trace_file=trace.json \
+        --torch_logs_file=output_code.log --modified_perf_trace_file=trace_enriched.json
 """
 
 from __future__ import annotations

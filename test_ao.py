@@ -19,9 +19,9 @@ quantized layer whose output SQNR is below the config's measured threshold (``--
 turns that check off). Configs the device cannot run, or that quantize nothing, exit 0: they are
 findings, reported in the table.
 
-    python test_ao.py                                   # small toy model, every config
-    python test_ao.py --model odd_shapes --configs int4wo,intx4wo   # see silent skips
-    python test_ao.py --model embedded --output_dir /tmp/ao_report  # the repo's tiny HF model
+    .venv/bin/python -m test_ao                                   # small toy model, every config
+    .venv/bin/python -m test_ao --model=odd_shapes --configs=int4wo,intx4wo   # see silent skips
+    .venv/bin/python -m test_ao --model=embedded --output_dir=/tmp/ao_report  # the repo's tiny HF model
 """
 
 from __future__ import annotations
@@ -362,6 +362,17 @@ class ModuleRow:
     layer_sqnr_db: float | None
 
 
+def _before_columns(fqn: str, snap: WeightSnapshot) -> dict[str, Any]:
+    """The columns of a ModuleRow that describe the module before quantize_."""
+    return {
+        "fqn": fqn,
+        "module_type": snap.module_type,
+        "dtype_before": _dtype_name(snap.dtype),
+        "shape": _shape_str(snap.shape),
+        "bytes_before": snap.num_bytes,
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class Timing:
     """Median and range (ms) of repeated timed forwards after warm-up."""
@@ -621,11 +632,7 @@ def run_config(
             replaced_by = type(replacement).__name__
             rows.append(
                 ModuleRow(
-                    fqn=fqn,
-                    module_type=snap.module_type,
-                    dtype_before=_dtype_name(snap.dtype),
-                    shape=_shape_str(snap.shape),
-                    bytes_before=snap.num_bytes,
+                    **_before_columns(fqn, snap),
                     status="replaced",
                     weight_class=replaced_by,
                     stored="-",
@@ -652,11 +659,7 @@ def run_config(
             reason = infer_reason(snap, module, fqn, spec, group_size, exclude_re, weight)
         rows.append(
             ModuleRow(
-                fqn=fqn,
-                module_type=snap.module_type,
-                dtype_before=_dtype_name(snap.dtype),
-                shape=_shape_str(snap.shape),
-                bytes_before=snap.num_bytes,
+                **_before_columns(fqn, snap),
                 status=status,
                 weight_class=type(weight).__name__,
                 stored=describe_stored(weight),

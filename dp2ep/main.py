@@ -8,7 +8,7 @@ expert weight grad (exact), router and shared-expert grads after the data-parall
 axis takes one value or a comma list; all combinations run in one launch.
 
     .venv/bin/torchrun --nproc_per_node 4 -m dp2ep.main
-    .venv/bin/torchrun --nproc_per_node 2 -m dp2ep.main --num_experts 8 --top_k 2 --dtype bfloat16
+    .venv/bin/torchrun --nproc_per_node 2 -m dp2ep.main --num_experts=8 --top_k=2 --dtype=bfloat16
 
 Shape legend: T tokens, D dim, H hidden, E experts, K top-k, W world size, L = E // W.
 """

@@ -2,7 +2,7 @@
 
 Launch with torchrun (see README.md), for example on CPU:
 
-    .venv/bin/torchrun --nproc_per_node 2 -m dtensor_parallelisms.main --mode fsdp
+    .venv/bin/torchrun --nproc_per_node 2 -m dtensor_parallelisms.main --mode=fsdp
 
 Every rank runs the single-process reference itself (same seed everywhere) and the parallel version,
 then compares the forward output, the input gradient, every parameter gradient and every parameter
@@ -17,23 +17,22 @@ import sys
 from dtensor_parallelisms.model import ModelConfig
 from dtensor_parallelisms.run import run_modes
 from pytorch_scripts_common import distributed
-from pytorch_scripts_common.cli import UsageError
+from pytorch_scripts_common.cli import UsageError, parse_list
 
 MODES = ("fsdp", "tp", "sp", "fsdp_tp")
-EXAMPLE_COMMAND = ".venv/bin/torchrun --nproc_per_node 2 -m dtensor_parallelisms.main --mode fsdp"
+EXAMPLE_COMMAND = ".venv/bin/torchrun --nproc_per_node 2 -m dtensor_parallelisms.main --mode=fsdp"
 
 
 def parse_modes(mode: str | tuple | list) -> list[str]:
-    """``"all"``, one mode, or several (``--mode fsdp,tp``: fire passes a tuple) -> list of modes."""
-    names = [str(m).strip() for m in mode] if isinstance(mode, tuple | list) else str(mode).split(",")
-    names = [n for n in (n.strip() for n in names) if n]
+    """``"all"``, one mode, or several (``--mode=fsdp,tp``: fire passes a tuple) -> list of modes."""
+    names = parse_list(mode, str, name="mode")
     if names == ["all"]:
         return list(MODES)
     unknown = [n for n in names if n not in MODES]
     if unknown or not names:
         raise UsageError(
             f"unknown mode {unknown or mode!r}: choose one of {', '.join(MODES)}, 'all', "
-            "or a comma-separated list such as --mode fsdp,tp"
+            "or a comma-separated list such as --mode=fsdp,tp"
         )
     return list(dict.fromkeys(names))
 

@@ -25,8 +25,6 @@ import tempfile
 import time
 from typing import Any
 
-import fire
-
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -241,4 +239,6 @@ def print_table(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    from pytorch_scripts_common.cli import run
+
+    run(main)

@@ -109,6 +109,19 @@ def test_every_fixture_parses_strictly_with_only_explained_warnings(path):
         assert module.calls, module.label
 
 
+def read_alike(folder, name: str, forms: tuple[str, ...]) -> dict:
+    """The program ``name``'s log in each of ``forms`` under ``folder`` (a TORCH_TRACE folder for
+    "trace"), read; asserts that every form has the structure of the first. Returns {form: log}."""
+    logs = {
+        form: read_inductor_log(folder / form / (f"{name}_trace" if form == "trace" else f"{name}.log"))
+        for form in forms
+    }
+    reference = structure(logs[forms[0]])
+    for form in forms[1:]:
+        assert structure(logs[form]) == reference, form
+    return logs
+
+
 @pytest.mark.parametrize(
     "name, forms",
     [
@@ -117,13 +130,7 @@ def test_every_fixture_parses_strictly_with_only_explained_warnings(path):
     ],
 )
 def test_torch_2_10_log_forms_read_alike(name, forms):
-    logs = {
-        form: read_inductor_log(TORCH_2_10 / form / (f"{name}_trace" if form == "trace" else f"{name}.log"))
-        for form in forms
-    }
-    reference = structure(logs[forms[0]])
-    for form in forms[1:]:
-        assert structure(logs[form]) == reference, form
+    logs = read_alike(TORCH_2_10, name, forms)
     assert {form: log.format for form, log in logs.items()} == {form: form for form in forms}
     default_or_trace = [log for form, log in logs.items() if form != "short"]
     for log in default_or_trace:  # both print dynamo's compile id
@@ -134,14 +141,7 @@ def test_torch_2_10_log_forms_read_alike(name, forms):
     "name, forms", [("cond_train", ("default", "short", "trace")), ("dynamic_train", ("default", "short"))]
 )
 def test_torch_2_13_user_program_log_forms_read_alike(name, forms):
-    folder = GRAPH_FIXTURES / "torch_2_13"
-    logs = {
-        form: read_inductor_log(folder / form / (f"{name}_trace" if form == "trace" else f"{name}.log"))
-        for form in forms
-    }
-    reference = structure(logs[forms[0]])
-    for form in forms[1:]:
-        assert structure(logs[form]) == reference, form
+    read_alike(GRAPH_FIXTURES / "torch_2_13", name, forms)
 
 
 def test_perf_pairs_in_three_forms_have_the_same_output_code():

@@ -13,6 +13,8 @@ import re
 
 import pytest
 
+from tests.entry_points import calls_fire, entry_call, is_main_guard, walk_import_time
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SKIPPED_PARTS = {"tests", "fixtures", ".venv", ".git", "__pycache__", "embedded_models", "outputs"}
 
@@ -23,40 +25,6 @@ def repository_python_files() -> list[pathlib.Path]:
         for path in REPO_ROOT.rglob("*.py")
         if not SKIPPED_PARTS.intersection(path.relative_to(REPO_ROOT).parts)
     )
-
-
-def is_main_guard(node: ast.stmt) -> bool:
-    return (
-        isinstance(node, ast.If)
-        and isinstance(node.test, ast.Compare)
-        and isinstance(node.test.left, ast.Name)
-        and node.test.left.id == "__name__"
-        and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in node.test.comparators)
-    )
-
-
-def walk_import_time(node: ast.AST):
-    """Like ast.walk, but does not enter function bodies (they do not run at import time)."""
-    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
-        return
-    yield node
-    for child in ast.iter_child_nodes(node):
-        if not isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
-            yield from walk_import_time(child)
-
-
-def calls_fire(node: ast.AST) -> ast.Call | None:
-    """A ``fire.Fire(...)`` or ``run(...)`` (pytorch_scripts_common.cli's wrapper of it) call."""
-    for child in walk_import_time(node):
-        if not isinstance(child, ast.Call):
-            continue
-        func = child.func
-        if isinstance(func, ast.Name) and func.id == "run":
-            return child
-        is_attribute_call = isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
-        if is_attribute_call and (func.value.id, func.attr) in {("fire", "Fire"), ("cli", "run")}:
-            return child
-    return None
 
 
 PYTHON_FILES = repository_python_files()
@@ -82,11 +50,9 @@ def test_nothing_runs_at_import_time(path):
 def fire_entry_points() -> list[tuple[pathlib.Path, str]]:
     entries = []
     for path in PYTHON_FILES:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in tree.body:
-            call = calls_fire(node) if is_main_guard(node) else None
-            if call is not None and call.args and isinstance(call.args[0], ast.Name):
-                entries.append((path, call.args[0].id))
+        call = entry_call(ast.parse(path.read_text(encoding="utf-8")))
+        if call is not None and call.args and isinstance(call.args[0], ast.Name):
+            entries.append((path, call.args[0].id))
     return entries
 
 

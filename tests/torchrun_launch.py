@@ -1,17 +1,32 @@
-"""Helpers of the tests that launch torchrun: a free rendezvous port, and what a launch prints when
-every rank refuses its arguments."""
+"""Helpers of the tests that launch torchrun: a free rendezvous port, the launcher options of a run on
+this machine, the environment of a launch without torchrun, and what a launch prints when every rank
+refuses its arguments."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
+
+# What torchrun sets in each rank's environment (and a plain `python -m` launch does not have).
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def local_launcher_args(nproc: int) -> list[str]:
+    """torchrun's options for ``nproc`` processes on this machine, meeting on a free local port."""
+    return ["--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+
+
+def environment_without_torchrun() -> dict[str, str]:
+    """This process's environment without the variables torchrun sets: a plain ``python -m`` launch."""
+    return {key: value for key, value in os.environ.items() if key not in TORCHRUN_VARIABLES}
 
 
 OUR_FRAMES = re.compile(r'File ".*/(dtensor_parallelisms|dp2ep|pytorch_scripts_common)/')

@@ -18,8 +18,13 @@ import pytest
 from dp2ep import main as main_module
 from dp2ep.main import main
 from pytorch_scripts_common.cli import UsageError
+from tests.module_cli import run_module
 from tests.readme_commands import bash_block_commands
-from tests.torchrun_launch import assert_one_line_user_error, free_port
+from tests.torchrun_launch import (
+    assert_one_line_user_error,
+    environment_without_torchrun,
+    local_launcher_args,
+)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 MAIN = ("-m", "dp2ep.main")  # the README's form: torchrun ... -m dp2ep.main
@@ -38,12 +43,7 @@ ROW = re.compile(
 def _torchrun(nproc: int, target: tuple[str, ...], *args: str) -> subprocess.CompletedProcess:
     command = [
         str(TORCHRUN),
-        "--nproc_per_node",
-        str(nproc),
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
+        *local_launcher_args(nproc),
         *target,
         "--timeout_s",
         "60",
@@ -157,10 +157,7 @@ def test_argument_mistakes_are_one_line_from_one_rank_and_a_non_zero_exit(args, 
 
 
 def test_running_without_torchrun_is_a_clear_error():
-    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    result = subprocess.run(
-        [sys.executable, *MAIN], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, env=env
-    )
+    result = run_module("dp2ep.main", env=environment_without_torchrun(), timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("error: not launched by torchrun"), result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr

@@ -13,7 +13,13 @@ import sys
 import pytest
 
 import dtensor_parallelisms
-from tests.torchrun_launch import assert_one_line_user_error, free_port
+from tests.module_cli import run_module
+from tests.torchrun_launch import (
+    assert_one_line_user_error,
+    environment_without_torchrun,
+    free_port,
+    local_launcher_args,
+)
 
 REPO_ROOT = pathlib.Path(dtensor_parallelisms.__file__).resolve().parents[1]
 MODULE = ("-m", "dtensor_parallelisms.main")  # the README's form: torchrun ... -m dtensor_parallelisms.main
@@ -24,14 +30,7 @@ def torchrun(
     nproc: int, *args: str, launcher_args: tuple[str, ...] | None = None
 ) -> subprocess.CompletedProcess:
     if launcher_args is None:
-        launcher_args = (
-            "--nproc_per_node",
-            str(nproc),
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(free_port()),
-        )
+        launcher_args = tuple(local_launcher_args(nproc))
     command = [sys.executable, "-m", "torch.distributed.run", *launcher_args, *MODULE, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
@@ -198,18 +197,8 @@ def test_multi_node_rendezvous_flags_with_two_agents_on_localhost():
 
 
 def test_plain_python_without_torchrun_exits_non_zero_with_the_command_to_use():
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")
-    }
-    result = subprocess.run(
-        [sys.executable, *MODULE, "--mode", "fsdp"],
-        capture_output=True,
-        text=True,
-        timeout=LAUNCH_TIMEOUT_S,
-        cwd=REPO_ROOT,
-        env=env,
-        check=False,
-    )
+    env = environment_without_torchrun()
+    result = run_module("dtensor_parallelisms.main", "--mode", "fsdp", env=env, timeout=LAUNCH_TIMEOUT_S)
     assert result.returncode == 2, output_of(result)
     assert result.stderr.startswith("error: not launched by torchrun"), output_of(result)
     assert len(result.stderr.splitlines()) == 1, output_of(result)

@@ -15,7 +15,7 @@ from dtensor_parallelisms.main import main, parse_modes, validate_world_size
 from dtensor_parallelisms.model import ModelConfig, Transformer, make_inputs
 from dtensor_parallelisms.modes import expected_fsdp_shard
 from pytorch_scripts_common.distributed import TORCHRUN_ENV_VARS, Tolerance
-from tests.readme_commands import bash_block_commands
+from tests.readme_commands import bash_block_commands, command_flags
 
 README = pathlib.Path(main_module.__file__).with_name("README.md")
 
@@ -187,16 +187,12 @@ def test_readme_torchrun_commands_use_real_arguments_and_valid_world_sizes():
         launcher, script_args = command[: script_index - 1], command[script_index + 1 :]
         flags = [a[2:].split("=")[0] for a in script_args if a.startswith("--")]
         assert set(flags) <= parameters, f"unknown flags {set(flags) - parameters} in {shlex.join(command)}"
-        options = {}
-        for index, arg in enumerate(script_args):
-            if arg.startswith("--"):
-                has_value = index + 1 < len(script_args) and not script_args[index + 1].startswith("--")
-                options[arg] = script_args[index + 1] if has_value else "True"
+        options = command_flags(script_args)
         nproc = int(launcher[launcher.index("--nproc_per_node") + 1])
         nnodes = int(launcher[launcher.index("--nnodes") + 1]) if "--nnodes" in launcher else 1
         validate_world_size(
-            parse_modes(options.get("--mode", "all")),
+            parse_modes(options.get("mode", "all")),
             nproc * nnodes,
             ModelConfig(),
-            int(options.get("--tp_size", 2)),
+            int(options.get("tp_size", 2)),
         )

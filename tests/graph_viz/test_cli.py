@@ -4,11 +4,11 @@ import json
 import os
 import pathlib
 import subprocess
-import sys
 
 import pytest
 
 from graph_viz.main import convert
+from tests.module_cli import run_module
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "graph_viz" / "fixtures"
@@ -32,14 +32,7 @@ def hostile_log() -> str:
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "graph_viz.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        env=env,
-    )
+    return run_module("graph_viz.main", *args, env=env, timeout=120)
 
 
 def test_cli_writes_html_and_model(tmp_path):

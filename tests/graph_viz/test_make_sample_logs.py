@@ -1,13 +1,12 @@
 """The fixture generator still produces logs that parse like the committed fixtures (real torch.compile)."""
 
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
 from graph_viz.model import build_model
 from pytorch_scripts_common.inductor_log import read_inductor_log
+from tests.module_cli import run_module
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -22,21 +21,8 @@ def shape(path: pathlib.Path) -> list[tuple[str, str, int]]:
 @pytest.mark.slow
 def test_regenerated_inference_and_cache_hit_logs_match_fixtures(tmp_path):
     out = tmp_path / "logs"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "graph_viz.make_sample_logs",
-            "--output_dir",
-            str(out),
-            "--only",
-            "mlp_inference,mlp_train_cache_hit",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
+    only = "--only=mlp_inference,mlp_train_cache_hit"
+    result = run_module("graph_viz.make_sample_logs", f"--output_dir={out}", only, timeout=600)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == [
         ".pytorch_scripts_output",
@@ -45,13 +31,7 @@ def test_regenerated_inference_and_cache_hit_logs_match_fixtures(tmp_path):
     ]
     for name in ("mlp_inference.log", "mlp_train_cache_hit.log"):
         assert shape(out / name) == shape(REPO / "graph_viz" / "fixtures" / "logs" / name), name
-    again = subprocess.run(
-        [sys.executable, "-m", "graph_viz.make_sample_logs", "--output_dir", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
+    again = run_module("graph_viz.make_sample_logs", f"--output_dir={out}", timeout=120)
     assert again.returncode == 2 and "pass --overwrite" in again.stderr
 
 

@@ -1,13 +1,11 @@
 """Argument mistakes on llvm_e8m0's other entry points (build, benchmark_throughput,
 compare_llvm_versions): one line, exit 2, before any work. The sweep's are in test_sweep.py."""
 
-import subprocess
-import sys
-
 import pytest
 
 from llvm_e8m0 import benchmark_throughput, compare_llvm_versions
 from pytorch_scripts_common.cli import UsageError
+from tests.module_cli import run_module
 
 
 @pytest.mark.parametrize(
@@ -35,9 +33,7 @@ from pytorch_scripts_common.cli import UsageError
     ],
 )
 def test_command_line_mistakes_are_one_line_and_exit_2(module, args, line):
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300
-    )
+    result = run_module(module, *args, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.strip() == line
 

@@ -3,7 +3,6 @@
 import inspect
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,20 +11,14 @@ import pytest
 from llvm_e8m0 import sweep
 from pytorch_scripts_common.cli import UsageError
 from pytorch_scripts_common.outputs import MARKER
+from tests.module_cli import run_module
 from tests.readme_commands import bash_block_commands
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def run_sweep_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "llvm_e8m0.sweep", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        check=False,
-    )
+    return run_module("llvm_e8m0.sweep", *args, timeout=300)
 
 
 def class_counts(payload: dict, pair: str) -> dict[str, int]:

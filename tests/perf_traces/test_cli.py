@@ -11,7 +11,7 @@ import pytest
 
 from tests.perf_traces.helpers import REPO_ROOT, fixture, kernel_table, load_events, validate_chrome_trace
 
-ENRICH_SCRIPT = os.path.join(REPO_ROOT, "add_inductor_metadata_to_perf_trace.py")
+ENRICH = ("-m", "add_inductor_metadata_to_perf_trace")
 
 
 def _run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -22,7 +22,7 @@ def _run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
 
 def _enrich_args(trace: str, log: str, output: str, *extra: str) -> list[str]:
     return [
-        ENRICH_SCRIPT,
+        *ENRICH,
         "--perf_trace_file",
         trace,
         "--torch_logs_file",

@@ -1,4 +1,4 @@
-"""Subprocess smoke tests of ``python test_ao.py``: exit codes, report.json contents, README commands."""
+"""Subprocess smoke tests of ``python -m test_ao``: exit codes, report.json contents, README commands."""
 
 from __future__ import annotations
 
@@ -6,28 +6,20 @@ import inspect
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import test_ao
+from tests.module_cli import run_module
 from tests.readme_commands import bash_block_commands
 
 REPO_ROOT = Path(test_ao.__file__).resolve().parent
-SCRIPT = REPO_ROOT / "test_ao.py"
 
 
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO_ROOT,
-        check=False,
-    )
+    return run_module("test_ao", *args, timeout=timeout)
 
 
 def load_report(output_dir: Path) -> dict:
@@ -190,11 +182,11 @@ def _readme_section() -> str:
 
 
 def test_readme_commands_use_real_flags_and_config_names() -> None:
-    commands = bash_block_commands(_readme_section(), ".venv/bin/python test_ao.py")
-    assert commands, "the README section shows no test_ao.py command"
+    commands = bash_block_commands(_readme_section(), ".venv/bin/python -m test_ao")
+    assert commands, "the README section shows no test_ao command"
     parameters = set(inspect.signature(test_ao.main).parameters)
     for command in commands:
-        for arg in command[2:]:
+        for arg in command[3:]:
             assert arg.startswith("--"), f"{command}: positional {arg!r}"
             name, _, value = arg[2:].partition("=")
             assert name.removeprefix("no") in parameters, f"{command}: unknown flag --{name}"
