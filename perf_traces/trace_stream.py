@@ -698,10 +698,10 @@ def _with_cuts(edits: Edits, start: int, stop: int, chunk_bytes: int) -> Edits:
 
 
 def _pwritev_all(fd: int, buffers: list[Any], offset: int) -> int:
-    """Write all of ``buffers`` at ``offset`` of ``fd`` (again from where a short write stopped);
-    return the offset after them."""
+    """Write all of ``buffers`` at ``offset`` of ``fd`` (joined where there is no ``pwritev``, and
+    again from where a short write stopped); return the offset after them."""
     total = sum(map(len, buffers))
-    written = os.pwritev(fd, buffers, offset)
+    written = os.pwritev(fd, buffers, offset) if hasattr(os, "pwritev") else 0
     if written < total:  # a short write (a signal, a full disk): the rest one block at a time
         rest = memoryview(b"".join(buffers))[written:]
         while rest:
