@@ -134,13 +134,13 @@ class TraceRecords:
         trace enriched.
         """
         count = len(candidates)
-        names, phases = candidates.column("name"), candidates.column("ph")
+        names, phases = candidates.names, candidates.phases
         if phases.count("X") == count and None not in names:  # the usual batch
             named = np.ones(count, bool)
         else:
             named = np.fromiter(map(operator.eq, phases, repeat("X")), bool, count)
             named &= np.fromiter(map(operator.is_not, names, repeat(None)), bool, count)
-        categories = candidates.column("cat")
+        categories = candidates.categories
         if not named.all():
             self.has_kernel_table |= KERNEL_TABLE_CATEGORY in compress(categories, ~named)
         category = np.fromiter(map(_CATEGORY_CODES.get, categories, repeat(0)), np.int8, count)
@@ -148,7 +148,7 @@ class TraceRecords:
         kinds = np.where(
             named, np.frombuffer(self.name_kinds, np.int8)[np.maximum(name_ids, 0)], NameKind.OTHER
         )
-        starts, durations = candidates.times()
+        starts, durations = candidates.ts, candidates.dur
         timed = ~np.isnan(starts) & ~np.isnan(durations)
         has_external_id, external_ids = _external_ids(candidates.member("external_id"), candidates.typed)
         gpu = named & (category == _GPU_KERNEL) & has_external_id
@@ -160,8 +160,8 @@ class TraceRecords:
         if not rows.size:
             return
         self._add_kernel_files(candidates, rows[(kinds[rows] == NameKind.KERNEL) & cpu[rows]], rows, log)
-        ends = starts + durations
-        starts[~timed], ends[~timed] = np.nan, np.nan  # GPU kernels without ts / dur
+        # NaN for GPU kernels without ts / dur
+        starts, ends = np.where(timed, starts, np.nan), np.where(timed, starts + durations, np.nan)
         external_ids[cpu & (external_ids < 0)] = -1
         at, modes = insertions(candidates, rows)
         offsets = batch.offsets[rows]
@@ -194,7 +194,7 @@ class TraceRecords:
     def _thread_ids(self, candidates: Candidates, chosen: np.ndarray) -> np.ndarray:
         """The thread id of each chosen item's (pid, tid) (-1 for the others); new pairs get theirs in
         the order they first occur."""
-        keys = list(zip(candidates.column("pid"), candidates.column("tid"), strict=True))
+        keys = list(zip(candidates.pids, candidates.tids, strict=True))
         for key in dict.fromkeys(compress(keys, chosen)):
             self.threads.setdefault(key, len(self.threads))
         threads = np.full(len(keys), -1, np.int64)
