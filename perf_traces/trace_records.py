@@ -27,7 +27,7 @@ from perf_traces.log_index import KERNEL_TABLE_CATEGORY, LogIndex, NameKind
 from perf_traces.trace_candidates import Candidates, decode_candidates, insertions
 from perf_traces.trace_stream import CHUNK_BYTES, CandidateBatch, TraceFormatError, TraceLayout, TraceScanner
 
-__all__ = ["Span", "TraceRecords", "collect_records", "gc_paused"]
+__all__ = ["Span", "TraceRecords", "collect_records"]
 
 # the category codes of add_batch
 _GPU_KERNEL, _CPU_OP = 1, 2
@@ -263,7 +263,7 @@ def collect_records(
     which also reports the error of a malformed trace.
     """
     chunk_bytes = chunk_bytes or CHUNK_BYTES
-    with gc_paused():
+    with _gc_paused():
         if helper is not None:
             try:
                 return _collect_in_two(trace_path, log, chunk_bytes, helper)
@@ -279,7 +279,7 @@ def collect_records(
 
 
 @contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
+def _gc_paused() -> Iterator[None]:
     """No cyclic garbage collection inside: reading a trace allocates millions of short-lived objects
     and makes no reference cycles, and each full collection would walk every live object."""
     enabled = gc.isenabled()
@@ -311,7 +311,7 @@ def _records_of(
 
 def _first_half(trace_path: str, log: LogIndex, chunk_bytes: int, start: int, stop: int) -> TraceRecords:
     """In the helper process: the records of the events in [start, stop)."""
-    with gc_paused(), TraceScanner(trace_path, log.candidate_patterns, chunk_bytes=chunk_bytes) as scanner:
+    with _gc_paused(), TraceScanner(trace_path, log.candidate_patterns, chunk_bytes=chunk_bytes) as scanner:
         records, _ = _records_of(scanner, scanner.scan(start, stop), log)
     records.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return records
