@@ -5,8 +5,9 @@
 1. ``LogIndex.build``: lookups over the log's compiled graphs, and the bytes that pick the candidate
    events (named like a kernel or extern op of the log, the forward / backward and
    ``## Call CompiledFxGraph`` spans, GPU ``kernel`` events).
-2. ``collect_records`` (pass 1, ``trace_records``): only the candidates are decoded, into columns;
-   the rest of the trace is validated and skipped unparsed.
+2. ``collect_records`` (pass 1, ``trace_records``): only the candidates are decoded
+   (``trace_candidates``), a batch at a time into columns; the rest of the trace is validated and
+   skipped unparsed.
 3. ``Matcher.run`` (``matching``): which graph, kernel and call() line each candidate ran.
 4. ``KernelTable`` (``kernel_table``): a short id per matched kernel, and its table event.
 
@@ -30,7 +31,8 @@ from perf_traces.kernel_table import KernelTable, event_args
 from perf_traces.log_index import KERNEL_TABLE_CATEGORY, LogIndex
 from perf_traces.log_kernels import CompiledGraph
 from perf_traces.matching import Matcher
-from perf_traces.trace_records import KEEP, REENCODE, TraceRecords, collect_records
+from perf_traces.trace_candidates import KEEP, REENCODE
+from perf_traces.trace_records import TraceRecords, collect_records
 from perf_traces.trace_stream import Edits, TraceLayout, helper_process, wants_helper, write_spliced
 
 __all__ = ["EnrichPlan", "EnrichSummary", "NoMatchError", "enrich_trace", "match_trace"]

@@ -141,9 +141,10 @@ class LogIndex:
 def _candidate_patterns(exact_names: set[str]) -> list[re.Pattern[bytes] | bytes]:
     """Bytes that every event worth decoding contains (a superset: the decoded event is checked).
 
-    A '"name": "<value>' whose value starts like an Inductor kernel name, is a kernel or extern op of
-    the log, is one of the spans or of the kernel table of an earlier enrichment; or the category of GPU
-    kernels (a literal: rare in CPU traces, and found faster than by a regex). Names written with JSON escapes
+    A 'name": "<value>' (the key "name", or another ending so) whose value starts like an Inductor
+    kernel name, is a kernel or extern op of the log, is one of the spans or of the kernel table of an
+    earlier enrichment; or 'kernel"', the end of the category of GPU kernels ('k' is rare in traces,
+    so the regex engine finds it faster than bytes.find finds '"kernel"'). Names written with JSON escapes
     in them are not found (profilers do not write those for these ASCII names).
     """
     kernel_prefixes = [rb"graph_\d", rb"cpp_", rb"triton_"]
@@ -161,5 +162,7 @@ def _candidate_patterns(exact_names: set[str]) -> list[re.Pattern[bytes] | bytes
         for name in sorted(exact_names)
         if not covered.match(name.encode())
     ]
-    names = re.compile(rb'"name"[ \t\n\r]*:[ \t\n\r]*"(?:' + b"|".join(generic + exact) + rb")")
-    return [names, b'"kernel"']
+    # without the key's opening quote: the regex engine scans for the first byte of the literal prefix
+    # one byte at a time, and '"' is one byte in seven of a trace, 'n' one in forty (a third faster)
+    names = re.compile(rb'name"[ \t\n\r]*:[ \t\n\r]*"(?:' + b"|".join(generic + exact) + rb")")
+    return [names, re.compile(rb'kernel"')]

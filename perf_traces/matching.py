@@ -25,15 +25,16 @@ from array import array
 
 import numpy as np
 
-from perf_traces.log_index import INDUCTOR_KERNEL_NAME_RE, LogIndex
+from perf_traces.log_index import INDUCTOR_KERNEL_NAME_RE, LogIndex, NameKind
 from perf_traces.log_kernels import Call, CompiledGraph, Kernel
-from perf_traces.trace_records import Span, TraceRecords
+from perf_traces.trace_records import TraceRecords
 
 __all__ = ["OUTSIDE_SPAN_NOTE", "KernelMatch", "Matcher"]
 
 _TIME_EPSILON_US = 1e-3  # Chrome traces round ts/dur to 1 ns; containment tests allow that slack
 _MAX_MODE_SPAN_LOOKBACK = 16
 _OP_SUMMARY_CHARS = 60
+_MODE_NAMES = {NameKind.FORWARD: "forward", NameKind.BACKWARD: "backward"}
 _NO_FILES: frozenset[str] = frozenset()
 OUTSIDE_SPAN_NOTE = "matched by name outside a Call span"
 
@@ -76,34 +77,76 @@ class KernelMatch:
         return "cpu kernel op" if self.kernel.backend.startswith("cpp") else "kernel launch op"
 
 
+def _segmented_exclusive_max(values: np.ndarray, first_of_group: np.ndarray) -> np.ndarray:
+    """Per position, the largest of the values before it in its group (groups are contiguous, each
+    starting where ``first_of_group``), -inf for a group's first. Exact: each value is replaced by its
+    rank, offset per group so that one running maximum never crosses into the next group."""
+    if not values.size:
+        return values.copy()
+    distinct, rank = np.unique(values, return_inverse=True)
+    floor = (np.cumsum(first_of_group) - 1) * (distinct.size + 1)
+    previous = np.r_[-1, np.maximum.accumulate(floor + rank + 1)[:-1]]
+    return np.where(previous > floor, distinct[np.maximum(previous - floor - 1, 0)], -np.inf)
+
+
+class _SortedSpans:
+    """Spans of one family (forward / backward, or Call) sorted by thread, then start (file order
+    among equal starts); the threads in the order of their first span in the file."""
+
+    def __init__(self, thread: np.ndarray, ts: np.ndarray, end: np.ndarray, kind: np.ndarray) -> None:
+        threads, first = np.unique(thread, return_index=True)
+        self.threads = threads[np.argsort(first)]
+        rank = np.empty(threads.size, np.int64)
+        rank[np.argsort(first)] = np.arange(threads.size)
+        thread_rank = rank[np.searchsorted(threads, thread)]
+        order = np.lexsort((ts, thread_rank))
+        self.thread, self.ts, self.end, self.kind = thread[order], ts[order], end[order], kind[order]
+        bounds = np.searchsorted(thread_rank[order], np.arange(threads.size + 1))
+        self.bounds = {
+            thread: (int(bounds[position]), int(bounds[position + 1]))
+            for position, thread in enumerate(self.threads.tolist())
+        }
+
+    def latest_before(self, thread: int, times: np.ndarray) -> tuple[int, np.ndarray]:
+        """(first index of the thread's spans, the index of the last span of ``thread`` starting at or
+        before each time + epsilon, -1 where none): indexes into the sorted arrays."""
+        begin, end = self.bounds.get(thread, (0, 0))
+        position = np.searchsorted(self.ts[begin:end], times + _TIME_EPSILON_US, side="right") - 1
+        return begin, np.where(position >= 0, position + begin, -1)
+
+
 class _SpanIndex:
-    """The spans per thread, sorted by start, for containment queries."""
+    """The spans per thread, sorted by start, for containment queries (arrays)."""
 
-    def __init__(self, spans: list[Span]) -> None:
-        self.mode_spans: dict[int, list[Span]] = collections.defaultdict(list)
-        self.call_spans: dict[int, list[Span]] = collections.defaultdict(list)
-        for span in spans:
-            (self.call_spans if span.kind == "call" else self.mode_spans)[span.thread].append(span)
-        for thread_spans in list(self.call_spans.values()) + list(self.mode_spans.values()):
-            thread_spans.sort(key=lambda span: span.ts)
-        self.mode_starts = {thread: [span.ts for span in items] for thread, items in self.mode_spans.items()}
+    def __init__(self, records: TraceRecords) -> None:
+        thread = np.frombuffer(records.span_thread, np.int64)
+        ts = np.frombuffer(records.span_ts, np.float64)
+        end = np.frombuffer(records.span_end, np.float64)
+        kind = np.frombuffer(records.span_kind, np.int8)
+        call = kind == NameKind.CALL
+        self.mode_spans = _SortedSpans(thread[~call], ts[~call], end[~call], kind[~call])
+        self.call_spans = _SortedSpans(thread[call], ts[call], end[call], kind[call])
 
-    def enclosing_mode(self, thread: int, ts: float, end: float) -> str:
-        """Innermost CompiledFunction(Backward) span around [ts, end]; 'inference' when there is none.
+    def enclosing_modes(self, threads: np.ndarray, ts: np.ndarray, ends: np.ndarray) -> list[str]:
+        """Per interval: its innermost CompiledFunction(Backward) span's kind; 'inference' when none.
 
         Walks back from the latest span starting before ``ts``: the enclosing span is that one or one
         of the few before it (these spans nest only a few deep), so the walk is capped.
         """
-        starts = self.mode_starts.get(thread)
-        if not starts:
-            return "inference"
-        position = bisect.bisect_right(starts, ts + _TIME_EPSILON_US) - 1
-        for span in reversed(
-            self.mode_spans[thread][max(0, position - _MAX_MODE_SPAN_LOOKBACK) : position + 1]
-        ):
-            if span.end + _TIME_EPSILON_US >= end:
-                return span.kind
-        return "inference"
+        spans = self.mode_spans
+        kinds = np.zeros(threads.size, np.int8)  # 0: inference
+        for thread in np.unique(threads).tolist():
+            queries = np.flatnonzero(threads == thread)
+            begin, latest = spans.latest_before(thread, ts[queries])
+            found = np.zeros(queries.size, bool)
+            for back in range(_MAX_MODE_SPAN_LOOKBACK + 1):
+                position = latest - back
+                candidate = np.flatnonzero(~found & (latest >= 0) & (position >= begin))
+                encloses = spans.end[position[candidate]] + _TIME_EPSILON_US >= ends[queries[candidate]]
+                chosen = candidate[encloses]
+                kinds[queries[chosen]] = spans.kind[position[chosen]]
+                found[chosen] = True
+        return [_MODE_NAMES.get(kind, "inference") for kind in kinds.tolist()]
 
 
 @dataclasses.dataclass
@@ -154,7 +197,7 @@ class Matcher:
     def __init__(self, records: TraceRecords, log: LogIndex) -> None:
         self.records = records
         self.log = log
-        self.spans = _SpanIndex(records.spans)
+        self.spans = _SpanIndex(records)
         self.objects: list[KernelMatch] = []
         self.row_code = array("q", [-1]) * len(records)
         self.launch_of = array("q", [-1]) * len(records)
@@ -179,9 +222,9 @@ class Matcher:
         return code
 
     def run(self) -> None:
-        outside_rows = []
-        for span, rows in self._children_of_call_spans(outside_rows):
-            self._match_call_span(span, rows)
+        span_of_row, outside_rows = self._call_span_of_rows()
+        direct_rows, spans, bounds = self._direct_children(span_of_row)
+        self._match_call_spans(direct_rows, spans, bounds)
         for result in self._span_results.values():
             for kind, count in result.counts.items():
                 self.matched_by_kind[kind] += count * result.uses
@@ -190,78 +233,105 @@ class Matcher:
         self._link_gpu_kernels()
         self._count_unmatched()
 
-    def _children_of_call_spans(self, outside_rows: list[int]):  # noqa: ANN202 (a generator of (Span, rows))
-        """(Call span, its CPU rows sorted by start, longest first) per span with rows; appends the
-        kernel-named rows outside every Call span to ``outside_rows``. Vectorised over rows."""
-        records = self.records
-        rows = np.flatnonzero(np.frombuffer(records.is_gpu, np.int8) == 0)
-        threads = np.frombuffer(records.thread, np.int64)[rows]
-        starts = np.frombuffer(records.ts, np.float64)[rows]
-        ends = np.frombuffer(records.end, np.float64)[rows]
-        span_of_row = np.full(rows.size, -1, np.int64)
-        span_list: list[Span] = []
-        for thread, spans in self.spans.call_spans.items():
-            on_thread = np.flatnonzero(threads == thread)
-            span_starts = np.array([span.ts for span in spans])
-            span_ends = np.array([span.end for span in spans])
-            position = np.searchsorted(span_starts, starts[on_thread] + _TIME_EPSILON_US, side="right") - 1
+    def _call_span_of_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """The Call span around each CPU row (an index of ``spans.call_spans``; -1: none, and for GPU
+        rows), and the kernel-named rows outside every Call span."""
+        records, call_spans = self.records, self.spans.call_spans
+        is_cpu = np.frombuffer(records.is_gpu, np.int8) == 0
+        threads = np.frombuffer(records.thread, np.int64)
+        starts = np.frombuffer(records.ts, np.float64)
+        ends = np.frombuffer(records.end, np.float64)
+        span_of_row = np.full(len(records), -1, np.int64)
+        for thread in call_spans.threads.tolist():
+            on_thread = np.flatnonzero(is_cpu & (threads == thread))
+            _, position = call_spans.latest_before(thread, starts[on_thread])
             inside = position >= 0
-            inside[inside] = span_ends[position[inside]] + _TIME_EPSILON_US >= ends[on_thread][inside]
-            span_of_row[on_thread[inside]] = position[inside] + len(span_list)
-            span_list.extend(spans)
-        outside = rows[span_of_row < 0]
+            inside[inside] = call_spans.end[position[inside]] + _TIME_EPSILON_US >= ends[on_thread][inside]
+            span_of_row[on_thread[inside]] = position[inside]
         kernel_name_ids = [
             name_id for name_id, name in enumerate(records.names) if self.log.is_kernel_name(name)
         ]
+        outside = np.flatnonzero(is_cpu & (span_of_row < 0))
         name_ids = np.frombuffer(records.name_id, np.int64)
-        outside_rows.extend(outside[np.isin(name_ids[outside], kernel_name_ids)].tolist())
-        inside = span_of_row >= 0
-        order = np.lexsort((-ends[inside], starts[inside], span_of_row[inside]))
-        grouped_rows = rows[inside][order]
-        grouped_spans = span_of_row[inside][order]
-        bounds = np.flatnonzero(np.diff(grouped_spans)) + 1
-        for group_rows, group_span in zip(
-            np.split(grouped_rows, bounds),
-            grouped_spans[np.concatenate(([0], bounds))].tolist(),
-            strict=False,
-        ):
-            if group_rows.size:
-                yield span_list[group_span], group_rows.tolist()
+        return span_of_row, outside[np.isin(name_ids[outside], kernel_name_ids)]
 
-    def _direct_children(self, rows: list[int]) -> list[int]:
-        """The rows (sorted by start, longest first) not nested in an earlier one: what call() ran."""
+    def _direct_children(self, span_of_row: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The rows of each Call span not nested in an earlier one of it (what call() ran), in time order.
+
+        Returns (the direct rows, span after span; the spans with rows, in order; where each span's rows
+        start in the first array, and its end). Within a span the rows are sorted by start, longest
+        first, and a row is direct when it starts (within epsilon) after the end of the last direct row.
+        That is computed in bulk as "after the end of every earlier row" and then checked row by row
+        against the rule; the spans where the two differ (a child ending after its parent) are redone
+        one row at a time.
+        """
+        records = self.records
+        starts = np.frombuffer(records.ts, np.float64)
+        ends = np.frombuffer(records.end, np.float64)
+        rows = np.flatnonzero(span_of_row >= 0)
+        rows = rows[np.lexsort((-ends[rows], starts[rows], span_of_row[rows]))]
+        group = span_of_row[rows]
+        first_of_group = np.r_[True, group[1:] != group[:-1]] if rows.size else np.zeros(0, bool)
+        earlier_end = _segmented_exclusive_max(ends[rows], first_of_group)
+        direct = starts[rows] + _TIME_EPSILON_US >= earlier_end
+        # check: the end of the last direct row before each row, within its span
+        last_direct = np.maximum.accumulate(np.where(direct, np.arange(rows.size), -1))
+        previous = np.r_[-1, last_direct[:-1]] if rows.size else last_direct
+        group_start = np.maximum.accumulate(np.where(first_of_group, np.arange(rows.size), 0))
+        previous_end = np.where(previous >= group_start, ends[rows[np.maximum(previous, 0)]], -np.inf)
+        wrong = direct != (starts[rows] + _TIME_EPSILON_US >= previous_end)
+        for span in np.unique(group[wrong]).tolist():
+            members = np.flatnonzero(group == span)
+            direct[members] = self._direct_one_by_one(rows[members])
+        direct_rows = rows[direct]
+        spans = group[direct]
+        if not spans.size:
+            return direct_rows, spans, np.zeros(1, np.int64)
+        firsts = np.flatnonzero(np.r_[True, spans[1:] != spans[:-1]])
+        return direct_rows, spans[firsts], np.r_[firsts, spans.size]
+
+    def _direct_one_by_one(self, rows: np.ndarray) -> np.ndarray:
+        """``_direct_children``'s rule applied row after row, to one span's sorted rows."""
         ts, end = self.records.ts, self.records.end
-        direct: list[int] = []
+        direct = np.zeros(rows.size, bool)
         direct_end = float("-inf")
-        for row in rows:
+        for position, row in enumerate(rows.tolist()):
             if ts[row] + _TIME_EPSILON_US >= direct_end:
-                direct.append(row)
+                direct[position] = True
                 direct_end = end[row]
         return direct
 
-    def _match_call_span(self, span: Span, rows: list[int]) -> None:
-        records = self.records
-        direct = self._direct_children(rows)
-        name_id = records.name_id
-        name_ids = tuple([name_id[row] for row in direct])
-        kind = self.spans.enclosing_mode(span.thread, span.ts, span.end)
-        kernel_file = records.kernel_file
-        files = (
-            frozenset([kernel_file[row] for row in direct if row in kernel_file])
-            if kernel_file
-            else _NO_FILES
+    def _match_call_spans(self, direct_rows: np.ndarray, spans: np.ndarray, bounds: np.ndarray) -> None:
+        """Match the direct children of each Call span; spans with the same children, kind and kernel
+        files (every step of a loop) are matched once (``_resolve_span``) and the result reused."""
+        records, call_spans = self.records, self.spans.call_spans
+        kinds = self.spans.enclosing_modes(
+            call_spans.thread[spans], call_spans.ts[spans], call_spans.end[spans]
         )
-        key = (kind, name_ids, files)
-        result = self._span_results.get(key)
-        if result is None:
-            result = self._span_results[key] = self._resolve_span(
-                kind, [records.names[i] for i in name_ids], files
+        names = np.frombuffer(records.name_id, np.int64)[direct_rows].tobytes()
+        kernel_file = records.kernel_file
+        spans_of_key: dict[tuple, list[int]] = {}
+        for position, (begin, end) in enumerate(itertools.pairwise(bounds.tolist())):
+            files = (
+                frozenset([kernel_file[row] for row in direct_rows[begin:end].tolist() if row in kernel_file])
+                if kernel_file
+                else _NO_FILES
             )
-        result.uses += 1  # its counts are added once per use at the end of run()
-        row_code = self.row_code
-        for row, code in zip(direct, result.codes, strict=True):
-            if code >= 0:
-                row_code[row] = code
+            spans_of_key.setdefault((kinds[position], names[8 * begin : 8 * end], files), []).append(position)
+        row_code = np.frombuffer(self.row_code, np.int64)
+        for key, positions in spans_of_key.items():
+            result = self._span_results.get(key)
+            if result is None:
+                kind, child_names, files = key
+                name_ids = np.frombuffer(child_names, np.int64).tolist()
+                result = self._span_results[key] = self._resolve_span(
+                    kind, [records.names[name_id] for name_id in name_ids], files
+                )
+            result.uses += len(positions)  # its counts are added once per use at the end of run()
+            codes = np.array(result.codes, np.int64)
+            matched = np.flatnonzero(codes >= 0)
+            children = direct_rows[bounds[positions][:, None] + matched]  # (spans, matched children)
+            row_code[children] = codes[matched]
 
     def _best_graphs(self, kind: str, child_names: list[str], files: frozenset[str]) -> list[CompiledGraph]:
         """The graphs of the span's kind that best cover its children (files, then names, then externs)."""
@@ -327,18 +397,22 @@ class Matcher:
         counts.update(self.objects[code].kind for code in codes if code >= 0)
         return _SpanResult(codes, counts, ambiguous=len(best_graphs) > 1)
 
-    def _match_outside_spans(self, outside_rows: list[int]) -> None:
+    def _match_outside_spans(self, outside_rows: np.ndarray) -> None:
         """Kernel-named events outside any Call span (e.g. CUDA graphs, a trace window cutting a call):
         matched by name when exactly one (graph, kernel) of the enclosing forward/backward kind has it."""
         records, log = self.records, self.log
-        for row in outside_rows:
+        kinds = self.spans.enclosing_modes(
+            np.frombuffer(records.thread, np.int64)[outside_rows],
+            np.frombuffer(records.ts, np.float64)[outside_rows],
+            np.frombuffer(records.end, np.float64)[outside_rows],
+        )
+        for row, kind in zip(outside_rows.tolist(), kinds, strict=True):
             options = log.by_trace_name.get(records.name(row), [])
             kernel_file = records.kernel_file.get(row)
             if kernel_file and log.by_kernel_path.get(kernel_file):
                 options = [
                     option for option in options if option[1].kernel_path == kernel_file
                 ] or log.by_kernel_path[kernel_file]
-            kind = self.spans.enclosing_mode(records.thread[row], records.ts[row], records.end[row])
             options = [option for option in options if option[0].graph_kind in (kind, "unknown")] or options
             if len(options) == 1:
                 graph, kernel = options[0]
@@ -346,20 +420,26 @@ class Matcher:
                 self.matched_by_kind[self.objects[code].kind] += 1
 
     def _link_gpu_kernels(self) -> None:
-        """GPU kernels inherit the match of their launch op or extern aten op (same External id)."""
+        """GPU kernels inherit the match of their launch op or extern aten op (same External id; of
+        several, the last in the file)."""
         records = self.records
         row_code = np.frombuffer(self.row_code, np.int64)
         external_ids = np.frombuffer(records.external_id, np.int64)
         launches = np.flatnonzero((row_code >= 0) & (external_ids >= 0))
-        launch_by_external_id = dict(zip(external_ids[launches].tolist(), launches.tolist(), strict=True))
-        for row in np.flatnonzero(np.frombuffer(records.is_gpu, np.int8)).tolist():
-            launch = launch_by_external_id.get(records.external_id[row])
-            if launch is not None:
-                self.launch_of[row] = launch
-                launched = self.objects[self.row_code[launch]]
-                self.matched_by_kind[
-                    "gpu kernel" if launched.kernel is not None else "gpu kernel of extern op"
-                ] += 1
+        launches = launches[np.argsort(external_ids[launches], kind="stable")]
+        launch_ids = external_ids[launches]
+        gpu_rows = np.flatnonzero(np.frombuffer(records.is_gpu, np.int8))
+        position = np.searchsorted(launch_ids, external_ids[gpu_rows], side="right") - 1
+        found = position >= 0
+        found[found] = launch_ids[position[found]] == external_ids[gpu_rows[found]]
+        launch_of = np.frombuffer(self.launch_of, np.int64)
+        launch_of[gpu_rows[found]] = launches[position[found]]
+        launches_kernel = np.array([match.kernel is not None for match in self.objects] or [False], bool)
+        of_kernel = launches_kernel[row_code[launches[position[found]]]]
+        if of_kernel.any():
+            self.matched_by_kind["gpu kernel"] += int(of_kernel.sum())
+        if not of_kernel.all():
+            self.matched_by_kind["gpu kernel of extern op"] += int((~of_kernel).sum())
 
     def _count_unmatched(self) -> None:
         """Unmatched rows named like a kernel (of the log, or like Inductor names them), by name."""
@@ -417,7 +497,7 @@ class Matcher:
         kernel_like = [
             records.names[i] for i in cpu_name_ids.tolist() if INDUCTOR_KERNEL_NAME_RE.match(records.names[i])
         ]
-        if not kernel_like and not any(span.kind == "call" for span in records.spans):
+        if not kernel_like and not (np.frombuffer(records.span_kind, np.int8) == NameKind.CALL).any():
             return (
                 "the trace has no compiled-graph calls or Inductor kernel events (profile the compiled "
                 "model; on CPU set TORCHINDUCTOR_CPP_ENABLE_KERNEL_PROFILE=1 so C++ kernels are recorded)"

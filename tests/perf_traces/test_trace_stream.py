@@ -287,3 +287,22 @@ def test_fuzz_mutated_traces_through_enrichment(tmp_path):
             outcomes["ok"] += 1
         assert os.listdir(out_dir) == []
     assert outcomes["ok"] > 10 and outcomes["error"] > 10, outcomes  # the fuzz reaches both outcomes
+
+
+@pytest.mark.parametrize("pwritev", ["short writes", "missing"])
+def test_write_spliced_after_short_writes_or_without_pwritev(tmp_path, monkeypatch, pwritev):
+    """A pwritev that writes only its first buffer, or none at all: the rest is written after it."""
+    data = json.dumps({"traceEvents": [{"name": f"e{i}", "args": {"i": i}} for i in range(3000)]}).encode()
+    source = _write(tmp_path, data)
+    edits = [(at, at, b"<%d>" % at) for at in range(5, len(data), 97)]
+    if pwritev == "missing":
+        monkeypatch.delattr(os, "pwritev")
+    else:
+        monkeypatch.setattr(os, "pwritev", lambda fd, buffers, offset: os.pwrite(fd, buffers[0], offset))
+    target = tmp_path / "out.json"
+    write_spliced(source, str(target), Edits.of(edits), chunk_bytes=1 << 12)
+    expected, copied = [], 0
+    for at, _, text in edits:
+        expected += [data[copied:at], text]
+        copied = at
+    assert target.read_bytes() == b"".join(expected) + data[copied:]
