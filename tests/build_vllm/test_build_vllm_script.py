@@ -14,6 +14,7 @@ from tests.build_vllm.helpers import (
     SCRIPT,
     assert_build_processes_gone,
     assert_intact,
+    default_sigint,
     git,
     make_local_work,
     run_script,
@@ -76,6 +77,7 @@ def test_signal_mid_build_stops_every_build_process_then_restores(checkout, buil
         stderr=subprocess.PIPE,
         text=True,
         env=script_env(build_python, "hang"),
+        preexec_fn=default_sigint,
     )
     try:
         wait_for(checkout / "build_started", process)

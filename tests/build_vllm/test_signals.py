@@ -18,6 +18,7 @@ from tests.build_vllm.helpers import (
     SCRIPT,
     assert_build_processes_gone,
     assert_intact,
+    default_sigint,
     make_local_work,
     script_env,
     snapshot,
@@ -35,6 +36,7 @@ def start(repo, python, mode, tmp_path, **extra_env):
         text=True,
         env=script_env(python, mode, TMPDIR=str(tmpdir), **extra_env),
         start_new_session=True,  # its own process group, like a job in a terminal
+        preexec_fn=default_sigint,
     )
 
 
