@@ -12,6 +12,7 @@
   traceback of user mistakes too;
 - refuses command-line words the entry function does not take (``--nmu_runs 3``, a third
   positional value) before the function runs: fire would run it with the rest and complain after;
+  a missing required argument is the same one line (fire would print it above its usage block);
 - turns SIGTERM into an exception like SIGINT's ``KeyboardInterrupt``, so that ``finally`` blocks
   and the output staging of ``pytorch_scripts_common.outputs`` clean up; both exit 128 + signal
   number with one line.
@@ -156,9 +157,22 @@ def _unconsumed_words(function: Callable[..., Any], argv: list[str]) -> list[str
         args, after_separator = args[: args.index(separator)], args[args.index(separator) + 1 :]
     try:
         _, _, remaining, _ = core._MakeParseFn(function, decorators.GetMetadata(function))(args)
-    except core.FireError:
-        return []  # fire reports these (e.g. a missing required flag) itself, before running anything
+    except core.FireError as error:
+        raise _fire_usage_error(error) from None
     return [*remaining, *after_separator]
+
+
+def _fire_usage_error(error: Exception) -> UsageError:
+    """fire's refusal of a command line (it would print it under a usage block) as one line."""
+    what, *values = error.args
+    if what == "The function received no value for the required argument:" and values:
+        name = values[0]
+        return UsageError(f"missing argument --{name}: pass it in its place or as --{name}=..., see --help")
+    if what == "Missing required flags:" and values:
+        flags = " ".join(f"--{name}" for name in sorted(values[0]))
+        return UsageError(f"missing argument {flags}: pass {flags.replace(' ', '=... ')}=..., see --help")
+    what = " ".join([str(what).rstrip(":"), *(str(value) for value in values)])
+    return UsageError(f"{what}: see --help for the arguments")
 
 
 def _wants_help(argv: list[str]) -> bool:

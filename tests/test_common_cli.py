@@ -11,6 +11,7 @@ import time
 import pytest
 
 from pytorch_scripts_common.cli import UsageError, check_arguments, parse_list
+from tests.hostile_cli import default_sigint
 
 
 def entry(count: int = 1, scale: float = 1.0, name: str = "x", flag: bool = False, limit: int | None = None):
@@ -153,6 +154,7 @@ def test_sigterm_and_sigint_run_cleanup_and_exit_with_one_line(tmp_path, signum,
         [sys.executable, str(script), "--mode", "sleep", "--marker", str(marker)],
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 60
     while not marker.exists() and time.monotonic() < deadline:
@@ -175,6 +177,44 @@ def test_sigterm_and_sigint_run_cleanup_and_exit_with_one_line(tmp_path, signum,
 def test_unknown_words_are_refused_before_the_function_runs(tmp_path, args, line):
     # fire alone runs main() with the words it knows, then fails on the rest (exit 2 after the work).
     result = run_script(tmp_path, *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == line
+    assert "ran" not in result.stdout
+
+
+REQUIRED_SCRIPT = textwrap.dedent(
+    '''
+    from pytorch_scripts_common.cli import run
+
+    def main(source: str, target: str, *, level: int):
+        """Test entry.
+
+        Args:
+            source: an input.
+            target: an output.
+            level: a required flag.
+        """
+        print("ran", source, target, level)
+
+    if __name__ == "__main__":
+        run(main)
+    '''
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["a"], "error: missing argument --target: pass it in its place or as --target=..., see --help"),
+        ([], "error: missing argument --source: pass it in its place or as --source=..., see --help"),
+        (["a", "b"], "error: missing argument --level: pass --level=..., see --help"),
+    ],
+)
+def test_missing_required_arguments_are_one_line(tmp_path, args, line):
+    """fire alone prints "ERROR: The function received no value ..." above its usage block."""
+    script = tmp_path / "tool.py"
+    script.write_text(REQUIRED_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == line
     assert "ran" not in result.stdout
