@@ -228,13 +228,6 @@ def assert_intact(repo: pathlib.Path, before: dict, allow_new_stash: int = 0) ->
     assert status_after == status_before
 
 
-def default_sigint() -> None:
-    """``preexec_fn`` of a script started to receive SIGINT: the default disposition back. A shell
-    cannot trap a signal that was ignored when it started, and a background job (``pytest &``)
-    starts with SIGINT ignored, which its children inherit."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def script_env(python: pathlib.Path, mode: str = "ok", **extra: str) -> dict:
     return {**os.environ, "PYTHON": str(python), "FAKE_VLLM_BUILD": mode, "PIP_NO_INDEX": "1", **extra}
 

@@ -14,7 +14,6 @@ from tests.build_vllm.helpers import (
     SCRIPT,
     assert_build_processes_gone,
     assert_intact,
-    default_sigint,
     git,
     make_local_work,
     run_script,
@@ -22,6 +21,7 @@ from tests.build_vllm.helpers import (
     snapshot,
     wait_for,
 )
+from tests.hostile_cli import default_sigint
 
 
 def test_shellcheck_clean():

@@ -18,12 +18,12 @@ from tests.build_vllm.helpers import (
     SCRIPT,
     assert_build_processes_gone,
     assert_intact,
-    default_sigint,
     make_local_work,
     script_env,
     snapshot,
     wait_for,
 )
+from tests.hostile_cli import default_sigint
 
 
 def start(repo, python, mode, tmp_path, **extra_env):
