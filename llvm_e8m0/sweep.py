@@ -28,6 +28,7 @@ import math
 import multiprocessing
 import os
 import platform
+import signal
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from pytorch_scripts_common.cli import UsageError, parse_list, run
+from pytorch_scripts_common.cli import UsageError, parse_list, run, signals_deferred
 from pytorch_scripts_common.outputs import check_output, staged_dir, staged_file
 
 CLASS_NAMES = (
@@ -129,6 +130,13 @@ class ChunkResult:
 
 
 _WORKER: dict[str, Any] = {}
+
+
+def _init_pool_worker(llvm_threads: int, torch_threads: int) -> None:
+    # Ctrl-C reaches every process of the terminal's job: the main process handles it and
+    # terminates the pool, so a worker ignores it (instead of printing a KeyboardInterrupt traceback).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(llvm_threads, torch_threads)
 
 
 def _init_worker(llvm_threads: int, torch_threads: int) -> None:
@@ -802,11 +810,11 @@ def run_chunks(
             _init_worker(llvm_threads, llvm_threads)
             results: Iterable[ChunkResult] = map(_call, tasks)
         else:
-            pool = stack.enter_context(
-                multiprocessing.get_context("spawn").Pool(
-                    settings.num_workers, initializer=_init_worker, initargs=(llvm_threads, llvm_threads)
+            spawn = multiprocessing.get_context("spawn")
+            with signals_deferred():  # a pool cut off while starting would never be terminated
+                pool = stack.enter_context(
+                    spawn.Pool(settings.num_workers, _init_pool_worker, (llvm_threads, llvm_threads))
                 )
-            )
             results = pool.imap_unordered(_call, tasks)
         bar = progress.add_task(f"e8m0 sweep ({settings.mode})", total=len(tasks))
         for result in results:

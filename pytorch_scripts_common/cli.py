@@ -19,10 +19,15 @@
 
 ``report`` replaces the printing of those lines (``pytorch_scripts_common.distributed`` prints them
 from one rank only), ``sigterm_raises=False`` keeps SIGTERM's default (the process ends at once).
+
+``signals_deferred()`` holds SIGINT / SIGTERM back until the end of a block that a signal must not
+cut in half: starting a process pool (a pool half-started when the exception comes is never
+terminated, and its workers print tracebacks as their parent's pipes close under them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -32,10 +37,18 @@ import signal
 import sys
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
-__all__ = ["USER_ERRORS", "Terminated", "UsageError", "check_arguments", "parse_list", "run"]
+__all__ = [
+    "USER_ERRORS",
+    "Terminated",
+    "UsageError",
+    "check_arguments",
+    "parse_list",
+    "run",
+    "signals_deferred",
+]
 
 DEBUG_ENV = "PYTORCH_SCRIPTS_DEBUG"
 
@@ -140,6 +153,26 @@ def _checked(function: Callable[..., Any]) -> Callable[..., Any]:
 
 def _raise_terminated(signum: int, frame: Any) -> NoReturn:
     raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT / SIGTERM received inside the block are delivered again when it ends (see the module doc)."""
+    caught: list[int] = []
+    previous = {
+        signum: signal.getsignal(signum)
+        for signum in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(signum) not in (signal.SIG_IGN, None)
+    }
+    for signum in previous:
+        signal.signal(signum, lambda received, frame: caught.append(received))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if caught:
+        signal.raise_signal(caught[0])  # the handler in place now: KeyboardInterrupt, Terminated or exit
 
 
 def _print_to_stderr(line: str) -> None:

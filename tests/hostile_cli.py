@@ -220,7 +220,7 @@ def tree_state(root: pathlib.Path) -> dict[str, str]:
     return state
 
 
-def command(case: Case, values: dict[str, str]) -> list[str]:
+def command(case: Case | SignalCase, values: dict[str, str]) -> list[str]:
     return [sys.executable, "-m", case.module, *(word.format(**values) for word in case.words)]
 
 
@@ -246,3 +246,181 @@ def check_refused(case: Case, tmp_path: pathlib.Path) -> None:
     assert len(error_lines) == 1, shown
     assert error_lines[0].startswith("error: " + case.expected.format(**values)), shown
     assert tree_state(tmp_path) == before, f"the refused command wrote under {tmp_path}\n{shown}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SignalCase:
+    """A command that writes ``output`` (a placeholder), sent ``signum`` once ``ready`` says it is
+    mid-run: ``"staging"`` (the temp path next to the output exists), ``"child"`` (a child process
+    whose command line contains ``child`` has spent ``min_cpu_s`` CPU seconds: a pool worker or a
+    compile subprocess) or ``"running"`` (the main process has spent ``min_cpu_s``: imports done,
+    computing). ``to_group``: to every process of the run, as a terminal's Ctrl-C; otherwise to the
+    main process only, as ``kill PID``."""
+
+    module: str
+    words: tuple[str, ...]
+    output: str
+    ready: str
+    child: str = ""
+    min_cpu_s: float = 0.0
+    signum: int = signal.SIGTERM
+    to_group: bool = False
+    slow: bool = False
+
+    @property
+    def id(self) -> str:
+        to = "group" if self.to_group else "main"
+        return f"{self.module.rsplit('.', 1)[-1]}-{signal.Signals(self.signum).name}-{to}"
+
+
+# One per family of tools that write (hf_torchao_vllm's converter and gpu/run_checks have their own
+# in tests/hf_torchao_vllm/test_convert_hostile.py and tests/gpu/test_run_checks.py).
+SIGNAL_CASES = [
+    # a 300 MB trace streamed into the staged file
+    SignalCase(
+        "perf_traces.make_synthetic_trace",
+        ("{trace}", "{out}.json", "--target_mb", "300"),
+        "{out}.json",
+        "staging",
+    ),
+    # the profiled program runs in a child process, inside the staged folder
+    SignalCase("perf_traces.profile_compiled_model", ("{out}",), "{out}", "child", slow=True),
+    # the sample program compiles in a child process
+    SignalCase(
+        "graph_viz.make_sample_logs",
+        ("--output_dir", "{out}", "--only", "mlp_inference"),
+        "{out}",
+        "child",
+        slow=True,
+    ),
+    # spawned pool workers, signalled while the pool starts
+    SignalCase(
+        "llvm_e8m0.sweep",
+        ("--output_dir", "{out}", "--num_random", "20000000"),
+        "{out}",
+        "child",
+        child="spawn_main",
+    ),
+    # Ctrl-C reaches the workers too, here while they compute
+    SignalCase(
+        "llvm_e8m0.sweep",
+        ("--output_dir", "{out}", "--num_random", "20000000"),
+        "{out}",
+        "child",
+        child="spawn_main",
+        min_cpu_s=4,
+        signum=signal.SIGINT,
+        to_group=True,
+        slow=True,
+    ),
+    # one process benchmarking in a loop; the report is written at the end
+    SignalCase(
+        "test_ao",
+        ("--output_dir", "{out}", "--num_runs", "100000"),
+        "{out}",
+        "running",
+        min_cpu_s=5,
+        slow=True,
+    ),
+]
+
+SIGNAL_LINES = {
+    signal.SIGTERM: "error: terminated (SIGTERM); partial outputs were removed",
+    signal.SIGINT: "error: interrupted (SIGINT); partial outputs were removed",
+}
+
+
+def group_processes(group: int) -> list[int]:
+    """Pids of the live (not zombie) processes of process group ``group``."""
+    pids = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _is_ready(case: SignalCase, process: subprocess.Popen, output: pathlib.Path) -> bool:
+    if case.ready == "staging":
+        return any(output.parent.glob(f".{output.name}.tmp-*"))
+    if case.ready == "child":
+        return any(
+            case.child in _command_line(pid) and cpu_seconds(pid) >= case.min_cpu_s
+            for pid in group_processes(process.pid)
+            if pid != process.pid
+        )
+    assert case.ready == "running", case.ready
+    return cpu_seconds(process.pid) >= case.min_cpu_s
+
+
+def check_signal(case: SignalCase, tmp_path: pathlib.Path, timeout_s: float = 240) -> None:
+    """Start ``case`` in its own process group, signal it mid-run and assert: exit 128 + signal, the
+    one line of that signal, no traceback (workers included), no output and no temp path, inputs
+    unchanged, and no process of the run left."""
+    import time
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    values = make_inputs(scratch)
+    output = pathlib.Path(case.output.format(**values))
+    before = tree_state(scratch)
+    with open(tmp_path / "stdout.txt", "w") as stdout:
+        process = subprocess.Popen(
+            command(case, values),
+            cwd=scratch,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            preexec_fn=default_sigint,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        try:
+            deadline = time.monotonic() + timeout_s
+            while not _is_ready(case, process, output):
+                assert process.poll() is None, (
+                    f"{case.id} ended before it was mid-run: {process.stderr.read()}"
+                )
+                assert time.monotonic() < deadline, f"{case.id} never got mid-run ({case.ready})"
+                time.sleep(0.05)
+            if case.to_group:
+                os.killpg(process.pid, case.signum)
+            else:
+                process.send_signal(case.signum)
+            _, stderr = process.communicate(timeout=120)
+            survivors = group_processes(process.pid)
+            for _ in range(50):  # a worker being reaped by its pool may take a moment
+                if not survivors:
+                    break
+                time.sleep(0.1)
+                survivors = group_processes(process.pid)
+        finally:
+            if process.poll() is None or group_processes(process.pid):
+                os.killpg(process.pid, signal.SIGKILL)
+    shown = f"exit {process.returncode}\n--- stderr ---\n{stderr[-4000:]}"
+    assert process.returncode == 128 + case.signum, shown
+    assert "Traceback" not in stderr, shown
+    assert [line for line in stderr.splitlines() if line.startswith("error")] == [
+        SIGNAL_LINES[case.signum]
+    ], shown
+    assert not survivors, f"processes of the run outlived it: {survivors}\n{shown}"
+    assert not output.exists() and not output.is_symlink(), f"{output} was written\n{shown}"
+    assert tree_state(scratch) == before, f"the run left paths under {scratch}\n{shown}"

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pytorch_scripts_common.cli import UsageError, check_arguments, parse_list
+from pytorch_scripts_common.cli import Terminated, UsageError, check_arguments, parse_list, signals_deferred
 from tests.hostile_cli import default_sigint
 
 
@@ -251,3 +251,33 @@ def test_report_replaces_the_printing_and_sigterm_can_keep_its_default(tmp_path)
     process.communicate(timeout=60)
     assert process.returncode == -signal.SIGTERM  # killed at once: no cleanup ran, no exit 143
     assert marker.read_text() == "started"
+
+
+@pytest.mark.parametrize(
+    ("signum", "exception"), [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)]
+)
+def test_signals_deferred_delivers_a_signal_at_the_end_of_the_block(signum, exception):
+    def raise_terminated(received, frame):
+        raise Terminated(received)
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    steps = []
+    try:
+        with pytest.raises(exception), signals_deferred():
+            os.kill(os.getpid(), signum)
+            time.sleep(0.05)  # the handler would have run by now
+            steps.append("block finished")
+        assert steps == ["block finished"]
+        assert signal.getsignal(signal.SIGTERM) is raise_terminated  # the handlers are back
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+
+
+def test_signals_deferred_without_a_signal_changes_nothing():
+    before = signal.getsignal(signal.SIGTERM)
+    with signals_deferred():
+        pass
+    assert signal.getsignal(signal.SIGTERM) is before
