@@ -117,13 +117,15 @@ def weight_files(checkpoint_dir: Path, problems: _Problems) -> list[Path]:
             weight_map = json.loads(index_path.read_text())["weight_map"]
             if not isinstance(weight_map, dict):
                 raise TypeError("weight_map is not an object")
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as error:
+            if not all(isinstance(shard, str) for shard in weight_map.values()):
+                raise TypeError("weight_map values are not all file names")
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as error:
             problems.report(f"{index_path}: malformed index ({error}); falling back to listing the directory")
             break
         files = []
         for shard in sorted(set(weight_map.values())):
             shard_path = checkpoint_dir / shard
-            if Path(shard).name != shard or not shard_path.is_file():
+            if Path(shard).name != shard or not _is_file(shard_path):
                 problems.report(f"{index_path}: weight_map points to a missing or outside file {shard!r}")
                 continue
             files.append(shard_path)
@@ -133,6 +135,14 @@ def weight_files(checkpoint_dir: Path, problems: _Problems) -> list[Path]:
         for p in checkpoint_dir.iterdir()
         if p.is_file() and p.suffix in (".safetensors", ".bin") and "index" not in p.name
     )
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False for names the OS refuses (too long, a NUL byte) instead of raising."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _role_of(name: str, torchao_types: dict[str, str]) -> tuple[str, str]:
@@ -177,7 +187,7 @@ def _read_safetensors(path: Path, problems: _Problems) -> tuple[list[TensorEntry
             continue  # e.g. "format": "pt"
         try:
             meta = json.loads(value)
-        except (json.JSONDecodeError, TypeError):
+        except (json.JSONDecodeError, TypeError, RecursionError):
             problems.report(f"{path}: metadata entry {key!r} is not JSON")
             continue
         if isinstance(meta, dict) and meta.get("_type") not in (None, "Tensor"):
@@ -230,7 +240,7 @@ def inspect_checkpoint(checkpoint_dir: str | Path, strict: bool = False) -> Chec
     if config_path.is_file():
         try:
             quantization_config = json.loads(config_path.read_text()).get("quantization_config")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, RecursionError) as error:
             problems.report(f"{config_path}: malformed config.json ({error})")
     else:
         problems.report(f"{directory}: no config.json")
