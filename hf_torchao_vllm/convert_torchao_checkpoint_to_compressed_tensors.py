@@ -319,7 +319,9 @@ def main(dir_source: str, dir_target: str, overwrite: bool = False, validate: bo
         validate: before publishing, compare every decompressed weight with torchao's dequantization
             and check that transformers loads the result (exits 1 on a mismatch, writing nothing).
     """
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    from pytorch_scripts_common.torchao_env import configure_torchao_env
+
+    configure_torchao_env()
     summary = convert_checkpoint(
         dir_source, dir_target, overwrite=overwrite, validate=validate, report=print_summary
     )

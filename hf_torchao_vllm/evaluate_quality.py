@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -206,7 +205,9 @@ def main(
         json_output: also write the report to this JSON file.
         overwrite: replace an existing json_output.
     """
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    from pytorch_scripts_common.torchao_env import configure_torchao_env
+
+    configure_torchao_env()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pytorch_scripts_common import get_device

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -196,7 +195,9 @@ def _read_safetensors(path: Path, problems: _Problems) -> tuple[list[TensorEntry
 
 
 def _read_bin(path: Path, problems: _Problems) -> tuple[list[TensorEntry], dict[str, str]]:
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    from pytorch_scripts_common.torchao_env import configure_torchao_env
+
+    configure_torchao_env()
     import torchao  # noqa: F401 -- registers torchao tensor subclasses as safe globals for weights_only
     from torchao.utils import TorchAOBaseTensor
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -246,7 +245,9 @@ def main(
         num_threads: torch intra-op threads; 1 wastes least CPU time on a machine shared with other jobs.
         overwrite: replace existing model directories.
     """
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")  # transformers may import torchao
+    from pytorch_scripts_common.torchao_env import configure_torchao_env
+
+    configure_torchao_env()  # transformers may import torchao
     from pytorch_scripts_common import set_seed
 
     kinds = [k.strip() for k in str(models).split(",") if k.strip()]

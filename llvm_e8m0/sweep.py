@@ -140,7 +140,6 @@ def _init_pool_worker(llvm_threads: int, torch_threads: int) -> None:
 
 
 def _init_worker(llvm_threads: int, torch_threads: int) -> None:
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
     import torch
 
     from llvm_e8m0.expected import build_expected

@@ -16,6 +16,8 @@
 - turns SIGTERM into an exception like SIGINT's ``KeyboardInterrupt``, so that ``finally`` blocks
   and the output staging of ``pytorch_scripts_common.outputs`` clean up; both exit 128 + signal
   number with one line.
+- sets torchao's import-time environment (``pytorch_scripts_common.torchao_env``: its CUDA
+  libraries are skipped on CPU-only torch builds only) before the tool runs.
 
 ``report`` replaces the printing of those lines (``pytorch_scripts_common.distributed`` prints them
 from one rank only), ``sigterm_raises=False`` keeps SIGTERM's default (the process ends at once).
@@ -236,6 +238,9 @@ def run(
             check_words = True
     if sigterm_raises:
         signal.signal(signal.SIGTERM, _raise_terminated)
+    from pytorch_scripts_common.torchao_env import configure_torchao_env
+
+    configure_torchao_env()  # before the tool (or anything it imports) imports torchao
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         if check_words and (unknown := _unconsumed_words(component, argv)):

@@ -207,3 +207,18 @@ def test_every_entry_script_has_hostile_command_lines():
         and ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts) not in covered
     ]
     assert not missing, f"entry scripts without a case in tests/hostile_cli.py CASES: {missing}"
+
+
+def test_torchao_environment_is_set_in_one_place():
+    """TORCHAO_FORCE_SKIP_LOADING_SO_FILES: pytorch_scripts_common.torchao_env sets it on CPU-only torch
+    builds; gpu/runner.py sets it per device for the steps it starts (gpu/plan.py prints it)."""
+    allowed = {"pytorch_scripts_common/torchao_env.py", "gpu/runner.py", "gpu/plan.py"}
+    offenders = [
+        str(path.relative_to(REPO_ROOT))
+        for path in PYTHON_FILES
+        if "TORCHAO_FORCE_SKIP_LOADING_SO_FILES" in path.read_text(encoding="utf-8")
+        and str(path.relative_to(REPO_ROOT)) not in allowed
+    ]
+    assert not offenders, (
+        f"call pytorch_scripts_common.torchao_env.configure_torchao_env() instead: {offenders}"
+    )
