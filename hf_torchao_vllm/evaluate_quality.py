@@ -212,6 +212,8 @@ def main(
 
     from pytorch_scripts_common import get_device
 
+    if max_tokens < 2 or seq_len < 1:
+        raise ValueError(f"--max_tokens {max_tokens} / --seq_len {seq_len}: pass >= 2 / >= 1")
     for path in (quantized_dir,):
         if not Path(path).is_dir():
             raise ValueError(f"quantized_dir {path!r} is not a directory")

@@ -266,6 +266,14 @@ def main(
 
     if num_threads < 1:
         raise ValueError(f"num_threads={num_threads} must be >= 1")
+    for name, value, minimum in (
+        ("num_steps_dense", num_steps_dense, 1), ("num_steps_moe", num_steps_moe, 1),
+        ("batch_size", batch_size, 1), ("seq_len", seq_len, 2),
+    ):  # fmt: skip
+        if value < minimum:
+            raise ValueError(f"--{name} is {value}: pass an integer >= {minimum}")
+    if not learning_rate > 0:
+        raise ValueError(f"--learning_rate is {learning_rate}: pass a positive number")
     torch.set_num_threads(num_threads)
     set_seed(seed)
     corpus = load_corpus()
@@ -279,7 +287,6 @@ def main(
         f"unigram held-out perplexity {math.exp(baseline_nll):.1f}"
     )
     num_steps = {"dense": num_steps_dense, "moe": num_steps_moe}
-    output_path.mkdir(parents=True, exist_ok=True)
     for kind in kinds:
         model, train_seconds = train_one_model(
             kind, train_tokens, held_out_tokens, tokenizer, num_steps[kind], batch_size, seq_len,

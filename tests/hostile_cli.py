@@ -162,7 +162,18 @@ CASES: list[Case] = [
     case(QUANTIZE, "--group_size abc --output_dir {out}", "--group_size is 'abc'", slow=True),
     case("hf_torchao_vllm.run_pipeline", "--max_tokens abc --output_dir {out}", "--max_tokens", slow=True),
     case("hf_torchao_vllm.inspect_checkpoint", "{missing}", "", slow=True),
-    case("hf_torchao_vllm.evaluate_quality", "{missing} --max_tokens -1", "", slow=True),
+    case(
+        "hf_torchao_vllm.evaluate_quality",
+        "{missing} --max_tokens -1",
+        "--max_tokens -1 / --seq_len 256",
+        slow=True,
+    ),
+    case(
+        "hf_torchao_vllm.evaluate_quality",
+        "{missing} --seq_len 0",
+        "--max_tokens 2048 / --seq_len 0",
+        slow=True,
+    ),
     case("hf_torchao_vllm.benchmark_conversion", "--size_mb nan", "--size_mb", slow=True),
     case("hf_torchao_vllm.benchmark_generation", "--num_runs 0", "", slow=True),
     case(
@@ -170,9 +181,22 @@ CASES: list[Case] = [
         "--architectures nosuch --output_dir {out}",
         "--architectures ['nosuch']",
     ),
-    case("hf_torchao_vllm.run_quantized_model_in_vllm", "{missing} --tensor_parallel_size 0", "", slow=True),
+    case(
+        "hf_torchao_vllm.run_quantized_model_in_vllm",
+        "{missing} --tensor_parallel_size 0",
+        "--max_tokens 16 / --tensor_parallel_size 0",
+        slow=True,
+    ),
+    case(
+        "hf_torchao_vllm.run_quantized_model_in_vllm", "{missing} --max_tokens 0", "--max_tokens 0", slow=True
+    ),
     case("hf_torchao_vllm.train_tiny_models", "--output_dir {out} --learning_rate nan", "--learning_rate"),
     case("hf_torchao_vllm.train_tiny_models", "--output_dir {out} --models nosuch", "unknown model 'nosuch'"),
+    case(
+        "hf_torchao_vllm.train_tiny_models",
+        "--output_dir {out} --num_steps_dense -5",
+        "--num_steps_dense is -5",
+    ),
 ]
 
 
