@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import platform
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -249,8 +250,11 @@ def _full_chunk(args: tuple[int, int, tuple[str, ...], int]) -> ChunkResult:
     return process_chunk(chunk_id, bits, names, reference_samples, check_all_reference=False)
 
 
-def _fast_chunk(args: tuple[int, np.ndarray, tuple[str, ...], int, bool]) -> ChunkResult:
-    chunk_id, bits, names, reference_samples, check_all_reference = args
+def _fast_chunk(args: tuple[int, str, int, int, tuple[str, ...], int, bool]) -> ChunkResult:
+    """One mode=fast chunk: the structured inputs (``source`` empty), or ``source[start:stop]``, a
+    slice of the random inputs saved by ``make_tasks``."""
+    chunk_id, source, start, stop, names, reference_samples, check_all_reference = args
+    bits = np.array(np.load(source, mmap_mode="r")[start:stop]) if source else structured_inputs()
     return process_chunk(chunk_id, bits, names, reference_samples, check_all_reference)
 
 
@@ -545,7 +549,8 @@ def main(
         load_state(paths.state, settings) if paths.resuming else Accumulator(settings.config, settings.names)
     )
     save_state = prepare_state(paths, acc)
-    run_chunks(acc, make_tasks(settings, acc), settings, save_state)
+    with tempfile.TemporaryDirectory(prefix="e8m0_sweep_inputs-") as inputs_dir:
+        run_chunks(acc, make_tasks(settings, acc, Path(inputs_dir)), settings, save_state)
     results_md = publish_results(acc, settings, paths)
     failing = [name for name in settings.names if acc.mismatches[name]]
     if failing:
@@ -758,17 +763,27 @@ def prepare_state(paths: Paths, acc: Accumulator) -> Callable[[dict[str, Any] | 
     return save
 
 
-def make_tasks(settings: Settings, acc: Accumulator) -> list[tuple[Callable[[Any], ChunkResult], Any]]:
-    """(worker function, arguments) per chunk still to do, at most ``max_chunks``."""
+def make_tasks(
+    settings: Settings, acc: Accumulator, inputs_dir: Path
+) -> list[tuple[Callable[[Any], ChunkResult], Any]]:
+    """(worker function, arguments) per chunk still to do, at most ``max_chunks``.
+
+    A task is a few hundred bytes: mode=fast's random inputs go to ``inputs_dir/random_bits.npy``
+    and each task names its slice. (A task holding megabytes of inputs can leave the pool's task
+    thread blocked in a half-written pipe message when the pool is terminated, e.g. on Ctrl-C, and
+    ``Pool.terminate()`` then waits for that thread forever.)"""
     names, samples = settings.names, settings.reference_samples
     if settings.mode == "fast":
-        structured, random_bits = fast_inputs(settings.num_random, settings.seed)
+        _, random_bits = fast_inputs(settings.num_random, settings.seed)
+        source = str(inputs_dir / "random_bits.npy")
+        np.save(source, random_bits)
         tasks: list[tuple[Callable[[Any], ChunkResult], Any]] = [
-            (_fast_chunk, (0, structured, names, samples, True))
+            (_fast_chunk, (0, "", 0, 0, names, samples, True))
         ]
         for i, start in enumerate(range(0, random_bits.size, settings.chunk_size)):
-            chunk = random_bits[start : start + settings.chunk_size]
-            tasks.append((_fast_chunk, (i + 1, chunk, names, samples, False)))
+            tasks.append(
+                (_fast_chunk, (i + 1, source, start, start + settings.chunk_size, names, samples, False))
+            )
     else:
         tasks = [
             (_full_chunk, (i, settings.chunk_size, names, samples))
