@@ -324,6 +324,7 @@ SIGNAL_CASES = [
         "{out}",
         "child",
         child="spawn_main",
+        slow=True,
     ),
     # Ctrl-C reaches the workers too, here while they compute
     SignalCase(
