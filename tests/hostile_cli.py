@@ -174,6 +174,12 @@ CASES: list[Case] = [
         "--max_tokens 2048 / --seq_len 0",
         slow=True,
     ),
+    case(
+        "hf_torchao_vllm.evaluate_quality",
+        "{foreign} --json_output {foreign}/q.json",
+        "--json_output {foreign}/q.json is inside the input {foreign}",
+        slow=True,
+    ),
     case("hf_torchao_vllm.benchmark_conversion", "--size_mb nan", "--size_mb", slow=True),
     case("hf_torchao_vllm.benchmark_generation", "--num_runs 0", "", slow=True),
     case(
