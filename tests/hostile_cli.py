@@ -13,6 +13,11 @@ Words may hold placeholders, filled from the scratch inputs ``make_inputs`` lays
 (a profiler trace and its inductor output_code log, in folder ``{pair}``), ``{gv_log}`` (a
 TORCH_LOGS log alone in folder ``{gv_dir}``), ``{empty}`` (an empty file), ``{foreign}`` (a
 non-empty folder no tool wrote), ``{missing}`` (a path that does not exist).
+
+``SIGNAL_CASES`` / ``check_signal(case, tmp_path)``: a writing tool signalled mid-run (SIGTERM to
+its main process, or Ctrl-C's SIGINT to its whole process group) exits 128 + signal with its one
+line, and leaves no output, no temp path, no traceback from any process and no process running.
+``default_sigint`` is the ``preexec_fn`` of any test process that must receive SIGINT.
 """
 
 from __future__ import annotations
