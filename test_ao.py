@@ -1110,7 +1110,6 @@ def main(
     args = check_arguments(
         configs, device, group_size, exclude, batch_size, seq_len, num_runs, output_dir, overwrite
     )
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
     from rich.console import Console
 
     from pytorch_scripts_common import set_seed

@@ -357,7 +357,6 @@ def validate_arguments(
     timeout_s: float,
 ) -> list[Case]:
     """The cases to run; ``UsageError`` for any mistake, on every rank before the process group exists."""
-    world_size = distributed.torchrun_world_size(EXAMPLE_COMMAND)
     for name, value in (("dim", shapes.dim), ("hidden", shapes.hidden), ("num_tokens", shapes.num_tokens)):
         if value < 1:
             raise UsageError(f"--{name} is {value}: pass a positive integer")
@@ -372,6 +371,7 @@ def validate_arguments(
     for name, items in values.items():
         if not items:
             raise UsageError(f"--{name} is empty: give at least one value")
+    world_size = distributed.torchrun_world_size(EXAMPLE_COMMAND)  # after the checks that need no launch
     cases = build_cases(*values.values(), world_size=world_size)
     if "grouped_mm" in values["expert_impl"]:
         device = get_device()

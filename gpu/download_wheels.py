@@ -190,7 +190,7 @@ def main(output_dir: str = ".whl", overwrite: bool = False, check_only: bool = F
         if not target.is_dir():
             raise UsageError(f"{target} is not a folder: download first (without --check_only)")
     else:
-        check_output(target, overwrite=overwrite, tool=TOOL)
+        check_output(target, overwrite=overwrite, tool=TOOL, flag="output_dir")
         with staged_dir(target, tool=TOOL) as staging:
             download(versions, staging)
     wheels = sorted(target.glob("*.whl"))

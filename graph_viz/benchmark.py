@@ -25,6 +25,8 @@ import tempfile
 import time
 from typing import Any
 
+from pytorch_scripts_common.cli import UsageError, parse_list, run
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -94,14 +96,9 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
 
 
 def _layer_counts(layers: Any) -> list[int]:
-    # fire turns `--layers 3,30` into the tuple (3, 30) and `--layers 4` into 4.
-    items = layers if isinstance(layers, (tuple, list)) else str(layers).split(",")
-    try:
-        counts = [int(str(x).strip()) for x in items if str(x).strip()]
-    except ValueError as error:
-        raise ValueError(f"layers must be integers like '3,30,300', got {layers!r}") from error
+    counts = parse_list(layers, int, name="layers")
     if not counts or min(counts) < 1:
-        raise ValueError(f"layers must be positive integers like '3,30,300', got {layers!r}")
+        raise UsageError(f"--layers is {layers!r}: pass positive layer counts, e.g. --layers=3,30,300")
     return counts
 
 
@@ -122,12 +119,12 @@ def main(
         browser: also time the page in headless Chromium (needs /usr/bin/chromium and playwright).
     """
     if backend not in ("aot_eager", "inductor"):
-        raise ValueError(f"backend must be 'aot_eager' or 'inductor', got {backend!r}")
+        raise UsageError(f"--backend is {backend!r}: pass --backend=aot_eager or --backend=inductor")
     if num_runs < 1:
-        raise ValueError(f"num_runs must be >= 1, got {num_runs}")
+        raise UsageError(f"--num_runs is {num_runs}: pass an integer >= 1")
     layer_counts = _layer_counts(layers)
     if browser and not pathlib.Path(CHROMIUM).exists():
-        raise ValueError(f"{CHROMIUM} not found; install Debian chromium or pass --browser=False")
+        raise UsageError(f"{CHROMIUM} not found: install Debian chromium or pass --browser=False")
     from graph_viz.main import convert
     from graph_viz.make_sample_logs import write_log
     from pytorch_scripts_common import benchmark
@@ -153,10 +150,10 @@ def main(
             out = pathlib.Path(tmp) / f"html_{num_layers}"
             model: dict = {}
 
-            def run(log_path=log_path, out=out, model=model) -> None:
+            def convert_once(log_path=log_path, out=out, model=model) -> None:
                 model.update(convert(str(log_path), str(out), overwrite=True))
 
-            convert_time = benchmark(run, num_warmup=1, num_runs=num_runs, device="cpu")
+            convert_time = benchmark(convert_once, num_warmup=1, num_runs=num_runs, device="cpu")
             page = page_timings(out / "index.html", num_runs) if browser else {}
             rows.append(
                 {
@@ -239,6 +236,4 @@ def print_table(
 
 
 if __name__ == "__main__":
-    from pytorch_scripts_common.cli import run
-
     run(main)

@@ -309,7 +309,9 @@ def prepare_recipe(recipe_name: str, model_dir: Path, work: Path) -> tuple[dict[
 
 def prepare_row(architecture, recipe_names: list[str], work: Path) -> dict[str, Any]:
     """Phase 1 of a row (no vLLM engine in the process): build, quantize and convert every recipe."""
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    from pytorch_scripts_common.torchao_env import configure_torchao_env
+
+    configure_torchao_env()
 
     model_dir = work / "bf16"
     cells = {"build": timed(build_cell, architecture, model_dir)}
@@ -333,7 +335,9 @@ def serve_jobs(jobs: list[dict], results_file: Path) -> None:
     appended to ``results_file`` as it is known, marked when an earlier cell of this process failed
     (vLLM can leave process-wide state behind after a failed engine start: the parent reruns such a
     cell in a fresh process)."""
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    from pytorch_scripts_common.torchao_env import configure_torchao_env
+
+    configure_torchao_env()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     after_failure = False

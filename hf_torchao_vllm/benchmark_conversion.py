@@ -37,7 +37,9 @@ from pytorch_scripts_common.cli import UsageError, parse_list, run
 
 VLLM_CHILD = """
 import json, os, sys
-os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+from pytorch_scripts_common.torchao_env import configure_torchao_env
+
+configure_torchao_env()
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 from vllm import LLM, SamplingParams
@@ -423,7 +425,9 @@ def main(
         batch: prompts per vLLM generate call.
         max_tokens: tokens generated per prompt (EOS ignored).
     """
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    from pytorch_scripts_common.torchao_env import configure_torchao_env
+
+    configure_torchao_env()
     recipe_list = parse_list(recipes, str, name="recipes")
     unknown = [r for r in recipe_list if r not in CONVERSION_RECIPES]
     if unknown or not recipe_list:

@@ -16,7 +16,6 @@ a random-weight Llama of that width instead (speed does not depend on the weight
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -97,7 +96,9 @@ def main(
         num_layers: layers of the random Llama (with hidden_size > 0).
         fp8_emulation_on_cpu: allow recipe fp8 on CPU (emulated; see the quantize script).
     """
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    from pytorch_scripts_common.torchao_env import configure_torchao_env
+
+    configure_torchao_env()
     from hf_torchao_vllm.quantization import quantize
     from hf_torchao_vllm.quantization.recipes import RecipeOptions
     from pytorch_scripts_common import get_device, set_seed

@@ -21,8 +21,6 @@ removes one left by SIGKILL. Corrupted input is reported as one line naming the 
 
 from __future__ import annotations
 
-import os
-
 from hf_torchao_vllm.conversion.convert import convert_checkpoint, print_summary
 from pytorch_scripts_common.cli import run
 
@@ -39,7 +37,9 @@ def main(model: str, output_dir: str, overwrite: bool = False, validate: bool = 
         validate: before publishing, compare every decompressed weight with torchao's dequantization
             and check that transformers loads the result (exits 1 on a mismatch, writing nothing).
     """
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    from pytorch_scripts_common.torchao_env import configure_torchao_env
+
+    configure_torchao_env()
     summary = convert_checkpoint(
         model, output_dir, overwrite=overwrite, validate=validate, report=print_summary
     )

@@ -17,7 +17,6 @@ in training (see ``train_tiny_models.py``), tokenized with the model's own token
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -52,11 +51,15 @@ def main(
         json_output: also write the report to this JSON file.
         overwrite: replace an existing json_output.
     """
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    from pytorch_scripts_common.torchao_env import configure_torchao_env
+
+    configure_torchao_env()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pytorch_scripts_common import get_device
 
+    if max_tokens < 2 or seq_len < 1:
+        raise ValueError(f"--max_tokens {max_tokens} / --seq_len {seq_len}: pass >= 2 / >= 1")
     if not Path(model).is_dir():
         raise ValueError(f"--model {model!r} is not a directory: pass a saved model directory")
     from pytorch_scripts_common.outputs import check_output, staged_file

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +66,9 @@ def main(
         eval_tokens: held-out tokens for the quality report.
         seed: seed for everything random.
     """
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    from pytorch_scripts_common.torchao_env import configure_torchao_env
+
+    configure_torchao_env()
     from rich.console import Console
 
     from hf_torchao_vllm.quantization import quality as evaluate_quality

@@ -162,7 +162,9 @@ def main(
         max_tokens: tokens vLLM generates per prompt.
         run_vllm: run step 4 (vLLM); --norun_vllm stops after validation.
     """
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    from pytorch_scripts_common.torchao_env import configure_torchao_env
+
+    configure_torchao_env()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from rich.console import Console

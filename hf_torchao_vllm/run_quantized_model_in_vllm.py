@@ -36,7 +36,13 @@ def main(
             next-token distribution after each prompt.
         seed: seed for vLLM and for the token-id prompts used when there is no tokenizer.
     """
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    from pytorch_scripts_common.torchao_env import configure_torchao_env
+
+    configure_torchao_env()
+    if max_tokens < 1 or tensor_parallel_size < 1:
+        raise ValueError(
+            f"--max_tokens {max_tokens} / --tensor_parallel_size {tensor_parallel_size}: pass >= 1 / >= 1"
+        )
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU; the models are tiny
     if tensor_parallel_size == 1:
         # One process: the engine core runs in this process (saves ~half of the CPU start-up time).

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -222,15 +221,24 @@ def main(
         num_threads: torch intra-op threads; 1 wastes least CPU time on a machine shared with other jobs.
         overwrite: replace existing model directories.
     """
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")  # transformers may import torchao
+    from pytorch_scripts_common.torchao_env import configure_torchao_env
+
+    configure_torchao_env()  # transformers may import torchao
     from pytorch_scripts_common import set_seed
 
     targets = check_arguments(output_dir, models, vocab_size, num_threads, overwrite)
+    for name, value, minimum in (
+        ("num_steps_dense", num_steps_dense, 1), ("num_steps_moe", num_steps_moe, 1),
+        ("batch_size", batch_size, 1), ("seq_len", seq_len, 2),
+    ):  # fmt: skip
+        if value < minimum:
+            raise ValueError(f"--{name} is {value}: pass an integer >= {minimum}")
+    if not learning_rate > 0:
+        raise ValueError(f"--learning_rate is {learning_rate}: pass a positive number")
     torch.set_num_threads(num_threads)
     set_seed(seed)
     data = prepare_data(vocab_size)
     num_steps = {"dense": num_steps_dense, "moe": num_steps_moe}
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
     for kind, target in targets.items():
         model, train_seconds = train_one_model(
             kind, data.train_tokens, data.held_out_tokens, data.tokenizer, num_steps[kind], batch_size,

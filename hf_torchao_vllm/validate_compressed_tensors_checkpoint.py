@@ -41,7 +41,9 @@ def main(
         check_transformers: also load both checkpoints in transformers and compare next-token logits.
         kl_threshold: largest allowed mean KL(torchao || compressed-tensors), nats per token.
     """
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    from pytorch_scripts_common.torchao_env import configure_torchao_env
+
+    configure_torchao_env()
     for d, what in ((model, "model"), (reference, "reference")):
         if not os.path.isdir(d):
             raise ValueError(f"--{what} {d} is not a directory: pass a checkpoint directory")

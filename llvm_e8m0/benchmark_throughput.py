@@ -30,7 +30,6 @@ def main(
         num_workers: sweep worker processes assumed by the extrapolation.
         seed: seed of the random bit patterns.
     """
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
     import torch
 
     from llvm_e8m0 import llvm_lib, sweep

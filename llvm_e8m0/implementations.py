@@ -18,7 +18,6 @@ patch removes exactly the offset.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -70,7 +69,6 @@ def ml_dtypes_cast(bits: np.ndarray) -> np.ndarray:
 @contextlib.contextmanager
 def torchao_scale_only() -> Iterator[None]:
     """Patch torchao's e4m3 offset constants so to_mx returns the scale of max_abs itself."""
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
     from unittest import mock
 
     from torchao.prototype.mx_formats import mx_tensor
@@ -83,7 +81,6 @@ def torchao_scale_only() -> Iterator[None]:
 
 
 def _torchao_to_mx(bits: np.ndarray, mode: str) -> np.ndarray:
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
     from torchao.prototype.mx_formats.config import ScaleCalculationMode
     from torchao.prototype.mx_formats.mx_tensor import to_mx
 

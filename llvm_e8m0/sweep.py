@@ -28,6 +28,8 @@ import math
 import multiprocessing
 import os
 import platform
+import signal
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -35,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from pytorch_scripts_common.cli import UsageError, parse_list, run
+from pytorch_scripts_common.cli import UsageError, parse_list, run, signals_deferred
 from pytorch_scripts_common.outputs import check_output, staged_dir, staged_file
 
 CLASS_NAMES = (
@@ -131,8 +133,14 @@ class ChunkResult:
 _WORKER: dict[str, Any] = {}
 
 
+def _init_pool_worker(llvm_threads: int, torch_threads: int) -> None:
+    # Ctrl-C reaches every process of the terminal's job: the main process handles it and
+    # terminates the pool, so a worker ignores it (instead of printing a KeyboardInterrupt traceback).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(llvm_threads, torch_threads)
+
+
 def _init_worker(llvm_threads: int, torch_threads: int) -> None:
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
     import torch
 
     from llvm_e8m0.expected import build_expected
@@ -242,8 +250,11 @@ def _full_chunk(args: tuple[int, int, tuple[str, ...], int]) -> ChunkResult:
     return process_chunk(chunk_id, bits, names, reference_samples, check_all_reference=False)
 
 
-def _fast_chunk(args: tuple[int, np.ndarray, tuple[str, ...], int, bool]) -> ChunkResult:
-    chunk_id, bits, names, reference_samples, check_all_reference = args
+def _fast_chunk(args: tuple[int, str, int, int, tuple[str, ...], int, bool]) -> ChunkResult:
+    """One mode=fast chunk: the structured inputs (``source`` empty), or ``source[start:stop]``, a
+    slice of the random inputs saved by ``make_tasks``."""
+    chunk_id, source, start, stop, names, reference_samples, check_all_reference = args
+    bits = np.array(np.load(source, mmap_mode="r")[start:stop]) if source else structured_inputs()
     return process_chunk(chunk_id, bits, names, reference_samples, check_all_reference)
 
 
@@ -538,7 +549,8 @@ def main(
         load_state(paths.state, settings) if paths.resuming else Accumulator(settings.config, settings.names)
     )
     save_state = prepare_state(paths, acc)
-    run_chunks(acc, make_tasks(settings, acc), settings, save_state)
+    with tempfile.TemporaryDirectory(prefix="e8m0_sweep_inputs-") as inputs_dir:
+        run_chunks(acc, make_tasks(settings, acc, Path(inputs_dir)), settings, save_state)
     results_md = publish_results(acc, settings, paths)
     failing = [name for name in settings.names if acc.mismatches[name]]
     if failing:
@@ -751,17 +763,27 @@ def prepare_state(paths: Paths, acc: Accumulator) -> Callable[[dict[str, Any] | 
     return save
 
 
-def make_tasks(settings: Settings, acc: Accumulator) -> list[tuple[Callable[[Any], ChunkResult], Any]]:
-    """(worker function, arguments) per chunk still to do, at most ``max_chunks``."""
+def make_tasks(
+    settings: Settings, acc: Accumulator, inputs_dir: Path
+) -> list[tuple[Callable[[Any], ChunkResult], Any]]:
+    """(worker function, arguments) per chunk still to do, at most ``max_chunks``.
+
+    A task is a few hundred bytes: mode=fast's random inputs go to ``inputs_dir/random_bits.npy``
+    and each task names its slice. (A task holding megabytes of inputs can leave the pool's task
+    thread blocked in a half-written pipe message when the pool is terminated, e.g. on Ctrl-C, and
+    ``Pool.terminate()`` then waits for that thread forever.)"""
     names, samples = settings.names, settings.reference_samples
     if settings.mode == "fast":
-        structured, random_bits = fast_inputs(settings.num_random, settings.seed)
+        _, random_bits = fast_inputs(settings.num_random, settings.seed)
+        source = str(inputs_dir / "random_bits.npy")
+        np.save(source, random_bits)
         tasks: list[tuple[Callable[[Any], ChunkResult], Any]] = [
-            (_fast_chunk, (0, structured, names, samples, True))
+            (_fast_chunk, (0, "", 0, 0, names, samples, True))
         ]
         for i, start in enumerate(range(0, random_bits.size, settings.chunk_size)):
-            chunk = random_bits[start : start + settings.chunk_size]
-            tasks.append((_fast_chunk, (i + 1, chunk, names, samples, False)))
+            tasks.append(
+                (_fast_chunk, (i + 1, source, start, start + settings.chunk_size, names, samples, False))
+            )
     else:
         tasks = [
             (_full_chunk, (i, settings.chunk_size, names, samples))
@@ -802,11 +824,11 @@ def run_chunks(
             _init_worker(llvm_threads, llvm_threads)
             results: Iterable[ChunkResult] = map(_call, tasks)
         else:
-            pool = stack.enter_context(
-                multiprocessing.get_context("spawn").Pool(
-                    settings.num_workers, initializer=_init_worker, initargs=(llvm_threads, llvm_threads)
+            spawn = multiprocessing.get_context("spawn")
+            with signals_deferred():  # a pool cut off while starting would never be terminated
+                pool = stack.enter_context(
+                    spawn.Pool(settings.num_workers, _init_pool_worker, (llvm_threads, llvm_threads))
                 )
-            )
             results = pool.imap_unordered(_call, tasks)
         bar = progress.add_task(f"e8m0 sweep ({settings.mode})", total=len(tasks))
         for result in results:

@@ -289,21 +289,20 @@ def check_arguments(settings: ProfileSettings, log_format: str) -> None:
     from pytorch_scripts_common.cli import UsageError
 
     if settings.mode not in MODES:
-        raise UsageError(
-            f"mode={settings.mode!r} is not one of {MODES}: pass --mode train or --mode inference"
-        )
+        raise UsageError(f"--mode is {settings.mode!r}: pass --mode=train or --mode=inference")
     if settings.activation not in ACTIVATIONS:
-        raise UsageError(
-            f"activation={settings.activation!r} is not one of {tuple(ACTIVATIONS)}: pass one of them"
-        )
+        raise UsageError(f"--activation is {settings.activation!r}: pass one of {', '.join(ACTIVATIONS)}")
     if log_format not in LOG_FORMATS:
-        raise UsageError(f"log_format={log_format!r} is not one of {LOG_FORMATS}: pass one of them")
+        raise UsageError(f"--log_format is {log_format!r}: pass one of {', '.join(LOG_FORMATS)}")
     for label, minimum in (("hidden_dim", 1), ("batch_size", 1), ("num_layers", 1), ("num_warmup", 0)):
         value = getattr(settings, label)
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise UsageError(f"{label}={value!r} must be an int >= {minimum}")
+            raise UsageError(f"--{label} is {value!r}: pass an integer >= {minimum}")
     if settings.graph_break and settings.num_layers < 2:
-        raise UsageError("graph_break=True needs num_layers >= 2 (the break goes after the first layer)")
+        raise UsageError(
+            f"--graph_break needs two layers (the break goes after the first), --num_layers is "
+            f"{settings.num_layers}: pass --num_layers=2 or more"
+        )
 
 
 def logging_environment(staging: pathlib.Path, log_format: str) -> dict[str, str]:

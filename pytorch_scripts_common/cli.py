@@ -12,6 +12,7 @@
   traceback of user mistakes too;
 - refuses command-line words the entry function does not take (``--nmu_runs 3``, a third
   positional value) before the function runs: fire would run it with the rest and complain after;
+  a missing required argument is the same one line (fire would print it above its usage block);
 - turns SIGTERM into an exception like SIGINT's ``KeyboardInterrupt``, so that ``finally`` blocks
   and the output staging of ``pytorch_scripts_common.outputs`` clean up; both exit 128 + signal
   number with one line;
@@ -19,14 +20,21 @@
   scripts a tool replaces, and its own former names), rewriting the command line before fire reads
   it; an alias and its target given together are a user mistake. ``fixed_flags={"name": (value,
   reason)}`` accepts a flag of such a script whose only value here is what the tool always does
-  (dropped) and refuses any other value with the reason.
+  (dropped) and refuses any other value with the reason;
+- sets torchao's import-time environment (``pytorch_scripts_common.torchao_env``: its CUDA
+  libraries are skipped on CPU-only torch builds only) before the tool runs.
 
 ``report`` replaces the printing of those lines (``pytorch_scripts_common.distributed`` prints them
 from one rank only), ``sigterm_raises=False`` keeps SIGTERM's default (the process ends at once).
+
+``signals_deferred()`` holds SIGINT / SIGTERM back until the end of a block that a signal must not
+cut in half: starting a process pool (a pool half-started when the exception comes is never
+terminated, and its workers print tracebacks as their parent's pipes close under them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -36,7 +44,7 @@ import signal
 import sys
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
 __all__ = [
@@ -47,6 +55,7 @@ __all__ = [
     "parse_list",
     "rename_flags",
     "run",
+    "signals_deferred",
 ]
 
 DEBUG_ENV = "PYTORCH_SCRIPTS_DEBUG"
@@ -154,6 +163,26 @@ def _raise_terminated(signum: int, frame: Any) -> NoReturn:
     raise Terminated(signum)
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT / SIGTERM received inside the block are delivered again when it ends (see the module doc)."""
+    caught: list[int] = []
+    previous = {
+        signum: signal.getsignal(signum)
+        for signum in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(signum) not in (signal.SIG_IGN, None)
+    }
+    for signum in previous:
+        signal.signal(signum, lambda received, frame: caught.append(received))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if caught:
+        signal.raise_signal(caught[0])  # the handler in place now: KeyboardInterrupt, Terminated or exit
+
+
 def _print_to_stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
@@ -169,9 +198,22 @@ def _unconsumed_words(function: Callable[..., Any], argv: list[str]) -> list[str
         args, after_separator = args[: args.index(separator)], args[args.index(separator) + 1 :]
     try:
         _, _, remaining, _ = core._MakeParseFn(function, decorators.GetMetadata(function))(args)
-    except core.FireError:
-        return []  # fire reports these (e.g. a missing required flag) itself, before running anything
+    except core.FireError as error:
+        raise _fire_usage_error(error) from None
     return [*remaining, *after_separator]
+
+
+def _fire_usage_error(error: Exception) -> UsageError:
+    """fire's refusal of a command line (it would print it under a usage block) as one line."""
+    what, *values = error.args
+    if what == "The function received no value for the required argument:" and values:
+        name = values[0]
+        return UsageError(f"missing argument --{name}: pass it in its place or as --{name}=..., see --help")
+    if what == "Missing required flags:" and values:
+        flags = " ".join(f"--{name}" for name in sorted(values[0]))
+        return UsageError(f"missing argument {flags}: pass {flags.replace(' ', '=... ')}=..., see --help")
+    what = " ".join([str(what).rstrip(":"), *(str(value) for value in values)])
+    return UsageError(f"{what}: see --help for the arguments")
 
 
 def _wants_help(argv: list[str]) -> bool:
@@ -277,6 +319,9 @@ def run(
         check_words = True
     if sigterm_raises:
         signal.signal(signal.SIGTERM, _raise_terminated)
+    from pytorch_scripts_common.torchao_env import configure_torchao_env
+
+    configure_torchao_env()  # before the tool (or anything it imports) imports torchao
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         if check_words and _wants_help(argv):

@@ -9,7 +9,8 @@ work is done:
 - with ``overwrite=True``, an existing folder that this tool did not write: every published folder
   carries a marker file (``MARKER``) naming its tool, and only such a folder (or an empty one) is
   replaced;
-- an output location that cannot be written (checked by creating and removing a file there).
+- an output location that cannot be written (checked by creating and removing a file in the
+  nearest folder that exists; missing folders are created when the output is published).
 
 It also removes what a killed earlier run of the same output left: temp folders / files of a dead
 process, and finishes an interrupted swap.
@@ -109,9 +110,8 @@ def _check_writable(folder: pathlib.Path) -> None:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise UsageError(f"cannot write under {folder}: {ancestor} is a file: choose another output path")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+    try:  # in the nearest existing folder: a refused or interrupted run leaves no empty folders
+        with tempfile.TemporaryFile(dir=ancestor):
             pass
     except OSError as error:
         raise UsageError(

@@ -1,12 +1,12 @@
-"""Suite-wide pytest set-up: CUDA gating for ``gpu_only`` and quiet torchao imports."""
-
-import os
+"""Suite-wide pytest set-up: CUDA gating for ``gpu_only`` and quiet torchao imports on CPU-only torch."""
 
 import pytest
 
-# torchao 0.18 tries to load its CUDA-only extensions (_C_mxfp8, _C_cutlass_90a) at import and
-# prints a failure for each on a CPU build of torch. Must be set before anything imports torchao.
-os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+from pytorch_scripts_common.torchao_env import configure_torchao_env
+
+# torchao 0.18 loads its CUDA extensions (_C_mxfp8, _C_cutlass_90a) at import and prints a failure
+# for each on a CPU build of torch: skipped there (only there), before anything imports torchao.
+configure_torchao_env()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

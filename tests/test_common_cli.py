@@ -10,7 +10,15 @@ import time
 
 import pytest
 
-from pytorch_scripts_common.cli import UsageError, check_arguments, parse_list, rename_flags
+from pytorch_scripts_common.cli import (
+    Terminated,
+    UsageError,
+    check_arguments,
+    parse_list,
+    rename_flags,
+    signals_deferred,
+)
+from tests.hostile_cli import default_sigint
 
 
 def entry(count: int = 1, scale: float = 1.0, name: str = "x", flag: bool = False, limit: int | None = None):
@@ -153,6 +161,7 @@ def test_sigterm_and_sigint_run_cleanup_and_exit_with_one_line(tmp_path, signum,
         [sys.executable, str(script), "--mode", "sleep", "--marker", str(marker)],
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 60
     while not marker.exists() and time.monotonic() < deadline:
@@ -175,6 +184,44 @@ def test_sigterm_and_sigint_run_cleanup_and_exit_with_one_line(tmp_path, signum,
 def test_unknown_words_are_refused_before_the_function_runs(tmp_path, args, line):
     # fire alone runs main() with the words it knows, then fails on the rest (exit 2 after the work).
     result = run_script(tmp_path, *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == line
+    assert "ran" not in result.stdout
+
+
+REQUIRED_SCRIPT = textwrap.dedent(
+    '''
+    from pytorch_scripts_common.cli import run
+
+    def main(source: str, target: str, *, level: int):
+        """Test entry.
+
+        Args:
+            source: an input.
+            target: an output.
+            level: a required flag.
+        """
+        print("ran", source, target, level)
+
+    if __name__ == "__main__":
+        run(main)
+    '''
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["a"], "error: missing argument --target: pass it in its place or as --target=..., see --help"),
+        ([], "error: missing argument --source: pass it in its place or as --source=..., see --help"),
+        (["a", "b"], "error: missing argument --level: pass --level=..., see --help"),
+    ],
+)
+def test_missing_required_arguments_are_one_line(tmp_path, args, line):
+    """fire alone prints "ERROR: The function received no value ..." above its usage block."""
+    script = tmp_path / "tool.py"
+    script.write_text(REQUIRED_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == line
     assert "ran" not in result.stdout
@@ -299,3 +346,33 @@ def test_aliases_in_a_subprocess(tmp_path, args, returncode, stdout, stderr):
     assert result.returncode == returncode, result.stderr
     assert result.stdout.strip() == stdout
     assert result.stderr.strip() == stderr
+
+
+@pytest.mark.parametrize(
+    ("signum", "exception"), [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)]
+)
+def test_signals_deferred_delivers_a_signal_at_the_end_of_the_block(signum, exception):
+    def raise_terminated(received, frame):
+        raise Terminated(received)
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    steps = []
+    try:
+        with pytest.raises(exception), signals_deferred():
+            os.kill(os.getpid(), signum)
+            time.sleep(0.05)  # the handler would have run by now
+            steps.append("block finished")
+        assert steps == ["block finished"]
+        assert signal.getsignal(signal.SIGTERM) is raise_terminated  # the handlers are back
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+
+
+def test_signals_deferred_without_a_signal_changes_nothing():
+    before = signal.getsignal(signal.SIGTERM)
+    with signals_deferred():
+        pass
+    assert signal.getsignal(signal.SIGTERM) is before

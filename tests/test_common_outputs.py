@@ -101,6 +101,22 @@ def test_unwritable_location_is_refused_before_any_work(tmp_path):
         locked.chmod(stat.S_IRWXU)
 
 
+def test_checking_creates_no_folders_and_publishing_creates_them(tmp_path):
+    """A run refused (or interrupted) after the check leaves no empty folders behind."""
+    for kind, staged in (("dir", staged_dir), ("file", staged_file)):
+        output = tmp_path / kind / "a" / "b" / "out"
+        check_output(output, overwrite=False, tool="t", kind=kind)
+        assert not (tmp_path / kind).exists()
+        with staged(output, **({"tool": "t"} if kind == "dir" else {})):
+            pass
+        assert output.exists()
+
+
+def test_unwritable_nearest_existing_folder_is_refused_below_missing_folders():
+    with pytest.raises(UsageError, match="cannot write to /proc/pytorch_scripts_a/b"):
+        check_output("/proc/pytorch_scripts_a/b/out", overwrite=False, tool="t")
+
+
 def test_unwritable_location_is_refused_for_root_too(tmp_path):
     # root ignores permission bits; a read-only bind is not available here, but /proc is never writable.
     with pytest.raises(UsageError, match="cannot write to"):

@@ -292,7 +292,9 @@ def _check_layer_count(config: dict[str, Any], config_path: str, num_tensors: in
 def load_bin(path: str) -> dict[str, torch.Tensor]:
     """A ``.bin`` state dict, unpickled with ``weights_only=True`` (torchao registers its tensor
     subclasses as safe globals): a pickle that would run code or build other objects is refused."""
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    from pytorch_scripts_common.torchao_env import configure_torchao_env
+
+    configure_torchao_env()
     import torchao  # noqa: F401 -- registers the tensor subclasses for weights_only loading
 
     try:

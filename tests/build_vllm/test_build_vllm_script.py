@@ -21,6 +21,7 @@ from tests.build_vllm.helpers import (
     snapshot,
     wait_for,
 )
+from tests.hostile_cli import default_sigint
 
 
 def test_shellcheck_clean():
@@ -76,6 +77,7 @@ def test_signal_mid_build_stops_every_build_process_then_restores(checkout, buil
         stderr=subprocess.PIPE,
         text=True,
         env=script_env(build_python, "hang"),
+        preexec_fn=default_sigint,
     )
     try:
         wait_for(checkout / "build_started", process)

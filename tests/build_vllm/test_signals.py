@@ -23,6 +23,7 @@ from tests.build_vllm.helpers import (
     snapshot,
     wait_for,
 )
+from tests.hostile_cli import default_sigint
 
 
 def start(repo, python, mode, tmp_path, **extra_env):
@@ -35,6 +36,7 @@ def start(repo, python, mode, tmp_path, **extra_env):
         text=True,
         env=script_env(python, mode, TMPDIR=str(tmpdir), **extra_env),
         start_new_session=True,  # its own process group, like a job in a terminal
+        preexec_fn=default_sigint,
     )
 
 

@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from graph_viz.benchmark import CHROMIUM, main
+from pytorch_scripts_common.cli import UsageError
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "graph_viz" / "fixtures"
 
@@ -16,14 +17,15 @@ FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "graph_viz" / "fixtures
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"layers": "3,x"}, "layers must be integers"),
-        ({"layers": (3, 0)}, "layers must be positive"),
-        ({"backend": "eager"}, "backend must be"),
-        ({"num_runs": 0}, "num_runs must be"),
+        ({"layers": "3,x"}, r"--layers is '3,x': pass comma-separated integers"),
+        ({"layers": (3, 0)}, r"--layers is \(3, 0\): pass positive layer counts"),
+        ({"layers": ""}, r"--layers is '': pass positive layer counts"),
+        ({"backend": "eager"}, r"--backend is 'eager': pass --backend=aot_eager or --backend=inductor"),
+        ({"num_runs": 0}, r"--num_runs is 0: pass an integer >= 1"),
     ],
 )
-def test_bad_arguments_are_value_errors(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_arguments_are_usage_errors(kwargs, message):
+    with pytest.raises(UsageError, match=message):
         main(**kwargs, browser=False)
 
 

@@ -44,13 +44,13 @@ def test_self_times_hand_worked():
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="mode='training'"):
+    with pytest.raises(ValueError, match="--mode is 'training': pass --mode=train or --mode=inference"):
         main(str(tmp_path), mode="training")
-    with pytest.raises(ValueError, match="hidden_dim=0"):
+    with pytest.raises(ValueError, match="--hidden_dim is 0: pass an integer >= 1"):
         main(str(tmp_path), hidden_dim=0)
-    with pytest.raises(ValueError, match="num_layers >= 2"):
+    with pytest.raises(ValueError, match="--num_layers is 1: pass --num_layers=2 or more"):
         main(str(tmp_path), num_layers=1, graph_break=True)
-    with pytest.raises(ValueError, match="activation='gelu' is not one of"):
+    with pytest.raises(ValueError, match="--activation is 'gelu': pass one of relu"):
         main(str(tmp_path), activation="gelu")
     (tmp_path / "trace.json").write_text("{}")
     with pytest.raises(ValueError, match="--overwrite"):

@@ -187,9 +187,6 @@ def test_mx_picks_emulated_kernel_when_the_real_one_fails_on_cpu() -> None:
 
 
 def test_weight_bytes_and_granularity_of_known_tensors() -> None:
-    import os
-
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
     from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig, quantize_
     from torchao.quantization.granularity import PerGroup, PerTensor
 
