@@ -32,7 +32,9 @@ class ModelConfig:
         for name in ("dim", "num_heads", "hidden_dim", "vocab_size", "num_layers", "batch_size", "seq_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise ValueError(
+                    f"{name} must be a positive int, got {value!r}: pass --{name}=<integer >= 1>"
+                )
         if self.dim % self.num_heads != 0:
             raise ValueError(
                 f"dim={self.dim} must be divisible by num_heads={self.num_heads} "

@@ -224,7 +224,10 @@ def fetch_debian_llvm(major: int) -> Path:
     is reused. Needs ``apt-get`` and ``dpkg-deb`` (Debian/Ubuntu) and a reachable Debian mirror.
     """
     if major < MIN_LLVM_MAJOR:
-        raise ValueError(f"fetch_debian={major}: Float8E8M0FNU needs LLVM >= {MIN_LLVM_MAJOR}")
+        raise ValueError(
+            f"fetch_debian={major}: Float8E8M0FNU needs LLVM >= {MIN_LLVM_MAJOR}: "
+            f"pass --fetch_debian={MIN_LLVM_MAJOR} or later"
+        )
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
             raise ValueError(

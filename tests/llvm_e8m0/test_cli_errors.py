@@ -16,7 +16,7 @@ from tests.module_cli import run_module
         (
             "llvm_e8m0.build",
             ["--fetch_debian", "19"],
-            "error: fetch_debian=19: Float8E8M0FNU needs LLVM >= 20",
+            "error: fetch_debian=19: Float8E8M0FNU needs LLVM >= 20: pass --fetch_debian=20 or later",
         ),
         (
             "llvm_e8m0.benchmark_throughput",
