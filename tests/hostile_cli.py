@@ -150,8 +150,8 @@ CASES: list[Case] = [
     # hf_torchao_vllm (argument checks only; the tools' own tests cover their inputs)
     case(
         CONVERT,
-        "--dir_source {missing} --dir_target {out}",
-        "source directory {missing} does not exist",
+        "--model {missing} --output_dir {out}",
+        "torchao checkpoint {missing} does not exist: pass a checkpoint directory",
         slow=True,
     ),
     case(

@@ -337,14 +337,22 @@ def test_custom_op_is_an_extern_fallback_call():
 def test_fixture_readme_commands_name_the_files_of_each_folder():
     """The `--only` list of each fixtures/README.md command is the folder's content."""
     readme = (FIXTURES / "README.md").read_text()
-    commands = [line.split() for line in readme.splitlines() if "graph_viz.make_sample_logs" in line]
+    commands = [
+        dict(
+            word.removeprefix("--").split("=", 1)
+            for word in line.split()
+            if word.startswith("--") and "=" in word
+        )
+        for line in readme.splitlines()
+        if "graph_viz.make_sample_logs" in line
+    ]  # the README writes every flag --flag=value
     checked = set()
-    for words in commands:
-        folder = words[words.index("--output_dir") + 1].removeprefix("graph_viz/fixtures/")
+    for flags in commands:
+        folder = flags["output_dir"].removeprefix("graph_viz/fixtures/")
         if not folder.startswith(("torch_2_13/", "torch_2_9/")):
             continue
-        suffix = "_trace" if words[words.index("--log_format") + 1] == "trace" else ".log"
-        names = {f"{name}{suffix}" for name in words[words.index("--only") + 1].split(",")}
+        suffix = "_trace" if flags["log_format"] == "trace" else ".log"
+        names = {f"{name}{suffix}" for name in flags["only"].split(",")}
         on_disk = {p.name for p in (FIXTURES / folder).iterdir() if p.name != ".pytorch_scripts_output"}
         assert names == on_disk, folder
         checked.add(folder)

@@ -146,7 +146,12 @@ def test_ci_subset_reproduces_the_committed_cells(committed, tmp_path):
     assert fresh["LlamaForCausalLM"]["cells"]["int8_dynamic_act_int8_weight/vllm_ct"]["status"] == "ok"
     assert fresh["Qwen2ForCausalLM"]["cells"]["int8_weight_only/vllm_torchao"]["status"] == "ok"
     assert "3D" in fresh["Qwen3MoeForCausalLM"]["cells"]["int8_weight_only/quantize"]["detail"]
-    assert fresh["MixtralForCausalLM"]["cells"]["int8_weight_only/convert"]["status"] == "ok"
+    assert fresh["Qwen3MoeForCausalLM"]["cells"]["int8_weight_only/convert"]["status"] == "ok"
+    # Open defect of ours (issue 15): transformers' save splits Mixtral's fused experts back into its
+    # checkpoint layout, and the torchao metadata keeps the fused in-memory names, so our reader refuses
+    # the checkpoint. This assertion fails once that is fixed: then require "ok" here.
+    mixtral_convert = fresh["MixtralForCausalLM"]["cells"]["int8_weight_only/convert"]
+    assert mixtral_convert["status"] == "refused" and "missing from the shards" in mixtral_convert["detail"]
     arcee = fresh["ArceeForCausalLM"]["cells"]
     assert arcee["vllm_bf16"]["status"] == "failed" and arcee["vllm_bf16"]["owner"] == "vLLM"
     assert arcee["int8_weight_only/vllm_torchao"]["status"] == "refused"
