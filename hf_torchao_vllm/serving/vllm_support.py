@@ -44,7 +44,7 @@ def _measured_failures() -> dict[tuple[str, str], str]:
     (``architectures.json``, committed next to ARCHITECTURES.md). Kinds: ``bf16``,
     ``torchao:<config class>``, ``compressed-tensors:<scheme labels>``. Failures of ours are not refusals
     (they are bugs to fix); an empty table when the file is absent."""
-    if not USE_MEASURED_FAILURES or not MATRIX_JSON.is_file():
+    if not MATRIX_JSON.is_file():
         return {}
     failures: dict[tuple[str, str], list[str]] = {}
     for row in json.loads(MATRIX_JSON.read_text()).get("rows", []):
@@ -59,6 +59,8 @@ def _measured_failures() -> dict[tuple[str, str], str]:
 
 def measured_failure(architecture: str, kind: str) -> str | None:
     """Why the conformance matrix saw vLLM fail on this architecture and kind of checkpoint, or None."""
+    if not USE_MEASURED_FAILURES:  # read on every call: the table itself is cached
+        return None
     reason = _measured_failures().get((architecture, kind))
     if reason is None:
         return None
