@@ -226,15 +226,13 @@ def main(
     configure_torchao_env()  # transformers may import torchao
     from pytorch_scripts_common import set_seed
 
-    targets = check_arguments(output_dir, models, vocab_size, num_threads, overwrite)
-    for name, value, minimum in (
-        ("num_steps_dense", num_steps_dense, 1), ("num_steps_moe", num_steps_moe, 1),
-        ("batch_size", batch_size, 1), ("seq_len", seq_len, 2),
-    ):  # fmt: skip
-        if value < minimum:
-            raise ValueError(f"--{name} is {value}: pass an integer >= {minimum}")
-    if not learning_rate > 0:
-        raise ValueError(f"--learning_rate is {learning_rate}: pass a positive number")
+    counts = {
+        "num_steps_dense": num_steps_dense,
+        "num_steps_moe": num_steps_moe,
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+    }
+    targets = check_arguments(output_dir, models, vocab_size, num_threads, counts, learning_rate, overwrite)
     torch.set_num_threads(num_threads)
     set_seed(seed)
     data = prepare_data(vocab_size)
@@ -258,7 +256,13 @@ def main(
 
 
 def check_arguments(
-    output_dir: str, models, vocab_size: int, num_threads: int, overwrite: bool
+    output_dir: str,
+    models,
+    vocab_size: int,
+    num_threads: int,
+    counts: dict[str, int],
+    learning_rate: float,
+    overwrite: bool,
 ) -> dict[str, Path]:
     """The output folder of each model kind to train, every mistake refused before any work."""
     from pytorch_scripts_common.cli import UsageError, parse_list
@@ -274,6 +278,12 @@ def check_arguments(
         raise UsageError(f"vocab_size={vocab_size} must be a multiple of 128: pass e.g. 4096")
     if num_threads < 1:
         raise UsageError(f"num_threads={num_threads} must be >= 1: pass e.g. 1")
+    for name, value in counts.items():
+        minimum = 2 if name == "seq_len" else 1
+        if value < minimum:
+            raise UsageError(f"--{name} is {value}: pass an integer >= {minimum}")
+    if not learning_rate > 0:
+        raise UsageError(f"--learning_rate is {learning_rate}: pass a positive number")
     return {
         kind: check_output(Path(output_dir) / kind, overwrite=overwrite, tool=TOOL, flag="output_dir")
         for kind in kinds
