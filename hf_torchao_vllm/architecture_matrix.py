@@ -235,15 +235,16 @@ def quantize_cell(recipe_name: str, model_dir: Path, out: Path):
 
 def convert_cell(source: Path, target: Path) -> Cell:
     from hf_torchao_vllm.conversion.convert import convert_checkpoint
+    from hf_torchao_vllm.conversion.schemes import NoEquivalentError
     from hf_torchao_vllm.conversion.validate import compare_in_transformers, validate_weights
 
     try:
         summary = convert_checkpoint(str(source), str(target))
-    except ValueError as error:
-        reason = one_line(error).removeprefix("ValueError: ")
-        return refused(reason, "ours" if "by this converter" in reason else "compressed-tensors")
     except Exception as error:  # noqa: BLE001
-        return failed(error)
+        if any(isinstance(e, NoEquivalentError) for e in (error, error.__cause__)):
+            return refused(one_line(error).removeprefix("ValueError: "), "compressed-tensors")
+        # Anything else, a ValueError about the input included, is ours: the input is our quantizer's.
+        return Cell("failed", one_line(error), "ours")
     try:
         report = validate_weights(str(source), str(target))
     except Exception as error:  # noqa: BLE001

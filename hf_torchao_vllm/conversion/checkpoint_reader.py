@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from hf_torchao_vllm.conversion.checkpoint_names import CheckpointNaming, ExpertSlice
+
 CONFIG_FILE = "config.json"
 INDEX_FILE = "model.safetensors.index.json"
 BIN_INDEX_FILE = "pytorch_model.bin.index.json"
@@ -71,9 +73,9 @@ class TorchaoCheckpoint:
     """A torchao checkpoint directory, read from its headers only (no tensor data loaded).
 
     ``shard_files``: safetensors shard file names in index order. ``stored_to_shard``: stored
-    tensor name -> shard file. ``params``: logical parameter name (``<module>.<param>``) -> its
-    metadata dict (``_type``, ``_data``, ``_tensor_data_names``); plain tensors have ``_type``
-    ``Tensor``. ``config``: the parsed config.json.
+    tensor name -> shard file. ``params``: logical parameter name as stored (``<module>.<param>``
+    of its stored components, see ``checkpoint_names``) -> its metadata dict (``_type``, ``_data``,
+    ``_tensor_data_names``); plain tensors have ``_type`` ``Tensor``. ``config``: the parsed config.json.
     """
 
     directory: str
@@ -82,6 +84,16 @@ class TorchaoCheckpoint:
     stored_to_shard: dict[str, str]
     params: dict[str, dict[str, Any]]
     is_sharded: bool
+    naming: CheckpointNaming
+    memory_names: dict[str, str]  # torchao parameter stored under another name -> its in-memory name
+
+    def memory_name(self, param: str) -> str:
+        """The name transformers gives ``param`` in memory (the torchao metadata's key)."""
+        return self.memory_names.get(param, param)
+
+    def expert_slices(self, param: str, shape: tuple[int, ...]) -> list[ExpertSlice] | None:
+        """The per-expert on-disk weights of fused 3D parameter ``param`` (see ``CheckpointNaming``)."""
+        return self.naming.expert_slices(self.memory_name(param), shape)
 
     @property
     def quantization_config(self) -> dict[str, Any]:
@@ -272,8 +284,14 @@ def open_torchao_checkpoint(directory: str) -> TorchaoCheckpoint:
             f"the safetensors files in {directory} carry no torchao metadata ('tensor_names'): "
             "pass a checkpoint saved by transformers with a TorchAoConfig"
         )
-    params = parse_torchao_metadata(metadata, list(stored_to_shard), directory)
-    return TorchaoCheckpoint(directory, config, shard_files, stored_to_shard, params, weight_map is not None)
+    naming = CheckpointNaming(directory)
+    memory_names: dict[str, str] = {}
+    params = parse_torchao_metadata(
+        metadata, list(stored_to_shard), directory, naming=naming, memory_names=memory_names
+    )
+    return TorchaoCheckpoint(
+        directory, config, shard_files, stored_to_shard, params, weight_map is not None, naming, memory_names
+    )
 
 
 def _check_layer_count(config: dict[str, Any], config_path: str, num_tensors: int) -> None:
@@ -381,13 +399,24 @@ def merge_torchao_metadata(per_shard: Iterable[dict[str, str]]) -> dict[str, str
 
 
 def parse_torchao_metadata(
-    metadata: dict[str, str], stored: list[str], where: str, problems: Problems = STRICT
+    metadata: dict[str, str],
+    stored: list[str],
+    where: str,
+    problems: Problems = STRICT,
+    naming: CheckpointNaming | None = None,
+    memory_names: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Logical parameters (``<module>.<param>`` -> torchao metadata dict) from the torchao metadata
     of a checkpoint (``tensor_names`` and one JSON entry per parameter) and its ``stored`` tensor
     names; stored tensors no torchao parameter claims are plain (``{"_type": "Tensor"}``).
     No ``tensor_names`` (not a torchao checkpoint): every stored tensor is plain. A malformed entry
-    is a problem (lenient: the parameter is left out)."""
+    is a problem (lenient: the parameter is left out).
+
+    The metadata names parameters as transformers does in memory; their components are stored
+    under that name or, when transformers renames the architecture's weights on save, under
+    ``naming``'s stored name (see ``checkpoint_names``). A parameter is keyed by the module its
+    components are stored under; ``memory_names`` (when given) receives stored key -> metadata key
+    for those that differ."""
 
     def bad(what: str) -> ValueError:
         return ValueError(
@@ -408,15 +437,18 @@ def parse_torchao_metadata(
             tensor_names = []
     for name in tensor_names:
         try:
-            meta = _torchao_entry(name, metadata, stored_set, bad)
+            entry = _torchao_entry(name, metadata, stored_set, bad, naming)
         except ValueError as e:
             problems.report(str(e))
             continue
-        if meta is None:
+        if entry is None:
             continue
-        module, _, leaf = name.rpartition(".")
+        key, meta = entry
+        module, _, leaf = key.rpartition(".")
         claimed.update(f"{module}._{leaf}_{p}" for p in meta["_tensor_data_names"])
-        params[name] = meta
+        params[key] = meta
+        if key != name and memory_names is not None:
+            memory_names[key] = name
     for name in stored:
         if name in params:
             described = params.pop(name)["_type"]
@@ -426,8 +458,11 @@ def parse_torchao_metadata(
     return params
 
 
-def _torchao_entry(name: str, metadata: dict[str, str], stored: set[str], bad: Any) -> dict[str, Any] | None:
-    """The checked metadata entry of torchao parameter ``name``; None for a plain tensor."""
+def _torchao_entry(
+    name: str, metadata: dict[str, str], stored: set[str], bad: Any, naming: CheckpointNaming | None
+) -> tuple[str, dict[str, Any]] | None:
+    """(stored parameter name, checked metadata entry) of torchao parameter ``name``; None for a
+    plain tensor."""
     raw = metadata.get(name)
     if raw is None:
         raise bad(f"no entry for tensor {name!r}")
@@ -447,10 +482,17 @@ def _torchao_entry(name: str, metadata: dict[str, str], stored: set[str], bad: A
     ):
         raise bad(f"the entry of {name!r} ({meta['_type']}) lacks '_data' / '_tensor_data_names'")
     module, _, leaf = name.rpartition(".")
-    for part in (f"{module}._{leaf}_{p}" for p in data_names):
-        if part not in stored:
-            raise bad(f"tensor {part!r} of {name!r} ({meta['_type']}) is missing from the shards")
-    return meta
+    parts = [f"{module}._{leaf}_{p}" for p in data_names]
+    if all(part in stored for part in parts):
+        return name, meta
+    if naming is not None:
+        renamed = [naming.stored_name(part) for part in parts]
+        stored_module = renamed[0].removesuffix(f"._{leaf}_{data_names[0]}")
+        one_module = renamed == [f"{stored_module}._{leaf}_{p}" for p in data_names]
+        if one_module and all(part in stored for part in renamed):
+            return f"{stored_module}.{leaf}", meta
+    missing = next(part for part in parts if part not in stored)
+    raise bad(f"tensor {missing!r} of {name!r} ({meta['_type']}) is missing from the shards")
 
 
 def _parse_metadata_json(raw: str, what: str, bad: Any) -> Any:

@@ -11,10 +11,11 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from hf_torchao_vllm.conversion import checkpoint_reader, safetensors_writer, schemes
+from hf_torchao_vllm.conversion.checkpoint_names import CheckpointNaming
 from pytorch_scripts_common.outputs import MARKER, check_output, staged_dir
 
 TOOL = "hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors"
@@ -94,17 +95,33 @@ def _release_freed_memory() -> None:
 
 
 def _ignore_list(ckpt: checkpoint_reader.TorchaoCheckpoint, quantized_modules: set[str]) -> list[str]:
-    """Linear modules left in high precision, found from the checkpoint (never per model)."""
+    """Linear modules left in high precision (stored names), found from the checkpoint (never per model)."""
+    naming = ckpt.naming
     plain_weights = {
         p.removesuffix(".weight")
         for p, m in ckpt.params.items()
         if m["_type"] == "Tensor" and p.endswith(".weight")
     }
-    linear = schemes.linear_module_names(ckpt.config)
-    if linear is not None:
-        # lm_head may be tied to the embedding and then has no tensor of its own; vLLM still has it.
-        return sorted((linear & plain_weights) | ({"lm_head"} & linear - quantized_modules))
-    return sorted(m for m in plain_weights if not re.search(r"(norm|embed)", m))
+    linear = naming.linear_modules()
+    if linear is None:
+        return sorted(m for m in plain_weights if not re.search(r"(norm|embed)", m))
+    ignored = {m for m in plain_weights if naming.memory_module(m) in linear}
+    # lm_head may be tied to the embedding and then has no tensor of its own; vLLM still has it.
+    if "lm_head" in linear and "lm_head" not in {naming.memory_module(m) for m in quantized_modules}:
+        ignored.add(naming.stored_name("lm_head.weight").removesuffix(".weight"))
+    return sorted(ignored)
+
+
+def _under_both_names(naming: CheckpointNaming, modules: Iterable[str]) -> dict[str, str]:
+    """Stored module name -> itself and, where transformers renames it, its in-memory name -> the
+    stored one: compressed-tensors matches targets and ignore against the loading model's module
+    names, which are the in-memory ones in transformers and the checkpoint's (through the model's
+    own mapper) in vLLM."""
+    out = {}
+    for module in modules:
+        out[module] = module
+        out.setdefault(naming.memory_module(module), module)
+    return out
 
 
 def convert_checkpoint(
@@ -132,7 +149,12 @@ def convert_checkpoint(
     with staged_dir(target, tool=TOOL) as staging:
         shards = _convert_shards(ckpt, str(staging))
         ignore = _ignore_list(ckpt, set(shards.module_schemes))
-        quant_config = schemes.build_quantization_config(shards.module_schemes, ignore, ct_version)
+        names = _under_both_names(ckpt.naming, [*shards.module_schemes, *ignore])
+        quant_config = schemes.build_quantization_config(
+            {alias: shards.module_schemes[m] for alias, m in names.items() if m in shards.module_schemes},
+            sorted(alias for alias, m in names.items() if m in ignore),
+            ct_version,
+        )
         _write_config_and_index(ckpt, str(staging), quant_config, shards)
         _copy_other_files(ckpt, str(staging))
         counts: dict[str, int] = {}
@@ -205,7 +227,9 @@ def _convert_shards(ckpt: checkpoint_reader.TorchaoCheckpoint, out_dir: str) -> 
                     _add_output(out, result.weight_map, param, parts["tensor"], shard_path)
                 else:
                     with checkpoint_reader.input_errors_of(shard_path, param, meta, parts):
-                        conversions = schemes.convert_parameter(param, meta, parts)
+                        shape = parts["qdata"].shape
+                        slices = ckpt.expert_slices(param, shape) if len(shape) == 3 else None
+                        conversions = schemes.convert_parameter(param, meta, parts, slices)
                     for conv in conversions:
                         result.module_schemes[conv.module] = conv.scheme
                         for leaf, tensor in conv.tensors.items():

@@ -32,12 +32,15 @@ on CPU against NaN from all-zero rows) has no compressed-tensors field; bounds u
 because vLLM floors the scale at least as high itself (see ``FP8_ACTIVATION_LB_MAX``), larger bounds
 and upper bounds are refused.
 
-MoE: transformers stores routed experts as fused 3D parameters (``mlp.experts.gate_up_proj``
-[E, 2I, H], ``mlp.experts.down_proj`` [E, H, I]). compressed-tensors schemes apply to 2D Linear
-weights, and both vLLM's ``RoutedExperts.load_weights`` and transformers' compressed-tensors
-loader (``DecompressExperts``) read quantized experts per expert, so quantized 3D experts are
-unfused into ``mlp.experts.<e>.gate_proj`` / ``up_proj`` / ``down_proj``. Unquantized fused
-experts keep their fused names (both loaders accept them).
+MoE: transformers holds routed experts as fused 3D parameters (``mlp.experts.gate_up_proj``
+[E, 2I, H], ``mlp.experts.down_proj`` [E, H, I]) and most architectures' checkpoints store them per
+expert, under names of their own (Qwen3-MoE ``mlp.experts.<e>.gate_proj.weight``, Mixtral
+``block_sparse_moe.experts.<e>.w1.weight``). compressed-tensors schemes apply to 2D Linear weights,
+and both vLLM's expert loaders and transformers' compressed-tensors loader read quantized experts
+per expert, so quantized 3D experts are unfused into the per-expert weights transformers itself
+would save (``checkpoint_names.CheckpointNaming.expert_slices``: names and the rows each holds).
+Architectures whose checkpoints keep experts fused (GraniteMoe's ``input_linear``, gpt-oss) have no
+per-expert names: their quantized 3D experts are refused. Unquantized experts are copied as stored.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hf_torchao_vllm.conversion.checkpoint_names import ExpertSlice
 from hf_torchao_vllm.conversion.safetensors_writer import active_repack_plan
 
 __all__ = [
@@ -126,8 +130,12 @@ class ModuleConversion:
     tensors: dict[str, torch.Tensor]
 
 
-def _unsupported(param: str, type_name: str, why: str) -> ValueError:
-    return ValueError(
+class NoEquivalentError(ValueError):
+    """A torchao tensor that compressed-tensors has no format for (a limitation, not a bad input)."""
+
+
+def _unsupported(param: str, type_name: str, why: str) -> NoEquivalentError:
+    return NoEquivalentError(
         f"tensor {param!r} is a torchao {type_name}, which has no compressed-tensors equivalent in this "
         f"converter: {why}. Supported: {_supported_help()}"
     )
@@ -420,34 +428,30 @@ _CONVERTERS = {
     "NVFP4Tensor": _nvfp4,
 }
 
-# Fused expert parameter -> the per-expert modules it holds, split along dim 1 (rows).
-_FUSED_EXPERTS = {"gate_up_proj": ("gate_proj", "up_proj")}
 
-
-def expert_modules(param: str, num_experts: int) -> list[tuple[str, int, slice]]:
-    """Per-expert (module name, expert index, row slice as a fraction) for a fused 3D parameter."""
-    parent, _, leaf = param.rpartition(".")
-    names = _FUSED_EXPERTS.get(leaf, (leaf,))
-    out = []
-    for e in range(num_experts):
-        for i, name in enumerate(names):
-            out.append((f"{parent}.{e}.{name}", e, (i, len(names))))
-    return out
-
-
-def _row_split(t: torch.Tensor, expert: int, part: tuple[int, int]) -> torch.Tensor:
-    """Rows ``part[0]`` of ``part[1]`` equal parts of expert ``expert`` of a 3D tensor."""
-    x = t[expert]
-    index, count = part
-    rows = x.shape[0] // count
-    return x[index * rows : (index + 1) * rows].contiguous()
+def _rows_of_part(t: torch.Tensor, piece: ExpertSlice, num_rows: int) -> torch.Tensor:
+    """The rows of one expert piece in a stored 3D part: ``qdata`` rows as they are, a part with
+    fewer rows (a scale per block of rows) scaled down, when the piece's rows fall on its blocks."""
+    x = t[piece.expert]
+    start, stop = piece.start * x.shape[0], piece.stop * x.shape[0]
+    if start % num_rows or stop % num_rows:
+        raise ValueError(
+            f"{piece.name}: rows {piece.start}:{piece.stop} of {num_rows} do not fall on the "
+            f"{num_rows // x.shape[0]}-row blocks of a part with {x.shape[0]} rows"
+        )
+    return x[start // num_rows : stop // num_rows].contiguous()
 
 
 def convert_parameter(
-    param: str, meta: dict[str, Any], parts: dict[str, torch.Tensor]
+    param: str,
+    meta: dict[str, Any],
+    parts: dict[str, torch.Tensor],
+    expert_slices: list[ExpertSlice] | None = None,
 ) -> list[ModuleConversion]:
     """compressed-tensors tensors for one quantized torchao parameter (unfused when it is 3D).
 
+    ``expert_slices``: for a fused 3D parameter, the per-expert weights transformers stores it as
+    (``TorchaoCheckpoint.expert_slices``); None when it stores the experts fused.
     ``parts`` is never modified (``ShardReader`` views are read-only memory maps).
     """
     type_name = meta["_type"]
@@ -468,29 +472,37 @@ def convert_parameter(
         raise ValueError(
             f"quantized tensor {param!r} has shape {tuple(qdata.shape)}; only 2D or 3D experts map"
         )
-    # 3D experts: split each stored part per expert (and gate/up halves), then convert each 2D piece.
-    num_experts = qdata.shape[0]
+    if expert_slices is None:
+        raise _unsupported(
+            param,
+            type_name,
+            "transformers stores this architecture's experts fused on disk, and compressed-tensors "
+            "schemes apply to per-expert Linear weights; keep the experts in bf16 (--skip=experts)",
+        )
+    # 3D experts: cut each stored part into the per-expert weights, then convert each 2D piece.
+    num_experts, num_rows = qdata.shape[0], qdata.shape[1]
     data = dict(meta["_data"])
     if "block_size" in data and isinstance(data["block_size"], list) and len(data["block_size"]) == 3:
         data["block_size"] = data["block_size"][1:]
     meta_2d = {**meta, "_data": data}
+    block = data.get("block_size")
+    pieces_per_expert = len(expert_slices) // num_experts
+    if isinstance(block, list) and block[0] == num_rows and pieces_per_expert > 1:
+        raise _unsupported(param, type_name, "a per-tensor scale shared by fused gate and up projections")
     conversions = []
-    for module, expert, part in expert_modules(param, num_experts):
+    for piece in expert_slices:
         parts_2d = {}
         for key, value in parts.items():
-            if value.ndim == 3 and value.shape[0] == num_experts:
-                parts_2d[key] = _row_split(value, expert, part)
-            else:
+            if value.ndim != 3 or value.shape[0] != num_experts:
                 raise ValueError(
                     f"{param!r}: part {key!r} of shape {tuple(value.shape)} cannot be split per expert"
                 )
+            parts_2d[key] = _rows_of_part(value, piece, num_rows)
         rows_2d = parts_2d["qdata"].shape[0]
-        block = data.get("block_size")
         if isinstance(block, list) and block[0] not in (1, rows_2d) and rows_2d % block[0]:
             raise ValueError(f"{param!r}: unfused rows {rows_2d} are not a multiple of block {block}")
-        if isinstance(block, list) and block[0] == qdata.shape[1] and part[1] > 1:
-            raise _unsupported(param, type_name, "a per-tensor scale shared by fused gate and up projections")
-        scheme, tensors = _CONVERTERS[type_name](module + ".weight", meta_2d, parts_2d)
+        module = piece.name.removesuffix(".weight")
+        scheme, tensors = _CONVERTERS[type_name](piece.name, meta_2d, parts_2d)
         conversions.append(ModuleConversion(module, scheme, tensors))
     return conversions
 
@@ -647,25 +659,3 @@ def build_quantization_config(
         "global_compression_ratio": None,
         "version": compressed_tensors_version,
     }
-
-
-def linear_module_names(config: dict[str, Any]) -> set[str] | None:
-    """Modules that multiply by a 2D ``weight`` (``nn.Linear``, MoE routers), from the model built
-    on the meta device; embeddings excluded. None if transformers cannot build the architecture."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    cfg_dict = {k: v for k, v in config.items() if k != "quantization_config"}
-    model_type = cfg_dict.pop("model_type", None)
-    try:
-        hf_config = AutoConfig.for_model(model_type, **cfg_dict)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(hf_config)
-    except Exception as e:  # an architecture transformers cannot build: fall back to name rules
-        print(f"note: cannot build {model_type!r} on the meta device ({e}); ignore list from tensor names")
-        return None
-    names = set()
-    for name, module in model.named_modules():
-        weight = module._parameters.get("weight")
-        if weight is not None and weight.ndim == 2 and not isinstance(module, torch.nn.Embedding):
-            names.add(name)
-    return names

@@ -94,27 +94,23 @@ def _source_dtype(ckpt: checkpoint_reader.TorchaoCheckpoint):
     return torch.bfloat16
 
 
-def reference_per_module(param: str, meta: dict[str, Any], parts: dict[str, Any]) -> dict[str, Any]:
+def reference_per_module(
+    ckpt: checkpoint_reader.TorchaoCheckpoint, param: str, meta: dict[str, Any], parts: dict[str, Any]
+) -> dict[str, Any]:
     """torchao's dequantized weight under each compressed-tensors module name.
 
-    Fused 3D experts are sliced here by hand, independently of the converter's unfusing code, so
-    that a converter that swapped gate and up (or experts) cannot agree with its own reference:
-    transformers stores ``experts.gate_up_proj`` as [E, 2I, H] with the gate rows first (its
-    ``_default_apply_gate`` chunks the product as ``gate, up``) and ``experts.down_proj`` as [E, H, I].
+    Fused 3D experts are dequantized whole and handed to transformers' own
+    ``revert_weight_conversion`` (the split ``save_pretrained`` performs on a bf16 model), not to the
+    converter's unfusing code, so a converter that swapped gate and up (or experts) cannot agree
+    with its reference.
     """
     dense = checkpoint_reader.torchao_dequantize(meta, parts)
     if dense.ndim == 2:
         return {param.removesuffix(".weight"): dense}
-    experts, _, leaf = param.rpartition(".")
-    out = {}
-    for expert in range(dense.shape[0]):
-        if leaf == "gate_up_proj":
-            rows = dense.shape[1] // 2
-            out[f"{experts}.{expert}.gate_proj"] = dense[expert, :rows]
-            out[f"{experts}.{expert}.up_proj"] = dense[expert, rows:]
-        else:
-            out[f"{experts}.{expert}.{leaf}"] = dense[expert]
-    return out
+    per_expert = ckpt.naming.revert({ckpt.memory_name(param): dense})
+    if any(value.ndim != 2 for value in per_expert.values()):
+        raise ValueError(f"transformers stores {param!r} fused: it has no per-expert reference")
+    return {name.removesuffix(".weight"): value for name, value in per_expert.items()}
 
 
 def with_mxfp4_global_scales(stored: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +166,7 @@ def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
                 expected[param] = ("Tensor", parts["tensor"])
             else:
                 with checkpoint_reader.input_errors_of(os.path.join(dir_source, shard), param, meta, parts):
-                    per_module = reference_per_module(param, meta, parts)
+                    per_module = reference_per_module(ckpt, param, meta, parts)
                 for module, dense in per_module.items():
                     expected[f"{module}.weight"] = (meta["_type"], dense)
         handles.clear()
@@ -220,34 +216,67 @@ def kl_and_top1(ref_logits, test_logits) -> tuple[float, float]:
 
 
 def dequantized_reference_model(dir_source: str):
-    """The source architecture in high precision with torchao's dequantized weights loaded."""
+    """The source architecture in high precision with torchao's dequantized weights loaded.
+
+    The weights are written under their stored names to a temporary plain checkpoint that
+    transformers loads, so it renames and fuses them as it does the source's own."""
+    import json
+    import tempfile
+
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
 
     ckpt = checkpoint_reader.open_torchao_checkpoint(dir_source)
-    cfg = {k: v for k, v in ckpt.config.items() if k != "quantization_config"}
-    model_type = cfg.pop("model_type")
-    hf_config = AutoConfig.for_model(model_type, **cfg)
-    model = AutoModelForCausalLM.from_config(hf_config, dtype=_source_dtype(ckpt))
     handles: dict[str, Any] = {}
-    state = {
-        p: checkpoint_reader.torchao_dequantize(m, checkpoint_reader.load_param_parts(ckpt, p, handles))
-        for p, m in ckpt.params.items()
-    }
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if getattr(hf_config, "tie_word_embeddings", False) else set()
-    if set(missing) - tied or unexpected:
-        raise ValueError(f"reference model does not match the checkpoint: {missing=} {unexpected=}")
-    if tied:
-        model.tie_weights()
+    state = {}
+    for param, meta in ckpt.params.items():
+        parts = checkpoint_reader.load_param_parts(ckpt, param, handles)
+        state[param] = checkpoint_reader.torchao_dequantize(meta, parts).clone()  # off the shard's map
+    handles.clear()
+    config = {k: v for k, v in ckpt.config.items() if k != "quantization_config"}
+    with tempfile.TemporaryDirectory() as plain:
+        save_file(state, os.path.join(plain, "model.safetensors"), metadata={"format": "pt"})
+        del state
+        with open(os.path.join(plain, checkpoint_reader.CONFIG_FILE), "w") as f:
+            json.dump(config, f)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            plain, dtype=_source_dtype(ckpt), output_loading_info=True
+        )
+    if info["missing_keys"] or info["unexpected_keys"]:
+        raise ValueError(
+            f"reference model does not match the checkpoint: missing {sorted(info['missing_keys'])[:5]}, "
+            f"unexpected {sorted(info['unexpected_keys'])[:5]}"
+        )
     return model.eval().to(torch.get_default_device())
+
+
+class IncompleteLoadError(ValueError):
+    """transformers loaded a checkpoint but left some of the model's weights out (or some of the
+    checkpoint's tensors unused): the checkpoint's names are not the ones transformers reads."""
+
+
+def load_every_weight(directory: str, **kwargs):
+    """``AutoModelForCausalLM.from_pretrained(directory)``, refusing a load that initialized any
+    weight at random or ignored any stored tensor (transformers only warns about both)."""
+    from transformers import AutoModelForCausalLM
+
+    model, info = AutoModelForCausalLM.from_pretrained(
+        directory, dtype="auto", output_loading_info=True, **kwargs
+    )
+    missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+    if missing or unexpected:
+        raise IncompleteLoadError(
+            f"transformers loads {directory} incompletely: {len(missing)} weight(s) missing "
+            f"(e.g. {missing[:3]}), {len(unexpected)} stored tensor(s) unused (e.g. {unexpected[:3]})"
+        )
+    return model
 
 
 def compare_in_transformers(dir_source: str, dir_target: str, seed: int = 0) -> tuple[float, float]:
     """KL and top-1 agreement of the converted checkpoint (transformers + compressed-tensors)
     against the torchao source (transformers + torchao) on fixed random token ids."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     from pytorch_scripts_common import set_seed
 
@@ -258,7 +287,9 @@ def compare_in_transformers(dir_source: str, dir_target: str, seed: int = 0) -> 
     # not implement; its eager per-expert loop slices them (as quantize_hf_model_with_torchao loads them).
     kwargs = {"experts_implementation": "eager"} if quantized_3d else {}
     try:
-        torchao_model = AutoModelForCausalLM.from_pretrained(dir_source, dtype="auto", **kwargs)
+        torchao_model = load_every_weight(dir_source, **kwargs)
+    except IncompleteLoadError:
+        raise
     except (RuntimeError, ValueError) as e:
         # e.g. torchao 0.18 cannot deserialize Float8Tensor with PerBlock activation kwargs.
         print(f"note: transformers cannot load the torchao checkpoint ({str(e).splitlines()[0][:200]});")
@@ -268,7 +299,7 @@ def compare_in_transformers(dir_source: str, dir_target: str, seed: int = 0) -> 
     token_ids = torch.randint(0, vocab, (2, 32))
     ref = next_token_logits(torchao_model, token_ids)
     del torchao_model
-    ct_model = AutoModelForCausalLM.from_pretrained(dir_target, dtype="auto")
+    ct_model = load_every_weight(dir_target)
     test = next_token_logits(ct_model, token_ids)
     return kl_and_top1(ref, test)
 

@@ -135,19 +135,11 @@ def _apply_overrides(
 
 
 def split_by_checkpoint_conversion(model_type: str, targets: list[recipes.QuantTarget]) -> list[str]:
-    """Selected Linear weights transformers splits out of a fused checkpoint tensor while loading (its
-    ``conversion_mapping`` ``Chunk``, e.g. HRM's ``attn.gqkv_proj`` -> q/k/v)."""
-    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
-    from transformers.core_model_loading import Chunk
+    """Selected Linear weights transformers splits out of a fused checkpoint tensor while loading."""
+    from hf_torchao_vllm.conversion.checkpoint_names import split_on_load
 
-    split = []
-    for converter in get_checkpoint_conversion_mapping(model_type) or []:
-        if not any(isinstance(op, Chunk) for op in getattr(converter, "operations", None) or []):
-            continue
-        patterns = converter.target_patterns
-        patterns = [patterns] if isinstance(patterns, str) else patterns
-        split += [t.name for t in targets if not t.is_3d and any(t.param_name.endswith(p) for p in patterns)]
-    return split
+    split = set(split_on_load(model_type, [t.param_name for t in targets if not t.is_3d]))
+    return [t.name for t in targets if t.param_name in split]
 
 
 def check_checkpoint_conversion(model_type: str, targets: list[recipes.QuantTarget]) -> None:

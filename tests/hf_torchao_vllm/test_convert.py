@@ -2,6 +2,7 @@
 precision on the MoE model, bit-exact validation by compressed-tensors' own decompression, the
 transformers load, hostile inputs, atomicity and the CLIs (subprocess smoke tests)."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -587,9 +588,21 @@ def test_every_scheme_label_has_a_preset():
 
 
 def test_validation_catches_swapped_gate_and_up(moe_dir, tmp_path, monkeypatch):
-    """The validator slices fused experts itself: a converter that swaps gate and up cannot pass."""
+    """The validator's per-expert reference is transformers' own split of the dequantized weight: a
+    converter that swaps gate and up cannot pass."""
     source = quantize_and_save(moe_dir, "fp8_weight_only", str(tmp_path / "torchao"), modules="experts_only")
-    monkeypatch.setitem(schemes._FUSED_EXPERTS, "gate_up_proj", ("up_proj", "gate_proj"))
+    original = checkpoint_reader.TorchaoCheckpoint.expert_slices
+
+    def gate_and_up_swapped(self, param, shape):
+        def swapped(name):
+            for a, b in ((".gate_proj.", ".up_proj."), (".up_proj.", ".gate_proj.")):
+                if a in name:
+                    return name.replace(a, b)
+            return name
+
+        return [dataclasses.replace(s, name=swapped(s.name)) for s in original(self, param, shape)]
+
+    monkeypatch.setattr(checkpoint_reader.TorchaoCheckpoint, "expert_slices", gate_and_up_swapped)
     convert_checkpoint(source, str(tmp_path / "ct"))
     report = validate_weights(source, str(tmp_path / "ct"))
     assert not report.ok
