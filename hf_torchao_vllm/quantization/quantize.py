@@ -286,11 +286,21 @@ def load_quantized_model(plan: Plan, device: torch.device | None = None):
     quantization_config = TorchAoConfig(fqn_config, modules_to_not_convert=[])
     bypass = device.type != "cuda" and any(recipes.resolve(r)[0].name == "fp8" for r in plan.variants)
     with recipes.maybe_bypass_fp8_hardware_check(bypass):
-        model = AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             plan.model_source,
             dtype=torch.bfloat16,
             quantization_config=quantization_config,
+            output_loading_info=True,
             **plan.load_kwargs,
+        )
+    if info["missing_keys"]:
+        # transformers only warns ("MISSING ... newly initialized"); the checkpoint would hold random
+        # weights. Seen with HRM: weights its checkpoint conversion chunks out of one stored tensor.
+        missing = sorted(info["missing_keys"])
+        raise ValueError(
+            f"transformers' quantize-on-load (TorchAoConfig) of {plan.model_source} leaves "
+            f"{len(missing)} weight(s) randomly initialized (e.g. {missing[0]}), although a plain load "
+            "reads them: this architecture cannot be quantized through transformers"
         )
     return model.to(device).eval()
 

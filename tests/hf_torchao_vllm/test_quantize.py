@@ -303,3 +303,20 @@ def test_output_may_not_be_the_model_or_around_it(tmp_path, where):
     with pytest.raises(ValueError, match="the input"):
         quantize_script.main(model=str(model), output_dir=str(output), overwrite=True, **FAST)
     assert sorted(p.name for p in model.iterdir()) == before
+
+
+def test_quantize_on_load_that_drops_weights_is_refused(tiny_dir, tmp_path):
+    """HRM's checkpoint stores q/k/v as one attn.gqkv_proj that transformers chunks while loading; its
+    quantize-on-load leaves those weights randomly initialized (a plain load reads them). Quantizing
+    only the other weights must refuse rather than write a checkpoint with random q/k/v."""
+    import torch
+
+    out = tmp_path / "out"
+    with pytest.raises(
+        ValueError, match=r"randomly initialized \(e\.g\. .*_proj\.weight\).*cannot be quantized"
+    ):
+        quantize.quantize_checkpoint(
+            tiny_dir("HrmTextForCausalLM"), "int8_weight_only", str(out), modules="all",
+            skip=[r"self_attn\.(gate|q|k|v)_proj$", r"mlp\.(gate|up)_proj$"], device=torch.device("cpu"),
+        )  # fmt: skip
+    assert not out.exists()
