@@ -147,11 +147,10 @@ def test_ci_subset_reproduces_the_committed_cells(committed, tmp_path):
     assert fresh["Qwen2ForCausalLM"]["cells"]["int8_weight_only/vllm_torchao"]["status"] == "ok"
     assert "3D" in fresh["Qwen3MoeForCausalLM"]["cells"]["int8_weight_only/quantize"]["detail"]
     assert fresh["Qwen3MoeForCausalLM"]["cells"]["int8_weight_only/convert"]["status"] == "ok"
-    # Open defect of ours (issue 15): transformers' save splits Mixtral's fused experts back into its
-    # checkpoint layout, and the torchao metadata keeps the fused in-memory names, so our reader refuses
-    # the checkpoint. This assertion fails once that is fixed: then require "ok" here.
+    # transformers stores Mixtral's quantized experts under block_sparse_moe while the torchao metadata
+    # names them mlp: the reader finds them and the converter writes per-expert w1 / w3 / w2.
     mixtral_convert = fresh["MixtralForCausalLM"]["cells"]["int8_weight_only/convert"]
-    assert mixtral_convert["status"] == "refused" and "is missing from" in mixtral_convert["detail"]
+    assert mixtral_convert["status"] == "ok" and "bit-exact; transformers KL" in mixtral_convert["detail"]
     arcee = fresh["ArceeForCausalLM"]["cells"]
     assert arcee["vllm_bf16"]["status"] == "failed" and arcee["vllm_bf16"]["owner"] == "vLLM"
     assert arcee["int8_weight_only/vllm_torchao"]["status"] == "refused"
