@@ -38,6 +38,8 @@ from typing import Any, NoReturn
 import msgspec
 import numpy as np
 
+from pytorch_scripts_common.cli import signals_deferred
+
 __all__ = [
     "CandidateBatch",
     "Edits",
@@ -566,13 +568,17 @@ def helper_process(enabled: bool = True) -> Iterator[multiprocessing.pool.Pool |
     if not enabled:
         yield None
         return
-    pool = multiprocessing.get_context("fork").Pool(1, initializer=_quiet_helper)
+    pool = None
     try:
+        # A signal while the pool starts is delivered once it exists, so that it is ended below.
+        with signals_deferred():
+            pool = multiprocessing.get_context("fork").Pool(1, initializer=_quiet_helper)
         yield pool
         pool.close()
     finally:
-        pool.terminate()
-        pool.join()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
 
 
 def _quiet_helper() -> None:

@@ -306,3 +306,25 @@ def test_write_spliced_after_short_writes_or_without_pwritev(tmp_path, monkeypat
         expected += [data[copied:at], text]
         copied = at
     assert target.read_bytes() == b"".join(expected) + data[copied:]
+
+
+def test_a_signal_while_the_helper_starts_ends_the_helper(monkeypatch):
+    """Ctrl-C while the helper pool is starting is delivered once the pool exists, and the pool is
+    ended: no helper process outlives the interrupted command."""
+    import multiprocessing
+    import signal
+
+    context = multiprocessing.get_context("fork")
+    started = []
+
+    def interrupted_while_starting(*args, **kwargs):
+        pool = type(context).Pool(context, *args, **kwargs)
+        started.append(pool)
+        signal.raise_signal(signal.SIGINT)  # the workers run, and Pool() has not returned yet
+        return pool
+
+    monkeypatch.setattr(context, "Pool", interrupted_while_starting)
+    with pytest.raises(KeyboardInterrupt), helper_process():
+        pytest.fail("the interrupt must arrive before the body runs")
+    (pool,) = started
+    assert pool._pool and not any(worker.is_alive() for worker in pool._pool)
