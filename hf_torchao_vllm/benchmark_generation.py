@@ -64,10 +64,17 @@ def time_generation(model, prompt_ids, new_tokens: int, mode: str, num_warmup: i
 
         return benchmark(call, num_warmup=num_warmup, num_runs=num_runs).median_s
 
+    from pytorch_scripts_common.cli import UsageError
+
     prefill_s = run(1)
     total_s = run(new_tokens)
-    decode_s_per_token = max(total_s - prefill_s, 1e-9) / (new_tokens - 1)
-    return prefill_s, decode_s_per_token
+    if total_s <= prefill_s:
+        raise UsageError(
+            f"generating {new_tokens} tokens took no longer than generating 1 ({total_s:.3g} s vs "
+            f"{prefill_s:.3g} s, medians of {num_runs}): the decode time is below the timing noise; "
+            "pass a larger --new_tokens or --num_runs"
+        )
+    return prefill_s, (total_s - prefill_s) / (new_tokens - 1)
 
 
 def main(

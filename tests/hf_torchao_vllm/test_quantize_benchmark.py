@@ -41,3 +41,20 @@ def test_benchmark_bad_arguments(kwargs, message):
         pytest.skip("nvfp4 is refused on CPU only")
     with pytest.raises(ValueError, match=message):
         benchmark_generation.main(**kwargs)
+
+
+def test_decode_time_below_the_noise_is_an_error_not_a_huge_speed(monkeypatch):
+    """The decode time is the difference of two medians; when noise makes it zero or negative the
+    benchmark says so instead of printing billions of tokens per second."""
+    import pytorch_scripts_common
+    from pytorch_scripts_common.cli import UsageError
+
+    medians = iter([0.050, 0.049])  # generate(1 token), then generate(new_tokens): noise won
+
+    class Result:
+        def __init__(self):
+            self.median_s = next(medians)
+
+    monkeypatch.setattr(pytorch_scripts_common, "benchmark", lambda call, num_warmup, num_runs: Result())
+    with pytest.raises(UsageError, match=r"below the timing noise.*--new_tokens"):
+        benchmark_generation.time_generation(None, None, new_tokens=4, mode="eager", num_warmup=0, num_runs=1)
