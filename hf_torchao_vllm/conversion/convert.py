@@ -35,6 +35,7 @@ class ConversionSummary:
     peak_rss_bytes: int
     modules_per_scheme: dict[str, int]
     ignore: list[str]
+    notes: list[str] = dataclasses.field(default_factory=list)  # see schemes.conversion_notes
 
     @property
     def peak_rss_delta_bytes(self) -> int:
@@ -171,6 +172,7 @@ def convert_checkpoint(
             peak_rss_bytes=shards.peak_rss_bytes,
             modules_per_scheme=counts,
             ignore=ignore,
+            notes=schemes.conversion_notes(ckpt.params),
         )
         if report is not None:
             report(summary)
@@ -316,3 +318,5 @@ def print_summary(summary: ConversionSummary) -> None:
         f"{summary.peak_rss_delta_bytes / mb:.1f} MB "
         f"(largest shard {summary.largest_shard_bytes / mb:.1f} MB)"
     )
+    for note in summary.notes:
+        console.print(f"note: {note}", markup=False)

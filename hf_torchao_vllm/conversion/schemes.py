@@ -386,9 +386,8 @@ MX_BLOCK = 32
 def _mx(param: str, meta: dict[str, Any], parts: dict[str, torch.Tensor]) -> tuple[CtScheme, dict]:
     """torchao ``MXTensor`` -> compressed-tensors MXFP8 / MXFP4: the same element bytes (fp4 packed two
     per byte, low nibble first, as NVFP4) and the e8m0 block scales as their uint8 biased exponents,
-    un-swizzled with torchao's ``from_blocked``. Dynamic MX activations keep their args; torchao rounds
-    their scales up (RCEIL) where compressed-tensors' fake quantization takes floor(log2), so activation
-    scales can differ by one power of two (transformers KL, measured in ARCHITECTURES.md)."""
+    un-swizzled with torchao's ``from_blocked``. Dynamic MX activations keep their args, which cannot
+    say how scales round: see ``MX_ACTIVATION_ROUNDING``."""
     from torchao.prototype.mx_formats.utils import from_blocked
 
     data = meta["_data"]
@@ -418,6 +417,32 @@ def _mx(param: str, meta: dict[str, Any], parts: dict[str, torch.Tensor]) -> tup
         }
     tensors = {"weight_packed": qdata.contiguous().view(torch.uint8), "weight_scale": scale}
     return CtScheme(label, "mxfp4-pack-quantized", weights, input_args), tensors
+
+
+# compressed-tensors 0.17 rounds a dynamic MX activation scale EVEN (amax to the nearest power of two
+# at the FP4 mantissa, then floor: utils/mxfp_utils.py generate_mx_scales) and QuantizationArgs has no
+# field for another rule; torchao's MX configs default to RCEIL (ceil(log2(amax / 6))). The two differ
+# by 2x in blocks whose amax mantissa lies in (1.5, 1.75): 14-23% of activation blocks on the embedded
+# and tiny test models. With EVEN on both sides the KL is 0.
+MX_ACTIVATION_ROUNDING = (
+    "torchao rounds this checkpoint's MX activation scales {mode} and compressed-tensors always EVEN, so "
+    "converted activations differ by 2x in some blocks (weights are exact)"
+)
+
+
+def conversion_notes(params: dict[str, dict[str, Any]]) -> list[str]:
+    """What the converted checkpoint cannot carry over exactly (said before converting)."""
+    modes = set()
+    for meta in params.values():
+        if meta["_type"] != "MXTensor":
+            continue
+        act = meta["_data"].get("act_quant_kwargs")
+        act_data = act.get("_data") if isinstance(act, dict) else None
+        scaling = act_data.get("scaling_mode") if isinstance(act_data, dict) else None
+        mode = scaling.get("_data") if isinstance(scaling, dict) else None
+        if isinstance(mode, str) and mode != "EVEN":
+            modes.add(mode)
+    return [MX_ACTIVATION_ROUNDING.format(mode=mode) for mode in sorted(modes)]
 
 
 _CONVERTERS = {

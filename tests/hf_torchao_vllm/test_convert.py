@@ -827,3 +827,20 @@ def test_validator_tolerance_comes_from_the_registry_and_only_nvfp4_has_one():
     assert _tolerance_problem("NVFP4Tensor", ref, one_ulp) is None
     assert "not bit-exact" in _tolerance_problem("Int8Tensor", ref, one_ulp)
     assert "NVFP4Tensor max relative diff" in _tolerance_problem("NVFP4Tensor", ref, ref * 1.1)
+
+
+def test_mx_activation_rounding_is_noted_before_converting():
+    """torchao's RCEIL activation scales have no compressed-tensors field: the converter says so;
+    EVEN, weight-only MX and other types need no note, and malformed entries do not crash it."""
+
+    def mx(act):
+        return {"_type": "MXTensor", "_data": {"act_quant_kwargs": act}}
+
+    def act(mode):
+        return {"_type": "QuantizeTensorToMXKwargs", "_data": {"scaling_mode": {"_data": mode}}}
+
+    notes = schemes.conversion_notes({"a.weight": mx(act("RCEIL")), "b.weight": mx(act("RCEIL"))})
+    assert len(notes) == 1 and "RCEIL" in notes[0] and "EVEN" in notes[0]
+    assert schemes.conversion_notes({"a.weight": mx(act("EVEN")), "b.weight": mx(None)}) == []
+    assert schemes.conversion_notes({"a.weight": {"_type": "Int8Tensor", "_data": {}}}) == []
+    assert schemes.conversion_notes({"a.weight": mx([1]), "b.weight": mx({"_data": "x"})}) == []
