@@ -844,3 +844,31 @@ def test_mx_activation_rounding_is_noted_before_converting():
     assert schemes.conversion_notes({"a.weight": mx(act("EVEN")), "b.weight": mx(None)}) == []
     assert schemes.conversion_notes({"a.weight": {"_type": "Int8Tensor", "_data": {}}}) == []
     assert schemes.conversion_notes({"a.weight": mx([1]), "b.weight": mx({"_data": "x"})}) == []
+
+
+def test_moe_with_experts_kept_bf16_is_validated_without_a_transformers_kl(moe_dir, tmp_path, capsys):
+    """transformers' compressed-tensors loader reads MoE experts only as quantized tensors: with the
+    experts kept bf16 it would leave the fused experts randomly initialized. The weights are still
+    compared bit-exactly, the KL is reported as not measured and the checkpoint passes; any other
+    incomplete load is an error."""
+    from hf_torchao_vllm.conversion.validate import ExpertsNotLoadableError, load_every_weight, run_validation
+
+    source = quantize_and_save(moe_dir, "int4_weight_only", str(tmp_path / "torchao"), skip=["experts"])
+    target = str(tmp_path / "ct")
+    convert_checkpoint(source, target)
+    expected = r"only as quantized tensors.*mlp\.experts\.0\.gate_proj"
+    with pytest.raises(ExpertsNotLoadableError, match=expected):
+        load_every_weight(target)
+    report = run_validation(source, target)
+    assert report.ok and report.kl is None and report.num_exact == report.num_compared
+    assert "transformers: KL not measured" in capsys.readouterr().out
+
+
+def test_incomplete_loads_other_than_bf16_experts_are_errors():
+    from hf_torchao_vllm.conversion import validate
+
+    experts = ["model.layers.0.mlp.experts.gate_up_proj"], ["model.layers.0.mlp.experts.0.gate_proj.weight"]
+    assert validate._only_unquantized_experts(*experts)
+    assert not validate._only_unquantized_experts(["model.layers.0.self_attn.o_proj.weight"], experts[1])
+    assert not validate._only_unquantized_experts(experts[0], ["model.layers.0.attn.o_proj.weight_scale"])
+    assert not validate._only_unquantized_experts([], experts[1])
