@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 import sys
 from typing import Any
 
@@ -258,17 +257,21 @@ class IncompleteLoadError(ValueError):
 
 
 class ExpertsNotLoadableError(IncompleteLoadError):
-    """transformers' compressed-tensors loader rewrites every MoE expert converter to read quantized
-    per-expert tensors (``update_weight_conversions`` / ``DecompressExperts``), so experts a
-    compressed-tensors checkpoint keeps in high precision (stored per expert, as transformers saves
-    them) are left out: a transformers limitation, not a wrong checkpoint."""
+    """transformers' compressed-tensors loader expects MoE experts quantized: it rewrites every expert
+    converter to read packed per-expert tensors (``update_weight_conversions`` /
+    ``DecompressExperts``), and builds Llama-4's experts as per-expert Linears. Experts a
+    compressed-tensors checkpoint keeps in high precision, as transformers stores them (per expert,
+    or fused for Llama-4), are then left out: a transformers limitation, not a wrong checkpoint."""
+
+
+_QUANTIZED_SUFFIXES = ("_packed", "_scale", "_shape", "_zero_point", "_global_scale")
 
 
 def _only_unquantized_experts(missing: list[str], unexpected: list[str]) -> bool:
     return (
         bool(missing and unexpected)
-        and all(".experts." in name and not name.endswith(".weight") for name in missing)
-        and all(re.search(r"\.experts\.\d+\.[^.]+\.weight$", name) for name in unexpected)
+        and all(".experts." in name for name in missing + unexpected)
+        and not any(name.endswith(_QUANTIZED_SUFFIXES) for name in unexpected)
     )
 
 

@@ -871,4 +871,13 @@ def test_incomplete_loads_other_than_bf16_experts_are_errors():
     assert validate._only_unquantized_experts(*experts)
     assert not validate._only_unquantized_experts(["model.layers.0.self_attn.o_proj.weight"], experts[1])
     assert not validate._only_unquantized_experts(experts[0], ["model.layers.0.attn.o_proj.weight_scale"])
+    assert not validate._only_unquantized_experts(
+        experts[0], ["model.layers.0.mlp.experts.0.w1.weight_scale"]
+    )
     assert not validate._only_unquantized_experts([], experts[1])
+    # Llama-4: transformers' compressed-tensors path builds per-expert Linears; bf16 experts stay fused
+    llama4 = (
+        ["model.layers.0.feed_forward.experts.0.down_proj.weight"],
+        ["model.layers.0.feed_forward.experts.down_proj"],
+    )
+    assert validate._only_unquantized_experts(*llama4)
