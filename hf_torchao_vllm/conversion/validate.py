@@ -128,6 +128,28 @@ def with_mxfp4_global_scales(stored: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _redo_in_reference_dtype(
+    got: dict[str, Any],
+    expected: dict[str, tuple[str, Any]],
+    stored: dict[str, Any],
+    directory: str,
+    dequantizers: dict[Any, Any],
+) -> None:
+    """compressed-tensors decompresses a shard to one dtype; a weight torchao holds in another (HYV4
+    keeps its indexer's ``weights_proj`` in float32) is decompressed again in that dtype."""
+    from compressed_tensors.entrypoints.convert.converters.ct_dequantizer import CompressedTensorsDequantizer
+
+    wanted: dict[Any, list[str]] = {}
+    for name, (type_name, ref) in expected.items():
+        if type_name != "Tensor" and name in got and got[name].dtype != ref.dtype:
+            wanted.setdefault(ref.dtype, []).append(name)
+    for dtype, names in wanted.items():
+        if dtype not in dequantizers:
+            dequantizers[dtype] = CompressedTensorsDequantizer(directory, dtype=dtype)
+        again = dequantizers[dtype].process(with_mxfp4_global_scales(stored))
+        got.update({name: again[name] for name in names})
+
+
 def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
     """Compare compressed-tensors' decompression of every target shard with torchao's dequantization."""
     import torch
@@ -138,6 +160,7 @@ def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
     ckpt = checkpoint_reader.open_torchao_checkpoint(dir_source)
     check_compressed_tensors_config(dir_target)
     dequantizer = CompressedTensorsDequantizer(dir_target, dtype=_source_dtype(ckpt))
+    dequantizers = {dequantizer.dtype: dequantizer}
     target_shards, _ = checkpoint_reader.read_shard_index(dir_target)
     if sorted(target_shards) != sorted(ckpt.shard_files):
         return ValidationReport(0, 0, [Mismatch("<shards>", f"{target_shards} != {ckpt.shard_files}")], {})
@@ -156,7 +179,6 @@ def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
                 f"{target_path}: compressed-tensors cannot decompress it ({type(e).__name__}: {e}): "
                 "its tensors do not match the quantization_config of its config.json; convert again"
             ) from e
-        del stored
         handles: dict[str, Any] = {}
         expected: dict[str, tuple[str, torch.Tensor]] = {}
         for param in ckpt.params_in_shard(shard):
@@ -170,6 +192,8 @@ def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
                 for module, dense in per_module.items():
                     expected[f"{module}.weight"] = (meta["_type"], dense)
         handles.clear()
+        _redo_in_reference_dtype(got, expected, stored, dir_target, dequantizers)
+        del stored
         for name in sorted(set(expected) - set(got)):
             mismatches.append(Mismatch(name, "missing from the decompressed checkpoint"))
         for name in sorted(set(got) - set(expected)):

@@ -881,3 +881,24 @@ def test_incomplete_loads_other_than_bf16_experts_are_errors():
         ["model.layers.0.feed_forward.experts.down_proj"],
     )
     assert validate._only_unquantized_experts(*llama4)
+
+
+def test_a_weight_torchao_holds_in_float32_is_validated_in_float32(int8_source, tmp_path):
+    """compressed-tensors decompresses a shard to one dtype; a quantized weight torchao holds in
+    float32 (HYV4 keeps its indexer's weights_proj in float32) is compared in float32, bit-exactly."""
+    from safetensors.torch import save_file
+
+    source = tmp_path / "fp32_weight"
+    copy_dir(int8_source, str(source))
+    path = source / "model.safetensors"
+    with safe_open(str(path), "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    name = "model.layers.0.self_attn.q_proj.weight"
+    entry = json.loads(metadata[name])
+    entry["_data"]["dtype"]["_data"] = "float32"
+    metadata[name] = json.dumps(entry)
+    save_file(tensors, str(path), metadata=metadata)
+    convert_checkpoint(str(source), str(tmp_path / "ct"))
+    report = validate_weights(str(source), str(tmp_path / "ct"))
+    assert report.ok, report.mismatches
+    assert report.num_exact == report.num_compared
