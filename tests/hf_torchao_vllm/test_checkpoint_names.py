@@ -124,3 +124,13 @@ def test_renamed_moe_checkpoint_converts_to_the_stored_layout(mixtral_torchao, t
     assert not any(".experts.0.gate_proj" in n for n in names)
     assert validate_weights(str(mixtral_torchao), str(target)).ok
     load_every_weight(str(target))
+
+
+def test_inspect_reads_a_renamed_checkpoint_without_warnings(mixtral_torchao):
+    from hf_torchao_vllm.conversion.checkpoint_summary import inspect_checkpoint
+
+    summary = inspect_checkpoint(mixtral_torchao, strict=True)
+    experts = {w.name: w for w in summary.weights if "block_sparse_moe.experts" in w.name}
+    fused = experts["model.layers.0.block_sparse_moe.experts.gate_up_proj"]
+    assert fused.stored_type.startswith("Int8Tensor")
+    assert summary.warnings == []
