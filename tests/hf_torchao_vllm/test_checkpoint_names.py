@@ -134,3 +134,19 @@ def test_inspect_reads_a_renamed_checkpoint_without_warnings(mixtral_torchao):
     fused = experts["model.layers.0.block_sparse_moe.experts.gate_up_proj"]
     assert fused.stored_type.startswith("Int8Tensor")
     assert summary.warnings == []
+
+
+def test_two_parameters_stored_under_one_name_are_a_problem():
+    """A hostile header naming a parameter both in memory and as stored: reported, not overwritten."""
+    import json as json_
+
+    class Renaming:
+        def stored_name(self, name):
+            return name.replace(".mlp.", ".block_sparse_moe.")
+
+    entry = json_.dumps({"_type": "Int8Tensor", "_data": {}, "_tensor_data_names": ["qdata", "scale"]})
+    names = ["m.0.mlp.experts.gate_up_proj", "m.0.block_sparse_moe.experts.gate_up_proj"]
+    metadata = {"tensor_names": json_.dumps(names)} | dict.fromkeys(names, entry)
+    stored = [f"m.0.block_sparse_moe.experts._gate_up_proj_{p}" for p in ("qdata", "scale")]
+    with pytest.raises(ValueError, match=r"are stored under one name"):
+        checkpoint_reader.parse_torchao_metadata(metadata, stored, "ckpt", naming=Renaming(), memory_names={})
