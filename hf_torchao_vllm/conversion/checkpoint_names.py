@@ -60,9 +60,10 @@ class CheckpointNaming:
                 if model_class is not None:
                     return model_class(hf_config)
                 return AutoModelForCausalLM.from_config(hf_config)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError):
-            # transformers does not know this model (or its config): it had no mapping to save with.
-            # Any other error is a bug and propagates.
+        except Exception:  # noqa: BLE001
+            # transformers cannot build this model from its config (unknown type, a field it rejects:
+            # it raises many kinds): then it had no mapping to save with either. Only transformers
+            # runs inside this block.
             return None
 
     @functools.cached_property

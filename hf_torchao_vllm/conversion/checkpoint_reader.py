@@ -444,6 +444,10 @@ def parse_torchao_metadata(
         if entry is None:
             continue
         key, meta = entry
+        if key in params:
+            other = memory_names.get(key, key) if memory_names is not None else key
+            problems.report(str(bad(f"{name!r} and {other!r} are stored under one name, {key!r}")))
+            continue
         module, _, leaf = key.rpartition(".")
         claimed.update(f"{module}._{leaf}_{p}" for p in meta["_tensor_data_names"])
         params[key] = meta

@@ -9,6 +9,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from hf_torchao_vllm.conversion.checkpoint_names import CheckpointNaming
 from hf_torchao_vllm.conversion.checkpoint_reader import (
     CONFIG_FILE,
     SAFETENSORS_DTYPES,
@@ -154,8 +155,9 @@ def inspect_checkpoint(checkpoint_dir: str | Path, strict: bool = False) -> Chec
         file_entries, metadata = _read_weight_file(path, problems)
         tensors.extend(file_entries)
         file_metadata.append(metadata)
+    naming = CheckpointNaming(str(directory)) if (directory / CONFIG_FILE).is_file() else None
     params = parse_torchao_metadata(
-        merge_torchao_metadata(file_metadata), [t.name for t in tensors], str(directory), problems
+        merge_torchao_metadata(file_metadata), [t.name for t in tensors], str(directory), problems, naming
     )
     torchao_types = {name: meta["_type"] for name, meta in params.items() if meta["_type"] != "Tensor"}
     grouped: dict[str, list[StoredTensor]] = {}

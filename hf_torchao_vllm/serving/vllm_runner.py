@@ -60,9 +60,11 @@ def torchao_quantized_params(model_path: str, config: dict[str, Any]) -> set[str
     return {name for name, meta in checkpoint.params.items() if meta["_type"] != "Tensor"}
 
 
-def check_servable(model_path: str, config: dict[str, Any], device) -> None:
-    """A one-line ``ValueError`` before vLLM starts when it cannot serve this checkpoint here."""
-    problem = vllm_support.checkpoint_problem(config, torchao_quantized_params(model_path, config), device)
+def check_servable(model_path: str, config: dict[str, Any], device, measured: bool = True) -> None:
+    """A one-line ``ValueError`` before vLLM starts when it cannot serve this checkpoint here
+    (``measured``: also when the conformance matrix saw vLLM fail on it)."""
+    quantized = torchao_quantized_params(model_path, config)
+    problem = vllm_support.checkpoint_problem(config, quantized, device, measured=measured)
     if problem is not None:
         raise ValueError(f"vLLM cannot serve {model_path}: {problem}")
 
@@ -134,13 +136,17 @@ def run_in_vllm(
     compare_with_transformers: bool = False,
     seed: int = 0,
     max_model_len: int = 512,
+    refuse_measured_failures: bool = True,
 ) -> VllmRunResult:
-    """Start one vLLM engine on ``model_path``, generate greedily, optionally compare with transformers."""
+    """Start one vLLM engine on ``model_path``, generate greedily, optionally compare with transformers.
+
+    ``refuse_measured_failures=False`` runs vLLM even where the conformance matrix saw it fail (the
+    matrix itself measures rather than trusting its previous run)."""
     from pytorch_scripts_common import get_device, set_seed
 
     config = read_config(model_path)
     device = get_device()
-    check_servable(model_path, config, device)
+    check_servable(model_path, config, device, measured=refuse_measured_failures)
     max_model_len = min(max_model_len, int(config.get("max_position_embeddings") or max_model_len))
     set_seed(seed)
     text_prompts = list(prompts or DEFAULT_PROMPTS)

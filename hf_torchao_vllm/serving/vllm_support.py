@@ -34,8 +34,6 @@ TORCHAO_CONFIGS_NOT_SERVED_ON_CPU: dict[str, str] = {
 }
 
 MATRIX_JSON = Path(__file__).resolve().parents[1] / "architectures.json"  # at the hf_torchao_vllm root
-# False while the conformance matrix measures: it must run vLLM, not refuse from its own earlier results.
-USE_MEASURED_FAILURES = True
 
 
 @functools.cache
@@ -59,8 +57,6 @@ def _measured_failures() -> dict[tuple[str, str], str]:
 
 def measured_failure(architecture: str, kind: str) -> str | None:
     """Why the conformance matrix saw vLLM fail on this architecture and kind of checkpoint, or None."""
-    if not USE_MEASURED_FAILURES:  # read on every call: the table itself is cached
-        return None
     reason = _measured_failures().get((architecture, kind))
     if reason is None:
         return None

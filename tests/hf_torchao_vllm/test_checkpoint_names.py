@@ -124,3 +124,29 @@ def test_renamed_moe_checkpoint_converts_to_the_stored_layout(mixtral_torchao, t
     assert not any(".experts.0.gate_proj" in n for n in names)
     assert validate_weights(str(mixtral_torchao), str(target)).ok
     load_every_weight(str(target))
+
+
+def test_inspect_reads_a_renamed_checkpoint_without_warnings(mixtral_torchao):
+    from hf_torchao_vllm.conversion.checkpoint_summary import inspect_checkpoint
+
+    summary = inspect_checkpoint(mixtral_torchao, strict=True)
+    experts = {w.name: w for w in summary.weights if "block_sparse_moe.experts" in w.name}
+    fused = experts["model.layers.0.block_sparse_moe.experts.gate_up_proj"]
+    assert fused.stored_type.startswith("Int8Tensor")
+    assert summary.warnings == []
+
+
+def test_two_parameters_stored_under_one_name_are_a_problem():
+    """A hostile header naming a parameter both in memory and as stored: reported, not overwritten."""
+    import json as json_
+
+    class Renaming:
+        def stored_name(self, name):
+            return name.replace(".mlp.", ".block_sparse_moe.")
+
+    entry = json_.dumps({"_type": "Int8Tensor", "_data": {}, "_tensor_data_names": ["qdata", "scale"]})
+    names = ["m.0.mlp.experts.gate_up_proj", "m.0.block_sparse_moe.experts.gate_up_proj"]
+    metadata = {"tensor_names": json_.dumps(names)} | dict.fromkeys(names, entry)
+    stored = [f"m.0.block_sparse_moe.experts._gate_up_proj_{p}" for p in ("qdata", "scale")]
+    with pytest.raises(ValueError, match=r"are stored under one name"):
+        checkpoint_reader.parse_torchao_metadata(metadata, stored, "ckpt", naming=Renaming(), memory_names={})
