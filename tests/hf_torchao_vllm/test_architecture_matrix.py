@@ -76,15 +76,7 @@ def test_every_cell_is_measured_and_no_failure_is_ours(committed):
 
 # Open defects of ours the full matrix measured (issue 15 is not done while this list is not empty).
 # Each entry fails the test above once fixed, so that the list shrinks with the fixes.
-KNOWN_DEFECTS_OF_OURS = {
-    # transformers renames these weights on save (hrm_text: self_attn.o_proj -> attn.o_proj; nemotron_h:
-    # model. -> backbone.) but its torchao save keeps the tensor-subclass metadata under the in-memory
-    # names, so the written torchao checkpoint names components that are not in the shards.
-    ("HrmTextForCausalLM", "/vllm_torchao"): "metadata not renamed on save",
-    ("NemotronHForCausalLM", "/vllm_torchao"): "metadata not renamed on save",
-    # every weight bit-exact, but transformers' KL(torchao || compressed-tensors) 1.6e-01 is over the bound
-    ("MiniCPM3ForCausalLM", "mxfp4/convert"): "MXFP4 activation-scale KL over the bound",
-}
+KNOWN_DEFECTS_OF_OURS: dict[tuple[str, str], str] = {}
 
 
 def test_owner_is_the_package_that_raised():
