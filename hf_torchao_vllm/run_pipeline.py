@@ -26,10 +26,10 @@ from hf_torchao_vllm.tiny_models import EMBEDDED_DENSE
 
 EMBEDDED_DENSE_MODEL = EMBEDDED_DENSE
 # Largest accepted mean KL(transformers || vLLM) of the next-token distribution on the converted
-# checkpoint, 3x the largest measured value: W8A8 1.3e-4 and W4A16 (group 128) 2e-5 nats on the
-# embedded dense model (vLLM's oneDNN int8 GEMM and W4A16 dequant-GEMM vs transformers'
-# compressed-tensors fake quantization).
-VLLM_KL_THRESHOLD = 4e-4
+# checkpoint, 3x the largest measured value: W8A8 4.4e-4 nats on an AVX2-only AMD EPYC, 1.3e-4 on an
+# AVX-512 CPU, W4A16 (group 128) 2e-5 nats, all on the embedded dense model (vLLM's int8 GEMM,
+# chosen by ISA, and W4A16 dequant-GEMM vs transformers' compressed-tensors fake quantization).
+VLLM_KL_THRESHOLD = 1.3e-3
 TOOL = "hf_torchao_vllm.run_pipeline"
 
 
