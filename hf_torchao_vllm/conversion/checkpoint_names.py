@@ -11,7 +11,7 @@ For a torchao checkpoint that means: the flattened components are renamed
 applies to them), while the torchao metadata keeps the in-memory parameter names
 (``model.layers.0.mlp.experts.gate_up_proj``). transformers renames back on load.
 
-````CheckpointNaming`` answers these questions with transformers' own mapping for the checkpoint's
+``CheckpointNaming`` answers these questions with transformers' own mapping for the checkpoint's
 architecture (built on the meta device, only when a name needs it): the stored name of an in-memory
 name and back, and the per-expert on-disk weights of a fused 3D parameter with the rows each holds.
 """
@@ -84,6 +84,11 @@ class CheckpointNaming:
         return renamings, [t for t in transforms if isinstance(t, WeightConverter)]
 
     @functools.cached_property
+    def _forward_transforms(self) -> tuple[list[Any], list[Any]]:
+        """(renamings, converters) ``from_pretrained`` applies."""
+        return self._split(self._transforms)
+
+    @functools.cached_property
     def _reverse_transforms(self) -> tuple[list[Any], list[Any]]:
         """(renamings, converters) ``save_pretrained`` applies, in its order (see the module doc)."""
         return self._split([c.reverse_transform() for c in self._transforms[::-1]])
@@ -93,7 +98,7 @@ class CheckpointNaming:
         the stored name itself for a weight transformers merges into another (per-expert weights)."""
         from transformers.core_model_loading import rename_source_key
 
-        renamings, converters = self._split(self._transforms)
+        renamings, converters = self._forward_transforms
         if not renamings and not converters:
             return stored_module
         renamed, converter_pattern = rename_source_key(f"{stored_module}.weight", renamings, converters)

@@ -249,7 +249,6 @@ def dequantized_reference_model(dir_source: str):
 
     import torch
     from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM
 
     ckpt = checkpoint_reader.open_torchao_checkpoint(dir_source)
     handles: dict[str, Any] = {}
@@ -264,14 +263,7 @@ def dequantized_reference_model(dir_source: str):
         del state
         with open(os.path.join(plain, checkpoint_reader.CONFIG_FILE), "w") as f:
             json.dump(config, f)
-        model, info = AutoModelForCausalLM.from_pretrained(
-            plain, dtype=_source_dtype(ckpt), output_loading_info=True
-        )
-    if info["missing_keys"] or info["unexpected_keys"]:
-        raise ValueError(
-            f"reference model does not match the checkpoint: missing {sorted(info['missing_keys'])[:5]}, "
-            f"unexpected {sorted(info['unexpected_keys'])[:5]}"
-        )
+        model = load_every_weight(plain, dtype=_source_dtype(ckpt))
     return model.eval().to(torch.get_default_device())
 
 
@@ -299,13 +291,13 @@ def _only_unquantized_experts(missing: list[str], unexpected: list[str]) -> bool
     )
 
 
-def load_every_weight(directory: str, **kwargs):
+def load_every_weight(directory: str, dtype: Any = "auto", **kwargs):
     """``AutoModelForCausalLM.from_pretrained(directory)``, refusing a load that initialized any
     weight at random or ignored any stored tensor (transformers only warns about both)."""
     from transformers import AutoModelForCausalLM
 
     model, info = AutoModelForCausalLM.from_pretrained(
-        directory, dtype="auto", output_loading_info=True, **kwargs
+        directory, dtype=dtype, output_loading_info=True, **kwargs
     )
     missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
     if _only_unquantized_experts(missing, unexpected):
