@@ -382,3 +382,22 @@ def test_fuzzed_logs_of_every_form_never_raise():
         for graph in log.graphs:
             assert graph.run < len(log.runs)
     assert num_warned > 40  # the damage is real: many variants warn
+
+
+def test_colored_graph_code_reads_like_plain_text():
+    # torch colours graph code (ANSI codes) when its stdout is a terminal, also into a log that
+    # stderr is redirected to; same program and torch as logs/mlp_train.log (C++ vector widths differ
+    # with the machine, so kernel sources are not compared)
+    colored_path = GRAPH_FIXTURES / "torch_2_13" / "colored" / "mlp_train.log"
+    assert '"\x1b[31mf32\x1b[0m' in colored_path.read_text()
+    colored = read_inductor_log(colored_path, strict=True)
+    plain = read_inductor_log(GRAPH_FIXTURES / "logs" / "mlp_train.log", strict=True)
+    assert structure(colored)[0] == structure(plain)[0]
+    assert [n.dtype for n in colored.graphs[1].nodes][:2] == ["f32", "f32"]
+
+    def calls(log: InductorLog) -> list:
+        return [
+            (m.aot_id, m.graph, sorted(m.kernels), [(c.kind, c.target) for c in m.calls]) for m in log.modules
+        ]
+
+    assert calls(colored) == calls(plain)

@@ -32,6 +32,9 @@ from collections.abc import Callable, Iterable
 # "[rank0]:" / "[default0]:" / "[trainer1]:" / "[0]:" (torch's formatter under torch.distributed,
 # torchrun --tee / --local-ranks-filter); several may stack.
 RANK_PREFIX_RE = re.compile(r"^(?:\[[A-Za-z_]*\d+\]:)+")
+# Terminal colour codes: torch colours graph code (print_readable(colored=True)) whenever its stdout
+# is a terminal, also when the log itself goes to a file (`prog.py 2> log.txt`).
+ANSI_SGR_RE = re.compile(r"\x1b\[[0-9;]*m")
 # "V1123 18:56:37.289000 6703 torch/_inductor/graph.py:2722] [0/0] [__output_code] "
 GLOG_RE = re.compile(r"^[VIWEDC]\d{4} \d\d:\d\d:\d\d\.\d+ +(\d+) [^\]]*?:\d+\]((?: \[[^\]\s]*\])*)(?: |$)")
 COMPILE_ID_TAG_RE = re.compile(r"\[(!?\d+/\d+(?:/\d+)?(?:_\d+)?)\]")
@@ -120,6 +123,8 @@ class Splitter:
 
     def feed(self, lines: Iterable[str]) -> Split:
         for number, raw in enumerate(lines, start=1):
+            if "\x1b" in raw:
+                raw = ANSI_SGR_RE.sub("", raw)
             self.line(number, raw.rstrip("\r\n"))
         for key in list(self.prefixed):
             self.close(self.prefixed.pop(key))

@@ -20,6 +20,8 @@ FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "graph_viz" / "fixtures
 
 # log -> ([(graph kind, nodes, compute nodes) per graph, in log order], kernels incl. extern calls)
 EXPECTED = {
+    # graph code in terminal colours (ANSI codes): torch's stdout was a terminal, its log a file
+    "torch_2_13/colored/mlp_train.log": ([("joint", 31, 0), ("forward", 11, 3), ("backward", 19, 8)], 8),
     "torch_2_13/default/cond_train.log": ([("joint", 25, 0), ("forward", 12, 4), ("backward", 17, 4)], 9),
     "torch_2_13/short/cond_train.log": ([("joint", 25, 0), ("forward", 12, 4), ("backward", 17, 4)], 9),
     "torch_2_13/trace/cond_train_trace": ([("joint", 25, 0), ("forward", 12, 4), ("backward", 17, 4)], 9),
