@@ -56,6 +56,7 @@ __all__ = [
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform.startswith("linux") else None)
 CHUNK_BYTES = 16 << 20  # per read: large enough to amortise per-piece costs, small next to the RSS budget
 _WHITESPACE = b" \t\n\r"
+GZIP_MAGIC = b"\x1f\x8b"
 _WHITESPACE_RE = re.compile(rb"[ \t\n\r]*")
 _SEPARATOR_RE = re.compile(rb"[ \t\n\r]*,[ \t\n\r]*")
 # the last item's '}' and the ']' after it, near the end of a well-formed trace ('  }\n  ],"traceName": ...}')
@@ -311,6 +312,12 @@ class TraceScanner:
     def prologue(self) -> int:
         """Find the top-level '"traceEvents": [' and decode the keys before it; return the index after '['."""
         data = self._data
+        # export_chrome_trace("x.json.gz") and tensorboard_trace_handler(use_gzip=True) write gzip
+        if data[:2] == GZIP_MAGIC:
+            raise TraceFormatError(
+                f"{self.path} is gzip-compressed (torch.profiler compresses a trace it writes to a .gz "
+                f"name): decompress it first (gunzip -k {self.path}) and pass the .json"
+            )
         opening = _WHITESPACE_RE.match(data).end()
         if opening == len(data) or data[opening] != ord("{"):
             found = data[opening : opening + 1].decode("utf-8", "replace")

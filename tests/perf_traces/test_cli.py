@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -233,3 +235,15 @@ def test_benchmark_list_argument_forms():
 def test_benchmark_refuses_work_dir_in_repository():
     result = _run(["-m", "perf_traces.benchmark", "--sizes_mb", "0.1", "--work_dir", REPO_ROOT])
     assert result.returncode == 2 and "inside the repository" in result.stderr
+
+
+def test_enrich_cli_names_a_gzip_compressed_trace(tmp_path):
+    # torch.profiler writes gzip for a .json.gz name: the error says so, in one line
+    trace = tmp_path / "trace.json.gz"
+    trace.write_bytes(gzip.compress(pathlib.Path(fixture("cpu_train", "trace.json")).read_bytes()))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = _run(_enrich_args(str(trace), fixture("cpu_train", "output_code.log"), str(out_dir / "x.json")))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"error: {trace} is gzip-compressed" in result.stderr and f"gunzip -k {trace}" in result.stderr
+    assert list(out_dir.iterdir()) == []

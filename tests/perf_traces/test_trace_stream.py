@@ -3,6 +3,7 @@ fuzzed traces (a clean ``TraceFormatError`` naming line and byte, never a traceb
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
@@ -102,6 +103,7 @@ def test_only_candidates_are_returned(tmp_path):
     [
         ("", "empty file"),
         ("not json", "expected '{', found 'n' at line 1 (byte 0)"),
+        (gzip.compress(b'{"traceEvents": []}', mtime=0), "is gzip-compressed (torch.profiler compresses"),
         ("[1, 2]", "expected '{'"),
         ('{"traceEvents": {}}', "'traceEvents' is not a list at line 1 (byte 16)"),
         ('{"other": 1}', "no 'traceEvents' key"),
