@@ -112,6 +112,8 @@ def coverage_text(graph: dict[str, Any]) -> str:
     """``link coverage 100.0% (5/5 compute nodes)`` for a graph with output code, else why there is none."""
     if graph["kind"] == "joint":
         return "joint graph: kernels are linked in its forward / backward graphs"
+    if graph["kind"] == "other":
+        return "not an AOT graph: kernels are linked only in AOT forward / backward / inference graphs"
     if graph["module"] is None:
         return "no output code in the log"
     coverage = graph["link_coverage"]
@@ -138,9 +140,17 @@ def main(log_path: str, output_dir: str, overwrite: bool = False, strict: bool =
     if summary["num_warnings"] > 20:
         print(f"... {summary['num_warnings'] - 20} more warnings (all in model.json)")
     for graph in model["graphs"]:
+        title = f"{graph['run_label']}: {graph['title']}" if graph["run_label"] else graph["title"]
+        dynamo = f"[{graph['dynamo_compile_id']}]" if graph["dynamo_compile_id"] else ""
+        aot_id = "-" if graph["kind"] == "other" else graph["compile_id"]
         print(
-            f"{graph['title']:<32} {graph['kind']:<9} compile {graph['compile_id']:<3} "
+            f"{title:<32} {graph['kind']:<9} AOT id {aot_id:<3} {dynamo:<7} "
             f"{len(graph['nodes']):>6} nodes, {coverage_text(graph)}"
+        )
+    if model["modules"] and all(graph["kind"] == "other" for graph in model["graphs"]):
+        print(
+            f"note: {log_path} has output code ({len(model['modules'])} modules) but no AOT graphs, so "
+            "no kernel is linked: add aot_graphs to TORCH_LOGS, e.g. TORCH_LOGS=aot_graphs,output_code"
         )
     skipped = ", ".join(f"{count} {what}" for what, count in sorted(summary["skipped_lines"].items()))
     print(

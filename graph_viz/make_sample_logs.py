@@ -56,6 +56,9 @@ SAMPLE_LOGS: dict[str, tuple[str, bool, str]] = {
     "mutation_train": ("mutation_train", True, "aot_graphs,aot_joint_graph,output_code"),
     "indexing_train": ("indexing_train", True, "aot_graphs,aot_joint_graph,output_code"),
     "llama_inference_fullgraph": ("llama_inference_fullgraph", True, "aot_graphs,output_code"),
+    # Other graph records: dynamo's graph instead of the AOT graphs; post-grad graphs next to them.
+    "mlp_train_graph_code": ("mlp_train", True, "graph_code,output_code"),
+    "mlp_train_post_grad": ("mlp_train", True, "aot_graphs,post_grad_graphs,output_code"),
 }
 # The six programs of graph_viz/fixtures/logs.
 BASIC_SAMPLE_LOGS = (

@@ -130,6 +130,13 @@ def is_compute_node(node: Node) -> bool:
     return node.op == "call_function" and op_packet(node.target) not in VIEW_OPS
 
 
+# Why the graphs of other log records (dynamo's graph_code, post_grad_graphs) have no kernel links.
+NOT_AOT_GRAPH = (
+    "not an AOT graph (dynamo's graph_code, a post-grad graph): kernels are linked only in the AOT "
+    "forward / backward / inference graphs (TORCH_LOGS=aot_graphs)"
+)
+
+
 def unlinked_reason(graph: Graph, node: Node) -> str:
     """Why ``node`` has no kernel link (the page shows it in the node's details)."""
     if node.op == "placeholder":
@@ -145,6 +152,8 @@ def unlinked_reason(graph: Graph, node: Node) -> str:
         )
     if graph.kind == "joint":
         return "joint graph: kernels are linked in the forward and backward graphs"
+    if graph.kind == "other":
+        return NOT_AOT_GRAPH
     if graph.module is None:
         return "no output code for this graph in the log"
     if node.op == "call_function" and op_packet(node.target) in VIEW_OPS:

@@ -25,7 +25,7 @@ from graph_viz.mapping import (
     unlinked_reason,
 )
 from pytorch_scripts_common.inductor_log import Graph, InductorLog
-from pytorch_scripts_common.inductor_log.structures import tensor_bytes
+from pytorch_scripts_common.inductor_log.structures import Run, tensor_bytes
 
 NODE_WIDTH = 180
 NODE_HEIGHT = 34
@@ -36,6 +36,9 @@ MIN_GROUP_SIZE = 2
 
 # `File: /path/model.py:53 in forward, code: attn = torch.softmax(q @ k.transpose(-2, -1), dim=-1)`
 SOURCE_RE = re.compile(r"^File: (.*?):(\d+) in (.*?), code: (.*)$")
+# A run's stream as the reader names it: "pid 4242", "pid 4242 rank 1", "<trace file> pid 4242 rank 1"
+_RANK_RE = re.compile(r"\brank (\d+)")
+_PID_RE = re.compile(r"\bpid (\d+)")
 
 
 def layout(graph: Graph) -> tuple[list[int], list[int], list[int]]:
@@ -196,6 +199,22 @@ def _side(name: str, forward_names: set[str], backward_names: set[str]) -> str:
     return "forward" if in_forward else "backward" if in_backward else ""
 
 
+def run_labels(runs: list[Run]) -> list[str]:
+    """What tells the runs of a log apart in the page: ``rank 1``, ``pid 4242``, the TORCH_TRACE
+    file, ``run 3 (pid 4242)`` for a stream with several runs; all ``""`` for a log of one run."""
+    if len(runs) < 2:
+        return [""] * len(runs)
+    labels = []
+    for run in runs:
+        rank, pid = _RANK_RE.search(run.stream), _PID_RE.search(run.stream)
+        labels.append(f"rank {rank[1]}" if rank else f"pid {pid[1]}" if pid else run.stream.split(" ")[0])
+    repeated = {label for label in labels if labels.count(label) > 1}
+    return [
+        f"run {run.index + 1}" + (f" ({label})" if label else "") if label in repeated or not label else label
+        for run, label in zip(runs, labels, strict=True)
+    ]
+
+
 def build_model(parsed: InductorLog, source_name: str) -> dict[str, Any]:
     """The page model: ``graphs``, ``kernels``, ``modules``, ``warnings`` and a ``summary``."""
     kernels: list[dict[str, Any]] = []
@@ -215,6 +234,7 @@ def build_model(parsed: InductorLog, source_name: str) -> dict[str, Any]:
             for name, evidence in kernel["nodes"]:
                 node_kernels.setdefault((module.graph, name), []).append([kernel["id"], evidence])
     related = related_graphs(parsed)
+    labels = run_labels(parsed.runs)
     graphs = []
     num_nodes_total = 0
     unmapped_total = 0
@@ -268,7 +288,8 @@ def build_model(parsed: InductorLog, source_name: str) -> dict[str, Any]:
             "saved": saved if graph.kind != "inference" else [],
             "saved_memory": memory if graph.kind != "inference" else None,
             "groups": groups, "unmapped_nodes": unmapped,
-            "run": graph.run,
+            "run": graph.run, "run_label": labels[graph.run] if labels else "",
+            "dynamo_compile_id": graph.dynamo_compile_id,
             "link_coverage": {"compute_nodes": num_compute, "linked": num_compute - len(unmapped)}}
         )  # fmt: skip
     modules = [

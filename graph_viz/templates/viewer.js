@@ -36,7 +36,13 @@
     return e;
   }
   function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); }
-  function graphLabel(g) { return g.title + " [" + g.kind + " " + g.compile_id + "] (" + g.nodes.length + " nodes)"; }
+  // "Forward graph 1 [inference 1, 0/1] rank 1 (7 nodes)": AOT id, dynamo's compile id (frame/recompile),
+  // and the process or rank when the log holds several runs
+  function graphLabel(g) {
+    const aotId = g.kind === "other" ? "" : " " + g.compile_id;  // "other" graphs have no AOT id
+    const ids = g.kind + aotId + (g.dynamo_compile_id ? ", " + g.dynamo_compile_id : "");
+    return g.title + " [" + ids + "]" + (g.run_label ? " " + g.run_label : "") + " (" + g.nodes.length + " nodes)";
+  }
   function nodeLabel(n) { return n.name + "  " + (n.op === "call_function" ? n.target : n.op); }
   function annotation(dtype, shape) { return dtype ? dtype + "[" + shape + "]" : "?"; }
   function formatBytes(b) {
@@ -789,7 +795,9 @@
     d.appendChild(el("h1", g.title));
     const t = el("table");
     row(t, "kind", g.kind);
-    row(t, "compile id", g.compile_id);
+    row(t, "AOT id", g.compile_id);
+    row(t, "dynamo compile id", g.dynamo_compile_id || "not in the log");
+    if (g.run_label) row(t, "run", g.run_label);
     row(t, "log line", g.line);
     row(t, "nodes", g.nodes.length);
     row(t, "complete", g.complete ? "yes" : "no (truncated)");

@@ -554,3 +554,18 @@ def test_every_fixture_every_node_kernel_and_group_without_errors(browser, tmp_p
         page.uncheck("#collapse-groups")
         page.uncheck("#collapse")
     assert errors == []
+
+
+def test_graph_list_names_each_graph_rank_and_dynamo_compile_id(browser, tmp_path):
+    from tests.graph_viz.test_parser import two_rank_log
+
+    html = tmp_path / "index.html"
+    html.write_text(render_html(build_model(parse_log_text(two_rank_log()), "ranks.log")), encoding="utf-8")
+    page, errors, _ = open_page(browser, html)
+    titles = page.locator("#graph-list button").evaluate_all("bs => bs.map(b => b.textContent)")
+    assert titles[1] == "Forward graph 0 [forward 0, 0/0] rank 1 (11 nodes)"
+    assert titles[4] == "Forward graph 0 [forward 0, 0/0] rank 0 (11 nodes)"
+    page.click("#graph-list button[data-graph='4']")
+    assert "dynamo compile id0/0" in page.locator("#details").text_content()
+    assert "runrank 0" in page.locator("#details").text_content()
+    assert errors == []

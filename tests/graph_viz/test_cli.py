@@ -40,10 +40,8 @@ def test_cli_writes_html_and_model(tmp_path):
     result = run_cli(str(FIXTURES / "logs" / "mlp_train.log"), str(out))
     assert result.returncode == 0, result.stderr
     assert "3 graphs, 61 nodes, 8 kernels" in result.stdout
-    assert (
-        "Forward graph 0                  forward   compile 0       11 nodes, link coverage 100.0% (3/3"
-        in (result.stdout)
-    )
+    forward = "Forward graph 0                  forward   AOT id 0               11 nodes, link coverage"
+    assert f"{forward} 100.0% (3/3" in result.stdout
     assert "joint graph: kernels are linked in its forward / backward graphs" in result.stdout
     model = json.loads((out / "model.json").read_text())
     assert [g["title"] for g in model["graphs"]] == ["Joint graph 0", "Forward graph 0", "Backward graph 0"]
@@ -97,10 +95,13 @@ def test_log_without_graphs_exits_with_a_one_line_hint(tmp_path, content, expect
 def test_rank_prefixed_log_is_read(tmp_path):
     lines = (FIXTURES / "logs" / "mlp_train.log").read_text().splitlines()
     log = tmp_path / "ranks.log"
-    log.write_text("".join(f"[rank0]:{line}\n" for line in lines))
+    log.write_text("".join(f"[rank{rank}]:{line}\n" for rank in (0, 1) for line in lines))
     result = run_cli(str(log), str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
-    assert "3 graphs, 61 nodes, 8 kernels (0 without a node), 0 warnings" in result.stdout
+    assert "6 graphs, 122 nodes, 16 kernels (0 without a node), 0 warnings" in result.stdout
+    # each graph names its rank
+    assert "rank 0: Forward graph 0          forward   AOT id 0" in result.stdout
+    assert "rank 1: Forward graph 0          forward   AOT id 0" in result.stdout
 
 
 def test_output_dir_may_not_hold_the_log(tmp_path):
@@ -141,3 +142,17 @@ def test_hostile_text_is_escaped_in_html(tmp_path):
     html = (tmp_path / "out" / "index.html").read_text()
     assert PAYLOAD not in html and "<img" not in html and "<!--" not in html
     assert "\\u003c/script\\u003e\\u003cimg src=x onerror=alert(1)\\u003e" in html
+
+
+def test_log_without_aot_graphs_but_with_dynamo_graphs_says_what_to_add(tmp_path):
+    log = FIXTURES / "torch_2_13" / "short" / "mlp_train_graph_code.log"  # TORCH_LOGS=graph_code,output_code
+    result = run_cli(str(log), str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert (
+        "other     AOT id -               14 nodes, not an AOT graph: kernels are linked only in"
+        in result.stdout
+    )
+    assert (
+        f"note: {log} has output code (2 modules) but no AOT graphs, so no kernel is linked: add aot_graphs "
+        "to TORCH_LOGS" in result.stdout
+    )

@@ -5,7 +5,7 @@ import pathlib
 import pytest
 
 from graph_viz.mapping import op_packet
-from graph_viz.model import build_model, chains, layout
+from graph_viz.model import build_model, chains, layout, run_labels
 from pytorch_scripts_common.inductor_log import (
     LogParseError,
     names_in,
@@ -13,6 +13,7 @@ from pytorch_scripts_common.inductor_log import (
     read_inductor_log,
     split_args,
 )
+from pytorch_scripts_common.inductor_log.structures import Run
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "graph_viz" / "fixtures"
 CPU_LOGS = FIXTURES / "logs"
@@ -432,3 +433,28 @@ def test_unlinked_reasons():
     graphs_only = build_model(parse_inductor_log_text(text[: text.index("Output code:")]), "graphs only")
     (relu,) = [n for n in graphs_only["graphs"][1]["nodes"] if n["name"] == "relu"]
     assert relu["unlinked_reason"] == "no output code for this graph in the log"
+
+
+def two_rank_log() -> str:
+    """torch 2.10's default-format mlp_train log as two torchrun ranks print it: rank 1 first."""
+    lines = (FIXTURES / "torch_2_10" / "default" / "mlp_train.log").read_text().splitlines(keepends=True)
+    return "".join(f"[rank1]:{line}" for line in lines) + "".join(f"[rank0]:{line}" for line in lines)
+
+
+def test_graphs_of_several_ranks_name_their_rank_and_dynamo_compile_id():
+    model = build_model(parse_inductor_log_text(two_rank_log()), "ranks.log")
+    titles = ["Joint graph 0", "Forward graph 0", "Backward graph 0"]
+    assert [(g["title"], g["run_label"], g["dynamo_compile_id"]) for g in model["graphs"]] == [
+        *[(title, "rank 1", "0/0") for title in titles],
+        *[(title, "rank 0", "0/0") for title in titles],
+    ]
+    # a log of one run needs no label; recompiles and graph breaks keep dynamo's frame/recompile id
+    single = model_of(FIXTURES / "torch_2_13" / "default" / "dynamic_train.log")
+    assert {g["run_label"] for g in single["graphs"]} == {""}
+    assert [g["dynamo_compile_id"] for g in single["graphs"]] == ["0/0", "0/0_1", "0/0_1", "0/0_1"]
+
+
+def test_run_labels_fall_back_to_the_run_number():
+    runs = [Run(0, "pid 7", 1), Run(1, "pid 7", 50), Run(2, "pid 8", 90), Run(3, "", 99)]
+    assert run_labels(runs) == ["run 1 (pid 7)", "run 2 (pid 7)", "pid 8", "run 4"]
+    assert run_labels(runs[:1]) == [""]

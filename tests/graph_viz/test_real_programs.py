@@ -13,6 +13,7 @@ import pathlib
 
 import pytest
 
+from graph_viz.mapping import NOT_AOT_GRAPH
 from graph_viz.model import build_model
 from pytorch_scripts_common.inductor_log import read_inductor_log
 
@@ -22,6 +23,12 @@ FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "graph_viz" / "fixtures
 EXPECTED = {
     # graph code in terminal colours (ANSI codes): torch's stdout was a terminal, its log a file
     "torch_2_13/colored/mlp_train.log": ([("joint", 31, 0), ("forward", 11, 3), ("backward", 19, 8)], 8),
+    # dynamo's graph (graph_code) and post-grad graphs: drawn, no kernel linked to them
+    "torch_2_13/short/mlp_train_graph_code.log": ([("other", 14, 0)], 3),
+    "torch_2_13/short/mlp_train_post_grad.log": (
+        [("forward", 11, 3), ("backward", 19, 8), ("other", 11, 0), ("other", 19, 0)],
+        8,
+    ),
     "torch_2_13/default/cond_train.log": ([("joint", 25, 0), ("forward", 12, 4), ("backward", 17, 4)], 9),
     "torch_2_13/short/cond_train.log": ([("joint", 25, 0), ("forward", 12, 4), ("backward", 17, 4)], 9),
     "torch_2_13/trace/cond_train_trace": ([("joint", 25, 0), ("forward", 12, 4), ("backward", 17, 4)], 9),
@@ -147,10 +154,22 @@ def test_graphs_kernels_and_full_link_coverage(relative):
     ] == graphs
     assert model["summary"]["num_kernels"] == num_kernels
     for graph in model["graphs"]:
-        assert (graph["module"] is None) == (graph["kind"] == "joint"), graph["title"]
+        assert (graph["module"] is None) == (graph["kind"] in ("joint", "other")), graph["title"]
         coverage = graph["link_coverage"]
         assert coverage["linked"] == coverage["compute_nodes"], (graph["title"], graph["unmapped_nodes"])
-    assert model["summary"]["kernels_without_nodes"] == []
+    # only the kernels of output code whose AOT graph is not in the log (graph_code) have no node
+    graphless = {m["index"] for m in model["modules"] if m["graph"] is None}
+    assert [k["id"] for k in model["kernels"] if not k["nodes"] and k["module"] not in graphless] == []
+    assert bool(graphless) == relative.endswith("graph_code.log")
+
+
+def test_graphs_that_are_not_aot_graphs_say_why_no_kernel_is_linked():
+    for relative in ("torch_2_13/short/mlp_train_graph_code.log", "torch_2_13/short/mlp_train_post_grad.log"):
+        others = [g for g in model_of(relative)["graphs"] if g["kind"] == "other"]
+        assert others and all(g["dynamo_compile_id"] == "" for g in others)  # short format: not printed
+        for graph in others:
+            reasons = {n["unlinked_reason"] for n in graph["nodes"] if n["op"] == "call_function"}
+            assert reasons == {NOT_AOT_GRAPH}, (relative, graph["title"])
 
 
 @pytest.mark.parametrize(
