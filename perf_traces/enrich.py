@@ -56,11 +56,12 @@ class EnrichSummary:
     # matched events whose args is a list, a string ...: there is nowhere to add keys, so left as they are
     not_annotated_by_name: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     zero_match_reason: str | None = None
+    rank_note: str | None = None  # the modules of the trace's rank, when the log holds several ranks
 
     def lines(self) -> list[str]:
         out = [
             f"trace events: {self.num_events}; output-code modules in log: {self.num_modules} "
-            f"({self.num_log_kernels} kernels)",
+            f"({self.num_log_kernels} kernels)" + (f"; {self.rank_note}" if self.rank_note else ""),
             f"events matched: {self.num_matched} ("
             + ", ".join(f"{kind}: {count}" for kind, count in sorted(self.matched_by_kind.items()))
             + f"); kernel table: {self.num_kernel_table_entries} entries",
@@ -232,6 +233,14 @@ def match_trace(
             f"{trace_path} is already enriched (it has '{KERNEL_TABLE_CATEGORY}' events): pass the original "
             "profiler trace"
         )
+    # A log of several ranks: the trace of one rank ran that rank's modules (their sizes, and so
+    # their code, can differ per rank even when names agree)
+    rank = trace_rank(layout.other_keys)
+    of_rank = [graph for graph in graphs if graph.rank == rank] if rank is not None else []
+    all_graphs, rank_note = graphs, None
+    if of_rank and len(of_rank) < len(graphs):
+        rank_note = f"{len(of_rank)} of rank {rank} (the trace's distributedInfo.rank) matched"
+        graphs, log = of_rank, LogIndex.build(of_rank)
     matcher = Matcher(records, log)
     matcher.run()
     table = KernelTable(matcher)
@@ -244,13 +253,21 @@ def match_trace(
         log_kernels_not_in_trace=never_seen,
         log_kernels_in_branches_not_run=in_branches_not_run,
         num_ambiguous_spans=matcher.num_ambiguous_spans,
-        num_modules=len(graphs),
-        num_log_kernels=sum(len(graph.kernels) for graph in graphs),
+        num_modules=len(all_graphs),
+        num_log_kernels=sum(len(graph.kernels) for graph in all_graphs),
         num_kernel_table_entries=len(table),
+        rank_note=rank_note,
     )
     if summary.num_matched == 0:
         summary.zero_match_reason = matcher.zero_match_reason()
     return EnrichPlan(trace_path, summary, layout, records, matcher, table)
+
+
+def trace_rank(other_keys: dict[str, Any]) -> int | None:
+    """The rank torch.profiler records for a distributed run (``"distributedInfo": {"rank": 1}``)."""
+    info = other_keys.get("distributedInfo")
+    rank = info.get("rank") if isinstance(info, dict) else None
+    return rank if isinstance(rank, int) and not isinstance(rank, bool) else None
 
 
 def enrich_trace(

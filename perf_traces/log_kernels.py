@@ -8,11 +8,15 @@ parser: ``read_compiled_graphs`` turns its modules into the small records below,
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from pytorch_scripts_common.inductor_log import InductorLog, OutputCodeModule, ops_from_kernel_name
 from pytorch_scripts_common.inductor_log.output_code import MAIN_FUNCTION_RE
 
 __all__ = ["Call", "CompiledGraph", "Kernel", "compiled_graphs", "read_compiled_graphs"]
+
+# the rank in the parser's stream name: "pid 4242 rank 1", "<trace file> pid 4242 rank 1"
+_RANK_RE = re.compile(r"\brank (\d+)")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -56,6 +60,7 @@ class CompiledGraph:
     kernels: dict[str, Kernel]  # by name in the output code
     calls: list[Call]
     line_number: int  # of the record in the log
+    rank: int | None = None  # the rank that printed it (rank prefix or TORCH_TRACE metadata), if any
 
     @property
     def label(self) -> str:
@@ -113,4 +118,5 @@ def _from_parsed(module: OutputCodeModule) -> CompiledGraph:
         kernels=kernels,
         calls=calls,
         line_number=module.line_number,
+        rank=int(rank[1]) if (rank := _RANK_RE.search(module.stream)) else None,
     )

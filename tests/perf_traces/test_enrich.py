@@ -481,3 +481,30 @@ def test_output_is_the_input_with_insertions_only(tmp_path, name):
     remaining = iter(enriched)
     assert all(byte in remaining for byte in source)  # a subsequence: 'in' consumes the iterator
     assert len(enriched) > len(source)
+
+
+def test_trace_of_one_rank_matches_that_rank_of_a_log_of_two(tmp_path):
+    """torchrun prints every rank's output code into one log; a rank's trace names its rank in
+    distributedInfo. Its events take that rank's modules (shapes, so code, can differ per rank),
+    also where the other rank's modules come first and have the same kernel names."""
+    with open(fixture("cpu_train", "output_code.log"), encoding="utf-8") as log_file:
+        lines = log_file.read().splitlines(keepends=True)
+    log = tmp_path / "output_code.log"
+    log.write_text("".join(f"[rank{rank}]:{line}" for rank in (1, 0) for line in lines), encoding="utf-8")
+    rank_0_lines = range(len(lines) + 1, 2 * len(lines) + 1)
+    with open(fixture("cpu_train", "trace.json"), encoding="utf-8") as trace_file:
+        trace = json.load(trace_file)
+    for rank in (0, 1):
+        trace["distributedInfo"] = {"backend": "gloo", "rank": rank, "world_size": 2}
+        path = tmp_path / f"trace_rank{rank}.json"
+        path.write_text(json.dumps(trace), encoding="utf-8")
+        output = str(tmp_path / f"rank{rank}_enriched.json")
+        summary = enrich_trace(str(path), read_compiled_graphs(str(log), strict=True), output)
+        assert (summary.num_matched, summary.num_ambiguous_spans) == (12, 0)
+        assert summary.lines()[0].endswith(
+            f"modules in log: 4 (12 kernels); 2 of rank {rank} (the trace's distributedInfo.rank) matched"
+        )
+        table = kernel_table(load_events(output))
+        log_lines = [entry["inductor_log_line"] for entry in table.values()]
+        assert len(log_lines) == 12
+        assert all((line in rank_0_lines) == (rank == 0) for line in log_lines), log_lines
