@@ -411,3 +411,18 @@ def test_colored_graph_code_reads_like_plain_text():
         ]
 
     assert calls(colored) == calls(plain)
+
+
+def test_line_numbers_count_newlines_only(tmp_path):
+    # a progress bar (tqdm) redraws itself with \r: still one line for grep -n, sed and the reader
+    text = (GRAPH_FIXTURES / "logs" / "mlp_train.log").read_text()
+    bar = "".join(f" {10 * i}%|{'#' * i:<10}| {i}/10\r" for i in range(1, 11)) + "\n"
+    path = tmp_path / "train.log"
+    path.write_bytes((bar + text.replace("\n", "\r\n")).encode())
+    log = read_inductor_log(path, strict=True)
+    plain = read_inductor_log(GRAPH_FIXTURES / "logs" / "mlp_train.log", strict=True)
+    assert [g.line for g in log.graphs] == [g.line + 1 for g in plain.graphs]
+    assert [m.line_number for m in log.modules] == [m.line_number + 1 for m in plain.modules]
+    assert structure(log) == structure(plain)
+    assert log.num_lines == plain.num_lines + 1
+    assert [g.line for g in parse_inductor_log_text(bar + text).graphs] == [g.line for g in log.graphs]

@@ -254,17 +254,18 @@ def parse_inductor_log_text(text: str, *, strict: bool = False) -> InductorLog:
 def read_inductor_log(path: str | os.PathLike[str], *, strict: bool = False) -> InductorLog:
     """Parse a log file, or a TORCH_TRACE folder (every ``*.log`` in it, one stream each).
 
-    Files are read as UTF-8 with undecodable bytes replaced. Raises ``FileNotFoundError`` for a
-    missing path, ``LogParseError`` in strict mode.
+    Files are read as UTF-8 with undecodable bytes replaced, split at ``\n`` only (line numbers as
+    ``grep -n`` counts them: a progress bar's ``\r`` does not start a line; ``\r\n`` ends one).
+    Raises ``FileNotFoundError`` for a missing path, ``LogParseError`` in strict mode.
     """
     path = pathlib.Path(path)
     reader = _Reader(strict)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix == ".log")
         for file in files:
-            with open(file, encoding="utf-8", errors="replace") as handle:
+            with open(file, encoding="utf-8", errors="replace", newline="\n") as handle:
                 reader.read_lines(handle, file.name if len(files) > 1 else "")
     else:
-        with open(path, encoding="utf-8", errors="replace") as handle:
+        with open(path, encoding="utf-8", errors="replace", newline="\n") as handle:
             reader.read_lines(handle)
     return reader.finish()
