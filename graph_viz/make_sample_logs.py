@@ -57,6 +57,7 @@ SAMPLE_LOGS: dict[str, tuple[str, bool, str]] = {
     "indexing_train": ("indexing_train", True, "aot_graphs,aot_joint_graph,output_code"),
     "llama_inference_fullgraph": ("llama_inference_fullgraph", True, "aot_graphs,output_code"),
     # Other graph records: dynamo's graph instead of the AOT graphs; post-grad graphs next to them.
+    "two_ranks_train": ("two_ranks_train", True, "aot_graphs,output_code"),
     "mlp_train_graph_code": ("mlp_train", True, "graph_code,output_code"),
     "mlp_train_post_grad": ("mlp_train", True, "aot_graphs,post_grad_graphs,output_code"),
 }
@@ -257,9 +258,30 @@ def indexing_train() -> None:
     (normed.sum() + pooled.sum()).backward()
 
 
+def _two_ranks_worker(rank: int, port: int) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    _train_step(mlp, torch.randn(4 + 2 * rank, 8))  # batch 4 on rank 0, 6 on rank 1
+    dist.destroy_process_group()
+
+
+def two_ranks_train() -> None:
+    """Two gloo ranks (processes) writing to one log, as torchrun's children do; batch 4 and 6."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(_two_ranks_worker, args=(port,), nprocs=2)
+
+
 USER_PROGRAMS = {
     function.__name__: function
     for function in (
+        two_ranks_train,
         llama_train,
         llama_inference_fullgraph,
         gpt2_graph_break_train,

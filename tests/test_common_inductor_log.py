@@ -48,6 +48,7 @@ EXPECTED_WARNINGS = {
     "torch_2_10/short/mlp_train_cache_hit.log": ["output code '0_forward' " + RUN_WARNING.format(first=73)],
     "torch_2_10/trace/mlp_train_cache_hit_trace": ["Joint graph 0 "],
     "triton_handwritten/two_runs_fused_addmm_triton.log": ["Forward graph 0 " + RUN_WARNING.format(first=6)],
+    "torch_2_13/short/two_ranks_train.log": ["Forward graph 0 " + RUN_WARNING.format(first=7)],
 }
 
 
@@ -426,3 +427,24 @@ def test_line_numbers_count_newlines_only(tmp_path):
     assert structure(log) == structure(plain)
     assert log.num_lines == plain.num_lines + 1
     assert [g.line for g in parse_inductor_log_text(bar + text).graphs] == [g.line for g in log.graphs]
+
+
+def test_interleaved_runs_link_each_module_to_the_graph_whose_inputs_it_asserts():
+    # two gloo ranks in one short-format log (no prefix tells them apart), batch 4 and 6; the two
+    # ranks' graphs in the logged order and swapped: either way each module's call() asserts its
+    # graph's input sizes (`assert_size_stride(primals_3, (6, 8), ...)`)
+    lines = (GRAPH_FIXTURES / "torch_2_13" / "short" / "two_ranks_train.log").read_text().splitlines(True)
+    starts = [i for i, line in enumerate(lines) if line.endswith("__aot_graphs:TRACED GRAPH\n")]
+    code = next(i for i, line in enumerate(lines) if "Output code: " in line)
+    assert len(starts) == 4 and starts[-1] < code  # forward and backward of one rank, then the other's
+    swapped = lines[: starts[0]] + lines[starts[2] : code] + lines[starts[0] : starts[2]] + lines[code:]
+    for text in ("".join(lines), "".join(swapped)):
+        log = parse_inductor_log_text(text)
+        assert [g.kind for g in log.graphs] == ["forward", "backward"] * 2
+        batches = []
+        for graph in log.graphs:
+            (primals_3,) = [n for n in graph.nodes if n.name == "primals_3"]
+            batches.append(primals_3.shape)
+            asserts = [s.code for s in log.modules[graph.module].statements if "(primals_3," in s.code]
+            assert asserts[0].startswith(f"assert_size_stride(primals_3, ({primals_3.shape}),"), asserts
+        assert sorted(batches) == ["4, 8", "4, 8", "6, 8", "6, 8"]

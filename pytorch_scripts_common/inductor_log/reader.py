@@ -16,12 +16,19 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+import re
 from collections.abc import Iterable
 
 from pytorch_scripts_common.inductor_log.graph_text import COLD_HEADER_RE, GraphReader, graph_kind_and_id
 from pytorch_scripts_common.inductor_log.output_code import read_module
 from pytorch_scripts_common.inductor_log.records import Record, Splitter
-from pytorch_scripts_common.inductor_log.structures import Graph, InductorLog, LogParseError, Run
+from pytorch_scripts_common.inductor_log.structures import (
+    Graph,
+    InductorLog,
+    LogParseError,
+    OutputCodeModule,
+    Run,
+)
 
 MAX_WARNINGS = 2000
 
@@ -159,6 +166,8 @@ class _Reader:
             ]
             if not candidates:
                 continue
+            if len(candidates) > 1:  # two runs in one stream (ranks in one short-format log)
+                candidates = [g for g in candidates if _inputs_agree(g, module)] or candidates
             graph = candidates[-1]
             graph.module = module.index
             module.graph = graph.index
@@ -225,6 +234,27 @@ class _Reader:
             state[1].setdefault(key, line)
             item.run = state[0].index
         self.file_label = ""
+
+
+# `assert_size_stride(primals_3, (6, 8), (8, 1), 'input')` in call(): an input's size and stride
+ASSERT_SIZE_STRIDE_RE = re.compile(r"^assert_size_stride\((\w+), \(([^()]*)\), \(([^()]*)\)")
+
+
+def _dims(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _inputs_agree(graph: Graph, module: OutputCodeModule) -> bool:
+    """No input size or stride that ``module``'s call() asserts contradicts ``graph``'s placeholders."""
+    placeholders = {n.name: n for n in graph.nodes if n.op == "placeholder"}
+    for statement in module.statements:
+        match = ASSERT_SIZE_STRIDE_RE.match(statement.code)
+        node = placeholders.get(match.group(1)) if match else None
+        if node is None or not node.shape and not node.stride:
+            continue
+        if (_dims(match.group(2)), _dims(match.group(3))) != (_dims(node.shape), _dims(node.stride)):
+            return False
+    return True
 
 
 def _same_compile(graph_compile_id: str, module_compile_id: str | None) -> bool:
