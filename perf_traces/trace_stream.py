@@ -565,6 +565,9 @@ def wants_helper(path: str) -> bool:
     return (os.cpu_count() or 1) > 1 and os.path.getsize(path) >= _HELPER_MIN_BYTES
 
 
+_HELPER_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 @contextlib.contextmanager
 def helper_process(enabled: bool = True) -> Iterator[multiprocessing.pool.Pool | None]:
     """A second process that reads or writes one half of a large trace while this one does the other.
@@ -578,8 +581,15 @@ def helper_process(enabled: bool = True) -> Iterator[multiprocessing.pool.Pool |
     pool = None
     try:
         # A signal while the pool starts is delivered once it exists, so that it is ended below.
+        # Blocked, not only deferred: the helper inherits the mask, so the SIGTERM that ends it stays
+        # pending until its own handlers are set (the inherited deferring handler would swallow it,
+        # and pool.join() would wait forever).
         with signals_deferred():
-            pool = multiprocessing.get_context("fork").Pool(1, initializer=_quiet_helper)
+            previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELPER_SIGNALS)
+            try:
+                pool = multiprocessing.get_context("fork").Pool(1, initializer=_quiet_helper)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         yield pool
         pool.close()
     finally:
@@ -593,6 +603,7 @@ def _quiet_helper() -> None:
     therefore just ends it (no handler inherited from the main process, no traceback)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELPER_SIGNALS)  # a pending SIGTERM ends it now
 
 
 def write_spliced(

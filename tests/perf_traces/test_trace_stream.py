@@ -8,12 +8,14 @@ import json
 import os
 import random
 import re
+import subprocess
+import sys
 
 import pytest
 
 from perf_traces.log_kernels import read_compiled_graphs
 from perf_traces.trace_stream import Edits, TraceFormatError, TraceScanner, helper_process, write_spliced
-from tests.perf_traces.helpers import fixture
+from tests.perf_traces.helpers import REPO_ROOT, fixture
 
 _EVERY_ITEM = [re.compile(rb'["\[\]{}0-9a-z]')]  # some byte of any JSON value: every item is a candidate
 
@@ -330,3 +332,30 @@ def test_a_signal_while_the_helper_starts_ends_the_helper(monkeypatch):
         pytest.fail("the interrupt must arrive before the body runs")
     (pool,) = started
     assert pool._pool and not any(worker.is_alive() for worker in pool._pool)
+
+
+def test_a_signal_while_a_slow_helper_starts_still_ends_it():
+    """The helper that has not yet run its initializer (a loaded machine) when the interrupted main
+    process ends it with SIGTERM: it must die, not swallow the signal with the main process's
+    deferring handler while the main process waits for it forever. In a subprocess, for its timeout."""
+    code = """if True:
+        import multiprocessing, signal, time
+        from perf_traces import trace_stream
+        quiet = trace_stream._quiet_helper
+        trace_stream._quiet_helper = lambda: (time.sleep(1.0), quiet())
+        context = multiprocessing.get_context("fork")
+        def interrupted_while_starting(*args, **kwargs):
+            pool = type(context).Pool(context, *args, **kwargs)
+            signal.raise_signal(signal.SIGINT)
+            return pool
+        context.Pool = interrupted_while_starting
+        try:
+            with trace_stream.helper_process():
+                print("body ran")
+        except KeyboardInterrupt:
+            print("interrupted")
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=REPO_ROOT
+    )
+    assert result.returncode == 0 and result.stdout == "interrupted\n", (result.stdout, result.stderr)
