@@ -162,7 +162,10 @@ run_tests() {
     "$venv/bin/ruff" format --check .
     echo "== pytest" >&2
     rc=0
-    "$venv/bin/python" -m pytest "$@" || rc=$?
+    # One pytest worker per core, at most 4 (the vLLM and torchrun tests each hold a few GB);
+    # --dist loadfile keeps a file's tests, and so its module fixtures, on one worker. Arguments
+    # after `test` come later and win (`bash setup.sh test -n 0` runs in this process).
+    "$venv/bin/python" -m pytest -n auto --maxprocesses=4 --dist loadfile "$@" || rc=$?
     if [[ $rc -eq 5 ]]; then
         # Exit 5 = nothing ran. Fine when a marker/keyword filter deselected everything, a failure
         # when the repository has no tests at all.
