@@ -62,6 +62,8 @@ def no_graphs_message(log_path: str, parsed: Any) -> str:
     """The one-line reason a log gave no graph, and how to capture one."""
     if parsed.num_lines == 0:
         what = "is empty"
+    elif parsed.json_files:
+        what = "is JSON (a torch.profiler trace?), not a compile log"
     elif parsed.modules:
         return (
             f"{log_path} has output code ({len(parsed.modules)} modules) but no AOT graphs: "

@@ -39,6 +39,7 @@ import msgspec
 import numpy as np
 
 from pytorch_scripts_common.cli import signals_deferred
+from pytorch_scripts_common.inductor_log.records import is_log_line
 
 __all__ = [
     "CandidateBatch",
@@ -320,6 +321,13 @@ class TraceScanner:
             )
         opening = _WHITESPACE_RE.match(data).end()
         if opening == len(data) or data[opening] != ord("{"):
+            first_line = bytes(data[opening : opening + 4096]).split(b"\n", 1)[0].decode("utf-8", "replace")
+            if is_log_line(first_line):
+                raise TraceFormatError(
+                    f"{self.path} is a torch logging text file (line 1: {first_line[:60]!r}), not a trace: "
+                    "pass the .json that torch.profiler's export_chrome_trace wrote, and the log as the "
+                    "other input"
+                )
             found = data[opening : opening + 1].decode("utf-8", "replace")
             raise format_error(
                 self.path, opening, f"expected '{{', found {found!r}" if found else "empty file"

@@ -315,6 +315,44 @@ def test_trace_folder_with_two_rank_files(tmp_path):
     assert [m.graph for m in log.modules] == [1, 2, 4, 5]
 
 
+def test_a_trace_given_as_the_log_is_named_as_json(tmp_path):
+    trace = PERF_FIXTURES / "cpu_train" / "trace.json"
+    log = read_inductor_log(trace)
+    assert log.json_files == [str(trace)] and log.graphs == [] and log.modules == []
+    assert log.warnings[0][0] == 1 and "this file is JSON (a torch.profiler trace?)" in log.warnings[0][1]
+    with pytest.raises(LogParseError, match="line 1: this file is JSON"):
+        read_inductor_log(trace, strict=True)
+    folder = tmp_path / "trace_folder"  # one JSON file among the rank logs of a TORCH_TRACE folder
+    folder.mkdir()
+    source = next((TORCH_2_10 / "trace" / "mlp_train_trace").iterdir())
+    (folder / "rank_0.log").write_text(source.read_text())
+    (folder / "rank_1.log").write_bytes(trace.read_bytes())
+    log = read_inductor_log(folder)
+    assert log.json_files == [str(folder / "rank_1.log")] and len(log.graphs) == 3
+    assert log.warnings[0][1].startswith("rank_1.log: this file is JSON")
+
+
+@pytest.mark.parametrize(
+    "line, is_log",
+    [
+        (
+            "V1123 18:56:37.289000 6703 torch/_inductor/graph.py:2722] [0/0] [__output_code] Output code:",
+            True,
+        ),
+        ("[rank1]:I1123 18:56:37.289000 6703 torch/_dynamo/x.py:1] msg", True),
+        ("\x1b[32mINFO:torch._inductor.codecache.__output_code:Output code: \x1b[0m", True),
+        ("DEBUG:torch._inductor.codecache.__output_code:Output code: ", True),
+        ('{"traceEvents": []}', False),
+        ("step 0: loss 2.3", False),
+        ("", False),
+    ],
+)
+def test_is_log_line(line, is_log):
+    from pytorch_scripts_common.inductor_log.records import is_log_line
+
+    assert is_log_line(line) is is_log
+
+
 def test_user_output_and_warnings_are_counted_not_warned():
     log = read_inductor_log(TORCH_2_10 / "default" / "graph_break_train.log", strict=True)
     assert log.warnings == []

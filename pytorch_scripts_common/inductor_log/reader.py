@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 from pytorch_scripts_common.inductor_log.graph_text import COLD_HEADER_RE, GraphReader, graph_kind_and_id
 from pytorch_scripts_common.inductor_log.output_code import read_module
-from pytorch_scripts_common.inductor_log.records import Record, Splitter
+from pytorch_scripts_common.inductor_log.records import JSON_OBJECT_START_RE, Record, Splitter
 from pytorch_scripts_common.inductor_log.structures import (
     Graph,
     InductorLog,
@@ -292,10 +292,19 @@ def read_inductor_log(path: str | os.PathLike[str], *, strict: bool = False) -> 
     reader = _Reader(strict)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix == ".log")
-        for file in files:
-            with open(file, encoding="utf-8", errors="replace", newline="\n") as handle:
-                reader.read_lines(handle, file.name if len(files) > 1 else "")
+        labels = [file.name if len(files) > 1 else "" for file in files]
     else:
-        with open(path, encoding="utf-8", errors="replace", newline="\n") as handle:
-            reader.read_lines(handle)
+        files, labels = [path], [""]
+    for file, label in zip(files, labels, strict=True):
+        with open(file, encoding="utf-8", errors="replace", newline="\n") as handle:
+            if JSON_OBJECT_START_RE.match(handle.read(64)):
+                reader.log.json_files.append(str(file))
+                reader.file_label = label
+                reader.warn(
+                    1,
+                    "this file is JSON (a torch.profiler trace?), not a compile log: pass the log "
+                    "written with TORCH_LOGS=output_code (or a TORCH_TRACE folder)",
+                )
+            handle.seek(0)
+            reader.read_lines(handle, label)
     return reader.finish()

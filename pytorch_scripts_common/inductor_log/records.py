@@ -329,6 +329,16 @@ class Splitter:
                 self.skip("user output")
 
 
+def is_log_line(line: str) -> bool:
+    """Whether ``line`` has the prefix of a torch logging record (default or short format)."""
+    line = RANK_PREFIX_RE.sub("", ANSI_SGR_RE.sub("", line))
+    return bool(GLOG_RE.match(line) or SHORT_RE.match(line))
+
+
+# What a JSON object starts with: a torch.profiler trace is one, a log never is.
+JSON_OBJECT_START_RE = re.compile(r'^\ufeff?\s*\{\s*"')
+
+
 def trace_compile_id(metadata: dict) -> str:
     """dynamo's compile id of a trace record: "0/0", "0/1_1" (attempt 1), "!0/0/0" (compiled autograd)."""
     frame, frame_compile = metadata.get("frame_id"), metadata.get("frame_compile_id")

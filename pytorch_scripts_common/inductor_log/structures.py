@@ -172,6 +172,7 @@ class InductorLog:
     # "torch warnings", "other log records", "other trace records". Skipped, never warnings.
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
     format: str = ""  # "default", "short", "plain", "bare", "trace", or a "+"-joined mix
+    json_files: list[str] = dataclasses.field(default_factory=list)  # read files that hold JSON, not a log
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -80,6 +80,10 @@ def test_missing_log_is_a_value_error(tmp_path):
         # every byte value, 40 times: its 40 \n make 41 lines (a \r does not end a line)
         (bytes(range(256)) * 40, "has no AOT graph (41 lines: 41 user output)"),
         (b"step 0: loss 2.3\nstep 1: loss 2.1\n", "has no AOT graph (2 lines: 2 user output)"),
+        (
+            b'{\n  "schemaVersion": 1,\n  "traceEvents": []\n}\n',
+            "is JSON (a torch.profiler trace?), not a compile log",
+        ),
     ],
 )
 def test_log_without_graphs_exits_with_a_one_line_hint(tmp_path, content, expected):

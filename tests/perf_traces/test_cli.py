@@ -141,6 +141,20 @@ def test_enrich_cli_bad_trace_leaves_no_output(tmp_path, content, message):
     assert list(out_dir.iterdir()) == []  # no partial output, no temp file
 
 
+def test_enrich_cli_inputs_swapped_are_named(tmp_path):
+    """The log given as the trace is a one-line error saying so; the trace given as the log, a warning."""
+    output = tmp_path / "x.json"
+    log, trace = fixture("cpu_train", "output_code.log"), fixture("cpu_train", "trace.json")
+    result = _run(_enrich_args(log, trace, str(output)))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert f"error: {log} is a torch logging text file (line 1: 'V11" in result.stderr
+    assert "not a trace: pass the .json" in result.stderr
+    assert (
+        f"warning: {trace}:1: this file is JSON (a torch.profiler trace?), not a compile log" in result.stdout
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_enrich_cli_unrelated_log_and_empty_log(tmp_path):
     output = tmp_path / "x.json"
     result = _run(
