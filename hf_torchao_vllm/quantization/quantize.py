@@ -95,6 +95,16 @@ def load_causal_lm_config(model: str):
             f"architectures={getattr(config, 'architectures', None)}): "
             "this tool quantizes *ForCausalLM models"
         )
+    quantized = getattr(config, "quantization_config", None)
+    if quantized is not None:
+        # transformers would either reload the stored torchao tensors as if they were the bf16
+        # reference and fail only at save, or refuse the TorchAoConfig with its own message
+        method = quantized.get("quant_method") if isinstance(quantized, dict) else None
+        method = method or getattr(quantized, "quant_method", None)
+        raise ValueError(
+            f"{model!r} is already quantized (quant_method {str(method)!r} in its config.json): "
+            "pass the bf16 / float checkpoint it was quantized from"
+        )
     return config
 
 

@@ -320,3 +320,17 @@ def test_quantize_on_load_that_drops_weights_is_refused(tiny_dir, tmp_path):
             skip=[r"self_attn\.(gate|q|k|v)_proj$", r"mlp\.(gate|up)_proj$"], device=torch.device("cpu"),
         )  # fmt: skip
     assert not out.exists()
+
+
+@pytest.mark.parametrize("quant_method", ["torchao", "compressed-tensors"])
+def test_already_quantized_model_is_refused_before_loading(tmp_path, quant_method):
+    source = tmp_path / "quantized"
+    source.mkdir()
+    config = json.loads((Path(DENSE) / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": quant_method}
+    (source / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "o"
+    message = rf"already quantized \(quant_method '{quant_method}'.*: pass the bf16"
+    with pytest.raises(ValueError, match=message):
+        quantize_script.main(model=str(source), output_dir=str(out))
+    assert not out.exists()
