@@ -334,3 +334,25 @@ def test_already_quantized_model_is_refused_before_loading(tmp_path, quant_metho
     with pytest.raises(ValueError, match=message):
         quantize_script.main(model=str(source), output_dir=str(out))
     assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "no_weights"])
+def test_damaged_weights_are_one_line_before_loading(tmp_path, damage):
+    source = tmp_path / "model"
+    source.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (source / name).write_bytes((Path(DENSE) / name).read_bytes())
+    if damage == "truncated":
+        (source / "model.safetensors").write_bytes((Path(DENSE) / "model.safetensors").read_bytes()[:100_000])
+    message = {
+        "truncated": r"model.safetensors is not a valid safetensors file.*truncated",
+        "no_weights": r"no weight files",
+    }
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match=message[damage]):
+        quantize_script.main(model=str(source), output_dir=str(out))
+    assert not out.exists()
+    from hf_torchao_vllm import evaluate_quality
+
+    with pytest.raises(ValueError, match=message[damage]):
+        evaluate_quality.main(model=str(source))
