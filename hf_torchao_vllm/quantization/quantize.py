@@ -78,24 +78,6 @@ def resolve_model_source(model: str) -> str:
     return model  # a Hub id: from_pretrained reports whether it can be fetched
 
 
-def check_weight_files(model: str) -> None:
-    """For a local directory: a ``ValueError`` naming the file unless its index and every safetensors
-    header are readable (transformers raises a bare ``SafetensorError`` mid-load for a truncated shard)."""
-    from hf_torchao_vllm.conversion import checkpoint_reader
-
-    if not Path(model).is_dir():
-        return  # a Hub id
-    files = checkpoint_reader.weight_files(model)
-    if not files:
-        raise ValueError(
-            f"model directory {model!r} has no weight files (*.safetensors / *.bin): "
-            "pass a directory that save_pretrained wrote"
-        )
-    for name in files:
-        if name.endswith(".safetensors"):
-            checkpoint_reader.read_safetensors_header(os.path.join(model, name))
-
-
 def load_causal_lm_config(model: str):
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
@@ -208,7 +190,10 @@ def plan_quantization(
             recipes.validate_recipe_options(name, options, device)
     model_source = resolve_model_source(model)
     config = load_causal_lm_config(model_source)
-    check_weight_files(model_source)
+    if Path(model_source).is_dir():
+        from hf_torchao_vllm.conversion.checkpoint_reader import check_weight_files
+
+        check_weight_files(model_source)
     skeleton = meta_model(config)
     selection = recipes.select_targets(skeleton, modules, list(skip), quantize_lm_head, quantize_routers)
     recipe_by_target, override_skips = _apply_overrides(selection, entry.name, overrides)

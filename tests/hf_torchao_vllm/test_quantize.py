@@ -346,7 +346,7 @@ def test_damaged_weights_are_one_line_before_loading(tmp_path, damage):
         (source / "model.safetensors").write_bytes((Path(DENSE) / "model.safetensors").read_bytes()[:100_000])
     message = {
         "truncated": r"model.safetensors is not a valid safetensors file.*truncated",
-        "no_weights": r"no weight files",
+        "no_weights": r"model has no weight files",
     }
     out = tmp_path / "o"
     with pytest.raises(ValueError, match=message[damage]):
