@@ -559,6 +559,8 @@ def main(
     from pytorch_scripts_common.cli import UsageError, parse_list
     from pytorch_scripts_common.outputs import check_output, staged_file
 
+    if row_timeout_s < 1:
+        raise UsageError(f"--row_timeout_s is {row_timeout_s}: pass a limit >= 1 second")
     recipe_names = [str(r) for r in parse_list(recipes, str, name="recipes")]
     for name in recipe_names:
         registry.resolve(name)

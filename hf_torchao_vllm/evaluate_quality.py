@@ -70,6 +70,11 @@ def main(
             json_output, inputs=[model, reference], overwrite=overwrite, tool=TOOL, kind="file",
             flag="json_output",
         )  # fmt: skip
+    from hf_torchao_vllm.conversion.checkpoint_reader import check_weight_files
+
+    for directory in (model, reference):
+        if Path(directory).is_dir():
+            check_weight_files(directory)
     device = get_device()
     kwargs = {"experts_implementation": experts_implementation} if experts_implementation else {}
     tokenizer = AutoTokenizer.from_pretrained(reference)

@@ -175,6 +175,8 @@ def main(
     from pytorch_scripts_common import set_seed
     from pytorch_scripts_common.outputs import check_output, staged_dir
 
+    if max_tokens < 1:
+        raise ValueError(f"--max_tokens is {max_tokens}: pass an integer >= 1")
     console = Console(width=120)
     plan = quantize.plan_quantization(model, recipe)
     target = check_output(

@@ -37,6 +37,10 @@ MODEL_KINDS = ("dense", "moe")
 EOS_TOKEN = "<|endoftext|>"
 
 
+# byte-level BPE starts from 256 byte tokens plus the EOS token; the next multiple of 128 above them
+MIN_VOCAB_SIZE = 384
+
+
 def train_tokenizer(texts: list[str], vocab_size: int):
     """A byte-level BPE tokenizer (GPT-2 style) wrapped as a transformers fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -274,8 +278,10 @@ def check_arguments(
             raise UsageError(
                 f"unknown model {kind!r} in models={models!r}: choose from {', '.join(MODEL_KINDS)}"
             )
-    if vocab_size % 128 != 0:
-        raise UsageError(f"vocab_size={vocab_size} must be a multiple of 128: pass e.g. 4096")
+    if vocab_size % 128 != 0 or vocab_size < MIN_VOCAB_SIZE:
+        raise UsageError(
+            f"vocab_size={vocab_size} must be a multiple of 128 and >= {MIN_VOCAB_SIZE}: pass e.g. 4096"
+        )
     if num_threads < 1:
         raise UsageError(f"num_threads={num_threads} must be >= 1: pass e.g. 1")
     for name, value in counts.items():

@@ -231,6 +231,21 @@ def weight_files(directory: str, problems: Problems = STRICT) -> list[str]:
     )
 
 
+def check_weight_files(directory: str) -> None:
+    """A ``ValueError`` naming the file unless ``directory`` has weight files, a readable index and
+    valid safetensors headers (no tensor data is read): transformers and vLLM raise a bare
+    ``SafetensorError`` mid-load for a truncated shard."""
+    files = weight_files(directory)
+    if not files:
+        raise ValueError(
+            f"{directory} has no weight files (*.safetensors / *.bin): pass a directory that "
+            "save_pretrained wrote"
+        )
+    for name in files:
+        if name.endswith(".safetensors"):
+            read_safetensors_header(os.path.join(directory, name))
+
+
 def open_torchao_checkpoint(directory: str) -> TorchaoCheckpoint:
     """Validate ``directory`` as a torchao checkpoint and read its structure from the headers."""
     if not os.path.isdir(directory):

@@ -83,6 +83,50 @@ def check_compressed_tensors_config(directory: str) -> None:
         )
 
 
+def _group_of(module: str, groups: dict[str, Any]) -> str | None:
+    """The first config group whose targets name ``module`` (exactly, or an anchored ``re:`` regex
+    as the converter writes them)."""
+    import re
+
+    for group_name, group in groups.items():
+        for target in group.get("targets") or []:
+            if target == module or (target.startswith("re:") and re.fullmatch(target[3:], module)):
+                return group_name
+    return None
+
+
+def scheme_mismatches(expected: dict[str, Any], quantization_config: dict[str, Any]) -> list[Mismatch]:
+    """Each module whose config group in ``quantization_config`` is not the compressed-tensors scheme
+    the converter derives from the torchao source (``expected``: module -> ``CtScheme``). Bit-exact
+    weights do not show it: int8 weight-only and W8A8 store the same int8 weights and scales, and
+    the activation quantization only moves the KL by ~1e-4."""
+    import json
+
+    groups = quantization_config.get("config_groups") or {}
+    problems = []
+    for module, scheme in sorted(expected.items()):
+        group_name = _group_of(module, groups)
+        if group_name is None:
+            problems.append(Mismatch(module, f"no config group targets it; torchao source is {scheme.label}"))
+            continue
+        group = groups[group_name]
+        want = scheme.to_config_group([])
+        differs = [
+            key
+            for key in ("weights", "input_activations", "format")
+            if json.dumps(group.get(key), sort_keys=True) != json.dumps(want[key], sort_keys=True)
+        ]
+        if differs:
+            problems.append(
+                Mismatch(
+                    module,
+                    f"config group {group_name} differs in {', '.join(differs)} from the "
+                    f"{scheme.label} scheme of its torchao source",
+                )
+            )
+    return problems
+
+
 def _source_dtype(ckpt: checkpoint_reader.TorchaoCheckpoint):
     import torch
 
@@ -165,6 +209,12 @@ def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
     if sorted(target_shards) != sorted(ckpt.shard_files):
         return ValidationReport(0, 0, [Mismatch("<shards>", f"{target_shards} != {ckpt.shard_files}")], {})
 
+    from hf_torchao_vllm.conversion import schemes
+
+    target_config = checkpoint_reader.read_json_object(
+        os.path.join(dir_target, checkpoint_reader.CONFIG_FILE), "config"
+    )["quantization_config"]
+    expected_schemes: dict[str, Any] = {}
     mismatches: list[Mismatch] = []
     min_sqnr: dict[str, float] = {}
     compared = exact = 0
@@ -189,6 +239,10 @@ def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
             else:
                 with checkpoint_reader.input_errors_of(os.path.join(dir_source, shard), param, meta, parts):
                     per_module = reference_per_module(ckpt, param, meta, parts)
+                    shape = parts["qdata"].shape
+                    slices = ckpt.expert_slices(param, shape) if len(shape) == 3 else None
+                    for conversion in schemes.convert_parameter(param, meta, parts, slices):
+                        expected_schemes[conversion.module] = conversion.scheme
                 for module, dense in per_module.items():
                     expected[f"{module}.weight"] = (meta["_type"], dense)
         handles.clear()
@@ -218,6 +272,7 @@ def validate_weights(dir_source: str, dir_target: str) -> ValidationReport:
                 sqnr = compute_sqnr(ref.float(), value.float())
                 min_sqnr[type_name] = min(min_sqnr.get(type_name, math.inf), sqnr)
         del got, expected
+    mismatches.extend(scheme_mismatches(expected_schemes, target_config))
     return ValidationReport(compared, exact, mismatches, min_sqnr)
 
 

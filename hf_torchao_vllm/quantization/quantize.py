@@ -95,6 +95,16 @@ def load_causal_lm_config(model: str):
             f"architectures={getattr(config, 'architectures', None)}): "
             "this tool quantizes *ForCausalLM models"
         )
+    quantized = getattr(config, "quantization_config", None)
+    if quantized is not None:
+        # transformers would either reload the stored torchao tensors as if they were the bf16
+        # reference and fail only at save, or refuse the TorchAoConfig with its own message
+        method = quantized.get("quant_method") if isinstance(quantized, dict) else None
+        method = method or getattr(quantized, "quant_method", None)
+        raise ValueError(
+            f"{model!r} is already quantized (quant_method {str(method)!r} in its config.json): "
+            "pass the bf16 / float checkpoint it was quantized from"
+        )
     return config
 
 
@@ -180,6 +190,10 @@ def plan_quantization(
             recipes.validate_recipe_options(name, options, device)
     model_source = resolve_model_source(model)
     config = load_causal_lm_config(model_source)
+    if Path(model_source).is_dir():
+        from hf_torchao_vllm.conversion.checkpoint_reader import check_weight_files
+
+        check_weight_files(model_source)
     skeleton = meta_model(config)
     selection = recipes.select_targets(skeleton, modules, list(skip), quantize_lm_head, quantize_routers)
     recipe_by_target, override_skips = _apply_overrides(selection, entry.name, overrides)

@@ -147,6 +147,7 @@ def run_in_vllm(
     config = read_config(model_path)
     device = get_device()
     check_servable(model_path, config, device, measured=refuse_measured_failures)
+    checkpoint_reader.check_weight_files(model_path)
     max_model_len = min(max_model_len, int(config.get("max_position_embeddings") or max_model_len))
     set_seed(seed)
     text_prompts = list(prompts or DEFAULT_PROMPTS)

@@ -172,3 +172,14 @@ def test_every_vllm_failure_not_ours_is_refused_up_front(committed):
     for architecture in bf16_failed:
         config = {"architectures": [architecture]}
         assert "even in bf16" in vllm_support.checkpoint_problem(config, set(), cpu), architecture
+
+
+@pytest.mark.parametrize("row_timeout_s", [0, -5])
+def test_row_timeout_below_one_second_is_refused(tmp_path, row_timeout_s):
+    # a limit of 0 fails every row, and the work dir keeps those rows for the next run to reuse
+    with pytest.raises(ValueError, match=r"--row_timeout_s is .*: pass a limit >= 1 second"):
+        matrix.main(
+            architectures="LlamaForCausalLM", recipes="int8_weight_only", output_dir=str(tmp_path / "o"),
+            work_dir=str(tmp_path / "w"), row_timeout_s=row_timeout_s,
+        )  # fmt: skip
+    assert list(tmp_path.iterdir()) == []

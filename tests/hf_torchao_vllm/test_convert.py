@@ -902,3 +902,20 @@ def test_a_weight_torchao_holds_in_float32_is_validated_in_float32(int8_source, 
     report = validate_weights(str(source), str(tmp_path / "ct"))
     assert report.ok, report.mismatches
     assert report.num_exact == report.num_compared
+
+
+def test_validate_reports_a_scheme_the_source_does_not_have(int8_source, tmp_path):
+    # W8A8 and int8 weight-only store the same int8 weights and scales: bit-exact weights and a
+    # KL near 1e-4 cannot tell them apart, so the scheme itself is compared
+    target = tmp_path / "ct"
+    convert_checkpoint(int8_source, str(target))
+    config = load_json(target / "config.json")
+    group = config["quantization_config"]["config_groups"]["group_0"]
+    group["input_activations"]["strategy"] = "tensor"  # per-tensor instead of per-token activations
+    (target / "config.json").write_text(json.dumps(config))
+    report = validate_weights(int8_source, str(target))
+    assert report.num_exact == report.num_compared
+    assert len(report.mismatches) == 28
+    assert (
+        "config group group_0 differs in input_activations from the W8A8_INT8" in report.mismatches[0].problem
+    )

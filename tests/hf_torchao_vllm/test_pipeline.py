@@ -57,3 +57,10 @@ def test_pipeline_end_to_end(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 2 and "--overwrite" in again.stderr
     assert (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("max_tokens", [0, -1])
+def test_max_tokens_below_one_is_refused_before_quantizing(tmp_path, max_tokens):
+    with pytest.raises(ValueError, match=rf"--max_tokens is {max_tokens}: pass an integer >= 1"):
+        run_pipeline.main(output_dir=str(tmp_path / "o"), max_tokens=max_tokens)
+    assert not (tmp_path / "o").exists()

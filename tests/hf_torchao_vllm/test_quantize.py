@@ -320,3 +320,39 @@ def test_quantize_on_load_that_drops_weights_is_refused(tiny_dir, tmp_path):
             skip=[r"self_attn\.(gate|q|k|v)_proj$", r"mlp\.(gate|up)_proj$"], device=torch.device("cpu"),
         )  # fmt: skip
     assert not out.exists()
+
+
+@pytest.mark.parametrize("quant_method", ["torchao", "compressed-tensors"])
+def test_already_quantized_model_is_refused_before_loading(tmp_path, quant_method):
+    source = tmp_path / "quantized"
+    source.mkdir()
+    config = json.loads((Path(DENSE) / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": quant_method}
+    (source / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "o"
+    message = rf"already quantized \(quant_method '{quant_method}'.*: pass the bf16"
+    with pytest.raises(ValueError, match=message):
+        quantize_script.main(model=str(source), output_dir=str(out))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "no_weights"])
+def test_damaged_weights_are_one_line_before_loading(tmp_path, damage):
+    source = tmp_path / "model"
+    source.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (source / name).write_bytes((Path(DENSE) / name).read_bytes())
+    if damage == "truncated":
+        (source / "model.safetensors").write_bytes((Path(DENSE) / "model.safetensors").read_bytes()[:100_000])
+    message = {
+        "truncated": r"model.safetensors is not a valid safetensors file.*truncated",
+        "no_weights": r"model has no weight files",
+    }
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match=message[damage]):
+        quantize_script.main(model=str(source), output_dir=str(out))
+    assert not out.exists()
+    from hf_torchao_vllm import evaluate_quality
+
+    with pytest.raises(ValueError, match=message[damage]):
+        evaluate_quality.main(model=str(source))

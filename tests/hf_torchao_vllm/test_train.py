@@ -59,6 +59,15 @@ def test_existing_output_is_refused_before_training(tmp_path):
         main(output_dir=str(tmp_path), models="big")
 
 
+@pytest.mark.parametrize("vocab_size", [0, -128, 256])
+def test_vocab_size_below_the_byte_alphabet_is_refused_before_training(tmp_path, vocab_size):
+    from hf_torchao_vllm.train_tiny_models import main
+
+    with pytest.raises(ValueError, match=rf"vocab_size={vocab_size} must be a multiple of 128 and >= 384"):
+        main(output_dir=str(tmp_path / "o"), models="dense", vocab_size=vocab_size)
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("kind", ["dense", "moe"])
 def test_committed_model_is_trained_and_vllm_cpu_compatible(kind):
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -183,6 +184,19 @@ def test_runner_refuses_unservable_checkpoint_in_one_line(tmp_path, monkeypatch)
         runner, "torchao_quantized_params", lambda path, cfg: {"m.layers.0.mlp.down_proj.weight"}
     )
     with pytest.raises(ValueError, match=r"vLLM cannot serve .*compute capability >= 8\.9"):
+        runner.run_in_vllm(str(model))
+
+
+def test_runner_refuses_a_truncated_shard_before_vllm_starts(tmp_path):
+    model = tmp_path / "truncated"
+    model.mkdir()
+    dense = tiny_models.embedded_model("dense")
+    shutil.copyfile(os.path.join(dense, "config.json"), model / "config.json")
+    with open(os.path.join(dense, "model.safetensors"), "rb") as f:
+        (model / "model.safetensors").write_bytes(f.read(100_000))
+    from hf_torchao_vllm.serving import vllm_runner as runner
+
+    with pytest.raises(ValueError, match=r"model.safetensors is not a valid safetensors file.*truncated"):
         runner.run_in_vllm(str(model))
 
 
