@@ -350,6 +350,9 @@ def render_markdown(acc: Accumulator, versions: dict[str, str]) -> str:
     verdict = (
         "FAIL: " + ", ".join(failing) if failing else "PASS: every converter matched its documented behaviour"
     )
+    missing = missing_chunks(acc)
+    if missing:
+        verdict += f" on the {len(acc.done):,} chunks swept so far; {missing:,} chunks not swept yet"
     lines = [
         *_conditions_lines(acc, versions),
         *_behaviour_lines(acc),
@@ -363,15 +366,33 @@ def render_markdown(acc: Accumulator, versions: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def missing_chunks(acc: Accumulator) -> int:
+    """Chunks of a full sweep not swept yet (``--max_chunks``, an interrupted run); 0 for mode=fast."""
+    if acc.config["mode"] != "full":
+        return 0
+    return FULL_SWEEP_SIZE // acc.config["chunk_size"] - len(acc.done)
+
+
 def _conditions_lines(acc: Accumulator, versions: dict[str, str]) -> list[str]:
+    missing = missing_chunks(acc)
+    partial = (
+        [
+            f"**PARTIAL: {len(acc.done):,} of {len(acc.done) + missing:,} chunks swept "
+            f"({acc.num_values:,} of {FULL_SWEEP_SIZE:,} inputs): run the same command again to continue.**",
+            "",
+        ]
+        if missing
+        else []
+    )
     invocations = "; ".join(
         f"{i['chunks']} chunks in {i['elapsed_s']:.1f} s on {i['num_workers']} workers, 1-min load "
         f"average {i['load_average_start']:.2f} before / {i['load_average_end']:.2f} after"
         for i in acc.invocations
     )
     return [
-        f"# llvm_e8m0 sweep results ({acc.config['mode']})",
+        f"# llvm_e8m0 sweep results ({acc.config['mode']}{', partial' if missing else ''})",
         "",
+        *partial,
         f"- inputs: {acc.num_values:,} float32 bit patterns ({len(acc.done)} chunks); "
         f"mode={acc.config['mode']}, config={json.dumps(acc.config, sort_keys=True)}",
         f"- versions: {', '.join(f'{k} {v}' for k, v in versions.items())}",
@@ -872,7 +893,7 @@ def publish_results(acc: Accumulator, settings: Settings, paths: Paths) -> Path:
     payload = acc.to_json() | {
         "versions": info,
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "complete": settings.mode == "fast" or len(acc.done) == settings.num_full_chunks,
+        "complete": missing_chunks(acc) == 0,
     }
     with staged_dir(paths.output_dir, tool=TOOL) as staging:
         (staging / "results.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")

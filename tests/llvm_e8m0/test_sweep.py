@@ -30,7 +30,8 @@ def test_fast_sweep_cli(tmp_path, apfloat_library):
     result = run_sweep_cli("--output_dir", str(out), "--num_random", "20000", "--num_workers", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     markdown = (out / "results.md").read_text()
-    assert "PASS: every converter matched its documented behaviour" in markdown
+    assert "**PASS: every converter matched its documented behaviour**" in markdown
+    assert markdown.startswith("# llvm_e8m0 sweep results (fast)\n") and "PARTIAL" not in markdown
     assert "## Pairwise disagreements by input class" in markdown
     assert "## First examples per input class" in markdown
     payload = json.loads((out / "results.json").read_text())
@@ -107,7 +108,13 @@ def test_full_mode_resumes_from_state(tmp_path, apfloat_library):
     assert payload["done"] == [0, 1, 2, 3] and payload["num_values"] == 4 * 4096
     assert not payload["complete"]
     assert [i["chunks"] for i in payload["invocations"]] == [2, 2]  # both invocations' timings kept
-    assert "over 2 invocation(s)" in (tmp_path / "full" / "results.md").read_text()
+    markdown = (tmp_path / "full" / "results.md").read_text()
+    assert "over 2 invocation(s)" in markdown
+    # 4 of 2^20 chunks is no full sweep: the title, the first line and the verdict say so
+    assert markdown.startswith("# llvm_e8m0 sweep results (full, partial)\n")
+    assert "**PARTIAL: 4 of 1,048,576 chunks swept (16,384 of 4,294,967,296 inputs): run the same" in markdown
+    assert "PASS: every converter matched its documented behaviour on the 4 chunks swept so far; " in markdown
+    assert "1,048,572 chunks not swept yet**" in markdown
     # Inputs 0..16383 are +0 and positive subnormals: torch and ml_dtypes differ only on +0.
     assert class_counts(payload, "torch|ml_dtypes") == dict.fromkeys(sweep.CLASS_NAMES, 0) | {"+zero": 1}
     with pytest.raises(ValueError, match="delete the state file"):
