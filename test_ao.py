@@ -576,6 +576,11 @@ def reference_run(mut: ModelUnderTest) -> tuple[torch.Tensor, dict[str, torch.Te
     """The bf16 model's output and the input each of its nn.Linear modules sees, on ``mut.inputs``."""
     with torch.no_grad():
         reference_output = model_output(mut.model, mut.inputs)
+    if not bool(torch.isfinite(reference_output).all()):
+        raise ValueError(
+            f"--model {mut.name}: the bf16 model's output has inf/nan on the seeded random inputs, so no "
+            "SQNR can be measured against it: check the model's weights, or pass another --seed"
+        )
     linear_fqns = {fqn for fqn, m in mut.model.named_modules() if isinstance(m, nn.Linear)}
     return reference_output, capture_layer_inputs(mut.model, mut.inputs, linear_fqns)
 
@@ -703,6 +708,21 @@ def _replaced_row(fqn: str, snap: WeightSnapshot, replacement: nn.Module) -> Mod
     )
 
 
+def sqnr_db(reference: torch.Tensor, output: torch.Tensor) -> float:
+    """``compute_sqnr``, with a quantized output holding inf/nan as -inf dB: the worst value, below
+    every threshold, so the config is reported as ``low-sqnr`` instead of ending the run (torchao 0.18's
+    float8 weight-only config turns an all-zero weight row into NaN: scale 0, 0 / 0)."""
+    from pytorch_scripts_common import compute_sqnr
+
+    if not bool(torch.isfinite(output).all()):
+        return -math.inf
+    return compute_sqnr(reference, output)
+
+
+def _non_finite_note(output: torch.Tensor) -> str:
+    return f"output has inf/nan in {int((~torch.isfinite(output)).sum())} of {output.numel()} values"
+
+
 @torch.no_grad()
 def measure(
     result: ConfigResult,
@@ -716,20 +736,25 @@ def measure(
 ) -> bool:
     """Fill ``result``'s layer and model SQNR and timings; False (status forward-error) when the
     quantized model's forward raises."""
-    from pytorch_scripts_common import benchmark, compute_sqnr
+    from pytorch_scripts_common import benchmark
 
     for row in result.modules:
         if row.status == "quantized" and row.fqn in layer_inputs:
             x = layer_inputs[row.fqn]
             reference = mut.model.get_submodule(row.fqn)(x)
-            row.layer_sqnr_db = compute_sqnr(reference, quantized.get_submodule(row.fqn)(x))
+            layer_output = quantized.get_submodule(row.fqn)(x)
+            row.layer_sqnr_db = sqnr_db(reference, layer_output)
+            if row.layer_sqnr_db == -math.inf:
+                row.reason = _non_finite_note(layer_output)
     try:
         output = model_output(quantized, mut.inputs)
     except Exception as error:  # noqa: BLE001 - torchao's kernel refusing this model is a result
         result.status = "forward-error"
         result.error = f"forward raised {_format_error(error)}"
         return False
-    result.model_sqnr_db = compute_sqnr(reference_output, output)
+    result.model_sqnr_db = sqnr_db(reference_output, output)
+    if result.model_sqnr_db == -math.inf:
+        result.error = result.error or f"model {_non_finite_note(output)}"
     result.eager = Timing.of(
         benchmark(lambda: model_output(quantized, mut.inputs), num_warmup=2, num_runs=num_runs, device=device)
     )
@@ -739,8 +764,11 @@ def measure(
 
 
 def final_status(result: ConfigResult, spec: ConfigSpec, refused: bool) -> str:
-    """low-sqnr below the recipe's floor, partial when torchao refused some modules, else ok."""
+    """low-sqnr below the recipe's floor (or an inf/nan output, eager or compiled), partial when
+    torchao refused some modules, else ok."""
     if result.worst_layer_sqnr_db is not None and result.worst_layer_sqnr_db < spec.min_layer_sqnr_db:
+        return "low-sqnr"
+    if -math.inf in (result.model_sqnr_db, result.compiled_sqnr_db):
         return "low-sqnr"
     return "partial" if refused else "ok"
 
@@ -754,7 +782,7 @@ def _time_compiled(
     num_runs: int,
 ) -> None:
     """Fill the compiled columns of ``result`` (or its compile_error; compiling is allowed to fail)."""
-    from pytorch_scripts_common import benchmark, compute_sqnr
+    from pytorch_scripts_common import benchmark
 
     # A fresh dynamo cache per config: the models share forward code, so without a reset later
     # configs could hit the recompile limit and silently run eagerly.
@@ -764,7 +792,9 @@ def _time_compiled(
         start_s = time.perf_counter()
         output = model_output(compiled, mut.inputs)
         result.compile_s = time.perf_counter() - start_s
-        result.compiled_sqnr_db = compute_sqnr(reference_output, output)
+        result.compiled_sqnr_db = sqnr_db(reference_output, output)
+        if result.compiled_sqnr_db == -math.inf:
+            result.error = result.error or f"compiled model {_non_finite_note(output)}"
         timing = benchmark(
             lambda: model_output(compiled, mut.inputs), num_warmup=2, num_runs=num_runs, device=device
         )
@@ -776,8 +806,6 @@ def _time_compiled(
 def run_autoquant(mut: ModelUnderTest, reference_output: torch.Tensor) -> dict[str, Any]:
     """Run ``torchao.autoquant`` when this torchao has it; otherwise say why not."""
     import torchao
-
-    from pytorch_scripts_common import compute_sqnr
 
     autoquant = getattr(torchao, "autoquant", None)
     if autoquant is None:
@@ -800,7 +828,7 @@ def run_autoquant(mut: ModelUnderTest, reference_output: torch.Tensor) -> dict[s
     return {
         "status": "ok",
         "reason": "",
-        "model_sqnr_db": compute_sqnr(reference_output, output),
+        "model_sqnr_db": sqnr_db(reference_output, output),
         "weight_classes": classes,
     }
 
@@ -810,9 +838,7 @@ def run_autoquant(mut: ModelUnderTest, reference_output: torch.Tensor) -> dict[s
 
 
 def _fmt_db(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return "inf" if math.isinf(value) else f"{value:.1f}"
+    return "-" if value is None else f"{value:.1f}"  # inf (identical) and -inf (no signal left) as such
 
 
 def _fmt_ms(value: float | None) -> str:
@@ -969,13 +995,20 @@ def _resolve_device(device: str) -> torch.device:
 
     if not device:
         return get_device()
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+    index = device.removeprefix("cuda:")
+    if device not in ("cpu", "cuda") and not (device.startswith("cuda:") and index.isdigit()):
         raise ValueError(
-            f"--device {device!r}: only cpu and cuda are supported: pass --device=cpu or --device=cuda"
+            f"--device {device!r}: only cpu, cuda and cuda:<index> are supported: pass --device=cpu "
+            "or --device=cuda"
         )
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device!r}: CUDA is not available on this machine: use --device=cpu")
+    if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s): "
+            f"pass --device=cuda:<0..{torch.cuda.device_count() - 1}>"
+        )
     return resolved
 
 
@@ -1048,7 +1081,12 @@ def write_json_report(args: Arguments, mut, group_size, seed, baseline, results,
         "load_average": list(os.getloadavg()),
         "baseline": {"eager": baseline.eager, "compiled": baseline.compiled, "compile_s": baseline.compile_s},
         "configs": [
-            dataclasses.asdict(r) | {"num_quantized": r.num_quantized, "num_linear": r.num_linear}
+            dataclasses.asdict(r)
+            | {
+                "num_quantized": r.num_quantized,
+                "num_linear": r.num_linear,
+                "worst_layer_sqnr_db": r.worst_layer_sqnr_db,
+            }
             for r in results
         ],
         "autoquant": autoquant_result,

@@ -94,6 +94,47 @@ class Shapes:
     seed: int
 
 
+def check_axes(
+    num_experts: Sequence[int],
+    top_k: Sequence[int],
+    dtype: Sequence[str],
+    routing: Sequence[str],
+    batch: Sequence[str],
+    expert_impl: Sequence[str],
+    world_size: int | None = None,
+) -> None:
+    """``UsageError`` for a case-axis value no world size can run; with ``world_size``, also for an
+    expert count it does not divide."""
+    multiples = "positive multiples of the world size" + (f" {world_size}" if world_size else "")
+    for e in num_experts:
+        if e < 1:
+            raise UsageError(f"num_experts={e}: pass {multiples}")
+        if world_size and e % world_size != 0:
+            raise UsageError(
+                f"num_experts={e} is not divisible by the world size {world_size}: each rank owns "
+                f"num_experts / world_size experts; use a positive multiple of {world_size} "
+                f"or change --nproc_per_node"
+            )
+    for k in top_k:
+        if not 1 <= k <= min(num_experts):
+            raise UsageError(
+                f"top_k={k} must be in [1, min(num_experts)={min(num_experts)}]: pass --top_k from 1 to "
+                f"{min(num_experts)}, or raise --num_experts"
+            )
+    for values, choices, name in (
+        (dtype, DTYPES, "dtype"),
+        (routing, ROUTINGS, "routing"),
+        (batch, BATCHES, "batch"),
+        (expert_impl, EXPERT_IMPLS, "expert_impl"),
+    ):
+        for v in values:
+            if v not in choices:
+                raise UsageError(
+                    f"{name}={v!r} is not one of {tuple(choices)}: pass one or a comma list of them, "
+                    f"e.g. --{name}={','.join(choices)}"
+                )
+
+
 def build_cases(
     num_experts: Sequence[int],
     top_k: Sequence[int],
@@ -104,27 +145,7 @@ def build_cases(
     world_size: int,
 ) -> list[Case]:
     """The cartesian product of the case axes, validated against the world size up front."""
-    for e in num_experts:
-        if e < 1:
-            raise UsageError(f"num_experts={e}: pass positive multiples of the world size {world_size}")
-        if e % world_size != 0:
-            raise UsageError(
-                f"num_experts={e} is not divisible by the world size {world_size}: each rank owns "
-                f"num_experts / world_size experts; use a positive multiple of {world_size} "
-                f"or change --nproc_per_node"
-            )
-    for k in top_k:
-        if not 1 <= k <= min(num_experts):
-            raise UsageError(f"top_k={k} must be in [1, min(num_experts)={min(num_experts)}]")
-    for values, choices, name in (
-        (dtype, DTYPES, "dtype"),
-        (routing, ROUTINGS, "routing"),
-        (batch, BATCHES, "batch"),
-        (expert_impl, EXPERT_IMPLS, "expert_impl"),
-    ):
-        for v in values:
-            if v not in choices:
-                raise UsageError(f"{name}={v!r} is not one of {tuple(choices)}")
+    check_axes(num_experts, top_k, dtype, routing, batch, expert_impl, world_size)
     return [
         Case(*combo) for combo in itertools.product(num_experts, top_k, dtype, routing, batch, expert_impl)
     ]
@@ -371,7 +392,8 @@ def validate_arguments(
     for name, items in values.items():
         if not items:
             raise UsageError(f"--{name} is empty: give at least one value")
-    world_size = distributed.torchrun_world_size(EXAMPLE_COMMAND)  # after the checks that need no launch
+    check_axes(*values.values())  # a value no world size can run is named before asking for torchrun
+    world_size = distributed.torchrun_world_size(EXAMPLE_COMMAND)
     cases = build_cases(*values.values(), world_size=world_size)
     if "grouped_mm" in values["expert_impl"]:
         device = get_device()

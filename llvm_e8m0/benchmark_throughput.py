@@ -58,8 +58,8 @@ def main(
             lambda c=converter: c(bits), num_warmup=num_warmup, num_runs=num_runs, device="cpu"
         )
         seconds[name] = result.median_s
-    sweep._init_worker(1, 1)
     names = tuple(registry)
+    sweep._init_worker(1, 1, names)
     overhead = benchmark(
         lambda: sweep.process_chunk(0, bits, names, 2000, check_all_reference=False),
         num_warmup=0,

@@ -133,14 +133,20 @@ class ChunkResult:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_pool_worker(llvm_threads: int, torch_threads: int) -> None:
+def _init_pool_worker(llvm_threads: int, torch_threads: int, names: tuple[str, ...]) -> None:
     # Ctrl-C reaches every process of the terminal's job: the main process handles it and
     # terminates the pool, so a worker ignores it (instead of printing a KeyboardInterrupt traceback).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _init_worker(llvm_threads, torch_threads)
+    try:
+        _init_worker(llvm_threads, torch_threads, names)
+    except Exception as error:  # noqa: BLE001 - handed to the main process by the first task
+        # A pool whose initializer raises replaces the dead worker and runs the initializer again,
+        # forever: the main process would wait for results that never come.
+        _WORKER["init_error"] = error
 
 
-def _init_worker(llvm_threads: int, torch_threads: int) -> None:
+def _init_worker(llvm_threads: int, torch_threads: int, names: tuple[str, ...]) -> None:
+    """Set up this process's converters; only those in ``names`` are warmed up (and so loaded)."""
     import torch
 
     from llvm_e8m0.expected import build_expected
@@ -151,8 +157,21 @@ def _init_worker(llvm_threads: int, torch_threads: int) -> None:
     _WORKER["expected"] = build_expected()
     # Warm up (library load, torchao import, torch lazy init) so chunk timings are steady state.
     warmup_bits = structured_inputs()[:4096]
-    for converter in _WORKER["converters"].values():
-        converter(warmup_bits)
+    for name in names:
+        _WORKER["converters"][name](warmup_bits)
+
+
+def uses_llvm(names: tuple[str, ...]) -> bool:
+    return any(name.startswith("llvm_") for name in names)
+
+
+def require_llvm(names: tuple[str, ...]) -> None:
+    """Build (or find cached) the APFloat library before any work when a converter needs it, so that
+    a missing, too old or misconfigured LLVM is one line up front, not a failure in every worker."""
+    if uses_llvm(names):
+        from llvm_e8m0.build import build_library
+
+        build_library()
 
 
 def pairwise_disagreements(
@@ -350,6 +369,9 @@ def render_markdown(acc: Accumulator, versions: dict[str, str]) -> str:
     verdict = (
         "FAIL: " + ", ".join(failing) if failing else "PASS: every converter matched its documented behaviour"
     )
+    missing = missing_chunks(acc)
+    if missing:
+        verdict += f" on the {len(acc.done):,} chunks swept so far; {missing:,} chunks not swept yet"
     lines = [
         *_conditions_lines(acc, versions),
         *_behaviour_lines(acc),
@@ -363,15 +385,33 @@ def render_markdown(acc: Accumulator, versions: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def missing_chunks(acc: Accumulator) -> int:
+    """Chunks of a full sweep not swept yet (``--max_chunks``, an interrupted run); 0 for mode=fast."""
+    if acc.config["mode"] != "full":
+        return 0
+    return FULL_SWEEP_SIZE // acc.config["chunk_size"] - len(acc.done)
+
+
 def _conditions_lines(acc: Accumulator, versions: dict[str, str]) -> list[str]:
+    missing = missing_chunks(acc)
+    partial = (
+        [
+            f"**PARTIAL: {len(acc.done):,} of {len(acc.done) + missing:,} chunks swept "
+            f"({acc.num_values:,} of {FULL_SWEEP_SIZE:,} inputs): run the same command again to continue.**",
+            "",
+        ]
+        if missing
+        else []
+    )
     invocations = "; ".join(
         f"{i['chunks']} chunks in {i['elapsed_s']:.1f} s on {i['num_workers']} workers, 1-min load "
         f"average {i['load_average_start']:.2f} before / {i['load_average_end']:.2f} after"
         for i in acc.invocations
     )
     return [
-        f"# llvm_e8m0 sweep results ({acc.config['mode']})",
+        f"# llvm_e8m0 sweep results ({acc.config['mode']}{', partial' if missing else ''})",
         "",
+        *partial,
         f"- inputs: {acc.num_values:,} float32 bit patterns ({len(acc.done)} chunks); "
         f"mode={acc.config['mode']}, config={json.dumps(acc.config, sort_keys=True)}",
         f"- versions: {', '.join(f'{k} {v}' for k, v in versions.items())}",
@@ -458,7 +498,7 @@ def _first_examples_lines(acc: Accumulator, short: dict[str, str]) -> list[str]:
     return [*lines, ""]
 
 
-def versions() -> dict[str, str]:
+def versions(names: tuple[str, ...]) -> dict[str, str]:
     import ml_dtypes
     import torch
     import torchao
@@ -466,7 +506,7 @@ def versions() -> dict[str, str]:
     from llvm_e8m0 import llvm_lib
 
     return {
-        "LLVM": llvm_lib.llvm_version(),
+        "LLVM": llvm_lib.llvm_version() if uses_llvm(names) else "not used",
         "torch": torch.__version__,
         "torchao": torchao.__version__,
         "ml_dtypes": ml_dtypes.__version__,
@@ -545,6 +585,7 @@ def main(
         mode, num_random, seed, chunk_size, num_workers, max_chunks, reference_samples, implementations
     )
     paths = check_paths(settings, output_dir, state_file, overwrite)
+    require_llvm(settings.names)
     acc = (
         load_state(paths.state, settings) if paths.resuming else Accumulator(settings.config, settings.names)
     )
@@ -794,6 +835,8 @@ def make_tasks(
 
 
 def _call(task: tuple[Callable[[Any], ChunkResult], Any]) -> ChunkResult:
+    if "init_error" in _WORKER:
+        raise _WORKER["init_error"]
     function, arguments = task
     return function(arguments)
 
@@ -821,13 +864,15 @@ def run_chunks(
     with contextlib.ExitStack() as stack:
         stack.enter_context(progress)
         if settings.num_workers == 1:  # in this process: no spawn start-up cost
-            _init_worker(llvm_threads, llvm_threads)
+            _init_worker(llvm_threads, llvm_threads, settings.names)
             results: Iterable[ChunkResult] = map(_call, tasks)
         else:
             spawn = multiprocessing.get_context("spawn")
             with signals_deferred():  # a pool cut off while starting would never be terminated
                 pool = stack.enter_context(
-                    spawn.Pool(settings.num_workers, _init_pool_worker, (llvm_threads, llvm_threads))
+                    spawn.Pool(
+                        settings.num_workers, _init_pool_worker, (llvm_threads, llvm_threads, settings.names)
+                    )
                 )
             results = pool.imap_unordered(_call, tasks)
         bar = progress.add_task(f"e8m0 sweep ({settings.mode})", total=len(tasks))
@@ -866,13 +911,13 @@ class Invocation:
 def publish_results(acc: Accumulator, settings: Settings, paths: Paths) -> Path:
     """Write results.md / results.json (and the default state) into a new output folder, swapped in
     whole; print the markdown. Returns the published results.md."""
-    _init_worker(1, 1)  # the report re-runs converters on the handful of example inputs
-    info = versions()
+    _init_worker(1, 1, settings.names)  # the report re-runs converters on the handful of example inputs
+    info = versions(settings.names)
     markdown = render_markdown(acc, info)
     payload = acc.to_json() | {
         "versions": info,
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "complete": settings.mode == "fast" or len(acc.done) == settings.num_full_chunks,
+        "complete": missing_chunks(acc) == 0,
     }
     with staged_dir(paths.output_dir, tool=TOOL) as staging:
         (staging / "results.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")

@@ -374,8 +374,10 @@ def parse_list(value: Any, item_type: type = str, *, name: str) -> list[Any]:
 
 
 def _list_item(item: Any, item_type: type, name: str, value: Any) -> Any:
-    what = {int: "integers", float: "numbers", str: "names"}.get(item_type, item_type.__name__)
-    problem = UsageError(f"--{name} is {value!r}: pass comma-separated {what}, e.g. --{name}=a,b")
+    what, example = {int: ("integers", "4,8"), float: ("numbers", "0.5,1.5"), str: ("names", "a,b")}.get(
+        item_type, (item_type.__name__, "a,b")
+    )
+    problem = UsageError(f"--{name} is {value!r}: pass comma-separated {what}, e.g. --{name}={example}")
     if item_type is str:
         return str(item)
     if isinstance(item, bool):

@@ -80,8 +80,11 @@ def test_parse_list_flattens_every_form_fire_produces(value, item_type, expected
     ("value", "item_type"), [("(64", float), ("a,2", int), ((1.5,), int), ("nan", float)]
 )
 def test_parse_list_rejects_items_of_the_wrong_type(value, item_type):
-    with pytest.raises(UsageError, match="--sizes is .*: pass comma-separated"):
+    with pytest.raises(UsageError, match="--sizes is .*: pass comma-separated") as error:
         parse_list(value, item_type, name="sizes")
+    # the example has the type asked for (an integer list's example was "--sizes=a,b")
+    example = {int: "--sizes=4,8", float: "--sizes=0.5,1.5"}[item_type]
+    assert str(error.value).endswith(f"e.g. {example}")
 
 
 SCRIPT = textwrap.dedent(

@@ -17,6 +17,7 @@ import pytest
 
 from dp2ep import main as main_module
 from dp2ep.main import main
+from pytorch_scripts_common import distributed
 from pytorch_scripts_common.cli import UsageError
 from tests.module_cli import run_module
 from tests.readme_commands import bash_block_commands
@@ -182,7 +183,7 @@ def torchrun_env(monkeypatch):
     [
         ({"num_experts": "abc"}, r"--num_experts is 'abc': pass comma-separated integers"),
         ({"num_experts": (4, "x")}, r"--num_experts is \(4, 'x'\)"),
-        ({"num_experts": 0}, r"num_experts=0: pass positive multiples of the world size 2"),
+        ({"num_experts": 0}, r"num_experts=0: pass positive multiples of the world size$"),
         ({"num_experts": -4}, r"num_experts=-4: pass positive multiples"),
         ({"num_experts": 3}, r"num_experts=3 is not divisible by the world size 2"),
         ({"num_experts": True}, r"--num_experts is True"),
@@ -208,6 +209,25 @@ def test_argument_mistakes_are_usage_errors_before_any_process_group(torchrun_en
     import torch.distributed
 
     assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"top_k": 0}, r"top_k=0 must be in \[1, min\(num_experts\)=4\]: pass --top_k from 1 to 4"),
+        ({"num_experts": 2, "top_k": 3}, r"top_k=3 must be in \[1, min\(num_experts\)=2\]"),
+        ({"num_experts": 0}, r"num_experts=0: pass positive multiples of the world size$"),
+        ({"routing": "zipf"}, r"routing='zipf' is not one of .*: pass one or a comma list of them"),
+    ],
+)
+def test_mistakes_any_world_size_refuses_come_before_the_torchrun_check(monkeypatch, kwargs, message):
+    # Without torchrun, a value no launch can run is named first: fixing the launch would not help.
+    for name in distributed.TORCHRUN_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(UsageError, match=message):
+        main(**kwargs)
+    with pytest.raises(UsageError, match="not launched by torchrun"):
+        main(num_experts=3)  # divisibility needs the world size: asked of torchrun first
 
 
 def test_valid_arguments_give_the_full_grid(torchrun_env):

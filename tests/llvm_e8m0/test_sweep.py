@@ -3,6 +3,7 @@
 import inspect
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,8 @@ def test_fast_sweep_cli(tmp_path, apfloat_library):
     result = run_sweep_cli("--output_dir", str(out), "--num_random", "20000", "--num_workers", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     markdown = (out / "results.md").read_text()
-    assert "PASS: every converter matched its documented behaviour" in markdown
+    assert "**PASS: every converter matched its documented behaviour**" in markdown
+    assert markdown.startswith("# llvm_e8m0 sweep results (fast)\n") and "PARTIAL" not in markdown
     assert "## Pairwise disagreements by input class" in markdown
     assert "## First examples per input class" in markdown
     payload = json.loads((out / "results.json").read_text())
@@ -107,7 +109,13 @@ def test_full_mode_resumes_from_state(tmp_path, apfloat_library):
     assert payload["done"] == [0, 1, 2, 3] and payload["num_values"] == 4 * 4096
     assert not payload["complete"]
     assert [i["chunks"] for i in payload["invocations"]] == [2, 2]  # both invocations' timings kept
-    assert "over 2 invocation(s)" in (tmp_path / "full" / "results.md").read_text()
+    markdown = (tmp_path / "full" / "results.md").read_text()
+    assert "over 2 invocation(s)" in markdown
+    # 4 of 2^20 chunks is no full sweep: the title, the first line and the verdict say so
+    assert markdown.startswith("# llvm_e8m0 sweep results (full, partial)\n")
+    assert "**PARTIAL: 4 of 1,048,576 chunks swept (16,384 of 4,294,967,296 inputs): run the same" in markdown
+    assert "PASS: every converter matched its documented behaviour on the 4 chunks swept so far; " in markdown
+    assert "1,048,572 chunks not swept yet**" in markdown
     # Inputs 0..16383 are +0 and positive subnormals: torch and ml_dtypes differ only on +0.
     assert class_counts(payload, "torch|ml_dtypes") == dict.fromkeys(sweep.CLASS_NAMES, 0) | {"+zero": 1}
     with pytest.raises(ValueError, match="delete the state file"):
@@ -431,3 +439,66 @@ def test_segmented_pair_counting_equals_elementwise_definition(case):
     assert sweep.pairwise_disagreements(bits, outputs, names) == naive_pairwise_disagreements(
         bits, outputs, names
     )
+
+
+def without_llvm_env(tmp_path: Path) -> dict[str, str]:
+    """This environment with LLVM_CONFIG at a path that does not exist and an empty library cache:
+    the sweep's default LLVM cannot be found or built."""
+    import os
+
+    env = dict(os.environ)
+    env.pop("LLVM_DIR", None)
+    return env | {"LLVM_CONFIG": str(tmp_path / "no-llvm-config"), "PYTORCH_SCRIPTS_CACHE_DIR": str(tmp_path)}
+
+
+def test_an_llvm_that_cannot_be_used_is_one_line_before_any_work(tmp_path):
+    out = tmp_path / "out"
+    env = without_llvm_env(tmp_path)
+    result = run_module("llvm_e8m0.sweep", f"--output_dir={out}", "--num_random=100", env=env, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: llvm-config not found at '{env['LLVM_CONFIG']}' (LLVM_CONFIG); fix the path or unset it"
+    )
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_converters_without_llvm_run_without_it(tmp_path):
+    out = tmp_path / "out"
+    result = run_module(
+        "llvm_e8m0.sweep",
+        f"--output_dir={out}",
+        "--num_random=100",
+        "--num_workers=1",
+        "--implementations=torch,ml_dtypes",
+        env=without_llvm_env(tmp_path),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text())["versions"]["LLVM"] == "not used"
+
+
+def test_a_worker_that_cannot_start_fails_the_sweep_instead_of_hanging(tmp_path):
+    # The pool's workers set up every selected converter; an LLVM converter without an LLVM raises
+    # there. multiprocessing.Pool restarts a worker whose initializer raised, forever: the sweep
+    # waited for results that never came. require_llvm() (skipped here) normally refuses this first.
+    code = (
+        "import pathlib, tempfile\n"
+        "from llvm_e8m0 import sweep\n"
+        "settings = sweep.check_arguments('fast', 100, 0, 2**22, 2, 0, 500, 'llvm_rne,torch')\n"
+        "acc = sweep.Accumulator(settings.config, settings.names)\n"
+        "with tempfile.TemporaryDirectory() as folder:\n"
+        "    tasks = sweep.make_tasks(settings, acc, pathlib.Path(folder))\n"
+        "    sweep.run_chunks(acc, tasks, settings, lambda invocation: None)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=without_llvm_env(tmp_path),
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("ValueError: llvm-config not found at")

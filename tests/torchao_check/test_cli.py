@@ -82,7 +82,7 @@ def test_cli_refuses_to_overwrite_and_rejects_bad_arguments(tmp_path: Path) -> N
     assert (out / "report.json").read_text() == "{}"  # untouched
 
     assert_one_line_error(run_cli("--configs=int8wo,not_a_config"), "not_a_config")
-    assert_one_line_error(run_cli("--device", "tpu"), "--device 'tpu': only cpu and cuda")
+    assert_one_line_error(run_cli("--device", "tpu"), "--device 'tpu': only cpu, cuda and cuda:<index>")
     assert_one_line_error(run_cli("--num_runs", "abc"), "--num_runs is 'abc': pass an integer")
 
 

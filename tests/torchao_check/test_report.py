@@ -7,6 +7,8 @@ what the report says against what is known about those configs (read from torcha
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import re
 
 import pytest
@@ -233,6 +235,50 @@ def test_low_sqnr_exits_non_zero_and_check_can_be_disabled(monkeypatch: pytest.M
     test_ao.main(configs="int8wo", num_runs=1, batch_size=2, check_sqnr=False)
 
 
+def zero_row_toy(build_toy_model=test_ao.build_toy_model) -> nn.Module:
+    """The small toy with one all-zero weight row (a pruned output feature) in its first Linear."""
+    model = build_toy_model("small")
+    with torch.no_grad():
+        model[0].weight[0] = 0
+    return model
+
+
+def test_inf_or_nan_from_a_quantized_layer_is_low_sqnr_in_the_report(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    # torchao 0.18's Float8WeightOnlyConfig gives an all-zero row the scale 0, so its qdata is 0 / 0 =
+    # NaN: a finding about the config (worst possible SQNR), not a mistake in the arguments.
+    monkeypatch.setattr(test_ao, "build_toy_model", lambda name: zero_row_toy())
+    with pytest.raises(SystemExit) as excinfo:
+        test_ao.main(configs="float8wo,int8wo", num_runs=1, batch_size=2, output_dir=str(tmp_path))
+    assert excinfo.value.code == 1
+    configs = {c["name"]: c for c in json.loads((tmp_path / "report.json").read_text())["configs"]}
+    float8 = configs["float8wo"]
+    assert float8["status"] == "low-sqnr"
+    assert float8["worst_layer_sqnr_db"] == float8["model_sqnr_db"] == "-inf"
+    first = next(row for row in float8["modules"] if row["fqn"] == "0")
+    assert first["layer_sqnr_db"] == "-inf"
+    assert first["reason"] == "output has inf/nan in 2 of 1024 values"  # one feature of 2 rows x 512
+    assert configs["int8wo"]["status"] == "ok"  # int8 clamps the scale: the zero row stays zero
+    assert configs["int8wo"]["worst_layer_sqnr_db"] >= test_ao.CONFIG_REGISTRY["int8wo"].min_layer_sqnr_db
+
+
+def test_a_bf16_model_with_inf_output_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    def inf_toy(name: str, build_toy_model=test_ao.build_toy_model) -> nn.Module:
+        model = build_toy_model(name)
+        with torch.no_grad():
+            model[5].bias[0] = math.inf
+        return model
+
+    monkeypatch.setattr(test_ao, "build_toy_model", inf_toy)
+    with pytest.raises(ValueError, match="the bf16 model's output has inf/nan on the seeded random inputs"):
+        test_ao.main(configs="int8wo", num_runs=1, batch_size=2)
+
+
+def test_sqnr_cells_show_minus_inf_as_such() -> None:
+    assert [test_ao._fmt_db(v) for v in (None, math.inf, -math.inf, 12.34)] == ["-", "inf", "-inf", "12.3"]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -242,7 +288,8 @@ def test_low_sqnr_exits_non_zero_and_check_can_be_disabled(monkeypatch: pytest.M
         ({"exclude": "("}, "not a valid regex"),
         ({"model": "/nonexistent/model"}, "has no config.json"),
         ({"num_runs": 0}, "must be >= 1"),
-        ({"device": "mps"}, "only cpu and cuda"),
+        ({"device": "mps"}, "only cpu, cuda and cuda:<index>"),
+        ({"device": "cuda:abc"}, "only cpu, cuda and cuda:<index>"),
         pytest.param(
             {"device": "cuda"},
             "CUDA is not available",
