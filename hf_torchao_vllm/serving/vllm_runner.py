@@ -5,7 +5,6 @@ vLLM loaded per layer, greedy generations, KL against transformers; the steps of
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import time
@@ -39,17 +38,10 @@ class VllmRunResult:
 
 
 def read_config(model_path: str) -> dict[str, Any]:
-    path = os.path.join(model_path, "config.json")
+    path = os.path.join(model_path, checkpoint_reader.CONFIG_FILE)
     if not os.path.isfile(path):
         raise ValueError(f"--model {model_path!r} has no config.json: pass a checkpoint directory")
-    with open(path) as f:
-        try:
-            config = json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON ({error}): re-save the checkpoint") from error
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} holds a {type(config).__name__}, not an object: re-save the checkpoint")
-    return config
+    return checkpoint_reader.read_json_object(path, "config")
 
 
 def torchao_quantized_params(model_path: str, config: dict[str, Any]) -> set[str]:

@@ -200,6 +200,21 @@ def test_runner_refuses_a_truncated_shard_before_vllm_starts(tmp_path):
         runner.run_in_vllm(str(model))
 
 
+@pytest.mark.parametrize(
+    "config_text, message",
+    [
+        ("[1, 2]", r"config .*config\.json holds a JSON list, not an object"),
+        ("{", r"config .*is not valid JSON"),
+    ],
+)
+def test_runner_reads_config_json_like_the_converter(tmp_path, config_text, message):
+    (tmp_path / "config.json").write_text(config_text)
+    from hf_torchao_vllm.serving import vllm_runner as runner
+
+    with pytest.raises(ValueError, match=message):
+        runner.run_in_vllm(str(tmp_path))
+
+
 def test_swizzled_scale_tensors_need_fused_parts_at_multiples_of_128_rows():
     from hf_torchao_vllm.serving.vllm_support import unaligned_fused_rows
 
