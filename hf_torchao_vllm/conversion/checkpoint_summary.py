@@ -147,7 +147,8 @@ def inspect_checkpoint(checkpoint_dir: str | Path, strict: bool = False) -> Chec
     files = [directory / name for name in weight_files(str(directory), problems)]
     if not files:
         raise ValueError(
-            f"{directory}: no weight files (*.safetensors / *.bin, or shards listed in an index)"
+            f"{directory}: no weight files (*.safetensors / *.bin, or shards listed in an index): "
+            "pass a Hugging Face checkpoint directory"
         )
     tensors: list[StoredTensor] = []
     file_metadata: list[dict[str, str]] = []

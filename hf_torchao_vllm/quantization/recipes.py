@@ -356,7 +356,9 @@ def validate_recipe_options(recipe: str, options: RecipeOptions, device: torch.d
         or not isinstance(options.group_size, int)
         or options.group_size <= 0
     ):
-        raise ValueError(f"group_size must be a positive int, got {options.group_size!r}")
+        raise ValueError(
+            f"--group_size must be a positive int, got {options.group_size!r}: pass e.g. --group_size=128"
+        )
     if device.type != "cuda" and entry.cuda_only_reason is not None:
         raise ValueError(
             f"recipe {entry.name!r} is not supported on {device.type}: {entry.cuda_only_reason}. "
@@ -528,7 +530,9 @@ def select_targets(
         try:
             skip_regexes.append(re.compile(pattern))
         except re.error as error:
-            raise ValueError(f"--skip pattern {pattern!r} is not a valid regex: {error}") from error
+            raise ValueError(
+                f"--skip pattern {pattern!r} is not a valid regex ({error}): fix the regex"
+            ) from error
     candidates, protected = find_quant_targets(model)
     selected, skipped = [], {}
     for target in candidates:

@@ -187,7 +187,7 @@ def test_missing_or_empty_dir_is_a_value_error(tmp_path):
         inspect_checkpoint(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text("{}")
-    with pytest.raises(ValueError, match="no weight files"):
+    with pytest.raises(ValueError, match="no weight files .*: pass a Hugging Face checkpoint directory"):
         inspect_checkpoint(tmp_path / "empty")
 
 

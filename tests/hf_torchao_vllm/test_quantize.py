@@ -154,7 +154,8 @@ def test_mlp_only_on_dense_leaves_attention_in_bf16(tmp_path):
             {"recipe": "int4_weight_only", "group_size": 96},
             r"cannot quantize 24 selected weight\(s\).*% group_size 96 != 0.*--group_size",
         ),
-        ({"skip": ["("]}, r"not a valid regex"),
+        ({"skip": ["("]}, r"--skip pattern '\(' is not a valid regex \(.*\): fix the regex"),
+        ({"group_size": 0}, r"--group_size must be a positive int, got 0: pass e.g. --group_size=128"),
         ({"skip": [r"layers"]}, r"selects no weight"),
     ],
 )
