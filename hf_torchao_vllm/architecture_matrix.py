@@ -447,11 +447,14 @@ def run_row(architecture, recipe_names: list[str], work_dir: Path, timeout_s: in
     the row is cached in ``work_dir/<name>.json``."""
     import shutil
 
+    from pytorch_scripts_common.outputs import staged_file
+
     hf_name = architecture.hf_name
     result_file = work_dir / f"{hf_name}.json"
     if result_file.is_file():
         row = json.loads(result_file.read_text())
-        if row.get("recipes") == recipe_names:
+        # a row whose process died or timed out is measured again
+        if row.get("recipes") == recipe_names and row["cells"]["build"]["owner"] != "unknown":
             return row
     work = work_dir / f"{hf_name}.work"
     shutil.rmtree(work, ignore_errors=True)
@@ -469,7 +472,8 @@ def run_row(architecture, recipe_names: list[str], work_dir: Path, timeout_s: in
         row = json.loads(prepared.read_text())
         row["cells"] |= serve_row(row.pop("jobs"), work, log, timeout_s)
     row |= {"architecture": hf_name, "recipes": recipe_names, "seconds": time.perf_counter() - start}
-    result_file.write_text(json.dumps(row, indent=1))
+    with staged_file(result_file) as staging:  # a killed run leaves no half-written row to reuse
+        staging.write_text(json.dumps(row, indent=1))
     shutil.rmtree(work, ignore_errors=True)
     return row
 
@@ -553,6 +557,9 @@ def main(
         work_dir: per-architecture results and logs; a rerun reuses the rows already there.
         overwrite: replace existing ARCHITECTURES.md / architectures.json in output_dir.
         row_timeout_s: limit for one architecture's row (its process is killed after it).
+
+    Exits 1, after writing both files, when a cell failed in our code or a row's process died; cells
+    that another package failed are the measurement and exit 0.
     """
     from hf_torchao_vllm import tiny_models
     from hf_torchao_vllm.quantization import recipes as registry
@@ -597,6 +604,19 @@ def main(
     with staged_file(targets[0]) as staging:
         staging.write_text(render_markdown(matrix))
     print(f"wrote {targets[0]} and {targets[1]}")
+    failed_here = [
+        f"{row['architecture']} {name} ({cell['owner']})"
+        for row in rows
+        for name, cell in row["cells"].items()
+        if cell["status"] == "failed" and cell["owner"] in ("ours", "unknown")
+    ]
+    if failed_here:
+        print(
+            f"FAILED: {len(failed_here)} cell(s) failed in our code or in a row's process: "
+            + ", ".join(failed_here[:10])
+            + (", ..." if len(failed_here) > 10 else "")
+        )
+        raise SystemExit(1)
 
 
 def _has_amx() -> bool:

@@ -183,3 +183,57 @@ def test_row_timeout_below_one_second_is_refused(tmp_path, row_timeout_s):
             work_dir=str(tmp_path / "w"), row_timeout_s=row_timeout_s,
         )  # fmt: skip
     assert list(tmp_path.iterdir()) == []
+
+
+def _row(name: str, owner: str, status: str = "failed") -> dict:
+    cell = {"status": status, "detail": "d", "owner": owner, "kl": None}
+    ok = {"status": "ok", "detail": "", "owner": "", "kl": None}
+    return {
+        "architecture": name,
+        "recipes": ["int8_weight_only"],
+        "seconds": 1.0,
+        "cells": {"build": ok, "x": cell},
+    }
+
+
+@pytest.mark.parametrize("owner, exits", [("vLLM", False), ("ours", True), ("unknown", True)])
+def test_exit_status_is_1_when_a_cell_failed_in_our_code(tmp_path, monkeypatch, capsys, owner, exits):
+    monkeypatch.setattr(matrix, "run_row", lambda architecture, *args: _row(architecture.hf_name, owner))
+    call = {
+        "architectures": "LlamaForCausalLM",
+        "recipes": "int8_weight_only",
+        "output_dir": str(tmp_path / "o"),
+    }
+    if exits:
+        with pytest.raises(SystemExit) as raised:
+            matrix.main(**call, work_dir=str(tmp_path / "w"))
+        assert raised.value.code == 1
+        assert (
+            f"FAILED: 1 cell(s) failed in our code or in a row's process: LlamaForCausalLM x ({owner})"
+            in (capsys.readouterr().out)
+        )
+    else:
+        matrix.main(**call, work_dir=str(tmp_path / "w"))
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == sorted([matrix.MARKDOWN, matrix.JSON_FILE])
+
+
+def test_a_row_whose_process_died_is_measured_again(tmp_path, monkeypatch):
+    """A cached row is reused unless its process timed out or died (then the rerun measures it)."""
+    architecture = next(a for a in tiny_models.architectures_in_both() if a.hf_name == "LlamaForCausalLM")
+    children = []
+
+    def run_child(args, log, timeout_s):
+        children.append(args[0])
+        return "did not finish in 1 s"
+
+    monkeypatch.setattr(matrix, "run_child", run_child)
+    cached = tmp_path / "LlamaForCausalLM.json"
+    cached.write_text(json.dumps(_row("LlamaForCausalLM", "vLLM")))
+    assert matrix.run_row(architecture, ["int8_weight_only"], tmp_path, 1)["cells"]["x"]["owner"] == "vLLM"
+    assert children == []
+    died = matrix.run_row(architecture, ["int8_weight_only", "fp8"], tmp_path, 1)  # other recipes: a new row
+    assert children == ["prepare"] and died["cells"]["build"]["owner"] == "unknown"
+    assert json.loads(cached.read_text()) == died
+    matrix.run_row(architecture, ["int8_weight_only", "fp8"], tmp_path, 1)
+    assert children == ["prepare", "prepare"]
+    assert [p.name for p in tmp_path.iterdir()] == ["LlamaForCausalLM.json"]  # no staging file, no work dir
