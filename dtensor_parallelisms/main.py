@@ -76,7 +76,7 @@ def validate_world_size(modes: list[str], world_size: int, config: ModelConfig, 
 
 def main(
     mode: str = "all",
-    tp_size: int = 2,
+    tp_size: int | None = None,
     dim: int = 64,
     num_heads: int = 4,
     hidden_dim: int = 128,
@@ -94,7 +94,7 @@ def main(
 
     Args:
         mode: fsdp | tp | sp | fsdp_tp | all, or a comma-separated list (fsdp_tp needs 4+ processes).
-        tp_size: tensor-parallel degree of fsdp_tp (its data-parallel degree is world_size / tp_size).
+        tp_size: tensor-parallel degree of fsdp_tp, default 2 (data-parallel degree: world_size / tp_size).
         dim: model dim D.
         num_heads: attention heads N (D must be divisible by N; tp/sp need N divisible by the TP degree).
         hidden_dim: feed-forward hidden dim F (tp/sp need F divisible by the TP degree).
@@ -106,7 +106,7 @@ def main(
         lr: AdamW learning rate of the one optimizer step that is checked.
         mixed_precision: fsdp with MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32).
         timeout_s: collective timeout of the process group (a hung rank fails instead of waiting forever).
-        input_seed_per_rank: deliberate mistake, inputs seeded with seed + rank: the checks must fail.
+        input_seed_per_rank: deliberate mistake (2+ ranks), inputs seeded with seed + rank: the checks fail.
     """
     config = ModelConfig(
         dim=dim,
@@ -117,7 +117,9 @@ def main(
         batch_size=batch_size,
         seq_len=seq_len,
     )
-    modes = validate_arguments(config, mode, tp_size, seed, lr, mixed_precision, timeout_s)
+    modes, tp_size = validate_arguments(
+        config, mode, tp_size, seed, lr, mixed_precision, timeout_s, input_seed_per_rank
+    )
     with distributed.process_group(timeout_s) as device:
         num_failed = run_modes(
             modes,
@@ -134,10 +136,18 @@ def main(
 
 
 def validate_arguments(
-    config: ModelConfig, mode: str, tp_size: int, seed: int, lr: float, mixed_precision: bool, timeout_s: int
-) -> list[str]:
-    """The modes to run; ``UsageError`` for any mistake. Runs on every rank before the process group
-    exists, so a bad request fails on every rank alike instead of leaving ranks waiting in a collective."""
+    config: ModelConfig,
+    mode: str,
+    tp_size: int | None,
+    seed: int,
+    lr: float,
+    mixed_precision: bool,
+    timeout_s: int,
+    input_seed_per_rank: bool = False,
+) -> tuple[list[str], int]:
+    """The modes to run and fsdp_tp's TP degree; ``UsageError`` for any mistake. Runs on every rank
+    before the process group exists, so a bad request fails on every rank alike instead of leaving
+    ranks waiting in a collective."""
     config.validate()
     modes = parse_modes(mode)
     if seed < 0:
@@ -147,8 +157,17 @@ def validate_arguments(
     distributed.check_timeout(timeout_s)
     if mixed_precision and "fsdp" not in modes:
         raise UsageError(f"--mixed_precision applies to mode fsdp only; modes requested: {', '.join(modes)}")
-    validate_world_size(modes, distributed.torchrun_world_size(EXAMPLE_COMMAND), config, tp_size)
-    return modes
+    if tp_size is not None and "fsdp_tp" not in modes:
+        raise UsageError(f"--tp_size applies to mode fsdp_tp only; modes requested: {', '.join(modes)}")
+    tp_size = 2 if tp_size is None else tp_size
+    world_size = distributed.torchrun_world_size(EXAMPLE_COMMAND)
+    if input_seed_per_rank and world_size < 2:
+        raise UsageError(
+            "--input_seed_per_rank needs 2 or more ranks (one rank has one seed, so nothing differs): "
+            "launch with --nproc_per_node 2"
+        )
+    validate_world_size(modes, world_size, config, tp_size)
+    return modes, tp_size
 
 
 if __name__ == "__main__":

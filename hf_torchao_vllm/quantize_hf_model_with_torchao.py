@@ -32,8 +32,8 @@ __all__ = ["DEFAULT_MODEL", "REPORT_FILE", "main"]
 def main(
     model: str = DEFAULT_MODEL,
     recipe: str = "int8_weight_only",
-    granularity: str = "per_row",
-    group_size: int = 128,
+    granularity: str | None = None,
+    group_size: int | None = None,
     modules: str = "all",
     skip: str | tuple = (),
     quantize_lm_head: bool = False,
@@ -52,13 +52,13 @@ def main(
         model: HF model id or local directory (default: the embedded tiny dense Llama); also --model_name.
         recipe: recipe or alias (int8_weight_only, int4_weight_only, fp8, mxfp8, ...; see README); also
             --quant_type. (--save_model_to_disk=True is accepted: the model is always saved.)
-        granularity: fp8 scaling granularity: per_row | per_tensor | a1x128_w128x128.
-        group_size: int4 group size (must divide every selected in_features).
+        granularity: fp8 only, scaling granularity: per_row (default) | per_tensor | a1x128_w128x128.
+        group_size: int4 recipes only, group size (default 128; must divide every selected in_features).
         modules: which weights to quantize: all | experts_only | mlp_only | skip_attention.
         skip: regex(es) on weight names to keep in bf16 (re.search), e.g. --skip='layers\\.0\\.'.
         quantize_lm_head: also quantize the output embedding (lm_head).
         quantize_routers: also quantize MoE routers / gates / shared-expert gates.
-        fp8_emulation_on_cpu: allow recipe fp8 on CPU by bypassing torchao's hardware check (emulation, slow).
+        fp8_emulation_on_cpu: fp8 only, run on CPU by bypassing torchao's hardware check (emulation, slow).
         output_dir: where to save (default outputs/hf_torchao_vllm/<model>-<recipe>).
         overwrite: replace an earlier output of this tool.
         prompts: prompt(s) for the greedy generation check (default: three fixed prompts).
@@ -126,7 +126,7 @@ def check_arguments(model, recipe, granularity, group_size, skip, fp8_emulation_
                     prompts, max_new_tokens, eval_tokens) -> Arguments:  # fmt: skip
     """Every argument checked before weights are read; the output before the recipe is resolved, so a
     mistake there costs no torchao import."""
-    from hf_torchao_vllm.quantization.recipes import RecipeOptions
+    from hf_torchao_vllm.quantization.recipes import RecipeOptions, check_options_apply
     from pytorch_scripts_common import get_device
     from pytorch_scripts_common.cli import UsageError, parse_list
     from pytorch_scripts_common.outputs import check_output
@@ -139,9 +139,13 @@ def check_arguments(model, recipe, granularity, group_size, skip, fp8_emulation_
     )
     if max_new_tokens < 1 or eval_tokens < 2:
         raise UsageError(f"--max_new_tokens {max_new_tokens} / --eval_tokens {eval_tokens}: pass >= 1 / >= 2")
-    options = RecipeOptions(
-        granularity=granularity, group_size=group_size, fp8_emulation_on_cpu=fp8_emulation_on_cpu
-    )
+    given = {
+        "granularity": granularity,
+        "group_size": group_size,
+        "fp8_emulation_on_cpu": fp8_emulation_on_cpu,
+    }
+    check_options_apply(recipe, given)
+    options = RecipeOptions(**{name: value for name, value in given.items() if value is not None})
     model_source = quantize.resolve_model_source(model)
     output_dir = output_dir or str(
         Path("outputs") / "hf_torchao_vllm" / f"{Path(model_source).name}-{recipe}"

@@ -102,7 +102,7 @@ def _from_prefix(prefix: Path, origin: str) -> LlvmLocation:
     include_dir, lib_dir = prefix / "include", prefix / "lib"
     if not (include_dir / "llvm" / "ADT" / "APFloat.h").is_file():
         raise ValueError(
-            f"{prefix} ({origin}) has no include/llvm/ADT/APFloat.h; point LLVM_DIR at an LLVM prefix"
+            f"{prefix} ({origin}) has no include/llvm/ADT/APFloat.h; point {origin} at an LLVM prefix"
         )
     if not (lib_dir / "libLLVMSupport.a").is_file():
         raise ValueError(f"{prefix} ({origin}) has no lib/libLLVMSupport.a; a static LLVM is needed")
@@ -122,16 +122,17 @@ def find_llvm() -> LlvmLocation:
 
 
 @functools.cache  # llvm-config is a Python script here: ~0.3 s per query, 5 queries
-def _find_llvm(llvm_config_env: str, llvm_dir_env: str) -> LlvmLocation:
+def _find_llvm(llvm_config_env: str, llvm_dir_env: str, llvm_dir_name: str = "LLVM_DIR") -> LlvmLocation:
+    """``llvm_dir_name``: what the user set the prefix with (LLVM_DIR, or a tool's --llvm_dir)."""
     if llvm_config_env:
         location = _from_llvm_config(llvm_config_env, "LLVM_CONFIG")
     elif llvm_dir_env:
         prefix = Path(llvm_dir_env).expanduser()
         bundled_config = prefix / "bin" / "llvm-config"
         if bundled_config.is_file():
-            location = _from_llvm_config(str(bundled_config), "LLVM_DIR/bin/llvm-config")
+            location = _from_llvm_config(str(bundled_config), f"{llvm_dir_name}/bin/llvm-config")
         else:
-            location = _from_prefix(prefix, "LLVM_DIR")
+            location = _from_prefix(prefix, llvm_dir_name)
     else:
         if importlib.util.find_spec("mlc_llvm_static") is None:
             raise ValueError(
@@ -143,9 +144,10 @@ def _find_llvm(llvm_config_env: str, llvm_dir_env: str) -> LlvmLocation:
         location = _from_llvm_config(mlc_llvm_static.get_llvm_config(), "mlc-llvm-static (PyPI)")
     major = int(location.version.split(".")[0])
     if major < MIN_LLVM_MAJOR:
+        setting = "LLVM_CONFIG / LLVM_DIR" if llvm_dir_name == "LLVM_DIR" else llvm_dir_name
         raise ValueError(
             f"LLVM {location.version} from {location.origin} is too old: Float8E8M0FNU needs LLVM >= "
-            f"{MIN_LLVM_MAJOR}; point LLVM_CONFIG / LLVM_DIR at a newer one"
+            f"{MIN_LLVM_MAJOR}; point {setting} at a newer one"
         )
     return location
 
@@ -196,7 +198,7 @@ def build_library(force: bool = False, verbose: bool = False, llvm_dir: str | No
     writes to a temporary name next to the library (``pytorch_scripts_common.outputs.staged_file``)
     that is moved into place only when the compiler succeeds, so a half-written .so is never loaded.
     """
-    location = _find_llvm("", llvm_dir) if llvm_dir else find_llvm()
+    location = _find_llvm("", llvm_dir, "--llvm_dir") if llvm_dir else find_llvm()
     target = library_path(location)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / "build.lock", "w") as lock_file:
@@ -239,15 +241,19 @@ def fetch_debian_llvm(major: int) -> Path:
         return prefix
     folder.mkdir(parents=True, exist_ok=True)
     package = f"llvm-{major}-dev"
-    download = subprocess.run(
-        ["apt-get", "download", package], cwd=folder, capture_output=True, text=True, check=False
-    )
-    debs = sorted(folder.glob(f"{package}_*.deb"))
-    if download.returncode != 0 or not debs:
-        raise ValueError(
-            f"apt-get download {package} failed: {download.stderr.strip()}; try apt-get update first"
+    try:
+        download = subprocess.run(
+            ["apt-get", "download", package], cwd=folder, capture_output=True, text=True, check=False
         )
-    subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(folder / "root")], check=True)
+        debs = sorted(folder.glob(f"{package}_*.deb"))
+        if download.returncode != 0 or not debs:
+            raise ValueError(
+                f"apt-get download {package} failed: {download.stderr.strip()}; try apt-get update first"
+            )
+        subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(folder / "root")], check=True)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # unfinished: no unpacked.ok, nothing to keep
+        raise
     (folder / "unpacked.ok").write_text(debs[-1].name)
     debs[-1].unlink()  # ~50 MB; the unpacked tree (~450 MB) is what the build uses
     return prefix

@@ -88,9 +88,15 @@ def _report_from_local_rank_zero(line: str) -> None:
     if error_file:
         # The layout torch's ErrorHandler.record_exception writes; torchrun's summary shows py_callstack.
         message = {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}
+        # Written whole, then renamed: torchrun stops the other ranks with SIGTERM (default action)
+        # as soon as one exits, and then reads every rank's error file; a rank killed between
+        # truncating the file and writing it left an empty file, and torchrun failed on its JSON.
         # Without the file the summary only lacks the line: not worth failing over.
-        with contextlib.suppress(OSError), open(error_file, "w", encoding="utf-8") as file:
-            json.dump({"message": message}, file)
+        staging = f"{error_file}.tmp-{os.getpid()}"
+        with contextlib.suppress(OSError):
+            with open(staging, "w", encoding="utf-8") as file:
+                json.dump({"message": message}, file)
+            os.replace(staging, error_file)
     if os.environ.get("LOCAL_RANK", "0") == "0":
         print(line, file=sys.stderr, flush=True)
     else:

@@ -261,6 +261,27 @@ def test_a_user_mistake_is_one_line_on_local_rank_zero_and_the_line_in_the_error
         assert recorded["message"]["extraInfo"]["py_callstack"] == line  # what torchrun's summary shows
 
 
+def test_the_error_file_is_complete_or_absent(tmp_path, monkeypatch, capsys):
+    """A rank stopped (SIGTERM) while writing must not leave an empty error file: torchrun reads every
+    rank's file as JSON and its own summary then fails. Here the write fails half-way instead."""
+
+    def dump_half(value, file):
+        file.write('{"message": ')
+        raise OSError("stopped while writing")
+
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(distributed.json, "dump", dump_half)
+    distributed._report_from_local_rank_zero("error: x: y")
+    assert capsys.readouterr().err == "error: x: y\n" and not error_file.exists()
+    monkeypatch.undo()
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    distributed._report_from_local_rank_zero("error: x: y")
+    assert json.loads(error_file.read_text())["message"]["message"] == "error: x: y"
+
+
 def test_other_local_ranks_stay_silent_and_exit_after_local_rank_zero(tmp_path):
     result, recorded, seconds = run_entry(tmp_path, "1", "--mode", "user")
     assert result.returncode == 2 and result.stderr == ""

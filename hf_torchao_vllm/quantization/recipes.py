@@ -76,6 +76,7 @@ class Recipe:
     supports_3d: bool  # torchao 0.18 quantizes and runs fused [E, out, in] expert weights
     cuda_only_reason: str | None = None  # None: runs on CPU too
     needs_bf16_weight: bool = False  # torchao refuses other weight dtypes
+    options: tuple[str, ...] = ()  # the RecipeOptions fields the recipe reads
 
 
 def _no_rule(shape: tuple[int, ...], options: RecipeOptions) -> str | None:
@@ -242,25 +243,26 @@ RECIPES: dict[str, Recipe] = {
                _int4_weight_only, _in_features_rule("group_size", lambda o: o.group_size),
                min_layer_sqnr_db=15.0,  # measured (intx, group 32): small 22.8, large 17.9, llama 20.4
                min_logits_sqnr_db=28.0,  # measured 33.1 (group 128)
-               supports_3d=False),
+               supports_3d=False, options=("group_size",)),
         Recipe("intx4_weight_only",
                "IntxWeightOnlyConfig(int4, PerGroup): int4 values stored in int8, per-group scales",
                _intx4_weight_only, _in_features_rule("group_size", lambda o: o.group_size),
                min_layer_sqnr_db=15.0,  # measured: small 22.8, large 17.9 (in=4096), llama 20.4
                min_logits_sqnr_db=28.0,  # same tensor as int4_weight_only on CPU (33.1 measured)
-               supports_3d=False),
+               supports_3d=False, options=("group_size",)),
         Recipe("int8_dynamic_act_intx4_weight",
                "Int8DynamicActivationIntxWeightConfig(int4, PerGroup): int4 weights, int8 activations",
                _int8_dynamic_intx4, _in_features_rule("group_size", lambda o: o.group_size),
                min_layer_sqnr_db=15.0,  # measured: small 22.8, large 17.9, llama 20.4
-               min_logits_sqnr_db=None, supports_3d=False),
+               min_logits_sqnr_db=None, supports_3d=False, options=("group_size",)),
         Recipe("fp8",
                "Float8DynamicActivationFloat8WeightConfig: float8 e4m3 weights and dynamic activations "
                "(--granularity per_row | per_tensor | a1x128_w128x128)",
                _fp8_dynamic, _fp8_rule,
                min_layer_sqnr_db=22.0,  # not measured with test_ao (CUDA sm89+); torchao's fp8 rule of thumb
                min_logits_sqnr_db=30.0,  # measured 36.0 (per_row), 35.9 (per_tensor), CPU emulation
-               supports_3d=True, needs_bf16_weight=True),
+               supports_3d=True, needs_bf16_weight=True,
+               options=("granularity", "fp8_emulation_on_cpu")),
         Recipe("fp8_weight_only", "Float8WeightOnlyConfig: float8 e4m3 per-row weights; bf16 activations",
                _fp8_weight_only, _no_rule,
                min_layer_sqnr_db=27.0,  # measured: small 31.7, large 31.5, llama 31.6
@@ -342,6 +344,26 @@ def resolve(name: str, options: RecipeOptions | None = None) -> tuple[Recipe, Re
     raise ValueError(
         f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)} (aliases: {', '.join(ALIASES)})"
     )
+
+
+def check_options_apply(recipe: str, given: dict[str, Any]) -> None:
+    """``ValueError`` when a flag in ``given`` (name -> value, None: not given) does not apply to
+    ``recipe``, or contradicts what its alias sets (``fp8_per_tensor --granularity=per_row``)."""
+    entry, _ = resolve(recipe)
+    implied = ALIASES[recipe][1] if recipe in ALIASES else {}
+    for name, value in given.items():
+        if value is None or value is False:
+            continue
+        if name not in entry.options:
+            users = [r.name for r in RECIPES.values() if name in r.options]
+            raise ValueError(
+                f"--{name} applies to recipe {' / '.join(users)} only, not {recipe}: drop --{name}"
+            )
+        if name in implied and implied[name] != value:
+            raise ValueError(
+                f"--{name}={value} contradicts recipe {recipe} ({name} {implied[name]}): "
+                f"drop --{name} or pass --recipe={entry.name}"
+            )
 
 
 def validate_recipe_options(recipe: str, options: RecipeOptions, device: torch.device) -> Recipe:

@@ -286,12 +286,18 @@ def read_inductor_log(path: str | os.PathLike[str], *, strict: bool = False) -> 
 
     Files are read as UTF-8 with undecodable bytes replaced, split at ``\n`` only (line numbers as
     ``grep -n`` counts them: a progress bar's ``\r`` does not start a line; ``\r\n`` ends one).
-    Raises ``FileNotFoundError`` for a missing path, ``LogParseError`` in strict mode.
+    Raises ``FileNotFoundError`` for a missing path, ``ValueError`` for a folder without ``*.log``
+    files, ``LogParseError`` in strict mode.
     """
     path = pathlib.Path(path)
     reader = _Reader(strict)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix == ".log")
+        if not files:
+            raise ValueError(
+                f"{path} is a folder with no *.log file: pass a log file, or the TORCH_TRACE folder "
+                "the program wrote (dedicated_log_torch_trace_*.log)"
+            )
         labels = [file.name if len(files) > 1 else "" for file in files]
     else:
         files, labels = [path], [""]

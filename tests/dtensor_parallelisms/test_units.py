@@ -93,6 +93,28 @@ def test_mixed_precision_without_fsdp_is_rejected():
         main(mode="tp", mixed_precision=True)
 
 
+def test_tp_size_without_fsdp_tp_is_rejected():
+    with pytest.raises(
+        ValueError, match=r"--tp_size applies to mode fsdp_tp only; modes requested: fsdp, tp"
+    ):
+        main(mode="fsdp,tp", tp_size=2)
+
+
+def test_input_seed_per_rank_on_one_rank_is_rejected(monkeypatch):
+    """One rank has one seed: the deliberate mistake cannot make the checks fail there."""
+    for name, value in {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MASTER_PORT", "1")
+    with pytest.raises(ValueError, match=r"--input_seed_per_rank needs 2 or more ranks .*--nproc_per_node 2"):
+        main(mode="fsdp", input_seed_per_rank=True, timeout_s=5)
+    assert not torch.distributed.is_initialized()
+
+
 def test_main_validates_the_world_size_before_creating_a_process_group(monkeypatch):
     # torchrun-like environment but no other process: a hang would mean a collective was attempted.
     monkeypatch.setenv("RANK", "0")

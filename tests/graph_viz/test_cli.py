@@ -96,6 +96,19 @@ def test_log_without_graphs_exits_with_a_one_line_hint(tmp_path, content, expect
     assert not (tmp_path / "out").exists()
 
 
+def test_folder_without_log_files_is_one_line(tmp_path):
+    folder = tmp_path / "trace_dir"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a log\n")
+    result = run_cli(str(folder), str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert (
+        f"error: {folder} is a folder with no *.log file: pass a log file, or the TORCH_TRACE"
+        in result.stderr
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_rank_prefixed_log_is_read(tmp_path):
     lines = (FIXTURES / "logs" / "mlp_train.log").read_text().splitlines()
     log = tmp_path / "ranks.log"

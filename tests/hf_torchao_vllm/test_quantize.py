@@ -155,7 +155,22 @@ def test_mlp_only_on_dense_leaves_attention_in_bf16(tmp_path):
             r"cannot quantize 24 selected weight\(s\).*% group_size 96 != 0.*--group_size",
         ),
         ({"skip": ["("]}, r"--skip pattern '\(' is not a valid regex \(.*\): fix the regex"),
-        ({"group_size": 0}, r"--group_size must be a positive int, got 0: pass e.g. --group_size=128"),
+        (
+            {"recipe": "int4_weight_only", "group_size": 0},
+            r"--group_size must be a positive int, got 0: pass e.g. --group_size=128",
+        ),
+        (
+            {"group_size": 64},
+            r"--group_size applies to recipe int4_weight_only / intx4_weight_only / "
+            r"int8_dynamic_act_intx4_weight only, not int8_weight_only: drop --group_size",
+        ),
+        ({"granularity": "per_tensor"}, r"--granularity applies to recipe fp8 only, not int8_weight_only"),
+        ({"fp8_emulation_on_cpu": True}, r"--fp8_emulation_on_cpu applies to recipe fp8 only"),
+        (
+            {"recipe": "fp8_per_tensor", "granularity": "per_row"},
+            r"--granularity=per_row contradicts recipe fp8_per_tensor \(granularity per_tensor\): "
+            r"drop --granularity or pass --recipe=fp8",
+        ),
         ({"skip": [r"layers"]}, r"selects no weight"),
     ],
 )

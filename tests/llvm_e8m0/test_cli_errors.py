@@ -27,8 +27,8 @@ from tests.module_cli import run_module
         (
             "llvm_e8m0.compare_llvm_versions",
             ["--llvm_dir", "/nonexistent"],
-            "error: /nonexistent (LLVM_DIR) has no include/llvm/ADT/APFloat.h; "
-            "point LLVM_DIR at an LLVM prefix",
+            "error: /nonexistent (--llvm_dir) has no include/llvm/ADT/APFloat.h; "
+            "point --llvm_dir at an LLVM prefix",
         ),
     ],
 )
@@ -66,3 +66,20 @@ def test_benchmark_arguments_out_of_range(kwargs, message):
 def test_compare_arguments_out_of_range(kwargs, message):
     with pytest.raises(UsageError, match=message):
         compare_llvm_versions.main(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("use_flag", "setting"),
+    [(True, "point --llvm_dir at a newer one"), (False, "point LLVM_CONFIG / LLVM_DIR at")],
+)
+def test_an_llvm_too_old_names_the_setting_that_chose_it(tmp_path, monkeypatch, use_flag, setting):
+    from llvm_e8m0 import build
+
+    config = tmp_path / "bin" / "llvm-config"  # a prefix whose llvm-config says LLVM 14
+    config.parent.mkdir()
+    config.write_text('#!/bin/sh\ncase "$1" in --version) echo 14.0.6;; *) echo;; esac\n')
+    config.chmod(0o755)
+    monkeypatch.delenv("LLVM_CONFIG", raising=False)
+    monkeypatch.setenv("LLVM_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match=rf"LLVM 14.0.6 from .* is too old: .*; {setting}"):
+        build.build_library(llvm_dir=str(tmp_path)) if use_flag else build.find_llvm()

@@ -59,6 +59,23 @@ def test_cache_root_follows_environment(monkeypatch, tmp_path):
     assert build.cache_root() == tmp_path / "x"
 
 
+def test_a_failed_debian_fetch_leaves_no_folder_in_the_cache(monkeypatch, tmp_path):
+    """apt-get download fails (no such package here; fake apt-get and dpkg-deb on PATH)."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool, script in {
+        "apt-get": "echo 'E: Unable to locate package' >&2; exit 100",
+        "dpkg-deb": "exit 0",
+    }.items():
+        (tools / tool).write_text(f"#!/bin/sh\n{script}\n")
+        (tools / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
+    monkeypatch.setenv("PYTORCH_SCRIPTS_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=r"apt-get download llvm-99-dev failed: E: Unable to locate package"):
+        build.fetch_debian_llvm(99)
+    assert list((tmp_path / "cache" / "llvm_e8m0").iterdir()) == []
+
+
 def test_decode_all_256(apfloat_library):
     f32, status = llvm_lib.decode_all()
     assert (status == 0).all(), "every e8m0 value is exactly representable in float32"

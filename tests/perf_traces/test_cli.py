@@ -155,6 +155,15 @@ def test_enrich_cli_inputs_swapped_are_named(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_enrich_cli_log_folder_without_log_files_is_one_line(tmp_path):
+    folder = tmp_path / "trace_dir"
+    folder.mkdir()
+    result = _run(_enrich_args(fixture("cpu_train", "trace.json"), str(folder), str(tmp_path / "x.json")))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"error: {folder} is a folder with no *.log file" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["trace_dir"]
+
+
 def test_enrich_cli_unrelated_log_and_empty_log(tmp_path):
     output = tmp_path / "x.json"
     result = _run(
