@@ -35,7 +35,7 @@ def main(llvm_dir: str = "", fetch_debian: int = 0, num_random: int = 1_000_000,
     other_path = str(build.build_library(llvm_dir=other_dir))
     versions = (llvm_lib.llvm_version(default_path), llvm_lib.llvm_version(other_path))
     structured, random_bits = sweep.fast_inputs(num_random, seed)
-    bits = np.unique(np.concatenate([structured, random_bits]))
+    bits = sweep.sorted_unique(np.concatenate([structured, random_bits]))
     print(f"LLVM {versions[0]} ({default_path}) vs LLVM {versions[1]} ({other_path}), {bits.size:,} inputs")
     print("| what | differing e8m0 bits | differing status |")
     print("| --- | ---: | ---: |")

@@ -502,3 +502,11 @@ def test_a_worker_that_cannot_start_fails_the_sweep_instead_of_hanging(tmp_path)
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("ValueError: llvm-config not found at")
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 1000])
+def test_sorted_unique_is_np_unique(size):
+    rng = np.random.default_rng(size)
+    bits = rng.integers(0, 64, size=size, dtype=np.uint64).astype(np.uint32)  # many repeats
+    result = sweep.sorted_unique(bits)
+    assert result.dtype == np.uint32 and np.array_equal(result, np.unique(bits))
