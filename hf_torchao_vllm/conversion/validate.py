@@ -84,14 +84,13 @@ def check_compressed_tensors_config(directory: str) -> None:
 
 
 def _group_of(module: str, groups: dict[str, Any]) -> str | None:
-    """The first config group whose targets name ``module`` (exactly, or an anchored ``re:`` regex
-    as the converter writes them)."""
-    import re
+    """The first config group with a target that names ``module``, by compressed-tensors' own rule
+    (an exact name, or an ``re:`` regex)."""
+    from compressed_tensors.utils.match import match_name
 
     for group_name, group in groups.items():
-        for target in group.get("targets") or []:
-            if target == module or (target.startswith("re:") and re.fullmatch(target[3:], module)):
-                return group_name
+        if any(match_name(module, target) for target in group.get("targets") or []):
+            return group_name
     return None
 
 
