@@ -102,11 +102,30 @@ def stop(running: Running) -> None:
     running.process.wait()
 
 
-def kill_group(running: Running) -> None:
+def kill_group(running: Running, wait_s: float = 5.0) -> None:
     """SIGKILL what is left of the step's process group (workers that outlive their leader: the group
-    is its own session, so the device machine would not end them when the run's command returns)."""
-    with contextlib.suppress(ProcessLookupError):
+    is its own session, so the device machine would not end them when the run's command returns), and
+    wait up to ``wait_s`` for them to be gone: a killed process still has to be scheduled to exit (and
+    to free its GPU memory) after kill() returns."""
+    try:
         os.killpg(running.process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + wait_s
+    while _group_running(running.process.pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` has not exited yet (zombies waiting for their reaper have)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if int(pgrp) == pgid and state != "Z":
+            return True
+    return False
 
 
 def finish(running: Running, work: Path, status: str | None = None) -> dict[str, Any]:
