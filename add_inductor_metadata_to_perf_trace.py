@@ -15,17 +15,38 @@ See ``perf_traces/README.md``.
 
 from __future__ import annotations
 
+import gzip
 import os
 import pathlib
+import shutil
+import tempfile
+from typing import TYPE_CHECKING, Any
 
 from pytorch_scripts_common.cli import UsageError, run
 
+if TYPE_CHECKING:
+    from perf_traces.enrich import EnrichPlan
+
 TOOL = "add_inductor_metadata_to_perf_trace"
+GZIP_LEVEL = 6  # zlib's default
 
 
 def _default_summary_file(modified_perf_trace_file: str) -> str:
-    stem = modified_perf_trace_file.removesuffix(".json")
+    stem = modified_perf_trace_file.removesuffix(".gz").removesuffix(".json")
     return f"{stem}.kernels.html"
+
+
+def _write_trace(plan: EnrichPlan, target: pathlib.Path, compress: bool, work_dir: str, helper: Any) -> None:
+    """The enriched trace at ``target``, gzip-compressed if ``compress`` (for an output name ending in
+    .gz, as torch.profiler writes one, and as Perfetto and chrome://tracing open it)."""
+    if not compress:
+        plan.write(str(target), helper=helper)
+        return
+    plain = os.path.join(work_dir, "enriched.json")
+    plan.write(plain, helper=helper)
+    with open(plain, "rb") as source, gzip.open(target, "wb", compresslevel=GZIP_LEVEL) as compressed:
+        shutil.copyfileobj(source, compressed, 16 << 20)
+    os.unlink(plain)
 
 
 def _check_outputs(
@@ -66,9 +87,9 @@ def main(
     """Enrich a torch.profiler Chrome trace with the Inductor output code of the same run.
 
     Args:
-        perf_trace_file: Chrome trace JSON written by torch.profiler (export_chrome_trace).
+        perf_trace_file: Chrome trace JSON written by torch.profiler (export_chrome_trace), or its .gz.
         torch_logs_file: TORCH_LOGS=output_code log of the same run (any format), or its TORCH_TRACE folder.
-        modified_perf_trace_file: where to write the enriched trace (appears only when complete).
+        modified_perf_trace_file: where to write the enriched trace (gzip for a .gz name; appears complete).
         kernel_summary_file: HTML chart of time per kernel (default: <modified_perf_trace_file>.kernels.html).
         top: number of kernels in the printed table and the chart, the most time first.
         overwrite: replace earlier outputs at these paths.
@@ -78,7 +99,7 @@ def main(
     from perf_traces.enrich import match_trace
     from perf_traces.kernel_summary import print_table, render_html
     from perf_traces.log_kernels import compiled_graphs
-    from perf_traces.trace_stream import helper_process, wants_helper
+    from perf_traces.trace_stream import helper_process, readable_trace, wants_helper
     from pytorch_scripts_common.inductor_log import read_inductor_log
     from pytorch_scripts_common.outputs import staged_file
 
@@ -108,19 +129,24 @@ def main(
                 f"warning: {torch_logs_file} has no output code "
                 "(capture it with TORCH_LOGS=output_code, or TORCH_TRACE=<folder>)"
             )
-        plan = match_trace(perf_trace_file, graphs, helper=helper)
-        if plan.summary.num_matched == 0 and not allow_no_match:
-            print("\n".join(plan.summary.lines()))
-            raise UsageError(
-                f"0 events matched: {plan.summary.zero_match_reason}: nothing written to "
-                f"{modified_perf_trace_file}; pass --allow_no_match to write an unchanged copy anyway"
-            )
-        stats = plan.kernel_stats()
-        with staged_file(trace_target) as trace_staging, staged_file(summary_target) as summary_staging:
-            plan.write(str(trace_staging), helper=helper)
-            summary_staging.write_text(
-                render_html(stats, top, trace_name=os.path.basename(perf_trace_file)), encoding="utf-8"
-            )
+        trace_target.parent.mkdir(parents=True, exist_ok=True)
+        with (
+            tempfile.TemporaryDirectory(prefix=f".{trace_target.name}.", dir=trace_target.parent) as work_dir,
+            readable_trace(perf_trace_file, work_dir) as trace_path,
+        ):
+            plan = match_trace(trace_path, graphs, helper=helper)
+            if plan.summary.num_matched == 0 and not allow_no_match:
+                print("\n".join(plan.summary.lines()))
+                raise UsageError(
+                    f"0 events matched: {plan.summary.zero_match_reason}: nothing written to "
+                    f"{modified_perf_trace_file}; pass --allow_no_match to write an unchanged copy anyway"
+                )
+            stats = plan.kernel_stats()
+            with staged_file(trace_target) as trace_staging, staged_file(summary_target) as summary_staging:
+                _write_trace(plan, trace_staging, trace_target.name.endswith(".gz"), work_dir, helper)
+                summary_staging.write_text(
+                    render_html(stats, top, trace_name=os.path.basename(perf_trace_file)), encoding="utf-8"
+                )
     for line in plan.summary.lines():
         print(line)
     if stats:

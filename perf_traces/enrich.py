@@ -22,6 +22,8 @@ import collections
 import dataclasses
 import json
 import multiprocessing.pool
+import os
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -33,7 +35,14 @@ from perf_traces.log_kernels import CompiledGraph
 from perf_traces.matching import Matcher
 from perf_traces.trace_candidates import KEEP, REENCODE
 from perf_traces.trace_records import TraceRecords, collect_records
-from perf_traces.trace_stream import Edits, TraceLayout, helper_process, wants_helper, write_spliced
+from perf_traces.trace_stream import (
+    Edits,
+    TraceLayout,
+    helper_process,
+    readable_trace,
+    wants_helper,
+    write_spliced,
+)
 
 __all__ = ["EnrichPlan", "EnrichSummary", "NoMatchError", "enrich_trace", "match_trace"]
 
@@ -278,7 +287,8 @@ def enrich_trace(
     allow_no_match: bool = True,
     chunk_bytes: int | None = None,
 ) -> EnrichSummary:
-    """Match ``trace_path``'s events to ``graphs``; write the enriched trace to ``output_path``.
+    """Match ``trace_path``'s events (a gzip-compressed trace is decompressed next to the output first)
+    to ``graphs``; write the enriched trace to ``output_path``.
 
     ``output_path=None`` only matches and summarises. Raises ``TraceFormatError`` for malformed
     traces, and ``NoMatchError`` when nothing matched and ``allow_no_match`` is False, before anything
@@ -286,8 +296,16 @@ def enrich_trace(
     """
     from pytorch_scripts_common.outputs import staged_file
 
-    with helper_process(wants_helper(trace_path)) as helper:
-        plan = match_trace(trace_path, graphs, chunk_bytes=chunk_bytes, helper=helper)
+    work_parent = None
+    if output_path is not None:
+        work_parent = os.path.dirname(os.path.abspath(output_path))
+        os.makedirs(work_parent, exist_ok=True)
+    with (
+        helper_process(wants_helper(trace_path)) as helper,
+        tempfile.TemporaryDirectory(prefix=".enrich-", dir=work_parent) as work_dir,
+        readable_trace(trace_path, work_dir) as readable_path,
+    ):
+        plan = match_trace(readable_path, graphs, chunk_bytes=chunk_bytes, helper=helper)
         if plan.summary.num_matched == 0 and not allow_no_match:
             raise NoMatchError(plan.summary)
         if output_path is not None:

@@ -25,13 +25,16 @@ from __future__ import annotations
 import codecs
 import contextlib
 import dataclasses
+import gzip
 import mmap
 import multiprocessing
 import multiprocessing.pool
 import os
 import re
+import shutil
 import signal
 import sys
+import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn
 
@@ -124,6 +127,49 @@ def format_error(path: str, offset: int, message: str) -> TraceFormatError:
         "object with a 'traceEvents' list (is the file complete? re-export it with torch.profiler's "
         "export_chrome_trace)"
     )
+
+
+def is_gzip(path: str) -> bool:
+    """Whether ``path`` starts with the gzip magic bytes (torch.profiler's ``export_chrome_trace`` and
+    ``tensorboard_trace_handler(use_gzip=True)`` compress what they write to a ``.gz`` name)."""
+    with open(path, "rb") as trace_file:
+        return trace_file.read(2) == GZIP_MAGIC
+
+
+@contextlib.contextmanager
+def readable_trace(path: str, work_dir: str) -> Iterator[str]:
+    """``path`` itself, or for a gzip-compressed trace a decompressed copy in ``work_dir`` (the scanner
+    maps the file; a gzip stream cannot be mapped). Errors that name the copy name ``path`` instead,
+    "(decompressed)"; the copy is removed when the block ends."""
+    if not is_gzip(path):
+        yield path
+        return
+    copy = os.path.join(work_dir, os.path.basename(path).removesuffix(".gz") or "trace.json")
+    try:
+        with gzip.open(path, "rb") as source, open(copy, "wb") as target:
+            shutil.copyfileobj(source, target, CHUNK_BYTES)
+    except (EOFError, OSError, zlib.error) as error:
+        if isinstance(error, OSError) and not isinstance(error, gzip.BadGzipFile) and error.errno is not None:
+            raise  # a disk or permission error, not the trace's
+        raise TraceFormatError(
+            f"{path}: damaged gzip data ({error}) after {_size(copy)} decompressed bytes: re-export the "
+            "trace, or pass the part that decompresses (gunzip -c > trace.json)"
+        ) from None
+    try:
+        yield copy
+    except ValueError as error:  # TraceFormatError, and "already enriched"
+        error.args = (str(error).replace(copy, f"{path} (decompressed)"), *error.args[1:])
+        raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(copy)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _decode_error_offset(error: Exception, default: int) -> int:
@@ -313,11 +359,9 @@ class TraceScanner:
     def prologue(self) -> int:
         """Find the top-level '"traceEvents": [' and decode the keys before it; return the index after '['."""
         data = self._data
-        # export_chrome_trace("x.json.gz") and tensorboard_trace_handler(use_gzip=True) write gzip
-        if data[:2] == GZIP_MAGIC:
+        if data[:2] == GZIP_MAGIC:  # the CLI decompresses first (readable_trace)
             raise TraceFormatError(
-                f"{self.path} is gzip-compressed (torch.profiler compresses a trace it writes to a .gz "
-                f"name): decompress it first (gunzip -k {self.path}) and pass the .json"
+                f"{self.path} is gzip-compressed: open it with readable_trace(), which decompresses it"
             )
         opening = _WHITESPACE_RE.match(data).end()
         if opening == len(data) or data[opening] != ord("{"):
@@ -569,8 +613,14 @@ _HELPER_MIN_BYTES = 64 << 20  # below this, a second process costs more than the
 
 
 def wants_helper(path: str) -> bool:
-    """Whether reading / writing ``path`` in two halves pays: 2+ cores and a file of 64 MB or more."""
-    return (os.cpu_count() or 1) > 1 and os.path.getsize(path) >= _HELPER_MIN_BYTES
+    """Whether reading / writing ``path`` in two halves pays: 2+ cores and a trace of 64 MB or more
+    (of a gzip file, its decompressed size: the trailer's last 4 bytes hold it modulo 2^32)."""
+    size = os.path.getsize(path)
+    if size >= 6 and is_gzip(path):
+        with open(path, "rb") as trace_file:
+            trace_file.seek(-4, os.SEEK_END)
+            size = max(size, int.from_bytes(trace_file.read(4), "little"))
+    return (os.cpu_count() or 1) > 1 and size >= _HELPER_MIN_BYTES
 
 
 _HELPER_SIGNALS = {signal.SIGINT, signal.SIGTERM}

@@ -260,13 +260,61 @@ def test_benchmark_refuses_work_dir_in_repository():
     assert result.returncode == 2 and "inside the repository" in result.stderr
 
 
-def test_enrich_cli_names_a_gzip_compressed_trace(tmp_path):
-    # torch.profiler writes gzip for a .json.gz name: the error says so, in one line
+def test_enrich_cli_reads_a_gzip_trace_and_writes_gzip_to_a_gz_name(tmp_path):
+    # torch.profiler writes gzip for a .json.gz name (export_chrome_trace, tensorboard_trace_handler)
+    plain_trace = fixture("cpu_train", "trace.json")
+    log = fixture("cpu_train", "output_code.log")
     trace = tmp_path / "trace.json.gz"
-    trace.write_bytes(gzip.compress(pathlib.Path(fixture("cpu_train", "trace.json")).read_bytes()))
+    trace.write_bytes(gzip.compress(pathlib.Path(plain_trace).read_bytes()))
+    original = trace.read_bytes()
+    reference = tmp_path / "reference.json"
+    assert _run(_enrich_args(plain_trace, log, str(reference))).returncode == 0
+    out_dir = tmp_path / "out"
+    result = _run(_enrich_args(str(trace), log, str(out_dir / "enriched.json")))
+    assert result.returncode == 0, result.stderr
+    assert "events matched: 12 " in result.stdout
+    assert (out_dir / "enriched.json").read_bytes() == reference.read_bytes()
+    assert sorted(p.name for p in out_dir.iterdir()) == ["enriched.json", "enriched.kernels.html"]
+    compressed = tmp_path / "gz_out" / "enriched.json.gz"
+    result = _run(_enrich_args(str(trace), log, str(compressed)))
+    assert result.returncode == 0, result.stderr
+    assert gzip.decompress(compressed.read_bytes()) == reference.read_bytes()
+    # the chart is named after the trace without .json.gz; the decompressed copies are gone
+    written = sorted(p.name for p in compressed.parent.iterdir())
+    assert written == ["enriched.json.gz", "enriched.kernels.html"]
+    assert trace.read_bytes() == original  # the input is untouched
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda data: data[: len(data) // 2], "damaged gzip data (Compressed file ended"),
+        (lambda data: data[:-8] + bytes(8), "damaged gzip data (CRC check failed"),
+        (lambda data: data[:20] + bytes(200) + data[220:], "damaged gzip data"),
+    ],
+    ids=["truncated", "bad checksum", "zeroed block"],
+)
+def test_enrich_cli_damaged_gzip_trace_is_one_line_and_writes_nothing(tmp_path, damage, message):
+    data = gzip.compress(pathlib.Path(fixture("cpu_train", "trace.json")).read_bytes())
+    trace = tmp_path / "trace.json.gz"
+    trace.write_bytes(damage(data))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     result = _run(_enrich_args(str(trace), fixture("cpu_train", "output_code.log"), str(out_dir / "x.json")))
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert f"error: {trace} is gzip-compressed" in result.stderr and f"gunzip -k {trace}" in result.stderr
+    assert result.stderr.startswith(f"error: {trace}: {message}"), result.stderr
+    assert list(out_dir.iterdir()) == []
+
+
+def test_enrich_cli_error_inside_a_gzip_trace_names_it_and_the_line(tmp_path):
+    text = pathlib.Path(fixture("cpu_train", "trace.json")).read_text().splitlines(keepends=True)
+    text[5] = "{ broken\n"
+    trace = tmp_path / "trace.json.gz"
+    trace.write_bytes(gzip.compress("".join(text).encode()))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = _run(_enrich_args(str(trace), fixture("cpu_train", "output_code.log"), str(out_dir / "x.json")))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {trace} (decompressed): "), result.stderr
+    assert "at line 6 " in result.stderr
     assert list(out_dir.iterdir()) == []

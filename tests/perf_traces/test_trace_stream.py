@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import pathlib
 import random
 import re
 import subprocess
@@ -14,7 +15,15 @@ import sys
 import pytest
 
 from perf_traces.log_kernels import read_compiled_graphs
-from perf_traces.trace_stream import Edits, TraceFormatError, TraceScanner, helper_process, write_spliced
+from perf_traces.trace_stream import (
+    Edits,
+    TraceFormatError,
+    TraceScanner,
+    helper_process,
+    is_gzip,
+    readable_trace,
+    write_spliced,
+)
 from tests.perf_traces.helpers import REPO_ROOT, fixture
 
 _EVERY_ITEM = [re.compile(rb'["\[\]{}0-9a-z]')]  # some byte of any JSON value: every item is a candidate
@@ -105,7 +114,7 @@ def test_only_candidates_are_returned(tmp_path):
     [
         ("", "empty file"),
         ("not json", "expected '{', found 'n' at line 1 (byte 0)"),
-        (gzip.compress(b'{"traceEvents": []}', mtime=0), "is gzip-compressed (torch.profiler compresses"),
+        (gzip.compress(b'{"traceEvents": []}', mtime=0), "is gzip-compressed: open it with readable_trace()"),
         ("[1, 2]", "expected '{'"),
         ('{"traceEvents": {}}', "'traceEvents' is not a list at line 1 (byte 16)"),
         ('{"other": 1}', "no 'traceEvents' key"),
@@ -359,3 +368,42 @@ def test_a_signal_while_a_slow_helper_starts_still_ends_it():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=REPO_ROOT
     )
     assert result.returncode == 0 and result.stdout == "interrupted\n", (result.stdout, result.stderr)
+
+
+def test_readable_trace_opens_torch_profilers_own_gzip_export(tmp_path):
+    """export_chrome_trace to a .gz name (torch's own gzip writer): the decompressed copy is the
+    trace, the scanner reads it, and the copy is gone after the block."""
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        torch.ones(8, 8).mm(torch.ones(8, 8)).relu()
+    compressed = tmp_path / "trace.json.gz"
+    profiler.export_chrome_trace(str(compressed))  # torch writes gzip for this name (once per profile)
+    text = gzip.decompress(compressed.read_bytes())
+    plain = tmp_path / "trace.json"
+    plain.write_bytes(text)
+    assert is_gzip(str(compressed)) and not is_gzip(str(plain))
+    work = tmp_path / "work"
+    work.mkdir()
+    with readable_trace(str(compressed), str(work)) as path:
+        assert pathlib.Path(path).read_bytes() == text
+        scanner = TraceScanner(path, [b'"aten::mm"'])
+        found = [bytes(raw) for batch in scanner for raw in batch.raws]
+    assert scanner.layout.num_events == len(json.loads(text)["traceEvents"]) > 0
+    assert len(found) == 1 and b'"aten::mm"' in found[0]
+    assert list(work.iterdir()) == []
+    with readable_trace(str(plain), str(work)) as path:
+        assert path == str(plain)
+
+
+def test_wants_helper_sizes_a_gzip_trace_by_its_decompressed_size(tmp_path, monkeypatch):
+    from perf_traces import trace_stream
+
+    monkeypatch.setattr(trace_stream.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(trace_stream, "_HELPER_MIN_BYTES", 100_000)
+    compressed = tmp_path / "trace.json.gz"
+    compressed.write_bytes(gzip.compress(b'{"traceEvents": [' + b" " * 200_000 + b"]}"))
+    assert compressed.stat().st_size < 100_000 and trace_stream.wants_helper(str(compressed))
+    small = tmp_path / "small.json.gz"
+    small.write_bytes(gzip.compress(b'{"traceEvents": []}'))
+    assert not trace_stream.wants_helper(str(small))
