@@ -2,7 +2,8 @@
 
 ``CASES`` is a table: an entry point, the words a careless or hostile user types after it, and the
 start of the one ``error:`` line expected. ``check_refused(case, tmp_path)`` runs the command in a
-subprocess from ``tmp_path`` (relative default outputs land there) and asserts what every user
+process forked from a warm interpreter (tests/forked_cli.py: torch and friends imported once) from
+``tmp_path`` (relative default outputs land there) and asserts what every user
 mistake must give: exit status 2, exactly one line on stderr starting with ``error:`` (warnings that
 libraries print on import are other lines), no ``Traceback``, and nothing under ``tmp_path`` written,
 changed or removed (inputs included). tests/test_conventions.py checks that every entry point has a
@@ -30,6 +31,8 @@ import shutil
 import signal
 import subprocess
 import sys
+
+from tests.forked_cli import run_forked
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -263,14 +266,8 @@ def check_refused(case: Case, tmp_path: pathlib.Path) -> None:
     """Run ``case`` from ``tmp_path`` and assert the refusal described in the module doc."""
     values = make_inputs(tmp_path)
     before = tree_state(tmp_path)
-    result = subprocess.run(
-        command(case, values),
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    words = [word.format(**values) for word in case.words]
+    result = run_forked(case.module, words, cwd=tmp_path, env={**os.environ, "COLUMNS": "200"}, timeout=300)
     shown = (
         f"exit {result.returncode}\n--- stderr ---\n{result.stderr[-4000:]}\n"
         f"--- stdout ---\n{result.stdout[-1000:]}"
