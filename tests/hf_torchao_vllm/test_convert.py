@@ -21,6 +21,7 @@ from hf_torchao_vllm.conversion.validate import compare_in_transformers, validat
 from hf_torchao_vllm.quantization import recipes
 from hf_torchao_vllm.quantization.quantize import quantize_checkpoint
 from pytorch_scripts_common.outputs import MARKER
+from tests.forked_cli import run_forked
 
 # KL(torchao in transformers || compressed-tensors in transformers), nats/token, on the embedded models
 # (compare_in_transformers, 2 x 32 random token ids): 3x the measured value. Zero where both run the
@@ -751,7 +752,9 @@ def test_cli_user_mistakes_are_one_line(int8_source, tmp_path, module, args, mes
         "source": int8_source,
         "out": tmp_path / "o",
     }
-    proc = run_module(f"hf_torchao_vllm.{module}", *[a.format(**paths) for a in args])
+    words = [a.format(**paths) for a in args]
+    env = {**os.environ, "TORCHAO_FORCE_SKIP_LOADING_SO_FILES": "1"}
+    proc = run_forked(f"hf_torchao_vllm.{module}", words, cwd=os.getcwd(), env=env)  # as run_module
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]

@@ -7,14 +7,18 @@ import importlib
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from hf_torchao_vllm import quantize_hf_model_with_torchao as quantize_script
 from hf_torchao_vllm.quantization import recipes
+from tests.forked_cli import run_forked
 from tests.hf_torchao_vllm.test_quantize_readme import ENTRY_SCRIPTS
+from tests.hf_torchao_vllm.test_vllm import TORCHAO_VLLM_KL_BOUND
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FOLDER = REPO_ROOT / "hf_torchao_vllm"
@@ -30,7 +34,7 @@ FORMER_INPUT_NAMES = {
 }
 # The quant_type values of the original quantize script: each is a recipe name or alias here.
 ORIGINAL_QUANT_TYPES = ("fp8", "int4_weight_only", "int8_weight_only", "mxfp8", "mxfp4", "nvfp4")
-ENV = {**os.environ, "TORCHAO_FORCE_SKIP_LOADING_SO_FILES": "1"}
+ENV = {**os.environ, "TORCHAO_FORCE_SKIP_LOADING_SO_FILES": "1", "COLUMNS": "200"}  # wide rich tables
 
 
 def entry_module(name: str):
@@ -65,22 +69,49 @@ def script(name: str, *args: str, cwd: Path, timeout: int = 600) -> subprocess.C
     )  # fmt: skip
 
 
-def test_original_quantize_and_convert_commands_run_on_the_embedded_model(tmp_path):
-    # Quantize: the original command; --eval_tokens / --max_new_tokens only shorten the quality report.
-    quantize = script(
-        "quantize_hf_model_with_torchao",
+@pytest.mark.slow
+def test_original_commands_quantize_serve_and_convert_the_embedded_model(tmp_path):
+    """The original scripts' commands chained as their users ran them: quantize into the default output
+    folder, serve that with vLLM, convert it to compressed-tensors. (The quantize tool's own smoke test
+    and its vLLM serving are these steps: one quantize run and one vLLM start for all of them.)"""
+    # --eval_tokens / --max_new_tokens only shorten the quality report
+    quantize_args = [
         "--model_name", str(DENSE), "--quant_type", "int8_weight_only", "--save_model_to_disk", "True",
         "--eval_tokens", "64", "--max_new_tokens", "2",
-        cwd=tmp_path,
-    )  # fmt: skip
+    ]  # fmt: skip
+    quantize = script("quantize_hf_model_with_torchao", *quantize_args, cwd=tmp_path)
     assert quantize.returncode == 0, quantize.stdout[-2000:] + quantize.stderr[-2000:]
+    assert "logits SQNR vs bf16 (dB)" in quantize.stdout and "bit-identical" in quantize.stdout
+    assert "vLLM can serve this checkpoint" in quantize.stdout
     torchao_dir = tmp_path / "outputs" / "hf_torchao_vllm" / "dense-int8_weight_only"  # the default output
-    report = json.loads((torchao_dir / "quantization_report.json").read_text())
+    assert {p.name for p in torchao_dir.iterdir()} == {
+        ".pytorch_scripts_output", "config.json", "generation_config.json", quantize_script.REPORT_FILE,
+        "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+    }  # fmt: skip
+    report = json.loads((torchao_dir / quantize_script.REPORT_FILE).read_text())
     assert report["recipe"] == "int8_weight_only" and report["model"] == str(DENSE)
-    assert (
-        json.loads((torchao_dir / "config.json").read_text())["quantization_config"]["quant_method"]
-        == "torchao"
-    )
+    config = json.loads((torchao_dir / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "torchao"
+    again = script("quantize_hf_model_with_torchao", *quantize_args, cwd=tmp_path)
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+        "error: --output_dir outputs/hf_torchao_vllm/dense-int8_weight_only exists: pass --overwrite to "
+        "replace it, or choose another path"
+    ], again.stderr
+
+    serve = script(
+        "run_quantized_model_in_vllm", "--model_name", str(torchao_dir), "--compile", "False",
+        "--max_tokens", "8", "--compare_with_transformers", cwd=tmp_path,
+    )  # fmt: skip
+    assert serve.returncode == 0, serve.stdout[-3000:] + serve.stderr[-3000:]
+    out = serve.stdout
+    assert "quantization: torchao" in out and "greedy generations" in out
+    # every linear layer, fused ones included, runs torchao's method; none falls back to bf16
+    assert re.search(r"self_attn\.qkv_proj\s+│\s*QKVParallelLinear\s*│\s*TorchAOLinearMethod", out), out
+    assert re.search(r"mlp\.gate_up_proj\s+│\s*MergedColumnParallelLinear\s*│\s*TorchAOLinearMethod", out)
+    assert "UnquantizedLinearMethod" not in out
+    kl = re.search(r"mean KL (\S+) nats", out)
+    assert kl and float(kl.group(1)) <= TORCHAO_VLLM_KL_BOUND, out[-3000:]
+
     convert = script(
         "convert_torchao_checkpoint_to_compressed_tensors",
         "--dir_source", str(torchao_dir), "--dir_target", "ct",
@@ -115,22 +146,8 @@ def test_original_quantize_and_convert_commands_run_on_the_embedded_model(tmp_pa
 def test_original_commands_with_mistakes_are_refused_in_one_line(tmp_path, name, args, line):
     if name == "quantize_hf_model_with_torchao":
         args = [*args, "--output_dir", "out"]
-    proc = script(name, *args, cwd=tmp_path, timeout=300)
+    proc = run_forked(FOLDER / f"{name}.py", args, cwd=tmp_path, env=ENV)  # as script() runs it
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert proc.stderr.strip().startswith(line), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert sorted(os.listdir(tmp_path)) == []  # nothing written
-
-
-@pytest.mark.slow
-def test_original_vllm_command_serves_the_quantize_output(tmp_path):
-    from hf_torchao_vllm.quantization.quantize import quantize_checkpoint
-
-    checkpoint = tmp_path / "dense-int8_weight_only"
-    quantize_checkpoint(str(DENSE), "int8_weight_only", str(checkpoint))
-    proc = script(
-        "run_quantized_model_in_vllm", "--model_name", str(checkpoint), "--compile", "False", cwd=tmp_path
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "quantization: torchao" in proc.stdout
-    assert "greedy generations" in proc.stdout

@@ -151,26 +151,6 @@ def test_vllm_serves_bf16_model(tmp_path):
     assert kl <= BF16_VLLM_KL_BOUND and top1 == 1.0
 
 
-@pytest.mark.slow
-def test_quantize_tool_default_output_is_served_by_vllm(tmp_path):
-    """quantize_hf_model_with_torchao with its defaults, then run_quantized_model_in_vllm on its output."""
-    out = tmp_path / "dense-int8_weight_only"
-    proc = subprocess.run(
-        [sys.executable, "-m", "hf_torchao_vllm.quantize_hf_model_with_torchao", f"--output_dir={out}",
-         "--max_new_tokens=2", "--eval_tokens=128"],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "vLLM can serve this checkpoint" in proc.stdout
-    stdout, kl, _ = run_vllm_cli(out)
-    assert "quantization: torchao" in stdout
-    # every linear layer, fused ones included, runs torchao's method; none falls back to bf16
-    assert re.search(r"self_attn\.qkv_proj\s+│\s*QKVParallelLinear\s*│\s*TorchAOLinearMethod", stdout), stdout
-    assert re.search(r"mlp\.gate_up_proj\s+│\s*MergedColumnParallelLinear\s*│\s*TorchAOLinearMethod", stdout)
-    assert "UnquantizedLinearMethod" not in stdout
-    assert kl <= TORCHAO_VLLM_KL_BOUND
-
-
 def test_runner_refuses_unservable_checkpoint_in_one_line(tmp_path, monkeypatch):
     """A torchao fp8-dynamic checkpoint: vLLM needs a GPU for it, said before vLLM starts."""
     model = tmp_path / "fp8"
