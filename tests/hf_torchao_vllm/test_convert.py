@@ -662,14 +662,11 @@ def test_failure_midway_leaves_no_target(int8_source, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 
 
-def run_module(module, *args):
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TORCHAO_FORCE_SKIP_LOADING_SO_FILES": "1"},
-        timeout=600,
-    )
+def run_module(module, *args, cwd=None):
+    """``python -m module *args``, forked from a warm interpreter (tests/forked_cli.py): the CLIs' fresh
+    start is run in test_flags' chain of the original commands."""
+    env = {**os.environ, "TORCHAO_FORCE_SKIP_LOADING_SO_FILES": "1"}
+    return run_forked(module, args, cwd=cwd or os.getcwd(), env=env, timeout=600)
 
 
 def test_convert_cli_sharded_with_validation(dense_dir, tmp_path):
@@ -752,9 +749,7 @@ def test_cli_user_mistakes_are_one_line(int8_source, tmp_path, module, args, mes
         "source": int8_source,
         "out": tmp_path / "o",
     }
-    words = [a.format(**paths) for a in args]
-    env = {**os.environ, "TORCHAO_FORCE_SKIP_LOADING_SO_FILES": "1"}
-    proc = run_forked(f"hf_torchao_vllm.{module}", words, cwd=os.getcwd(), env=env)  # as run_module
+    proc = run_module(f"hf_torchao_vllm.{module}", *[a.format(**paths) for a in args])
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -792,21 +787,13 @@ def test_validate_reports_missing_tensor(int8_source, tmp_path):
 def test_converts_a_checkpoint_written_by_the_quantize_tool(tmp_path, flags, fmt, weights):
     """The part-1 tool's own output (quantize_hf_model_with_torchao.py) converts and validates."""
     source = tmp_path / "source"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hf_torchao_vllm.quantize_hf_model_with_torchao",
-            *flags,
-            "--eval_tokens=64",  # its quality report and generations are not under test here
-            "--max_new_tokens=2",
-            f"--output_dir={source}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-        env={**os.environ, "TORCHAO_FORCE_SKIP_LOADING_SO_FILES": "1"},
+    proc = run_module(
+        "hf_torchao_vllm.quantize_hf_model_with_torchao",
+        *flags,
+        "--eval_tokens=64",  # its quality report and generations are not under test here
+        "--max_new_tokens=2",
+        f"--output_dir={source}",
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     target = tmp_path / "ct"
