@@ -1,13 +1,13 @@
 """Hostile command lines for every entry point, and the check each must pass.
 
 ``CASES`` is a table: an entry point, the words a careless or hostile user types after it, and the
-start of the one ``error:`` line expected. ``check_refused(case, tmp_path)`` runs the command in a
-process forked from a warm interpreter (tests/forked_cli.py: torch and friends imported once) from
-``tmp_path`` (relative default outputs land there) and asserts what every user
-mistake must give: exit status 2, exactly one line on stderr starting with ``error:`` (warnings that
-libraries print on import are other lines), no ``Traceback``, and nothing under ``tmp_path`` written,
-changed or removed (inputs included). tests/test_conventions.py checks that every entry point has a
-case.
+start of the one ``error:`` line expected. ``check_refused(case, tmp_path)`` runs the command from
+``tmp_path`` (relative default outputs land there) in a process forked from a warm interpreter
+(tests/forked_cli.py: torch and friends imported once; a ``fresh`` case in a plain subprocess, for the
+CLIs no other test starts that way) and asserts what every user mistake must give: exit status 2,
+exactly one line on stderr starting with ``error:`` (warnings that libraries print on import are other
+lines), no ``Traceback``, and nothing under ``tmp_path`` written, changed or removed (inputs included).
+tests/test_conventions.py checks that every entry point has a case.
 
 Words may hold placeholders, filled from the scratch inputs ``make_inputs`` lays out:
 ``{tmp}`` (the scratch root), ``{out}`` (an output path that does not exist), ``{trace}`` / ``{log}``
@@ -51,14 +51,17 @@ class Case:
     words: tuple[str, ...]
     expected: str  # the error line starts with "error: " + this
     slow: bool = False  # the entry point imports torch before it checks (a few seconds)
+    fresh: bool = False  # a plain subprocess instead of a fork: for CLIs no other test starts fresh
 
     @property
     def id(self) -> str:
         return f"{self.module.rsplit('.', 1)[-1]}:{' '.join(self.words)[:60]}"
 
 
-def case(module: str, words: str | list[str], expected: str, *, slow: bool = False) -> Case:
-    return Case(module, tuple(words.split() if isinstance(words, str) else words), expected, slow)
+def case(
+    module: str, words: str | list[str], expected: str, *, slow: bool = False, fresh: bool = False
+) -> Case:
+    return Case(module, tuple(words.split() if isinstance(words, str) else words), expected, slow, fresh)
 
 
 ENRICH = "add_inductor_metadata_to_perf_trace"
@@ -189,11 +192,12 @@ CASES: list[Case] = [
         slow=True,
     ),
     case("hf_torchao_vllm.benchmark_conversion", "--size_mb nan", "--size_mb", slow=True),
-    case("hf_torchao_vllm.benchmark_generation", "--num_runs 0", "", slow=True),
+    case("hf_torchao_vllm.benchmark_generation", "--num_runs 0", "", slow=True, fresh=True),
     case(
         "hf_torchao_vllm.architecture_matrix",
         "--architectures nosuch --output_dir {out}",
         "--architectures ['nosuch']",
+        fresh=True,
     ),
     case(
         "hf_torchao_vllm.run_quantized_model_in_vllm",
@@ -267,7 +271,13 @@ def check_refused(case: Case, tmp_path: pathlib.Path) -> None:
     values = make_inputs(tmp_path)
     before = tree_state(tmp_path)
     words = [word.format(**values) for word in case.words]
-    result = run_forked(case.module, words, cwd=tmp_path, env={**os.environ, "COLUMNS": "200"}, timeout=300)
+    env = {**os.environ, "COLUMNS": "200"}
+    if case.fresh:
+        result = subprocess.run(
+            command(case, values), capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env
+        )
+    else:
+        result = run_forked(case.module, words, cwd=tmp_path, env=env, timeout=300)
     shown = (
         f"exit {result.returncode}\n--- stderr ---\n{result.stderr[-4000:]}\n"
         f"--- stdout ---\n{result.stdout[-1000:]}"
