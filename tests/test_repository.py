@@ -101,3 +101,11 @@ def test_markers_are_registered():
     text = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
     for marker in ("slow", "gpu_only", "distributed"):
         assert re.search(rf'^\s+"{marker}: ', text, flags=re.M), marker
+
+
+def test_the_files_scheduled_first_exist():
+    """tests/conftest.py's LONGEST_FIRST names files: a renamed one would silently lose its place."""
+    from tests.conftest import LONGEST_FIRST
+
+    missing = [name for name in LONGEST_FIRST if not (REPO_ROOT / name).is_file()]
+    assert not missing, f"tests/conftest.py LONGEST_FIRST names files that do not exist: {missing}"

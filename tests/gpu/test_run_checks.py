@@ -91,6 +91,18 @@ def test_cpu_plan_skips_only_what_needs_cuda_and_says_why():
     assert child_env("cuda", "", 1)["HF_HUB_OFFLINE"] == "1"
 
 
+def test_parallel_steps_share_the_cores_between_their_thread_pools(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # tests/conftest.py sets it for the suite
+    cores = os.cpu_count() or 1
+    shared = child_env("cpu", "", 2 * cores)  # more steps than cores: one thread each
+    assert shared["OMP_NUM_THREADS"] == shared["TORCHINDUCTOR_COMPILE_THREADS"] == "1"
+    assert shared["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert child_env("cpu", "", 1)["OMP_NUM_THREADS"] == str(cores)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert child_env("cpu", "", 2 * cores)["OMP_NUM_THREADS"] == "3"  # the user's value is kept
+
+
 def test_select_brings_dependencies_and_refuses_unknown_names():
     steps = plan(sys.executable, "cpu", quick=False)
     select(steps, quick=False, names=["validate_dense-int4", "distributed"])
