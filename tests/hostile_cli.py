@@ -178,6 +178,7 @@ CASES: list[Case] = [
         "{missing} --max_tokens -1",
         "--max_tokens -1 / --seq_len 256",
         slow=True,
+        fresh=True,
     ),
     case(
         "hf_torchao_vllm.evaluate_quality",
