@@ -36,17 +36,18 @@ def _default_summary_file(modified_perf_trace_file: str) -> str:
     return f"{stem}.kernels.html"
 
 
-def _write_trace(plan: EnrichPlan, target: pathlib.Path, compress: bool, work_dir: str, helper: Any) -> None:
+def _write_trace(plan: EnrichPlan, target: pathlib.Path, compress: bool, helper: Any) -> None:
     """The enriched trace at ``target``, gzip-compressed if ``compress`` (for an output name ending in
-    .gz, as torch.profiler writes one, and as Perfetto and chrome://tracing open it)."""
+    .gz, as torch.profiler writes one, and as Perfetto and chrome://tracing open it): written plain
+    beside it first, since the writer writes at offsets."""
     if not compress:
         plan.write(str(target), helper=helper)
         return
-    plain = os.path.join(work_dir, "enriched.json")
-    plan.write(plain, helper=helper)
-    with open(plain, "rb") as source, gzip.open(target, "wb", compresslevel=GZIP_LEVEL) as compressed:
-        shutil.copyfileobj(source, compressed, 16 << 20)
-    os.unlink(plain)
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as work_dir:
+        plain = os.path.join(work_dir, "enriched.json")
+        plan.write(plain, helper=helper)
+        with open(plain, "rb") as source, gzip.open(target, "wb", compresslevel=GZIP_LEVEL) as compressed:
+            shutil.copyfileobj(source, compressed, 16 << 20)
 
 
 def _check_outputs(
@@ -129,11 +130,7 @@ def main(
                 f"warning: {torch_logs_file} has no output code "
                 "(capture it with TORCH_LOGS=output_code, or TORCH_TRACE=<folder>)"
             )
-        trace_target.parent.mkdir(parents=True, exist_ok=True)
-        with (
-            tempfile.TemporaryDirectory(prefix=f".{trace_target.name}.", dir=trace_target.parent) as work_dir,
-            readable_trace(perf_trace_file, work_dir) as trace_path,
-        ):
+        with readable_trace(perf_trace_file, str(trace_target.parent)) as trace_path:
             plan = match_trace(trace_path, graphs, helper=helper)
             if plan.summary.num_matched == 0 and not allow_no_match:
                 print("\n".join(plan.summary.lines()))
@@ -143,7 +140,7 @@ def main(
                 )
             stats = plan.kernel_stats()
             with staged_file(trace_target) as trace_staging, staged_file(summary_target) as summary_staging:
-                _write_trace(plan, trace_staging, trace_target.name.endswith(".gz"), work_dir, helper)
+                _write_trace(plan, trace_staging, trace_target.name.endswith(".gz"), helper)
                 summary_staging.write_text(
                     render_html(stats, top, trace_name=os.path.basename(perf_trace_file)), encoding="utf-8"
                 )

@@ -55,7 +55,7 @@ def child_env(device: str, wheel_site: str, max_parallel: int) -> dict[str, str]
     env["TORCHINDUCTOR_COMPILE_THREADS"] = str(threads)
     # max_parallel steps share the cores: each step's OpenMP pool gets its share (one thread per core
     # in every step would put max_parallel threads on each core), and idle OpenMP threads sleep instead
-    # of spinning (the test suite measured 3.4x on oversubscribed cores). A value set is kept.
+    # of spinning (tests/conftest.py has the measurement on oversubscribed cores). A value set is kept.
     env.setdefault("OMP_NUM_THREADS", str(threads))
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if device == "cpu":

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import multiprocessing.pool
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -296,14 +295,10 @@ def enrich_trace(
     """
     from pytorch_scripts_common.outputs import staged_file
 
-    work_parent = None
-    if output_path is not None:
-        work_parent = os.path.dirname(os.path.abspath(output_path))
-        os.makedirs(work_parent, exist_ok=True)
+    work_parent = None if output_path is None else os.path.dirname(os.path.abspath(output_path))
     with (
         helper_process(wants_helper(trace_path)) as helper,
-        tempfile.TemporaryDirectory(prefix=".enrich-", dir=work_parent) as work_dir,
-        readable_trace(trace_path, work_dir) as readable_path,
+        readable_trace(trace_path, work_parent) as readable_path,
     ):
         plan = match_trace(readable_path, graphs, chunk_bytes=chunk_bytes, helper=helper)
         if plan.summary.num_matched == 0 and not allow_no_match:

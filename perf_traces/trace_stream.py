@@ -34,6 +34,7 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn
@@ -137,39 +138,33 @@ def is_gzip(path: str) -> bool:
 
 
 @contextlib.contextmanager
-def readable_trace(path: str, work_dir: str) -> Iterator[str]:
-    """``path`` itself, or for a gzip-compressed trace a decompressed copy in ``work_dir`` (the scanner
-    maps the file; a gzip stream cannot be mapped). Errors that name the copy name ``path`` instead,
+def readable_trace(path: str, work_parent: str | None) -> Iterator[str]:
+    """``path`` itself, or for a gzip-compressed trace a decompressed copy in a temporary folder under
+    ``work_parent`` (created if missing; None: the system's temp folder). The scanner maps the file,
+    and a gzip stream cannot be mapped. Errors that name the copy name ``path`` instead,
     "(decompressed)"; the copy is removed when the block ends."""
     if not is_gzip(path):
         yield path
         return
-    copy = os.path.join(work_dir, os.path.basename(path).removesuffix(".gz") or "trace.json")
-    try:
-        with gzip.open(path, "rb") as source, open(copy, "wb") as target:
-            shutil.copyfileobj(source, target, CHUNK_BYTES)
-    except (EOFError, OSError, zlib.error) as error:
-        if isinstance(error, OSError) and not isinstance(error, gzip.BadGzipFile) and error.errno is not None:
-            raise  # a disk or permission error, not the trace's
-        raise TraceFormatError(
-            f"{path}: damaged gzip data ({error}) after {_size(copy)} decompressed bytes: re-export the "
-            "trace, or pass the part that decompresses (gunzip -c > trace.json)"
-        ) from None
-    try:
-        yield copy
-    except ValueError as error:  # TraceFormatError, and "already enriched"
-        error.args = (str(error).replace(copy, f"{path} (decompressed)"), *error.args[1:])
-        raise
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(copy)
-
-
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
+    if work_parent is not None:
+        os.makedirs(work_parent, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(path)}.", dir=work_parent) as work_dir:
+        copy = os.path.join(work_dir, os.path.basename(path).removesuffix(".gz") or "trace.json")
+        try:
+            with gzip.open(path, "rb") as source, open(copy, "wb") as target:
+                shutil.copyfileobj(source, target, CHUNK_BYTES)
+        except (EOFError, OSError, zlib.error) as error:
+            if isinstance(error, OSError) and error.errno is not None:
+                raise  # a disk or permission error, not the trace's (gzip.BadGzipFile has no errno)
+            raise TraceFormatError(
+                f"{path}: damaged gzip data ({error}) after {os.path.getsize(copy)} decompressed bytes: "
+                "re-export the trace, or pass the part that decompresses (gunzip -c > trace.json)"
+            ) from None
+        try:
+            yield copy
+        except ValueError as error:  # TraceFormatError, and "already enriched"
+            error.args = (str(error).replace(copy, f"{path} (decompressed)"), *error.args[1:])
+            raise
 
 
 def _decode_error_offset(error: Exception, default: int) -> int:

@@ -50,7 +50,7 @@ class Case:
     module: str  # run as `python -m <module>`
     words: tuple[str, ...]
     expected: str  # the error line starts with "error: " + this
-    slow: bool = False  # the entry point imports torch before it checks (a few seconds)
+    slow: bool = False  # the entry point imports torch before it checks (seconds in a fresh process)
     fresh: bool = False  # a plain subprocess instead of a fork: for CLIs no other test starts fresh
 
     @property
@@ -271,14 +271,12 @@ def check_refused(case: Case, tmp_path: pathlib.Path) -> None:
     """Run ``case`` from ``tmp_path`` and assert the refusal described in the module doc."""
     values = make_inputs(tmp_path)
     before = tree_state(tmp_path)
-    words = [word.format(**values) for word in case.words]
+    words = command(case, values)
     env = {**os.environ, "COLUMNS": "200"}
     if case.fresh:
-        result = subprocess.run(
-            command(case, values), capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env
-        )
+        result = subprocess.run(words, capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
     else:
-        result = run_forked(case.module, words, cwd=tmp_path, env=env, timeout=300)
+        result = run_forked(case.module, words[3:], cwd=tmp_path, env=env, timeout=300)  # after python -m M
     shown = (
         f"exit {result.returncode}\n--- stderr ---\n{result.stderr[-4000:]}\n"
         f"--- stdout ---\n{result.stdout[-1000:]}"

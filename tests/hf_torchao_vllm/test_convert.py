@@ -662,7 +662,7 @@ def test_failure_midway_leaves_no_target(int8_source, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 
 
-def run_module(module, *args, cwd=None):
+def run_forked_module(module, *args, cwd=None):
     """``python -m module *args``, forked from a warm interpreter (tests/forked_cli.py): the CLIs' fresh
     start is run in test_flags' chain of the original commands."""
     env = {**os.environ, "TORCHAO_FORCE_SKIP_LOADING_SO_FILES": "1"}
@@ -674,7 +674,7 @@ def test_convert_cli_sharded_with_validation(dense_dir, tmp_path):
     (tmp_path / "src" / "notes.txt").write_text("copied as is")
     target = tmp_path / "ct"
     # The original script's command: --dir_source / --dir_target are aliases of --model / --output_dir.
-    proc = run_module(
+    proc = run_forked_module(
         "hf_torchao_vllm.convert_torchao_checkpoint_to_compressed_tensors",
         f"--dir_source={src}",
         f"--dir_target={target}",
@@ -711,7 +711,7 @@ def test_validate_cli_fails_on_a_corrupted_tensor(int8_source, tmp_path):
     tensors[bad] = tensors[bad].clone()
     tensors[bad][3] *= 1.5
     safetensors_writer.write_safetensors(path, tensors, metadata)
-    proc = run_module(
+    proc = run_forked_module(
         "hf_torchao_vllm.validate_compressed_tensors_checkpoint",
         f"--model={target}",
         f"--reference={int8_source}",
@@ -749,7 +749,7 @@ def test_cli_user_mistakes_are_one_line(int8_source, tmp_path, module, args, mes
         "source": int8_source,
         "out": tmp_path / "o",
     }
-    proc = run_module(f"hf_torchao_vllm.{module}", *[a.format(**paths) for a in args])
+    proc = run_forked_module(f"hf_torchao_vllm.{module}", *[a.format(**paths) for a in args])
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -787,7 +787,7 @@ def test_validate_reports_missing_tensor(int8_source, tmp_path):
 def test_converts_a_checkpoint_written_by_the_quantize_tool(tmp_path, flags, fmt, weights):
     """The part-1 tool's own output (quantize_hf_model_with_torchao.py) converts and validates."""
     source = tmp_path / "source"
-    proc = run_module(
+    proc = run_forked_module(
         "hf_torchao_vllm.quantize_hf_model_with_torchao",
         *flags,
         "--eval_tokens=64",  # its quality report and generations are not under test here
